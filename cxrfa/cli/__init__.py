@@ -1,0 +1,52 @@
+"""The ``cxrfa`` command line: parse, load config, call the library. No logic lives here.
+
+Heavy libraries (torch, mlflow, optuna) are imported inside commands so ``cxrfa --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated
+
+import typer
+
+from cxrfa import __version__
+
+app = typer.Typer(
+    name="cxrfa",
+    help="Ablation lab for chest X-ray disease detection with CLIP-style image-text feature alignment.\n\n"
+    "Start with the offline demo:  cxrfa ablate --matrix full   then   cxrfa compare  /  cxrfa ui",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cxrfa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """cxrfa: does aligning image features with disease text embeddings improve CXR disease detection?"""
+
+
+_COMMAND_MODULES = ("data", "models", "run", "evaluate", "tune", "explore")
+for _name in _COMMAND_MODULES:
+    try:
+        importlib.import_module(f"cxrfa.cli.{_name}").register(app)
+    except ModuleNotFoundError as _err:  # a command group not present in this build
+        if _err.name != f"cxrfa.cli.{_name}":
+            raise
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

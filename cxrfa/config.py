@@ -1,0 +1,399 @@
+"""Typed, frozen configuration: every run is fully described by one :class:`RunConfig`.
+
+All models are pydantic v2, frozen and ``extra="forbid"`` so a typo in a key fails loudly. An ablation
+matrix (:class:`AblationMatrix`) is a base config plus named cells written as *overrides*; :func:`expand`
+resolves it, with a backbone set (:class:`BackboneSet`), into one ``RunConfig`` per cell x axis value x seed,
+each with a stable :meth:`RunConfig.config_hash`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cxrfa.errors import CxrfaError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Frozen):
+    """Which images and labels a run sees."""
+
+    manifest: str | None = None  # manifest CSV path; None = the built-in synthetic demo dataset
+    label_set: str = "nih14"  # label set the manifest is harmonised to (see cxrfa.labels)
+    demo_n: int = Field(2000, ge=20)  # demo: number of synthetic images
+    demo_size: int = Field(96, ge=32)  # demo: image side in pixels
+    demo_seed: int = 0  # demo: generator seed (the dataset, not the run)
+    augment: bool = True  # light train-time augmentation (only for trainable encoders)
+
+
+class BackboneConfig(_Frozen):
+    """A concrete encoder: registry entry + architecture + weights."""
+
+    name: Literal["clip", "biomedclip", "custom"]  # registry entry (``cxrfa models list``)
+    arch: str  # open_clip model name (e.g. ViT-B-16, hf-hub:...) or custom CNN architecture
+    pretrained: str | None = None  # open_clip tag, local checkpoint file/dir, "demo", or None (random init)
+    frozen: bool = True  # frozen encoders run once per image and are cached
+    standin: bool = False  # True for the small demo architectures that stand in for real weights
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from, as logged in the ``cxrfa.backbone.source`` tag."""
+        if self.standin:
+            return f"stand-in:{self.arch}"
+        if self.pretrained is None:
+            return "scratch"
+        if Path(self.pretrained).expanduser().exists() or "/" in self.pretrained:
+            return f"local:{self.pretrained}"
+        return f"pretrained:{self.arch}/{self.pretrained}"
+
+
+class ModelConfig(_Frozen):
+    """The alignment model (DESIGN.md "The model family"); each switch is one ablation axis."""
+
+    visual: BackboneConfig
+    text: BackboneConfig | None = None  # None = visual-only cell
+    width: int = Field(128, ge=8)  # d: width of transformer1/2 and the aligner
+    heads: int = Field(4, ge=1)
+    t1_layers: int = Field(1, ge=0)  # transformer1 over visual tokens
+    t2_layers: int = Field(0, ge=0)  # transformer2 over label embeddings (0 = off)
+    orthogonal: bool = False  # orthogonal module on label embeddings
+    aligner: bool = False  # label-query cross-attention aligner + classifier B
+    aligner_layers: int = Field(1, ge=1)
+    output: Literal["a", "b", "mean"] = "a"  # which logits are the prediction
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    tau: float = Field(0.07, gt=0.0)  # initial temperature of classifier B (learned)
+
+    @model_validator(mode="after")
+    def _possible(self) -> ModelConfig:
+        needs_text = {"t2_layers": self.t2_layers > 0, "orthogonal": self.orthogonal, "aligner": self.aligner}
+        for key, used in needs_text.items():
+            if used and self.text is None:
+                raise ValueError(f"model.{key} needs a text branch (set model.text)")
+        if self.output != "a" and not self.aligner:
+            raise ValueError(f"model.output={self.output!r} needs model.aligner=true (classifier B)")
+        if self.width % self.heads:
+            raise ValueError(f"model.width={self.width} must be divisible by model.heads={self.heads}")
+        return self
+
+
+class LossConfig(_Frozen):
+    """Loss terms and their weights. Terms are computed unweighted; weights are applied in one place."""
+
+    cls: Literal["bce", "asl", "focal"] = "bce"  # classification loss on the output logits
+    cls_on_heads: bool = False  # also apply the classification loss to each classifier separately
+    semantic: float = Field(0.0, ge=0.0)  # weight: per-disease image-text InfoNCE (+ report CLIP loss)
+    domain: float = Field(0.0, ge=0.0)  # weight: image-side disease features vs text embeddings
+    orth: float = Field(0.0, ge=0.0)  # weight: ||L L^T - I||^2 on normalised label embeddings
+    consistency: float = Field(0.0, ge=0.0)  # weight: contrastive between classifier A and B outputs
+    expression: float = Field(0.0, ge=0.0)  # weight: MSE of probabilities vs labels
+    supcon: float = Field(0.0, ge=0.0)  # weight: multi-label supervised contrastive (image branch)
+    coral: float = Field(0.0, ge=0.0)  # weight: CORAL across `domain` groups (part of the domain term)
+    domain_kind: Literal["mmd", "centroid"] = "mmd"
+    tau: float = Field(0.1, gt=0.0)  # temperature of the contrastive terms
+    focal_gamma: float = Field(2.0, ge=0.0)
+    asl_gamma_neg: float = Field(4.0, ge=0.0)
+    asl_gamma_pos: float = Field(0.0, ge=0.0)
+    asl_clip: float = Field(0.05, ge=0.0, lt=1.0)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Weight per term name; ``cls`` is the fixed unit weight every other term is relative to."""
+        return {
+            "cls": 1.0,
+            "semantic": self.semantic,
+            "domain": self.domain,
+            "orth": self.orth,
+            "consistency": self.consistency,
+            "expression": self.expression,
+            "supcon": self.supcon,
+        }
+
+
+class TrainConfig(_Frozen):
+    """The optimisation loop."""
+
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_frac: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of steps with linear warmup, then cosine
+    grad_clip: float = Field(1.0, ge=0.0)  # 0 = off
+    patience: int = Field(3, ge=1)  # early stopping on the monitored val metric
+    monitor: Literal["val/macro_auc", "val/map"] = "val/macro_auc"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    threads: int | None = None  # torch CPU threads; None = all cores
+    feature_cache: bool = True  # cache frozen encoder outputs on disk
+    num_workers: int = Field(0, ge=0)
+
+
+class RunConfig(_Frozen):
+    """Everything one run (one ablation cell x seed) needs; its hash identifies it for resume."""
+
+    cell: str = "default"
+    seed: int = 0
+    axes: dict[str, str] = Field(default_factory=dict)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def config_hash(self) -> str:
+        """Stable 12-hex-digit hash of the resolved config (same config -> same hash, across processes)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved config as dotted keys (``model.visual.arch``), for MLflow params."""
+        return flatten(self.model_dump(mode="json"))
+
+
+class ParamRange(_Frozen):
+    """One dimension of a tuning search space."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = True  # sample log-uniformly
+    optional: bool = False  # the term may also be switched off (value 0), sampled as a yes/no choice
+    choices: list[Any] | None = None  # categorical instead of a range
+
+    @model_validator(mode="after")
+    def _complete(self) -> ParamRange:
+        if self.choices is None and (self.low is None or self.high is None):
+            raise ValueError("a search dimension needs low and high, or choices")
+        if self.choices is None and not self.low < self.high:  # type: ignore[operator]
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.choices is None and self.low <= 0:  # type: ignore[operator]
+            raise ValueError("a log-uniform range needs low > 0")
+        return self
+
+
+class SearchSpace(_Frozen):
+    """The ``tune:`` section of a matrix file: dotted config paths -> ranges."""
+
+    metric: Literal["val/macro_auc", "val/map"] = "val/macro_auc"
+    params: dict[str, ParamRange] = Field(default_factory=dict)
+
+
+class AblationMatrix(_Frozen):
+    """A matrix file: a base config, named cells (overrides of the base), seeds, axes and a search space.
+
+    ``model.visual`` / ``model.text`` name a backbone (``clip``, ``biomedclip``, ``custom``) that the chosen
+    :class:`BackboneSet` resolves; a full mapping is accepted too.
+    """
+
+    name: str
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    cells: dict[str, dict[str, Any]]
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    axes: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)  # axis -> value -> overrides
+    tune: SearchSpace = Field(default_factory=SearchSpace)
+    source: str | None = Field(None, exclude=True)  # file the matrix was read from (for messages)
+
+
+class BackboneSet(_Frozen):
+    """Maps backbone names used by cells to concrete :class:`BackboneConfig` s."""
+
+    name: str
+    backbones: dict[str, BackboneConfig]
+
+    def resolve(self, ref: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if ref is None or isinstance(ref, Mapping):
+            return None if ref is None else dict(ref)
+        if ref not in self.backbones:
+            raise CxrfaError(
+                f"backbone {ref!r} is not in backbone set {self.name!r}; known: {', '.join(self.backbones)}"
+            )
+        return self.backbones[ref].model_dump()
+
+
+REAL_BACKBONES = BackboneSet(
+    name="real",
+    backbones={
+        "clip": BackboneConfig(name="clip", arch="ViT-B-16", pretrained="openai"),
+        "biomedclip": BackboneConfig(
+            name="biomedclip", arch="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+        ),
+        "custom": BackboneConfig(name="custom", arch="cxrfa-resnet18", frozen=False),
+    },
+)
+
+DEMO_BACKBONES = BackboneSet(
+    name="demo",
+    backbones={
+        "clip": BackboneConfig(name="clip", arch="cxrfa-tiny-clip", pretrained="demo", standin=True),
+        "biomedclip": BackboneConfig(
+            name="biomedclip", arch="cxrfa-tiny-biomedclip", pretrained="demo", standin=True
+        ),
+        "custom": BackboneConfig(name="custom", arch="cxrfa-cnn-small", frozen=False),
+    },
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dict helpers
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` onto ``base`` (override wins); inputs are not modified."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_dotted(tree: Mapping[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Return a copy of ``tree`` with ``a.b.c`` set to ``value``."""
+    head, *rest = dotted.split(".")
+    return deep_merge(tree, {head: value} if not rest else {head: set_dotted({}, ".".join(rest), value)})
+
+
+def _describe(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{where}: {loc}: {msg}{more}"
+
+
+def validate(model: type[_Frozen], data: Mapping[str, Any], where: str) -> Any:
+    """Validate ``data`` against ``model``; a failure becomes one :class:`CxrfaError` line naming the key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise CxrfaError(_describe(err, where)) from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# matrices
+
+PACKAGED_MATRICES = Path(__file__).parent / "matrices"
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise CxrfaError(f"{path}: cannot read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise CxrfaError(f"{path}:{line} is not valid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def find_matrix(name: str, search: Iterable[Path] = (Path("ablations"),)) -> Path:
+    """Resolve ``--matrix``: ``ablations/NAME.yaml``, then a path, then the matrices packaged with cxrfa."""
+    for folder in search:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    if Path(name).is_file():
+        return Path(name)
+    if (PACKAGED_MATRICES / f"{name}.yaml").is_file():
+        return PACKAGED_MATRICES / f"{name}.yaml"
+    known = sorted({p.stem for f in [*search, PACKAGED_MATRICES] if f.is_dir() for p in f.glob("*.yaml")})
+    raise CxrfaError(f"no matrix {name!r} (looked in ablations/, as a path, and packaged); known: {', '.join(known)}")
+
+
+def load_matrix(name_or_path: str) -> AblationMatrix:
+    """Read and validate a matrix file; errors name the file and the key."""
+    path = find_matrix(name_or_path)
+    raw = read_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise CxrfaError(f"{path}: a matrix file must be a mapping with 'name' and 'cells'")
+    matrix = validate(AblationMatrix, {**raw, "source": str(path)}, str(path))
+    expand(matrix, DEMO_BACKBONES)  # impossible cells fail now, naming the file
+    return matrix
+
+
+def load_backbones(spec: str) -> BackboneSet:
+    """``real``, ``demo``, or a YAML file mapping backbone names to BackboneConfig fields."""
+    if spec == "real":
+        return REAL_BACKBONES
+    if spec == "demo":
+        return DEMO_BACKBONES
+    path = Path(spec)
+    if not path.is_file():
+        raise CxrfaError(f"--backbones {spec!r}: expected 'real', 'demo' or a YAML file that exists")
+    raw = read_yaml(path) or {}
+    return validate(BackboneSet, {"name": path.stem, "backbones": raw}, str(path))
+
+
+def _resolve_backbones(tree: dict[str, Any], backbones: BackboneSet) -> dict[str, Any]:
+    model = dict(tree.get("model", {}))
+    for key in ("visual", "text"):
+        if key in model:
+            model[key] = backbones.resolve(model[key])
+    return {**tree, "model": model}
+
+
+def expand(
+    matrix: AblationMatrix,
+    backbones: BackboneSet,
+    seeds: list[int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    cells: Iterable[str] | None = None,
+) -> list[RunConfig]:
+    """Resolve a matrix into run configs: cells x axis values x seeds, in file order.
+
+    Args:
+        matrix: the validated matrix.
+        backbones: resolves backbone names in ``model.visual`` / ``model.text``.
+        seeds: replaces the matrix's seeds when given.
+        overrides: dotted-key overrides applied to every cell last (e.g. ``{"data.manifest": "m.csv"}``).
+        cells: restrict to these cell names (unknown names are an error).
+
+    Raises:
+        CxrfaError: an impossible or invalid cell, naming the file, the cell and the key.
+    """
+    where = matrix.source or matrix.name
+    chosen = list(cells) if cells is not None else list(matrix.cells)
+    for cell in chosen:
+        if cell not in matrix.cells:
+            raise CxrfaError(f"{where}: no cell {cell!r}; cells: {', '.join(matrix.cells)}")
+    axis_names = list(matrix.axes)
+    combos = list(itertools.product(*(matrix.axes[a].items() for a in axis_names))) or [()]
+    runs: list[RunConfig] = []
+    for cell in chosen:
+        for combo in combos:
+            tree = deep_merge(matrix.base, matrix.cells[cell] or {})
+            for _, (_, axis_override) in zip(axis_names, combo, strict=True):
+                tree = deep_merge(tree, axis_override or {})
+            for dotted, value in (overrides or {}).items():
+                tree = set_dotted(tree, dotted, value)
+            tree = _resolve_backbones(tree, backbones)
+            axes = {a: str(v) for a, (v, _) in zip(axis_names, combo, strict=True)}
+            name = cell if not axes else cell + "".join(f"[{a}={v}]" for a, v in axes.items())
+            for seed in seeds if seeds is not None else matrix.seeds:
+                runs.append(
+                    validate(RunConfig, {**tree, "cell": name, "seed": seed, "axes": axes}, f"{where}: cell {name!r}")
+                )
+    return runs

@@ -1,0 +1,1 @@
+"""The data layer: manifests (the one data contract), format readers, splits, synthetic CXRs, Datasets."""

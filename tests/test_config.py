@@ -1,0 +1,91 @@
+"""Matrix files: validation errors name the file and key; expansion is complete and hashes are stable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cxrfa.config import DEMO_BACKBONES, REAL_BACKBONES, expand, load_backbones, load_matrix
+from cxrfa.errors import CxrfaError
+
+SHIPPED = ["full", "smoke", "visual-only", "dual-branch", "alignment"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_matrices_expand(name: str) -> None:
+    m = load_matrix(name)
+    runs = expand(m, DEMO_BACKBONES)
+    assert len(runs) == len(m.cells) * len(m.seeds)
+    assert len({r.config_hash() for r in runs}) == len(runs)  # every cell x seed is a distinct run
+    assert Path(m.source).read_text().startswith("#")  # header comment shows the command
+    assert f"cxrfa ablate --matrix {name}" in Path(m.source).read_text()
+
+
+def test_full_matrix_is_the_six_design_cells_times_three_seeds() -> None:
+    runs = expand(load_matrix("full"), DEMO_BACKBONES)
+    assert len(runs) == 18
+    cells = {r.cell: r for r in runs}
+    assert set(cells) == {"visual-clip", "visual-biomedclip", "visual-custom", "dual-clip", "dual-custom", "align-clip"}
+    assert cells["visual-clip"].model.text is None and not cells["visual-clip"].model.aligner
+    assert cells["dual-custom"].model.visual.name == "custom" and cells["dual-custom"].model.text.name == "clip"
+    align = cells["align-clip"]
+    assert align.model.orthogonal and align.model.aligner and align.loss.domain > 0 and align.loss.consistency > 0
+
+
+def test_hash_is_stable_across_processes_and_sensitive_to_config() -> None:
+    runs = expand(load_matrix("smoke"), DEMO_BACKBONES)
+    code = "from cxrfa.config import *; print(expand(load_matrix('smoke'), DEMO_BACKBONES)[0].config_hash())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert other == runs[0].config_hash()
+    tweaked = expand(load_matrix("smoke"), DEMO_BACKBONES, overrides={"train.lr": 0.01})
+    assert tweaked[0].config_hash() != runs[0].config_hash() and tweaked[0].train.lr == 0.01
+    real = expand(load_matrix("smoke"), REAL_BACKBONES)
+    assert real[0].model.visual.arch == "ViT-B-16" and real[0].config_hash() != runs[0].config_hash()
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ncells:\n  a:\n    model: {visual: clip, widht: 8}\n")
+    with pytest.raises(CxrfaError, match=r"m\.yaml.*cell 'a'.*model\.widht: unknown key"):
+        load_matrix(path)
+
+
+def test_impossible_cell_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ncells:\n  bad:\n    model: {visual: clip, aligner: true}\n")
+    with pytest.raises(CxrfaError, match=r"m\.yaml.*'bad'.*aligner needs a text branch"):
+        load_matrix(path)
+
+
+def test_top_level_typo_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(CxrfaError, match=r"sedes: unknown key"):
+        load_matrix(_write(tmp_path, "name: x\nsedes: [1]\ncells: {a: {model: {visual: clip}}}\n"))
+    with pytest.raises(CxrfaError, match=r"m\.yaml: line \d+ is not valid YAML"):
+        load_matrix(_write(tmp_path, "name: x\ncells: {a: [\n"))
+
+
+def test_unknown_matrix_backbone_and_cell() -> None:
+    with pytest.raises(CxrfaError, match="no matrix 'nope'.*known: .*full"):
+        load_matrix("nope")
+    with pytest.raises(CxrfaError, match="expected 'real', 'demo' or a YAML file"):
+        load_backbones("imaginary")
+    with pytest.raises(CxrfaError, match="no cell 'zzz'"):
+        expand(load_matrix("smoke"), DEMO_BACKBONES, cells=["zzz"])
+
+
+def test_backbone_file(tmp_path: Path) -> None:
+    path = tmp_path / "bb.yaml"
+    path.write_text("clip: {name: clip, arch: ViT-B-32, pretrained: /weights/vit.pt}\n")
+    runs = expand(load_matrix("smoke"), load_backbones(str(path)))
+    assert runs[0].model.visual.arch == "ViT-B-32"
+    assert runs[0].model.visual.source == "local:/weights/vit.pt"
+    with pytest.raises(CxrfaError, match="backbone 'clip' is not in backbone set"):
+        (tmp_path / "empty.yaml").write_text("custom: {name: custom, arch: cxrfa-cnn-small}\n")
+        expand(load_matrix("smoke"), load_backbones(str(tmp_path / "empty.yaml")))
