@@ -1,0 +1,89 @@
+"""``cxrfa evaluate``: score a predictions CSV against a manifest split and write metrics, tables and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cxrfa.cli._common import user_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_HEADLINE = ("macro_auc", "micro_auc", "map", "macro_f1", "mse", "ece", "fair/worst_tpr_gap")
+
+
+def _read_predictions(path: Path) -> pd.DataFrame:
+    """Read a predictions CSV, turning unreadable files into one-line user errors."""
+    import pandas as pd
+
+    from cxrfa.errors import CxrfaError
+
+    try:
+        return pd.read_csv(path, dtype={"path": str})
+    except FileNotFoundError:
+        raise CxrfaError(f"{path}: no such predictions file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CxrfaError(f"{path}: not a readable CSV ({str(err).strip().splitlines()[0]})") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``evaluate`` command to the app."""
+
+    @app.command("evaluate")
+    @user_errors
+    def evaluate(
+        predictions: Annotated[
+            Path, typer.Option("--predictions", help="CSV with 'path' and one probability column per label.")
+        ],
+        manifest: Annotated[Path, typer.Option("--manifest", help="Manifest the predictions refer to.")],
+        out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, per_label.csv and plots.")],
+        split: Annotated[str, typer.Option("--split", help="Manifest split the predictions cover.")] = "test",
+        val_predictions: Annotated[
+            Path | None,
+            typer.Option(
+                "--val-predictions",
+                help="Predictions on the val split; per-label F1-optimal thresholds "
+                "are chosen on them (default: 0.5).",
+            ),  # fmt: skip
+        ] = None,
+        n_boot: Annotated[
+            int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the 95% CIs.")
+        ] = 200,
+        seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    ) -> None:
+        """Score predictions against a manifest split: AUROC/AP/F1, CIs, long-tail and subgroup metrics, plots."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from cxrfa.data.manifest import read_manifest
+        from cxrfa.evaluate import evaluate_predictions
+
+        man = read_manifest(manifest)
+        pred = _read_predictions(predictions)
+        val = _read_predictions(val_predictions) if val_predictions is not None else None
+        result = evaluate_predictions(
+            pred,
+            man,
+            split,
+            out,
+            val_pred=val,
+            n_boot=n_boot,
+            seed=seed,
+            pred_source=str(predictions),
+            val_source=str(val_predictions),
+        )
+        s = result.scalars
+        table = Table(title=f"{split} metrics ({len(result.y_true)} images)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in _HEADLINE:
+            if key in s:
+                extra = ""
+                if f"{key}_ci_low" in s:
+                    extra = f"  [{s[f'{key}_ci_low']:.3f}, {s[f'{key}_ci_high']:.3f}]"
+                table.add_row(key, f"{s[key]:.4f}{extra}")
+        table.add_row("thresholds", "val-chosen" if result.thresholds_from_val else "0.5")
+        Console().print(table)  # stdout: the result; logs and errors go to stderr

@@ -1,0 +1,126 @@
+"""Images for training: a robust image loader, the torch Dataset over a manifest, light augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cxrfa.data.manifest import Manifest
+from cxrfa.errors import CxrfaError
+
+
+def _to_uint8(array: np.ndarray, bits: int) -> np.ndarray:
+    """Scale a 16-bit (or wider) grayscale array to 8 bits.
+
+    The scale is the image's bit depth when its values use it (e.g. 12-bit stored in 16: max 4095), so a
+    dark film stays dark; values are never clipped.
+    """
+    top = float(array.max()) if array.size else 0.0
+    depth = max(8, int(np.ceil(np.log2(top + 1.0)))) if top > 0 else 8
+    depth = min(depth, bits)
+    return (array.astype(np.float64) * (255.0 / (2**depth - 1)) + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def load_image(path: Path) -> Image.Image:
+    """Read a radiograph as an RGB PIL image.
+
+    Handles 8-bit and 16-bit grayscale (16-bit scaled to 8-bit by its bit depth), palette, RGB and RGBA
+    (alpha dropped) PNG and JPEG.
+
+    Raises:
+        CxrfaError: the file is missing, truncated or not an image (the message names the file).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+                array = np.asarray(img)
+                bits = 16 if img.mode.startswith("I;16") else 32
+                return Image.fromarray(_to_uint8(array.astype(np.int64).clip(0), bits), mode="L").convert(
+                    "RGB"
+                )
+            if img.mode == "F":
+                array = np.asarray(img, dtype=np.float64)
+                lo, hi = float(array.min()), float(array.max())
+                scaled = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
+                return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                return img.convert("RGBA").convert("RGB")
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise CxrfaError(f"{path}: image not found; check the manifest's root and path column") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise CxrfaError(f"{path}: cannot decode image ({err}); the file is corrupt or truncated") from None
+
+
+class CXRDataset(torch.utils.data.Dataset):
+    """One item per manifest row.
+
+    Items are dicts: ``image`` (transform output), ``labels`` (float32 (C,), NaN = unknown), ``index``
+    (row in the manifest), ``report`` (str, ``""`` when absent) and ``domain`` (int code; the sorted unique
+    ``domain`` values of the manifest, so codes are stable for a given manifest).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        transform: Callable[[Image.Image], torch.Tensor],
+        domains: np.ndarray | None = None,
+    ) -> None:
+        """Args:
+        manifest: the rows to serve (often one split of a larger manifest).
+        transform: PIL image -> tensor (augmentation composed with the backbone's preprocessing).
+        domains: (N,) int domain codes to use instead of this manifest's own, so that the codes of a split
+            match those of the full manifest it came from.
+        """
+        self.manifest = manifest
+        self.transform = transform
+        self.labels = torch.from_numpy(manifest.label_matrix())  # (N, C) float32
+        values = manifest.frame["domain"].fillna("").astype(str)
+        self.domain_names: list[str] = sorted(set(values))
+        if domains is None:
+            lookup = {name: k for k, name in enumerate(self.domain_names)}
+            domains = np.asarray([lookup[d] for d in values], dtype=np.int64)
+        if len(domains) != len(manifest):
+            raise ValueError(f"domains has {len(domains)} codes for {len(manifest)} rows")
+        self.domains = np.asarray(domains, dtype=np.int64)  # (N,)
+        self.reports = manifest.frame["report"].fillna("").astype(str).tolist()
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = load_image(self.manifest.image_path(i))
+        return {
+            "image": self.transform(image),
+            "labels": self.labels[i],
+            "index": int(i),
+            "report": self.reports[i],
+            "domain": int(self.domains[i]),
+        }
+
+
+def train_augment(size: int) -> Callable[[Image.Image], Image.Image]:
+    """Light train-time augmentation on PIL images, to compose before a backbone's own transform.
+
+    Small rotation/translation/scale and brightness/contrast jitter; no horizontal flip, because chest
+    anatomy is lateralised (the heart is on the patient's left).
+
+    Args:
+        size: the side the backbone expects; the random scale crops relative to it.
+    """
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.RandomAffine(degrees=5, translate=(0.04, 0.04), scale=(0.95, 1.05), fill=0),
+            T.ColorJitter(brightness=0.15, contrast=0.15),
+            T.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.95, 1.05), antialias=True),
+        ]
+    )

@@ -1,0 +1,200 @@
+"""Evaluate a predictions table against a manifest split and write the metrics, tables and plots.
+
+A predictions table has a ``path`` column (the manifest's image path) and one probability column per label,
+nothing else; :func:`predictions_frame` builds one. :func:`evaluate_predictions` checks it fully before any
+file is written, so bad input leaves the output folder untouched; :func:`write_evaluation` writes each file
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrfa import plots
+from cxrfa.data.manifest import Manifest
+from cxrfa.errors import CxrfaError
+from cxrfa.io import atomic_path, atomic_write_text
+from cxrfa.labels import group_by_prevalence
+from cxrfa.metrics import MetricsResult, choose_thresholds, compute_metrics
+
+log = logging.getLogger(__name__)
+
+PLOT_FILES: tuple[str, ...] = ("roc.png", "pr.png", "confusion.png", "calibration.png", "subgroups.png")
+_PLOT_DPI = 110
+
+
+def predictions_frame(paths: Sequence[str], probs: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
+    """A predictions table: ``path`` then one probability column per label.
+
+    Args:
+        paths: N image paths as in the manifest.
+        probs: (N, C) probabilities.
+        labels: C label names.
+
+    Raises:
+        ValueError: the lengths disagree.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape != (len(paths), len(labels)):
+        raise ValueError(f"probs {probs.shape} does not match {len(paths)} paths x {len(labels)} labels")
+    frame = pd.DataFrame(probs, columns=list(labels))
+    frame.insert(0, "path", [str(p) for p in paths])
+    return frame
+
+
+def _aligned_probs(pred: pd.DataFrame, manifest: Manifest, split: str, source: str) -> np.ndarray:
+    """Check a predictions table against one manifest split; return (N, C) probabilities in manifest order.
+
+    Raises:
+        CxrfaError: one line naming ``source`` and the offending row/column, for a missing ``path`` column,
+            missing or extra label columns, duplicate/missing/extra rows, or a value that is not a
+            probability. Rows are reported as CSV line numbers (header = line 1).
+    """
+    labels = list(manifest.labels)
+    if "path" not in pred.columns:
+        raise CxrfaError(f"{source}: no 'path' column; predictions need 'path' plus one column per label")
+    missing = [lab for lab in labels if lab not in pred.columns]
+    if missing:
+        raise CxrfaError(f"{source}: missing label column(s) {', '.join(map(repr, missing))}; expected one "
+                         f"probability column per manifest label")  # fmt: skip
+    extra = [str(c) for c in pred.columns if c != "path" and c not in labels]
+    if extra:
+        raise CxrfaError(f"{source}: unexpected column(s) {', '.join(map(repr, extra))}; "
+                         f"keep only 'path' and the manifest's labels")  # fmt: skip
+    paths = pred["path"].astype("string")
+    dup = paths.duplicated(keep="first")
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0])
+        raise CxrfaError(f"{source}: line {row + 2}: path {paths.iat[row]!r} appears more than once")
+    part = manifest.split(split)
+    if len(part) == 0:
+        raise CxrfaError(f"manifest has no {split!r} rows; choose a split among train/val/test that has rows")
+    wanted = part.frame["path"].astype("string")
+    index = pd.Index(paths)
+    extra_rows = ~paths.isin(set(wanted))
+    if extra_rows.any():
+        row = int(np.flatnonzero(extra_rows.to_numpy())[0])
+        raise CxrfaError(f"{source}: line {row + 2}: path {paths.iat[row]!r} is not in the manifest's {split!r} "
+                         f"split ({int(extra_rows.sum())} such row(s)); predict exactly that split")  # fmt: skip
+    absent = ~wanted.isin(set(paths))
+    if absent.any():
+        first = wanted[absent].iat[0]
+        raise CxrfaError(f"{source}: {int(absent.sum())} {split!r} image(s) have no prediction, e.g. {first!r}; "
+                         f"predict every image of the split")  # fmt: skip
+    for lab in labels:
+        values = pd.to_numeric(pred[lab], errors="coerce")
+        bad = values.isna() | (values < 0) | (values > 1)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raw = pred[lab].iat[row]
+            shown = repr(raw) if isinstance(raw, str) else ("empty/NaN" if pd.isna(raw) else str(raw))
+            raise CxrfaError(f"{source}: line {row + 2}, column {lab!r}: {shown} is not a "
+                             f"probability in [0, 1]")  # fmt: skip
+    order = index.get_indexer(wanted)  # (N,) predictions row of each manifest row
+    return pred[labels].to_numpy(dtype=np.float64)[order]
+
+
+def evaluate_predictions(
+    pred: pd.DataFrame,
+    manifest: Manifest,
+    split: str,
+    out: Path,
+    val_pred: pd.DataFrame | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    *,
+    pred_source: str = "predictions",
+    val_source: str = "validation predictions",
+) -> MetricsResult:
+    """Score predictions on one manifest split and write the evaluation files into ``out``.
+
+    Thresholds are chosen on ``val_pred`` (the manifest's ``val`` split) when given, else 0.5 (logged).
+    Long-tail groups come from the train-split prevalence; subgroups from the manifest's sex/age/view.
+
+    Args:
+        pred: predictions table for ``split`` (see :func:`predictions_frame`).
+        manifest: the manifest the predictions refer to.
+        split: split being evaluated (normally ``test``).
+        out: output folder (created).
+        val_pred: predictions for the ``val`` split, used only to choose thresholds.
+        n_boot: bootstrap resamples for the CIs.
+        seed: bootstrap seed.
+        pred_source: name of ``pred`` in error messages (its file path).
+        val_source: name of ``val_pred`` in error messages.
+
+    Returns:
+        The :class:`MetricsResult`.
+
+    Raises:
+        CxrfaError: the predictions do not match the manifest (nothing is written then).
+    """
+    probs = _aligned_probs(pred, manifest, split, pred_source)  # (N, C)
+    thresholds = None
+    if val_pred is None:
+        log.info("no validation predictions: decision threshold 0.5 for every label (F1, confusion, TPR)")
+    else:
+        val_probs = _aligned_probs(val_pred, manifest, "val", val_source)  # (Nv, C)
+        thresholds = choose_thresholds(manifest.split("val").label_matrix(), val_probs)
+    part = manifest.split(split)
+    label_groups = None
+    if (manifest.frame["split"] == "train").any():
+        label_groups = group_by_prevalence(manifest.prevalence("train"))
+    else:
+        log.warning("manifest has no train rows: long-tail (head/medium/tail) metrics skipped")
+    result = compute_metrics(
+        part.label_matrix(),
+        probs,
+        list(manifest.labels),
+        thresholds=thresholds,
+        subgroups=part.frame[["sex", "age", "view"]],
+        label_groups=label_groups,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    write_evaluation(result, out)
+    return result
+
+
+def _json_value(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def write_evaluation(result: MetricsResult, out: Path) -> dict[str, Path]:
+    """Write ``metrics.json``, ``per_label.csv`` and the plots of one evaluation into ``out``, atomically.
+
+    ``metrics.json`` is the flat ``result.scalars`` object (undefined values as ``null``) plus
+    ``thresholds_from_val`` (1 when thresholds came from validation predictions, 0 for 0.5).
+
+    Returns:
+        File name → path written (``metrics.json``, ``per_label.csv``, ``roc.png``, ``pr.png``,
+        ``confusion.png``, ``calibration.png``, ``subgroups.png``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    payload = {k: _json_value(v) for k, v in result.scalars.items()}
+    payload["thresholds_from_val"] = int(result.thresholds_from_val)
+    atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
+    written["metrics.json"] = out / "metrics.json"
+    atomic_write_text(out / "per_label.csv", result.per_label.to_csv(index=False))
+    written["per_label.csv"] = out / "per_label.csv"
+    figures = {
+        "roc.png": lambda: plots.roc_curves(result.y_true, result.y_prob, result.labels),
+        "pr.png": lambda: plots.pr_curves(result.y_true, result.y_prob, result.labels),
+        "confusion.png": lambda: plots.confusion_grid(result.confusion, result.labels),
+        "calibration.png": lambda: plots.calibration_plot(result.y_true, result.y_prob),
+        "subgroups.png": lambda: plots.subgroup_chart(result.scalars),
+    }
+    for name, make in figures.items():
+        with atomic_path(out / name) as tmp:
+            make().savefig(tmp, format="png", dpi=_PLOT_DPI)
+        written[name] = out / name
+    log.info("wrote evaluation to %s", out)
+    return written

@@ -1,0 +1,462 @@
+"""Predictions + labels → metrics: AUROC, AP, F1, calibration, long-tail groups, bootstrap CIs, fairness gaps.
+
+Everything is plain numpy. Labels are an ``(N, C)`` float array holding 1, 0 or NaN (= unknown); unknown
+entries are masked out of every metric. AUROC and average precision are computed from the ranks of the
+scores with ties grouped, exactly as scikit-learn defines them, but with per-row *weights* so that a bootstrap
+resample (rows drawn with replacement) is just a vector of row counts: the scores are sorted once per label
+and every resample reuses that order.
+
+Definitions (CheXclusion-style where it applies):
+
+* per label: AUROC/AP/F1 on the rows where the label is known; a label with one class present gets NaN
+  AUROC/AP and is left out of the macro averages (with a logged warning);
+* ``macro_auc``/``map``/``macro_f1``: mean over labels with both classes present;
+* ``micro_auc``: AUROC of all known (row, label) pairs flattened; ``mse``: mean squared error of the
+  probabilities over known entries; ``ece``: 15 equal-width bins over known entries;
+* decisions are ``prob >= threshold``: per-label thresholds chosen on *val* to maximise F1
+  (:func:`choose_thresholds`), or 0.5 when none are given;
+* bootstrap: percentile 95% CIs from row resamples; within a resample, a label with one class present is
+  skipped and the macro is the mean over the remaining labels;
+* fairness: per subgroup of sex, age bin and view, macro AUROC, mean TPR and a TPR gap (``_fairness``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ECE_BINS = 15
+AGE_EDGES: tuple[float, ...] = (0.0, 20.0, 40.0, 60.0, 80.0, np.inf)
+# "80plus" rather than "80+": metric keys are logged to MLflow, which rejects "+" in names.
+AGE_BINS: tuple[str, ...] = ("0-20", "20-40", "40-60", "60-80", "80plus")
+SUBGROUP_ATTRIBUTES: tuple[str, ...] = ("sex", "age", "view")
+LABEL_GROUPS: tuple[str, ...] = ("head", "medium", "tail")
+_BOOT_CHUNK = 50  # resamples held in memory at once: (chunk, N) row-count matrix
+
+
+@dataclass
+class MetricsResult:
+    """Everything :func:`compute_metrics` measures.
+
+    Attributes:
+        scalars: flat metric name → value (NaN where undefined), ready for a tracker or ``metrics.json``.
+        per_label: one row per label: label, n_pos, n_neg, auc, ap, f1, threshold, tp, fp, fn, tn, group.
+        confusion: label → 2x2 counts ``[[tn, fp], [fn, tp]]`` at the label's threshold.
+        thresholds_from_val: True when thresholds were chosen on validation predictions, False for 0.5.
+        labels: label names, in column order.
+        y_true: (N, C) labels the metrics were computed from (1/0/NaN), kept for plotting.
+        y_prob: (N, C) predicted probabilities, kept for plotting.
+    """
+
+    scalars: dict[str, float]
+    per_label: pd.DataFrame
+    confusion: dict[str, np.ndarray]
+    thresholds_from_val: bool
+    labels: list[str] = field(default_factory=list)
+    y_true: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    y_prob: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ranking metrics with row weights (weights = 1 for the point estimate, row counts for a bootstrap resample)
+
+
+def _rank_groups(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Descending sort order of ``score`` and the start index of each run of tied scores."""
+    order = np.argsort(-score, kind="mergesort")
+    s = score[order]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(s) != 0) + 1))
+    return order, starts
+
+
+def _weighted_auc_ap(
+    y_sorted: np.ndarray, w: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and AP for each row of weights.
+
+    Args:
+        y_sorted: (n,) 0/1 labels in descending-score order.
+        w: (B, n) non-negative row weights in the same order.
+        starts: (G,) start index of each tie group.
+
+    Returns:
+        auc, ap: (B,) each; NaN where the weighted data has a single class.
+    """
+    gp = np.add.reduceat(w * y_sorted, starts, axis=1)  # (B, G) positive weight per tie group
+    gn = np.add.reduceat(w, starts, axis=1) - gp  # (B, G) negative weight per tie group
+    cp, cn = np.cumsum(gp, axis=1), np.cumsum(gn, axis=1)  # (B, G) weight at or above each group
+    n_pos, n_neg = cp[:, -1], cn[:, -1]  # (B,)
+    valid = (n_pos > 0) & (n_neg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Each negative beats every positive ranked strictly above it; ties count one half.
+        auc = (gn * (cp - 0.5 * gp)).sum(axis=1) / (n_pos * n_neg)
+        # Where nothing is ranked at or above a group yet, cp = 0 too: precision 0 there, and gp = 0 anyway.
+        precision = cp / np.maximum(cp + cn, 1e-300)  # (B, G)
+        ap = (gp * precision).sum(axis=1) / n_pos
+    return np.where(valid, auc, np.nan), np.where(valid, ap, np.nan)
+
+
+def auc_ap(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """AUROC and average precision of one binary label (no unknowns); NaN for both if one class is present."""
+    y = np.asarray(y, dtype=np.float64)
+    score = np.asarray(score, dtype=np.float64)
+    if y.size == 0:
+        return float("nan"), float("nan")
+    order, starts = _rank_groups(score)
+    auc, ap = _weighted_auc_ap(y[order], np.ones((1, y.size)), starts)
+    return float(auc[0]), float(ap[0])
+
+
+def _row_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield (b, n) row-count matrices, ``n_boot`` resamples in all, from ``np.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_boot:
+        b = min(_BOOT_CHUNK, n_boot - done)
+        idx = rng.integers(0, n, size=(b, n))  # (b, n) row indices drawn with replacement
+        flat = (idx + np.arange(b)[:, None] * n).ravel()
+        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+        done += b
+
+
+def bootstrap_per_label(
+    y_true: np.ndarray, y_prob: np.ndarray, n_boot: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label AUROC and AP on ``n_boot`` row resamples.
+
+    The resampled rows depend only on ``(N, n_boot, seed)``, so two models scored with the same seed see the
+    same resamples (the basis of :func:`cxrfa.stats.paired_bootstrap`).
+
+    Args:
+        y_true: (N, C) labels, 1/0/NaN.
+        y_prob: (N, C) scores.
+        n_boot: number of resamples.
+        seed: seed for ``np.random.default_rng``.
+
+    Returns:
+        auc, ap: (n_boot, C) each; NaN where the label has one class in that resample.
+    """
+    n, c = y_true.shape
+    known = np.isfinite(y_true)
+    prepared = []
+    for j in range(c):
+        rows = np.flatnonzero(known[:, j])
+        order, starts = _rank_groups(y_prob[rows, j].astype(np.float64))
+        prepared.append((rows[order], y_true[rows[order], j].astype(np.float64), starts))
+    aucs, aps = [], []
+    for counts in _row_counts(n, n_boot, seed):  # (b, N)
+        auc_chunk = np.full((counts.shape[0], c), np.nan)
+        ap_chunk = np.full((counts.shape[0], c), np.nan)
+        for j, (rows, y_sorted, starts) in enumerate(prepared):
+            if rows.size:
+                auc_chunk[:, j], ap_chunk[:, j] = _weighted_auc_ap(y_sorted, counts[:, rows], starts)
+        aucs.append(auc_chunk)
+        aps.append(ap_chunk)
+    if not aucs:
+        return np.zeros((0, c)), np.zeros((0, c))
+    return np.concatenate(aucs), np.concatenate(aps)
+
+
+def macro_over_labels(per_label: np.ndarray, include: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise mean over finite entries of a (B, C) array (optionally only ``include`` columns); NaN if none."""
+    values = per_label if include is None else per_label[:, include]
+    finite = np.isfinite(values)
+    count = finite.sum(axis=1)
+    total = np.where(finite, values, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _percentile_ci(samples: np.ndarray) -> tuple[float, float]:
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return float("nan"), float("nan")
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Thresholds, F1, calibration
+
+
+def choose_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
+    """Per-label decision threshold that maximises F1 on (validation) predictions.
+
+    A row is predicted positive when ``prob >= threshold``; candidate thresholds are the observed scores
+    and, among equal F1, the highest one wins. Labels with one class (or no known rows) get 0.5.
+
+    Args:
+        y_true: (N, C) labels, 1/0/NaN (unknown rows are ignored per label).
+        y_prob: (N, C) probabilities.
+
+    Returns:
+        (C,) thresholds.
+    """
+    y_true, y_prob = _check_shapes(y_true, y_prob)
+    thresholds = np.full(y_true.shape[1], 0.5)
+    for j in range(y_true.shape[1]):
+        known = np.isfinite(y_true[:, j])
+        y, p = y_true[known, j], y_prob[known, j]
+        n_pos = y.sum()
+        if n_pos == 0 or n_pos == y.size:
+            continue
+        order, starts = _rank_groups(p)
+        ends = np.concatenate((starts[1:], [y.size])) - 1  # last index of each tie group
+        tp = np.cumsum(y[order])[ends]  # predicted positive = this group and every higher one
+        fp = (ends + 1) - tp
+        f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
+        thresholds[j] = p[order][starts[int(np.argmax(f1))]]
+    return thresholds
+
+
+def _confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+    pred = p >= threshold
+    pos = y == 1
+    tp = int(np.sum(pred & pos))
+    fp = int(np.sum(pred & ~pos))
+    fn = int(np.sum(~pred & pos))
+    return tp, fp, fn, int(y.size - tp - fp - fn)
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    """F1 with scikit-learn's ``zero_division=0`` convention."""
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom else 0.0
+
+
+def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE over all known entries: Σ_b (n_b / n) · |mean label − mean probability| in equal-width bins."""
+    known = np.isfinite(y_true)
+    y, p = y_true[known].astype(np.float64), y_prob[known].astype(np.float64)
+    if y.size == 0:
+        return float("nan")
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)  # bin b = [b/n, (b+1)/n); 1.0 in the last
+    count = np.bincount(bins, minlength=n_bins)
+    gap = np.abs(
+        np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(bins, weights=p, minlength=n_bins)
+    )
+    return float(gap.sum() / count.sum())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fairness
+
+
+def _safe_name(value: object) -> str:
+    """A subgroup value as a metric-key segment (MLflow allows only ``[\\w.\\- ]`` besides ``/``)."""
+    return re.sub(r"[^\w.\- ]", "_", str(value)).strip() or "unknown"
+
+
+def _group_codes(subgroups: pd.DataFrame, attr: str) -> pd.Series:
+    """Per-row subgroup name for one attribute (age binned); NaN where unknown."""
+    column = subgroups[attr]
+    if attr == "age":
+        age = pd.to_numeric(column, errors="coerce")
+        age = age.where(age >= 0)
+        binned = pd.cut(age, list(AGE_EDGES), right=False, labels=list(AGE_BINS))
+        return binned.astype(object).where(binned.notna(), np.nan)
+    values = column.astype(object).where(column.notna(), np.nan)
+    values = values.map(
+        lambda v: np.nan if (isinstance(v, str) and not v.strip()) or pd.isna(v) else _safe_name(v)
+    )
+    return values
+
+
+def _tpr(y_true: np.ndarray, pred: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(C,) TPR over ``rows`` among known positives; NaN for labels without positives there."""
+    pos = y_true[rows] == 1  # (n, C), unknown (NaN) compares False
+    n_pos = pos.sum(axis=0)
+    hits = (pos & pred[rows]).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_pos > 0, hits / np.maximum(n_pos, 1), np.nan)
+
+
+def _fairness(
+    y_true: np.ndarray, y_prob: np.ndarray, pred: np.ndarray, subgroups: pd.DataFrame
+) -> dict[str, float]:
+    """Per-subgroup macro AUROC, mean TPR and TPR gap for sex, age and view; plus the worst |gap|.
+
+    Sex: gap = TPR(group) − TPR(rows of the other groups). Age bins and view: gap = TPR(group) − median TPR
+    over groups. Per-label gaps are averaged over the labels with positives in the group (and, for sex, in
+    the other group).
+    """
+    out: dict[str, float] = {}
+    gaps: list[float] = []
+    for attr in SUBGROUP_ATTRIBUTES:
+        if attr not in subgroups.columns:
+            continue
+        codes = _group_codes(subgroups.reset_index(drop=True), attr)
+        names = (
+            [n for n in AGE_BINS if (codes == n).any()] if attr == "age" else sorted(codes.dropna().unique())
+        )
+        if not names:
+            continue
+        rows_of = {g: np.flatnonzero((codes == g).to_numpy()) for g in names}
+        tpr_of = {g: _tpr(y_true, pred, rows) for g, rows in rows_of.items()}
+        median = None
+        if attr != "sex":
+            stacked = np.vstack(list(tpr_of.values()))  # (G, C), NaN where a group has no positives
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN label columns → NaN
+                median = np.nanmedian(stacked, axis=0)  # (C,)
+        any_known = np.flatnonzero(codes.notna().to_numpy())
+        for g in names:
+            rows = rows_of[g]
+            label_auc = np.array([auc_ap(y_true[rows, j][np.isfinite(y_true[rows, j])],
+                                         y_prob[rows, j][np.isfinite(y_true[rows, j])])[0]
+                                  for j in range(y_true.shape[1])])  # fmt: skip
+            out[f"fair/{attr}/auc/{g}"] = _nanmean(label_auc)
+            out[f"fair/{attr}/tpr/{g}"] = _nanmean(tpr_of[g])
+            if attr == "sex":
+                reference = _tpr(y_true, pred, np.setdiff1d(any_known, rows)) if len(names) > 1 else None
+            else:
+                reference = median
+            if reference is None:
+                continue
+            gap = _nanmean(tpr_of[g] - reference)
+            out[f"fair/{attr}/tpr_gap/{g}"] = gap
+            if np.isfinite(gap):
+                gaps.append(abs(gap))
+    out["fair/worst_tpr_gap"] = max(gaps) if gaps else float("nan")
+    return out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def _check_shapes(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_true.ndim != 2 or y_true.shape != y_prob.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_prob {y_prob.shape} must be the same (N, C) shape")
+    return y_true, y_prob
+
+
+def compute_metrics(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    labels: list[str],
+    thresholds: np.ndarray | None = None,
+    subgroups: pd.DataFrame | None = None,
+    label_groups: dict[str, str] | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> MetricsResult:
+    """Every metric of one set of predictions (see the module docstring for definitions).
+
+    Args:
+        y_true: (N, C) labels, 1/0/NaN (unknown).
+        y_prob: (N, C) probabilities in [0, 1].
+        labels: C label names (metric keys use them verbatim).
+        thresholds: (C,) per-label decision thresholds chosen on val; None → 0.5 (logged).
+        subgroups: N rows aligned with ``y_true``, columns ``sex``, ``age``, ``view`` (any may be absent).
+        label_groups: label → ``head``/``medium``/``tail`` (train prevalence) for long-tail macros.
+        n_boot: bootstrap resamples for the CIs of ``macro_auc`` and ``map``; 0 → NaN CIs.
+        seed: seed of the bootstrap.
+
+    Returns:
+        A :class:`MetricsResult`.
+
+    Raises:
+        ValueError: shapes or lengths disagree, or a probability is NaN/inf where the label is known.
+    """
+    y_true, y_prob = _check_shapes(y_true, y_prob)
+    n, c = y_true.shape
+    if len(labels) != c:
+        raise ValueError(f"{len(labels)} label names for {c} columns")
+    from_val = thresholds is not None
+    if thresholds is None:
+        # DEBUG, not INFO: the trainer scores val every epoch without thresholds; evaluate says it at INFO.
+        log.debug("no thresholds given: using 0.5 for every label (F1, confusion, TPR)")
+        thresholds = np.full(c, 0.5)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.shape != (c,):
+        raise ValueError(f"thresholds has shape {thresholds.shape}, expected ({c},)")
+    if subgroups is not None and len(subgroups) != n:
+        raise ValueError(f"subgroups has {len(subgroups)} rows, predictions {n}")
+
+    known = np.isfinite(y_true)
+    if not np.isfinite(y_prob[known]).all():
+        raise ValueError(
+            "y_prob has NaN/inf where the label is known (a diverged model?); metrics would be wrong"
+        )
+    pred = (y_prob >= thresholds[None, :]) & known  # (N, C) decisions on known entries
+    rows, confusion = [], {}
+    for j, label in enumerate(labels):
+        y, p = y_true[known[:, j], j], y_prob[known[:, j], j]
+        auc, ap = auc_ap(y, p)
+        tp, fp, fn, tn = _confusion(y, p, thresholds[j])
+        confusion[label] = np.array([[tn, fp], [fn, tp]])
+        f1 = _f1(tp, fp, fn) if y.size else float("nan")
+        group = (label_groups or {}).get(label, "")
+        rows.append(
+            (
+                label,
+                int((y == 1).sum()),
+                int((y == 0).sum()),
+                auc,
+                ap,
+                f1,
+                thresholds[j],
+                tp,
+                fp,
+                fn,
+                tn,
+                group,
+            )
+        )
+    per_label = pd.DataFrame(rows, columns=["label", "n_pos", "n_neg", "auc", "ap", "f1", "threshold",
+                                            "tp", "fp", "fn", "tn", "group"])  # fmt: skip
+    evaluable = per_label["auc"].notna().to_numpy()
+    if not evaluable.all():
+        single = [f"{lab} ({p}+/{q}-)" for lab, p, q, ok in
+                  zip(per_label["label"], per_label["n_pos"], per_label["n_neg"], evaluable, strict=True) if not ok]  # fmt: skip
+        log.warning(
+            "label(s) with one class present, AUROC/AP undefined and left out of macros: %s",
+            ", ".join(single),
+        )
+
+    scalars: dict[str, float] = {}
+    scalars["macro_auc"] = _nanmean(per_label["auc"].to_numpy())
+    flat_y, flat_p = y_true[known], y_prob[known]
+    scalars["micro_auc"] = auc_ap(flat_y, flat_p)[0]
+    scalars["map"] = _nanmean(per_label["ap"].to_numpy())
+    scalars["mse"] = float(np.mean((flat_p - flat_y) ** 2)) if flat_y.size else float("nan")
+    scalars["macro_f1"] = _nanmean(per_label["f1"].to_numpy()[evaluable])
+    scalars["ece"] = expected_calibration_error(y_true, y_prob)
+    for key in ("auc", "ap", "f1"):
+        for label, value in zip(labels, per_label[key], strict=True):
+            scalars[f"{key}/{label}"] = float(value)
+    if label_groups:
+        for group in LABEL_GROUPS:
+            members = per_label["group"].to_numpy() == group
+            if members.any():
+                scalars[f"macro_auc_{group}"] = _nanmean(per_label["auc"].to_numpy()[members])
+                scalars[f"map_{group}"] = _nanmean(per_label["ap"].to_numpy()[members])
+
+    ci = {"macro_auc": (float("nan"), float("nan")), "map": (float("nan"), float("nan"))}
+    if n_boot > 0 and evaluable.any():
+        boot_auc, boot_ap = bootstrap_per_label(y_true, y_prob, n_boot, seed)  # (B, C) each
+        ci["macro_auc"] = _percentile_ci(macro_over_labels(boot_auc, evaluable))
+        ci["map"] = _percentile_ci(macro_over_labels(boot_ap, evaluable))
+    for key, (low, high) in ci.items():
+        scalars[f"{key}_ci_low"], scalars[f"{key}_ci_high"] = low, high
+
+    if subgroups is not None:
+        scalars.update(_fairness(y_true, y_prob, pred, subgroups))
+    return MetricsResult(scalars, per_label, confusion, from_val, list(labels), y_true, y_prob)

@@ -1,0 +1,277 @@
+"""Pure plotting functions: arrays/metrics in, a :class:`matplotlib.figure.Figure` out; the caller saves it.
+
+No pyplot and no global state: each function builds its own ``Figure``, which ``savefig`` renders with the Agg
+backend whatever backend pyplot may be using, so plots work headless and never leak open figures. Per-label plots are small multiples, one
+panel per label, so 14–26 labels stay legible.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from cxrfa.metrics import ECE_BINS, auc_ap, expected_calibration_error
+
+_NCOLS = 5
+_PANEL = 2.6  # inches per small-multiple panel
+
+
+def _grid(n: int, title: str, ncols: int = _NCOLS) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n`` panels in rows of ``ncols`` (unused slots removed)."""
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig = Figure(figsize=(_PANEL * ncols, _PANEL * nrows + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    fig.suptitle(title, fontsize=13)
+    return fig, axes[:n]
+
+
+def _known(y_true: np.ndarray, y_prob: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.isfinite(y_true[:, j])
+    return y_true[mask, j], y_prob[mask, j]
+
+
+def _single_class(ax: Axes, label: str, y: np.ndarray) -> None:
+    ax.set_title(label, fontsize=9)
+    ax.text(0.5, 0.5, f"one class only\n({int(y.sum())} pos / {int((y == 0).sum())} neg)",
+            ha="center", va="center", fontsize=8, transform=ax.transAxes)  # fmt: skip
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def roc_curves(
+    y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], title: str = "ROC curves"
+) -> Figure:
+    """One ROC panel per label (curve + chance diagonal, AUROC in the title).
+
+    Args:
+        y_true: (N, C) labels 1/0/NaN (unknown rows are dropped per label).
+        y_prob: (N, C) probabilities.
+        labels: C label names.
+        title: figure title.
+    """
+    fig, axes = _grid(len(labels), title)
+    for j, (ax, label) in enumerate(zip(axes, labels, strict=True)):
+        y, p = _known(y_true, y_prob, j)
+        if y.size == 0 or y.min() == y.max():
+            _single_class(ax, label, y)
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, color="tab:blue", lw=1.5)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{label}\nAUROC {auc_ap(y, p)[0]:.3f}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("false positive rate", fontsize=8)
+        ax.set_ylabel("true positive rate", fontsize=8)
+        ax.tick_params(labelsize=7)
+    return fig
+
+
+def pr_curves(
+    y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], title: str = "Precision-recall curves"
+) -> Figure:
+    """One precision–recall panel per label (curve + prevalence baseline, AP in the title)."""
+    fig, axes = _grid(len(labels), title)
+    for j, (ax, label) in enumerate(zip(axes, labels, strict=True)):
+        y, p = _known(y_true, y_prob, j)
+        if y.size == 0 or y.min() == y.max():
+            _single_class(ax, label, y)
+            continue
+        precision, recall, _ = precision_recall_curve(y, p)
+        ax.step(recall, precision, where="post", color="tab:orange", lw=1.5)
+        ax.axhline(float(y.mean()), color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{label}\nAP {auc_ap(y, p)[1]:.3f} (prev. {y.mean():.3f})", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("recall", fontsize=8)
+        ax.set_ylabel("precision", fontsize=8)
+        ax.tick_params(labelsize=7)
+    return fig
+
+
+def confusion_grid(confusion: dict[str, np.ndarray], labels: Sequence[str]) -> Figure:
+    """One 2x2 confusion matrix per label (``[[tn, fp], [fn, tp]]``), coloured by row-normalised rate."""
+    fig, axes = _grid(len(labels), "Confusion matrices at the decision threshold")
+    for ax, label in zip(axes, labels, strict=True):
+        counts = np.asarray(confusion[label], dtype=np.float64)  # (2, 2)
+        rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        for (r, c), value in np.ndenumerate(counts):
+            ax.text(c, r, f"{int(value)}", ha="center", va="center", fontsize=9,
+                    color="white" if rates[r, c] > 0.6 else "black")  # fmt: skip
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([0, 1], ["neg", "pos"], fontsize=7)
+        ax.set_yticks([0, 1], ["neg", "pos"], fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+    return fig
+
+
+def calibration_plot(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = ECE_BINS) -> Figure:
+    """Reliability diagram over all known entries (top) and the histogram of predicted probabilities (bottom)."""
+    known = np.isfinite(y_true)
+    y, p = y_true[known], y_prob[known]
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    filled = count > 0
+    mean_p = np.bincount(bins, weights=p, minlength=n_bins)[filled] / count[filled]
+    frac_pos = np.bincount(bins, weights=y, minlength=n_bins)[filled] / count[filled]
+    fig = Figure(figsize=(5.5, 6.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect calibration")
+    top.plot(mean_p, frac_pos, marker="o", color="tab:blue", label="model")
+    top.set_ylabel("fraction positive")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(
+        f"Calibration (ECE {expected_calibration_error(y_true, y_prob, n_bins):.3f}, {n_bins} bins)"
+    )
+    bottom.hist(p, bins=np.linspace(0, 1, n_bins + 1), color="tab:blue", alpha=0.7)
+    if filled.any() and count.max() > 50 * max(1.0, float(np.median(count[filled]))):
+        bottom.set_yscale("log")  # one crowded bin (usually near 0) would flatten the rest
+    bottom.set_xlabel("predicted probability")
+    bottom.set_ylabel("entries")
+    bottom.set_xlim(0, 1)
+    return fig
+
+
+def training_curves(history: list[dict[str, float]]) -> Figure:
+    """Per-epoch curves: losses on the left (``train/loss``, ``train/loss_<term>``, ``val/loss``), other
+    metrics (``val/macro_auc``…) on the right. The x axis is each entry's ``epoch`` or its 1-based position."""
+    epochs = [float(h.get("epoch", i + 1)) for i, h in enumerate(history)]
+    keys = sorted({k for h in history for k in h if k != "epoch"})
+    loss_keys = [k for k in keys if "loss" in k.rsplit("/", 1)[-1]]
+    other_keys = [k for k in keys if k not in loss_keys]
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for ax, group, title in ((left, loss_keys, "Losses"), (right, other_keys, "Metrics")):
+        for key in group:
+            values = [float(h.get(key, np.nan)) for h in history]
+            ax.plot(epochs, values, marker="o", ms=3, lw=2 if key in ("train/loss", "val/macro_auc") else 1.2,
+                    label=key)  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss" if ax is left else "value")
+        if group:
+            ax.legend(fontsize=8, loc="best")
+        else:
+            ax.text(0.5, 0.5, "nothing recorded", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+_FAIR = re.compile(r"^fair/(?P<attr>[^/]+)/(?P<kind>auc|tpr_gap)/(?P<group>.+)$")
+
+
+def subgroup_chart(scalars: dict[str, float]) -> Figure:
+    """Subgroup macro AUROC (left) and TPR gaps (right) from the ``fair/...`` keys of a metrics dict."""
+    rows = [(m["attr"], m["group"], m["kind"], float(v)) for k, v in scalars.items() if (m := _FAIR.match(k))]
+    if not rows:
+        fig = Figure(figsize=(6, 2), layout="constrained")
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no subgroup attributes (sex / age / view) available", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    frame = pd.DataFrame(rows, columns=["attr", "group", "kind", "value"])
+    order = list(dict.fromkeys(zip(frame["attr"], frame["group"], strict=True)))
+    names = [f"{a}: {g}" for a, g in order]
+    colors = {a: f"C{i}" for i, a in enumerate(dict.fromkeys(frame["attr"]))}
+    fig = Figure(figsize=(11, 0.35 * len(order) + 1.8), layout="constrained")
+    left, right = fig.subplots(1, 2, sharey=True)
+    for ax, kind in ((left, "auc"), (right, "tpr_gap")):
+        lookup = {(a, g): v for a, g, k, v in frame.itertuples(index=False) if k == kind}
+        values = [lookup.get(key, np.nan) for key in order]
+        bar_colors = [colors[a] for a, _ in order]
+        ax.barh(range(len(order)), np.nan_to_num(values), color=bar_colors)
+        ax.axvline(0, color="black", lw=0.8)
+    left.invert_yaxis()  # shared y: first subgroup on top in both panels
+    if np.isfinite(scalars.get("macro_auc", np.nan)):
+        left.axvline(scalars["macro_auc"], color="grey", ls="--", lw=1, label="overall macro AUROC")
+        left.legend(fontsize=8, loc="lower right")
+    left.set_yticks(range(len(order)), names, fontsize=8)
+    left.set_xlim(0, 1)
+    left.set_xlabel("macro AUROC")
+    left.set_title("AUROC by subgroup")
+    right.set_xlabel("TPR gap (group − reference)")
+    worst = scalars.get("fair/worst_tpr_gap", np.nan)
+    right.set_title(f"TPR gap (worst |gap| {worst:.3f})" if np.isfinite(worst) else "TPR gap")
+    return fig
+
+
+def metric_bars(
+    names: Sequence[str], means: Sequence[float], errs: Sequence[float] | np.ndarray | None, title: str
+) -> Figure:
+    """Horizontal bars with error bars (e.g. macro AUROC per ablation cell with its 95% CI).
+
+    Args:
+        names: one name per bar.
+        means: bar lengths.
+        errs: symmetric (N,) half-widths, or asymmetric (2, N) ``[below, above]`` distances; NaN → no bar.
+        title: figure title.
+    """
+    means_arr = np.asarray(means, dtype=np.float64)  # (N,)
+    errs_arr = (
+        np.nan_to_num(np.asarray(errs, dtype=np.float64)) if errs is not None else None
+    )  # (N,) | (2, N)
+    above = (
+        np.zeros_like(means_arr) if errs_arr is None else (errs_arr[1] if errs_arr.ndim == 2 else errs_arr)
+    )
+    fig = Figure(figsize=(8, 0.45 * len(names) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    positions = np.arange(len(names))
+    ax.barh(positions, np.nan_to_num(means_arr), xerr=errs_arr, color="tab:blue", alpha=0.8, capsize=3)
+    for pos, value, err in zip(positions, means_arr, above, strict=True):
+        ax.text((value if np.isfinite(value) else 0) + err, pos, f"  {value:.3f}", va="center", fontsize=8)
+    ax.set_yticks(positions, list(names), fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel("value")
+    ax.set_title(title)
+    return fig
+
+
+def label_heatmap(matrix: pd.DataFrame, title: str) -> Figure:
+    """Heatmap of a rows × labels table (e.g. per-label AUROC per ablation cell), values annotated."""
+    values = matrix.to_numpy(dtype=np.float64)  # (R, C)
+    n_rows, n_cols = values.shape
+    fig = Figure(figsize=(max(6, 0.55 * n_cols + 3), max(3, 0.45 * n_rows + 2.2)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    if values.size <= 600:
+        finite = values[np.isfinite(values)]
+        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for (r, c), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if value > mid else "white")  # fmt: skip
+    ax.set_xticks(range(n_cols), [str(c) for c in matrix.columns], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n_rows), [str(r) for r in matrix.index], fontsize=8)
+    ax.set_title(title)
+    return fig
+
+
+def similarity_heatmap(sim: np.ndarray, labels: Sequence[str], title: str) -> Figure:
+    """Heatmap of a (C, C) similarity matrix (e.g. cosine between label embeddings), symmetric colour scale."""
+    sim = np.asarray(sim, dtype=np.float64)  # (C, C)
+    n = len(labels)
+    fig = Figure(figsize=(0.4 * n + 3.5, 0.4 * n + 2.5), layout="constrained")
+    ax = fig.subplots()
+    bound = float(np.nanmax(np.abs(sim))) if sim.size else 1.0
+    image = ax.imshow(sim, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="similarity")
+    if n <= 16:
+        for (r, c), value in np.ndenumerate(sim):
+            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n), list(labels), rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), list(labels), fontsize=8)
+    ax.set_title(title)
+    return fig

@@ -1,0 +1,27 @@
+"""Test-session setup: offline, a private cxrfa home shared by the session (demo data, stand-ins, feature cache)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+# One home for the session: the smoke demo data and stand-in backbones are built once and shared by every test.
+os.environ.setdefault("CXRFA_HOME", tempfile.mkdtemp(prefix="cxrfa-test-home-"))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory (so ./mlruns is private) that can still find the shipped matrices."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ablations").symlink_to(REPO / "ablations")
+    return tmp_path

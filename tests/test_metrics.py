@@ -1,0 +1,170 @@
+"""cxrfa.metrics against scikit-learn and hand-computed values."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    mean_squared_error,
+    roc_auc_score,
+)
+
+from cxrfa.metrics import bootstrap_per_label, choose_thresholds, compute_metrics, expected_calibration_error
+
+TOL = 1e-9
+
+
+def _random_case(seed: int = 0, n: int = 300, c: int = 6) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < np.linspace(0.05, 0.5, c)).astype(float)
+    p = np.clip(0.6 * y + rng.random((n, c)) * 0.7 - 0.1, 0, 1)
+    p[:, ::2] = np.round(p[:, ::2], 1)  # heavy ties in every other label
+    y[rng.random((n, c)) < 0.15] = np.nan  # unknown entries
+    return y, p, [f"L{j}" for j in range(c)]
+
+
+def test_per_label_and_global_metrics_match_sklearn() -> None:
+    y, p, labels = _random_case()
+    thresholds = choose_thresholds(y, p)
+    res = compute_metrics(y, p, labels, thresholds=thresholds, n_boot=0)
+    aucs, aps, f1s = [], [], []
+    for j, lab in enumerate(labels):
+        m = np.isfinite(y[:, j])
+        auc, ap = roc_auc_score(y[m, j], p[m, j]), average_precision_score(y[m, j], p[m, j])
+        f1 = f1_score(y[m, j], p[m, j] >= thresholds[j])
+        assert res.scalars[f"auc/{lab}"] == pytest.approx(auc, abs=TOL)
+        assert res.scalars[f"ap/{lab}"] == pytest.approx(ap, abs=TOL)
+        assert res.scalars[f"f1/{lab}"] == pytest.approx(f1, abs=TOL)
+        cm = confusion_matrix(y[m, j], p[m, j] >= thresholds[j], labels=[0, 1])
+        np.testing.assert_array_equal(res.confusion[lab], cm)
+        aucs.append(auc), aps.append(ap), f1s.append(f1)
+    known = np.isfinite(y)
+    assert res.scalars["macro_auc"] == pytest.approx(np.mean(aucs), abs=TOL)
+    assert res.scalars["map"] == pytest.approx(np.mean(aps), abs=TOL)
+    assert res.scalars["macro_f1"] == pytest.approx(np.mean(f1s), abs=TOL)
+    assert res.scalars["micro_auc"] == pytest.approx(roc_auc_score(y[known], p[known]), abs=TOL)
+    assert res.scalars["mse"] == pytest.approx(mean_squared_error(y[known], p[known]), abs=TOL)
+    assert res.thresholds_from_val
+    row = res.per_label.set_index("label").loc["L1"]
+    m = np.isfinite(y[:, 1])
+    assert row["n_pos"] == int(y[m, 1].sum()) and row["n_neg"] == int((y[m, 1] == 0).sum())
+
+
+def test_choose_thresholds_maximises_f1() -> None:
+    y, p, _ = _random_case(seed=3, n=120, c=4)
+    thresholds = choose_thresholds(y, p)
+    for j in range(y.shape[1]):
+        m = np.isfinite(y[:, j])
+        best = max(f1_score(y[m, j], p[m, j] >= t) for t in np.unique(p[m, j]))
+        assert f1_score(y[m, j], p[m, j] >= thresholds[j]) == pytest.approx(best, abs=TOL)
+        assert thresholds[j] in p[m, j]
+
+
+def test_single_class_label_is_nan_and_excluded(caplog: pytest.LogCaptureFixture) -> None:
+    y, p, labels = _random_case(seed=1, c=3)
+    y[:, 1] = np.where(np.isfinite(y[:, 1]), 0.0, np.nan)  # all-negative label
+    y[:, 2] = np.nan  # entirely unknown label
+    assert choose_thresholds(y, p)[1:].tolist() == [0.5, 0.5]
+    logger = logging.getLogger("cxrfa.metrics")  # attach directly: the CLI turns off propagation of "cxrfa"
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cxrfa.metrics"):
+            res = compute_metrics(y, p, labels, n_boot=20)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "L1" in caplog.text and "one class" in caplog.text
+    assert np.isnan(res.scalars["auc/L1"]) and np.isnan(res.scalars["ap/L2"])
+    m = np.isfinite(y[:, 0])
+    assert res.scalars["macro_auc"] == pytest.approx(roc_auc_score(y[m, 0], p[m, 0]), abs=TOL)
+    assert res.scalars["macro_f1"] == pytest.approx(res.scalars["f1/L0"], abs=TOL)
+    assert np.isfinite(res.scalars["macro_auc_ci_low"])
+    assert not res.thresholds_from_val
+
+
+def test_ties_everywhere_give_half_auc() -> None:
+    y = np.array([[0.0], [1.0], [0.0], [1.0]])
+    p = np.full((4, 1), 0.3)
+    res = compute_metrics(y, p, ["A"], n_boot=0)
+    assert res.scalars["auc/A"] == pytest.approx(0.5)
+    assert res.scalars["ap/A"] == pytest.approx(average_precision_score(y[:, 0], p[:, 0]), abs=TOL)
+
+
+def test_ece_by_hand() -> None:
+    y = np.array([[1.0, 0.0], [0.0, np.nan], [1.0, 1.0]])
+    p = np.array([[0.95, 0.02], [0.9, 0.5], [1.0, 0.05]])
+    # 15 bins of width 1/15: {0.95, 1.0} → bin 14 (y 1, 1); {0.9} → bin 13 (y 0); {0.02, 0.05} → bin 0
+    expected = 2 / 5 * abs(1 - 0.975) + 1 / 5 * abs(0 - 0.9) + 2 / 5 * abs(0.5 - 0.035)
+    assert expected_calibration_error(y, p) == pytest.approx(expected, abs=TOL)
+    assert compute_metrics(y, p, ["A", "B"], n_boot=0).scalars["ece"] == pytest.approx(expected, abs=TOL)
+
+
+def test_bootstrap_resamples_match_explicit_resampling() -> None:
+    y, p, _ = _random_case(seed=2, n=80, c=3)
+    auc, ap = bootstrap_per_label(y, p, n_boot=3, seed=7)
+    idx = np.random.default_rng(7).integers(0, 80, size=(3, 80))
+    for b in range(3):
+        yb, pb = y[idx[b]], p[idx[b]]
+        for j in range(3):
+            m = np.isfinite(yb[:, j])
+            if len(np.unique(yb[m, j])) < 2:
+                assert np.isnan(auc[b, j])
+                continue
+            assert auc[b, j] == pytest.approx(roc_auc_score(yb[m, j], pb[m, j]), abs=TOL)
+            assert ap[b, j] == pytest.approx(average_precision_score(yb[m, j], pb[m, j]), abs=TOL)
+
+
+def test_bootstrap_ci_contains_estimate_and_is_reproducible() -> None:
+    y, p, labels = _random_case(seed=4)
+    a = compute_metrics(y, p, labels, n_boot=100, seed=5).scalars
+    b = compute_metrics(y, p, labels, n_boot=100, seed=5).scalars
+    c = compute_metrics(y, p, labels, n_boot=100, seed=6).scalars
+    for key in ("macro_auc", "map"):
+        assert a[f"{key}_ci_low"] < a[key] < a[f"{key}_ci_high"]
+        assert (a[f"{key}_ci_low"], a[f"{key}_ci_high"]) == (b[f"{key}_ci_low"], b[f"{key}_ci_high"])
+    assert a["macro_auc_ci_low"] != c["macro_auc_ci_low"]
+    assert np.isnan(compute_metrics(y, p, labels, n_boot=0).scalars["map_ci_low"])
+
+
+def test_long_tail_groups() -> None:
+    y, p, labels = _random_case(seed=5, c=4)
+    groups = {"L0": "tail", "L1": "head", "L2": "head", "L3": "medium"}
+    res = compute_metrics(y, p, labels, label_groups=groups, n_boot=0)
+    s = res.scalars
+    assert s["macro_auc_head"] == pytest.approx((s["auc/L1"] + s["auc/L2"]) / 2, abs=TOL)
+    assert s["map_tail"] == pytest.approx(s["ap/L0"], abs=TOL)
+    assert s["macro_auc_medium"] == pytest.approx(s["auc/L3"], abs=TOL)
+    assert res.per_label["group"].tolist() == ["tail", "head", "head", "medium"]
+
+
+def test_fairness_gaps_by_hand() -> None:
+    # Men: 4 positives (3 caught, TPR .75) + 2 negatives, age 30. Women: 2 positives (1 caught, TPR .5)
+    # + 2 negatives, age 85. One view everywhere.
+    y = np.array([[1], [1], [1], [1], [0], [0], [1], [1], [0], [0]], dtype=float)
+    p = np.array([[0.9], [0.9], [0.9], [0.1], [0.2], [0.05], [0.9], [0.1], [0.3], [0.2]])
+    sub = pd.DataFrame({"sex": ["M"] * 6 + ["F"] * 4, "age": [30] * 6 + [85] * 4, "view": ["PA"] * 10})
+    s = compute_metrics(y, p, ["A"], subgroups=sub, n_boot=0).scalars
+    assert s["fair/sex/tpr/M"] == pytest.approx(0.75) and s["fair/sex/tpr/F"] == pytest.approx(0.5)
+    assert s["fair/sex/tpr_gap/M"] == pytest.approx(0.25) and s["fair/sex/tpr_gap/F"] == pytest.approx(-0.25)
+    assert s["fair/age/tpr_gap/20-40"] == pytest.approx(0.125)
+    assert s["fair/age/tpr_gap/80plus"] == pytest.approx(-0.125)
+    assert s["fair/view/tpr_gap/PA"] == pytest.approx(0.0)
+    assert s["fair/worst_tpr_gap"] == pytest.approx(0.25)
+    men = slice(0, 6)
+    assert s["fair/sex/auc/M"] == pytest.approx(roc_auc_score(y[men, 0], p[men, 0]), abs=TOL)
+    assert "fair/age/auc/0-20" not in s  # no rows in that bin
+
+
+def test_non_finite_probabilities_are_refused() -> None:
+    y, p, labels = _random_case(seed=6, n=40, c=2)
+    p[np.flatnonzero(np.isfinite(y[:, 0]))[0], 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        compute_metrics(y, p, labels, n_boot=0)
+    p[~np.isfinite(y)] = np.nan  # but NaN where the label is unknown is ignored
+    p[np.isfinite(y) & np.isnan(p)] = 0.5
+    assert np.isfinite(compute_metrics(y, p, labels, n_boot=0).scalars["macro_auc"])

@@ -1,0 +1,108 @@
+"""cxrfa.plots: every function returns a Figure with the expected panels and lines, and saves to PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from cxrfa import plots
+from cxrfa.metrics import compute_metrics
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def case() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(0)
+    y = (rng.random((80, 14)) < 0.3).astype(float)
+    p = np.clip(0.4 * y + rng.random((80, 14)) * 0.6, 0, 1)
+    y[rng.random((80, 14)) < 0.1] = np.nan
+    y[:, 13] = np.where(np.isfinite(y[:, 13]), 0.0, np.nan)  # one label with a single class
+    return y, p, [f"Finding number {j}" for j in range(14)]
+
+
+def _saved(fig: Figure, tmp_path: Path, name: str) -> Path:
+    out = tmp_path / f"{name}.png"
+    fig.savefig(out, dpi=60)
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    return out
+
+
+def test_roc_and_pr_curves(case, tmp_path: Path) -> None:
+    y, p, labels = case
+    for fn, name in ((plots.roc_curves, "roc"), (plots.pr_curves, "pr")):
+        fig = fn(y, p, labels)
+        assert isinstance(fig, Figure) and len(fig.axes) == 14
+        assert all(len(ax.lines) == 2 for ax in fig.axes[:13])  # curve + chance/prevalence line
+        assert len(fig.axes[13].lines) == 0 and "one class" in fig.axes[13].texts[0].get_text()
+        assert labels[0] in fig.axes[0].get_title()
+        _saved(fig, tmp_path, name)
+
+
+def test_confusion_grid(case, tmp_path: Path) -> None:
+    y, p, labels = case
+    res = compute_metrics(y, p, labels, n_boot=0)
+    fig = plots.confusion_grid(res.confusion, labels)
+    assert len(fig.axes) == 14 and len(fig.axes[0].images) == 1
+    tn, fp, fn, tp = res.confusion[labels[0]].ravel()
+    assert [t.get_text() for t in fig.axes[0].texts] == [str(tn), str(fp), str(fn), str(tp)]
+    _saved(fig, tmp_path, "confusion")
+
+
+def test_calibration_plot(case, tmp_path: Path) -> None:
+    y, p, _ = case
+    fig = plots.calibration_plot(y, p)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
+    assert "ECE" in fig.axes[0].get_title()
+    _saved(fig, tmp_path, "calibration")
+
+
+def test_training_curves(tmp_path: Path) -> None:
+    history = [
+        {"epoch": e, "train/loss": 1 / e, "train/loss_cls": 0.8 / e, "train/loss_orth": 0.1 / e,
+         "val/macro_auc": 0.6 + 0.05 * e}
+        for e in range(1, 5)
+    ]  # fmt: skip
+    fig = plots.training_curves(history)
+    losses, metrics = fig.axes
+    assert len(losses.lines) == 3 and len(metrics.lines) == 1
+    assert list(metrics.lines[0].get_xdata()) == [1, 2, 3, 4]
+    _saved(fig, tmp_path, "training")
+
+
+def test_subgroup_chart(case, tmp_path: Path) -> None:
+    y, p, labels = case
+    rng = np.random.default_rng(1)
+    sub = pd.DataFrame({"sex": rng.choice(["M", "F"], 80), "age": rng.integers(5, 95, 80), "view": "PA"})
+    scalars = compute_metrics(y, p, labels, subgroups=sub, n_boot=0).scalars
+    n_groups = sum(1 for k in scalars if k.startswith("fair/") and "/auc/" in k)
+    fig = plots.subgroup_chart(scalars)
+    left, right = fig.axes
+    assert len(left.patches) == n_groups == len(right.patches)
+    assert "sex: F" in [t.get_text() for t in left.get_yticklabels()]
+    _saved(fig, tmp_path, "subgroups")
+    empty = plots.subgroup_chart({"macro_auc": 0.7})
+    assert "no subgroup" in empty.axes[0].texts[0].get_text()
+
+
+def test_metric_bars_and_heatmaps(case, tmp_path: Path) -> None:
+    _, _, labels = case
+    fig = plots.metric_bars(["visual-clip", "align-clip"], [0.71, 0.75], [0.02, float("nan")], "macro AUROC")
+    assert len(fig.axes[0].patches) == 2 and fig.axes[0].get_title() == "macro AUROC"
+    _saved(fig, tmp_path, "bars")
+    asym = plots.metric_bars(
+        ["a", "b", "c"], [0.7, 0.6, 0.8], np.array([[0.01, 0.02, 0.0], [0.03, 0.0, 0.05]]), "t"
+    )
+    assert len(asym.axes[0].patches) == 3
+    matrix = pd.DataFrame(np.random.default_rng(2).random((3, 14)), index=["a", "b", "c"], columns=labels)
+    fig = plots.label_heatmap(matrix, "per-label AUROC")
+    assert len(fig.axes) == 2 and len(fig.axes[0].texts) == 42  # heatmap + colorbar; every cell annotated
+    _saved(fig, tmp_path, "heatmap")
+    sim = np.corrcoef(np.random.default_rng(3).random((14, 30)))
+    fig = plots.similarity_heatmap(sim, labels, "label similarity")
+    assert len(fig.axes) == 2 and fig.axes[0].images[0].get_clim() == pytest.approx((-1, 1))
+    _saved(fig, tmp_path, "similarity")
