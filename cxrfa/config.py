@@ -117,6 +117,7 @@ class LossConfig(_Frozen):
             "consistency": self.consistency,
             "expression": self.expression,
             "supcon": self.supcon,
+            "coral": self.coral,
         }
 
 
@@ -320,7 +321,9 @@ def find_matrix(name: str, search: Iterable[Path] = (Path("ablations"),)) -> Pat
     if (PACKAGED_MATRICES / f"{name}.yaml").is_file():
         return PACKAGED_MATRICES / f"{name}.yaml"
     known = sorted({p.stem for f in [*search, PACKAGED_MATRICES] if f.is_dir() for p in f.glob("*.yaml")})
-    raise CxrfaError(f"no matrix {name!r} (looked in ablations/, as a path, and packaged); known: {', '.join(known)}")
+    raise CxrfaError(
+        f"no matrix {name!r} (looked in ablations/, as a path, and packaged); known: {', '.join(known)}"
+    )
 
 
 def load_matrix(name_or_path: str) -> AblationMatrix:
@@ -394,6 +397,10 @@ def expand(
             name = cell if not axes else cell + "".join(f"[{a}={v}]" for a, v in axes.items())
             for seed in seeds if seeds is not None else matrix.seeds:
                 runs.append(
-                    validate(RunConfig, {**tree, "cell": name, "seed": seed, "axes": axes}, f"{where}: cell {name!r}")
+                    validate(
+                        RunConfig,
+                        {**tree, "cell": name, "seed": seed, "axes": axes},
+                        f"{where}: cell {name!r}",
+                    )
                 )
     return runs

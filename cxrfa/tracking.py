@@ -64,10 +64,14 @@ def resolve_uri(uri: str | None) -> tuple[str, str | None]:
     if scheme == "sqlite":
         db = Path(uri.removeprefix("sqlite:///"))
         if not db.parent.is_dir():
-            raise CxrfaError(f"tracking URI {uri!r}: folder {db.parent} does not exist; create it or use another path")
+            raise CxrfaError(
+                f"tracking URI {uri!r}: folder {db.parent} does not exist; create it or use another path"
+            )
         return uri, (db.parent / "artifacts").resolve().as_uri()
     if scheme == "file":
-        raise CxrfaError("tracking URI 'file:' stores are deprecated by MLflow; pass the folder path instead (a SQLite store)")
+        raise CxrfaError(
+            "tracking URI 'file:' stores are deprecated by MLflow; pass the folder path instead (a SQLite store)"
+        )
     return uri, None
 
 
@@ -75,7 +79,10 @@ def code_version() -> str:
     """cxrfa's version plus the git commit of the working tree when there is one."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).parent,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -110,6 +117,7 @@ class Tracker:
     def __init__(self, uri: str | None, experiment: str) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
@@ -138,7 +146,9 @@ class Tracker:
     def search(self, filter_string: str = "", max_results: int = 10_000) -> list[RunInfo]:
         """Runs of this experiment matching an MLflow filter string, newest first."""
         runs = self.client.search_runs(
-            [self.experiment_id], filter_string=filter_string, max_results=max_results,
+            [self.experiment_id],
+            filter_string=filter_string,
+            max_results=max_results,
             order_by=["attributes.start_time DESC"],
         )
         return [
@@ -179,7 +189,9 @@ class Tracker:
             return Path(download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst),
                                            tracking_uri=self.uri))  # fmt: skip
         except Exception as err:  # noqa: BLE001
-            raise CxrfaError(f"run {run_id}: cannot fetch artifact {artifact_path!r} ({str(err)[:200]})") from None
+            raise CxrfaError(
+                f"run {run_id}: cannot fetch artifact {artifact_path!r} ({str(err)[:200]})"
+            ) from None
 
     # -- writing -----------------------------------------------------------------------------------------
 

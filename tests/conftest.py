@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -17,6 +19,15 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("CXRFA_HOME", tempfile.mkdtemp(prefix="cxrfa-test-home-"))
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (no oversubscription on a small CPU); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -28,17 +28,33 @@ def test_full_matrix_is_the_six_design_cells_times_three_seeds() -> None:
     runs = expand(load_matrix("full"), DEMO_BACKBONES)
     assert len(runs) == 18
     cells = {r.cell: r for r in runs}
-    assert set(cells) == {"visual-clip", "visual-biomedclip", "visual-custom", "dual-clip", "dual-custom", "align-clip"}
+    assert set(cells) == {
+        "visual-clip",
+        "visual-biomedclip",
+        "visual-custom",
+        "dual-clip",
+        "dual-custom",
+        "align-clip",
+    }
     assert cells["visual-clip"].model.text is None and not cells["visual-clip"].model.aligner
-    assert cells["dual-custom"].model.visual.name == "custom" and cells["dual-custom"].model.text.name == "clip"
+    assert (
+        cells["dual-custom"].model.visual.name == "custom" and cells["dual-custom"].model.text.name == "clip"
+    )
     align = cells["align-clip"]
-    assert align.model.orthogonal and align.model.aligner and align.loss.domain > 0 and align.loss.consistency > 0
+    assert (
+        align.model.orthogonal
+        and align.model.aligner
+        and align.loss.domain > 0
+        and align.loss.consistency > 0
+    )
 
 
 def test_hash_is_stable_across_processes_and_sensitive_to_config() -> None:
     runs = expand(load_matrix("smoke"), DEMO_BACKBONES)
     code = "from cxrfa.config import *; print(expand(load_matrix('smoke'), DEMO_BACKBONES)[0].config_hash())"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert other == runs[0].config_hash()
     tweaked = expand(load_matrix("smoke"), DEMO_BACKBONES, overrides={"train.lr": 0.01})
     assert tweaked[0].config_hash() != runs[0].config_hash() and tweaked[0].train.lr == 0.01

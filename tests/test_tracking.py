@@ -10,7 +10,9 @@ from cxrfa.errors import CxrfaError
 from cxrfa.tracking import Tracker, redact, resolve_uri
 
 
-def test_default_store_is_sqlite_under_mlruns_with_explicit_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_store_is_sqlite_under_mlruns_with_explicit_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri, artifacts = resolve_uri(None)
@@ -30,7 +32,9 @@ def test_bad_uris_are_one_line_errors(tmp_path: Path) -> None:
         resolve_uri("ftp://example/x")
     with pytest.raises(CxrfaError, match="does not exist"):
         resolve_uri(f"sqlite:///{tmp_path}/missing/dir/mlflow.db")
-    with pytest.raises(CxrfaError, match=r"cannot use tracking store postgresql://\*\*\*@127\.0\.0\.1:1/db") as err:
+    with pytest.raises(
+        CxrfaError, match=r"cannot use tracking store postgresql://\*\*\*@127\.0\.0\.1:1/db"
+    ) as err:
         Tracker("postgresql://user:secret@127.0.0.1:1/db", "x")
     assert "secret" not in str(err.value) and "\n" not in str(err.value)
 

@@ -12,6 +12,8 @@ from cxrfa.cli._common import user_errors
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cxrfa.metrics import MetricsResult
+
 _HEADLINE = ("macro_auc", "micro_auc", "map", "macro_f1", "mse", "ece", "fair/worst_tpr_gap")
 
 
@@ -35,11 +37,28 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     @user_errors
     def evaluate(
-        predictions: Annotated[
-            Path, typer.Option("--predictions", help="CSV with 'path' and one probability column per label.")
-        ],
-        manifest: Annotated[Path, typer.Option("--manifest", help="Manifest the predictions refer to.")],
         out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, per_label.csv and plots.")],
+        predictions: Annotated[
+            Path | None,
+            typer.Option("--predictions", help="CSV with 'path' and one probability column per label."),
+        ] = None,
+        manifest: Annotated[
+            Path | None, typer.Option("--manifest", help="Manifest the predictions refer to.")
+        ] = None,
+        run: Annotated[
+            str | None,
+            typer.Option(
+                "--run", help="Re-evaluate a logged MLflow run from its logged predictions instead."
+            ),
+        ] = None,
+        tracking_uri: Annotated[
+            str | None,
+            typer.Option(
+                "--tracking-uri",
+                envvar="MLFLOW_TRACKING_URI",
+                help="MLflow store of --run (default ./mlruns).",
+            ),
+        ] = None,
         split: Annotated[str, typer.Option("--split", help="Manifest split the predictions cover.")] = "test",
         val_predictions: Annotated[
             Path | None,
@@ -54,36 +73,70 @@ def register(app: typer.Typer) -> None:
         ] = 200,
         seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     ) -> None:
-        """Score predictions against a manifest split: AUROC/AP/F1, CIs, long-tail and subgroup metrics, plots."""
-        from rich.console import Console
-        from rich.table import Table
+        """Score predictions against a manifest split: AUROC/AP/F1, CIs, long-tail and subgroup metrics, plots.
 
-        from cxrfa.data.manifest import read_manifest
-        from cxrfa.evaluate import evaluate_predictions
+        Examples:
+          cxrfa evaluate --predictions test.csv --val-predictions val.csv --manifest m.csv --out eval/
+          cxrfa evaluate --run 3f2a... --out eval/
+        """
+        from cxrfa.errors import CxrfaError
 
-        man = read_manifest(manifest)
-        pred = _read_predictions(predictions)
-        val = _read_predictions(val_predictions) if val_predictions is not None else None
-        result = evaluate_predictions(
-            pred,
-            man,
-            split,
-            out,
-            val_pred=val,
-            n_boot=n_boot,
-            seed=seed,
-            pred_source=str(predictions),
-            val_source=str(val_predictions),
-        )
-        s = result.scalars
-        table = Table(title=f"{split} metrics ({len(result.y_true)} images)")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key in _HEADLINE:
-            if key in s:
-                extra = ""
-                if f"{key}_ci_low" in s:
-                    extra = f"  [{s[f'{key}_ci_low']:.3f}, {s[f'{key}_ci_high']:.3f}]"
-                table.add_row(key, f"{s[key]:.4f}{extra}")
-        table.add_row("thresholds", "val-chosen" if result.thresholds_from_val else "0.5")
-        Console().print(table)  # stdout: the result; logs and errors go to stderr
+        if run is not None:
+            if predictions is not None or manifest is not None:
+                raise CxrfaError("give either --run or --predictions with --manifest, not both")
+            from cxrfa.experiment import evaluate_run
+            from cxrfa.tracking import Tracker
+
+            result = evaluate_run(Tracker(tracking_uri, "Default"), run, out, n_boot=n_boot)
+            split = "test"
+        elif predictions is None or manifest is None:
+            raise CxrfaError("give --predictions and --manifest (or --run RUN_ID)")
+        else:
+            result = _evaluate_files(predictions, manifest, out, split, val_predictions, n_boot, seed)
+        _print(result, split)
+
+
+def _evaluate_files(
+    predictions: Path,
+    manifest: Path,
+    out: Path,
+    split: str,
+    val_predictions: Path | None,
+    n_boot: int,
+    seed: int,
+) -> MetricsResult:
+    from cxrfa.data.manifest import read_manifest
+    from cxrfa.evaluate import evaluate_predictions
+
+    man = read_manifest(manifest)
+    pred = _read_predictions(predictions)
+    val = _read_predictions(val_predictions) if val_predictions is not None else None
+    return evaluate_predictions(
+        pred,
+        man,
+        split,
+        out,
+        val_pred=val,
+        n_boot=n_boot,
+        seed=seed,
+        pred_source=str(predictions),
+        val_source=str(val_predictions),
+    )
+
+
+def _print(result: MetricsResult, split: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = result.scalars
+    table = Table(title=f"{split} metrics ({len(result.y_true)} images)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in _HEADLINE:
+        if key in s:
+            extra = ""
+            if f"{key}_ci_low" in s:
+                extra = f"  [{s[f'{key}_ci_low']:.3f}, {s[f'{key}_ci_high']:.3f}]"
+            table.add_row(key, f"{s[key]:.4f}{extra}")
+    table.add_row("thresholds", "val-chosen" if result.thresholds_from_val else "0.5")
+    Console().print(table)  # stdout: the result; logs and errors go to stderr

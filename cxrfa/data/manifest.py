@@ -93,7 +93,9 @@ def _normalise(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     return frame[[*META_COLUMNS, *labels]].reset_index(drop=True)
 
 
-def make_manifest(frame: pd.DataFrame, root: str | os.PathLike[str], labels: list[str], label_set: str) -> Manifest:
+def make_manifest(
+    frame: pd.DataFrame, root: str | os.PathLike[str], labels: list[str], label_set: str
+) -> Manifest:
     """Build a manifest from a frame with the meta columns and one column per label."""
     missing = [c for c in (*REQUIRED_COLUMNS, *labels) if c not in frame.columns]
     if missing:
@@ -129,17 +131,23 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     try:
         text = path.read_text()
     except OSError as err:
-        raise CxrfaError(f"{path}: cannot read manifest ({err.strerror}); create one with `cxrfa data index`") from None
+        raise CxrfaError(
+            f"{path}: cannot read manifest ({err.strerror}); create one with `cxrfa data index`"
+        ) from None
     first, _, rest = text.partition("\n")
     if not first.startswith(HEADER):
-        raise CxrfaError(f"{path}: not a cxrfa manifest (no '{HEADER.strip()}' header line); make one with `cxrfa data index`")
+        raise CxrfaError(
+            f"{path}: not a cxrfa manifest (no '{HEADER.strip()}' header line); make one with `cxrfa data index`"
+        )
     try:
-        header = json.loads(first[len(HEADER):])
+        header = json.loads(first[len(HEADER) :])
         labels = list(header["labels"])
     except (ValueError, KeyError) as err:
         raise CxrfaError(f"{path}: line 1: malformed manifest header ({err})") from None
     try:
-        frame = pd.read_csv(io.StringIO(rest), dtype={"path": str, "patient_id": str, "study_id": str}, keep_default_na=True)
+        frame = pd.read_csv(
+            io.StringIO(rest), dtype={"path": str, "patient_id": str, "study_id": str}, keep_default_na=True
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise CxrfaError(f"{path}: malformed CSV ({str(err).strip()})") from None
     root = Path(header.get("root", "."))

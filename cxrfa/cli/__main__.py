@@ -1,0 +1,5 @@
+"""``python -m cxrfa.cli``: the same as the ``cxrfa`` console script."""
+
+from cxrfa.cli import main
+
+main()

@@ -1,0 +1,176 @@
+"""``cxrfa explore``: look inside a backbone's embeddings — modality gap, UMAP, label similarity, zero-shot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cxrfa.cli._common import console, user_errors
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cxrfa.data.manifest import Manifest
+    from cxrfa.models.encoders import Encoder
+
+Backbone = Annotated[str, typer.Option("--backbone", help="Backbone with a text tower: clip or biomedclip.")]
+Backbones = Annotated[
+    str, typer.Option("--backbones", help="Backbone set: demo (offline stand-ins), real, or a YAML file.")
+]
+Data = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", help="Manifest CSV (default: the built-in synthetic demo dataset).", dir_okay=False
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", help="Folder for the PNG/HTML/JSON outputs.", file_okay=False)]
+Split = Annotated[str, typer.Option("--split", help="Manifest split whose images are encoded.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")]
+NoCache = Annotated[
+    bool, typer.Option("--no-feature-cache", help="Encode without reading or writing the feature cache.")
+]
+
+
+def _open(
+    backbone: str, backbones: str, data: Path | None, device: str, split: str | None = None
+) -> tuple[Manifest, Encoder]:
+    """The manifest (its ``split`` checked to be non-empty first) and the backbone's encoder."""
+    from cxrfa.explore.report import load_backbone, load_data
+    from cxrfa.explore.zeroshot import require_split
+
+    manifest = load_data(data)
+    if split is not None:
+        require_split(manifest, split)
+    return manifest, load_backbone(backbone, backbones, manifest, device)
+
+
+def _encode(
+    encoder: Encoder, manifest: Manifest, split: str, batch_size: int, no_cache: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Manifest]:
+    """Image embeddings (N, De), label text embeddings (C, De), labels (N, C) and the split's manifest."""
+    from cxrfa.explore import encode_split, prompt_embeddings
+    from cxrfa.models.cache import FeatureCache
+
+    cache = FeatureCache(enabled=not no_cache)
+    img, y_true, part = encode_split(encoder, manifest, split, cache, batch_size, progress=True)
+    return img, prompt_embeddings(encoder, part.labels), y_true, part
+
+
+def _wrote(paths: dict[str, Path]) -> None:
+    for path in paths.values():
+        console.print(f"wrote {path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``explore`` command group to the app."""
+    group = typer.Typer(
+        name="explore",
+        help="Explore a backbone's embeddings: modality gap, UMAP, label similarity, zero-shot.",
+        no_args_is_help=True,
+    )
+    app.add_typer(group)
+
+    @group.command("gap")
+    @user_errors
+    def gap(
+        out: Out,
+        backbone: Backbone = "clip",
+        backbones: Backbones = "demo",
+        data: Data = None,
+        split: Split = "test",
+        step: Annotated[
+            float, typer.Option("--step", min=0.01, help="Shift step as a fraction of the measured gap.")
+        ] = 0.25,
+        device: Device = "auto",
+        batch_size: BatchSize = 64,
+        no_feature_cache: NoCache = False,
+    ) -> None:
+        """Modality gap between image and label-text embeddings, and zero-shot AUROC as the gap is shifted."""
+        from cxrfa.explore.report import write_gap_report
+
+        manifest, encoder = _open(backbone, backbones, data, device, split)
+        img, txt, y_true, _ = _encode(encoder, manifest, split, batch_size, no_feature_cache)
+        _wrote(write_gap_report(img, txt, y_true, out, step=step))
+
+    @group.command("umap")
+    @user_errors
+    def umap(
+        out: Out,
+        backbone: Backbone = "clip",
+        backbones: Backbones = "demo",
+        data: Data = None,
+        split: Split = "test",
+        dims: Annotated[int, typer.Option("--dims", min=2, max=3, help="2-D or 3-D layout.")] = 2,
+        seed: Annotated[int, typer.Option("--seed", help="UMAP random state.")] = 0,
+        device: Device = "auto",
+        batch_size: BatchSize = 64,
+        no_feature_cache: NoCache = False,
+    ) -> None:
+        """UMAP of image embeddings (coloured by finding) with the label-text embeddings in the same space."""
+        from cxrfa.explore.report import write_umap_report
+
+        manifest, encoder = _open(backbone, backbones, data, device, split)
+        img, txt, y_true, part = _encode(encoder, manifest, split, batch_size, no_feature_cache)
+        ids = part.frame["path"].astype(str).tolist()
+        _wrote(write_umap_report(img, txt, y_true, part.labels, out, dims=dims, seed=seed, image_ids=ids))
+
+    @group.command("similarity")
+    @user_errors
+    def similarity(
+        out: Out,
+        backbone: Backbone = "clip",
+        backbones: Backbones = "demo",
+        data: Data = None,
+        device: Device = "auto",
+    ) -> None:
+        """Cosine similarity between the label-text embeddings (positive and negated prompts)."""
+        from cxrfa.explore import prompt_embeddings
+        from cxrfa.explore.report import write_similarity_report
+
+        manifest, encoder = _open(backbone, backbones, data, device)
+        stages = {
+            "label prompts": prompt_embeddings(encoder, manifest.labels),
+            "negated prompts": prompt_embeddings(encoder, manifest.labels, negative=True),
+        }
+        title = f"Label-text cosine similarity ({backbone}, {encoder.source})"
+        _wrote(write_similarity_report(stages, manifest.labels, out, title=title))
+
+    @group.command("zeroshot")
+    @user_errors
+    def zeroshot(
+        backbone: Backbone = "clip",
+        backbones: Backbones = "demo",
+        data: Data = None,
+        split: Split = "test",
+        out: Annotated[
+            Path | None,
+            typer.Option("--out", help="Folder for zeroshot.json (default: print only).", file_okay=False),
+        ] = None,
+        device: Device = "auto",
+        batch_size: BatchSize = 64,
+        no_feature_cache: NoCache = False,
+    ) -> None:
+        """CheXzero-style zero-shot AUROC: softmax over positive vs negated prompts for each label."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from cxrfa.explore import zero_shot
+        from cxrfa.explore.report import write_zeroshot_report
+        from cxrfa.models.cache import FeatureCache
+
+        manifest, encoder = _open(backbone, backbones, data, device, split)
+        cache = FeatureCache(enabled=not no_feature_cache)
+        per_label, macro = zero_shot(encoder, manifest, split, cache, batch_size, progress=True)
+        table = Table(title=f"zero-shot AUROC, {backbone} ({encoder.source}), split {split}")
+        table.add_column("label")
+        table.add_column("AUROC", justify="right")
+        for label, auc in per_label.items():
+            table.add_row(label, "n/a (one class)" if math.isnan(auc) else f"{auc:.4f}")
+        table.add_row("[bold]macro[/]", f"[bold]{macro:.4f}[/]")
+        Console().print(table)  # stdout: the result; logs and errors go to stderr
+        if out is not None:
+            _wrote({"json": write_zeroshot_report(per_label, macro, out)})

@@ -1,0 +1,263 @@
+"""Commands that run and look at experiments: ``train``, ``ablate``, ``compare``, ``ui``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxrfa.cli._common import console, user_errors
+
+log = logging.getLogger("cxrfa")
+
+MatrixOpt = Annotated[
+    str,
+    typer.Option("--matrix", "-m", help="Matrix name (ablations/NAME.yaml, a path, or a packaged matrix)."),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", help="Manifest CSV (from `cxrfa data index`). Omit for the built-in synthetic demo."
+    ),
+]
+BackbonesOpt = Annotated[
+    str,
+    typer.Option(
+        "--backbones", help="'demo' (stand-ins), 'real' (CLIP ViT-B-16/openai, BiomedCLIP) or a YAML file."
+    ),
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+                 help="MLflow store: a folder (SQLite inside), sqlite:///…, http://host:port, postgresql://…. Default ./mlruns."),
+]  # fmt: skip
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-feature-cache", help="Re-encode images with frozen encoders instead of using the cache."
+    ),
+]
+ExperimentOpt = Annotated[
+    str | None, typer.Option("--experiment", help="MLflow experiment (default: the matrix name).")
+]
+
+
+def _overrides(data: Path | None, no_cache: bool) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if data is not None:
+        out["data.manifest"] = str(data.resolve())
+    if no_cache:
+        out["train.feature_cache"] = False
+    return out
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    from cxrfa.errors import CxrfaError
+
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise CxrfaError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def _announce_demo(data: Path | None) -> None:
+    if data is None:
+        from cxrfa.io import cxrfa_home
+
+        console.print(
+            f"[bold]demo:[/] no --data given, so cxrfa synthesises chest X-rays and pretrains stand-in backbones on "
+            f"them (once; cached under {cxrfa_home()})."
+        )
+
+
+@user_errors
+def train(
+    matrix: MatrixOpt = "full",
+    cell: Annotated[str, typer.Option("--cell", "-c", help="Cell of the matrix to train.")] = "align-clip",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the run.")] = 0,
+    data: DataOpt = None,
+    backbones: BackbonesOpt = "demo",
+    tracking_uri: UriOpt = None,
+    experiment: ExperimentOpt = None,
+    no_feature_cache: NoCacheOpt = False,
+) -> None:
+    """Train one cell x seed of a matrix and log it as one complete MLflow run.
+
+    Example:  cxrfa train --matrix full --cell align-clip --seed 0
+    """
+    from cxrfa.config import expand, load_backbones, load_matrix
+    from cxrfa.experiment import run_cell
+    from cxrfa.tracking import Tracker
+    from cxrfa.train import NonFiniteLoss
+
+    m = load_matrix(matrix)
+    (cfg,) = expand(
+        m, load_backbones(backbones), seeds=[seed], overrides=_overrides(data, no_feature_cache), cells=[cell]
+    )
+    _announce_demo(data)
+    tracker = Tracker(tracking_uri, experiment or m.name)
+    try:
+        result = run_cell(cfg, tracker)
+    except NonFiniteLoss as err:
+        console.print(f"[bold red]failed:[/] {cfg.cell}/seed={cfg.seed}: {err.reason} (run marked FAILED)")
+        raise typer.Exit(1) from None
+    console.print(
+        f"[green]finished[/] {cfg.cell}/seed={cfg.seed} run {result.run_id}: "
+        f"test/macro_auc {result.metrics.get('test/macro_auc', float('nan')):.4f}  test/map {result.metrics.get('test/map', float('nan')):.4f}"
+    )
+
+
+@user_errors
+def ablate(
+    matrix: MatrixOpt = "full",
+    data: DataOpt = None,
+    backbones: BackbonesOpt = "demo",
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Comma-separated seeds replacing the matrix's, e.g. 0,1,2.")
+    ] = None,
+    cells: Annotated[str | None, typer.Option("--cells", help="Comma-separated subset of cells.")] = None,
+    experiment: ExperimentOpt = None,
+    tracking_uri: UriOpt = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the expanded matrix (and what already finished) and exit."),
+    ] = False,
+    no_feature_cache: NoCacheOpt = False,
+    tuned: Annotated[
+        bool, typer.Option("--tuned", help="Apply tuned overlays from ablations/tuned/<matrix>/<cell>.yaml.")
+    ] = False,
+    explore: Annotated[
+        str,
+        typer.Option(
+            "--explore",
+            help="Exploration logged per text-branch cell: comma list of gap,similarity,umap; '' for none.",
+        ),
+    ] = "gap,similarity",
+) -> None:
+    """Run every cell x seed of an ablation matrix as MLflow child runs under one parent — resumably.
+
+    Re-running the same command skips finished runs and re-runs unfinished ones (from their last epoch
+    checkpoint). One failing cell never stops the others; the exit status is 1 if any failed.
+
+    Examples:
+      cxrfa ablate --matrix full                     # the offline demo
+      cxrfa ablate --matrix smoke --dry-run
+      cxrfa ablate --matrix full --data nih.csv --backbones real --seeds 0,1,2
+    """
+    from rich.table import Table
+
+    from cxrfa.ablate import ablate as run_ablation
+    from cxrfa.ablate import plan
+    from cxrfa.config import expand, load_backbones, load_matrix
+    from cxrfa.tracking import Tracker
+
+    m = load_matrix(matrix)
+    chosen = [c.strip() for c in cells.split(",")] if cells else None
+    runs = expand(
+        m,
+        load_backbones(backbones),
+        seeds=_seeds(seeds),
+        overrides=_overrides(data, no_feature_cache),
+        cells=chosen,
+    )
+    if tuned:
+        from cxrfa.tuning import apply_overlays
+
+        runs = apply_overlays(m, runs)
+    tracker = Tracker(tracking_uri, experiment or m.name)
+    if dry_run:
+        table = Table(title=f"matrix {m.name}: {len(runs)} runs (experiment {tracker.experiment})")
+        for col in ("cell", "seed", "axes", "config hash", "finished run"):
+            table.add_column(col)
+        for item in plan(runs, tracker):
+            axes = ", ".join(f"{k}={v}" for k, v in item.cfg.axes.items()) or "–"
+            table.add_row(
+                item.cfg.cell, str(item.cfg.seed), axes, item.cfg.config_hash(), item.finished_run or "–"
+            )
+        console.print(table)
+        return
+    _announce_demo(data)
+    summary = run_ablation(m, runs, tracker, backbones=backbones, data=str(data) if data else None,
+                           explore=[e for e in explore.split(",") if e])  # fmt: skip
+    table = Table(
+        title=f"{m.name}: {len(summary.results)} runs in {summary.seconds:.0f} s (parent {summary.parent_id})"
+    )
+    for col in ("cell", "seed", "status", "test/macro_auc", "test/map", "run id / reason"):
+        table.add_column(col)
+    for r in summary.results:
+        auc, ap = r.metrics.get("test/macro_auc"), r.metrics.get("test/map")
+        table.add_row(r.cfg.cell, str(r.cfg.seed), r.status, "–" if auc is None else f"{auc:.4f}",
+                      "–" if ap is None else f"{ap:.4f}", r.reason or r.run_id or "")  # fmt: skip
+    console.print(table)
+    console.print(f"next: [bold]cxrfa compare --experiment {tracker.experiment}[/]   or   [bold]cxrfa ui[/]")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@user_errors
+def compare(
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="Experiment to compare (default: full).")
+    ] = None,
+    parent: Annotated[
+        str | None, typer.Option("--parent", help="Compare the cells under this parent run id instead.")
+    ] = None,
+    metric: Annotated[
+        str, typer.Option("--metric", help="Headline metric (paired test for test/macro_auc or test/map).")
+    ] = "test/macro_auc",
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", help="Cell the others are tested against (default: the first)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for comparison.md/.csv/.html and plots.")] = Path(
+        "out/compare"
+    ),
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Paired bootstrap resamples.")] = 1000,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Put the cells side by side: mean ± std and 95% CI over seeds, paired bootstrap vs a baseline cell.
+
+    Example:  cxrfa compare --experiment full --baseline visual-clip
+    """
+    from cxrfa.compare import compare as build
+    from cxrfa.compare import console_table, write_report
+    from cxrfa.tracking import Tracker
+
+    if parent is not None and experiment is None:
+        experiment = Tracker(tracking_uri, "Default").experiment_of(parent)
+    tracker = Tracker(tracking_uri, experiment or "full")
+    comp = build(tracker, parent, metric, baseline, n_boot=n_boot)
+    paths = write_report(comp, out, tracker)
+    console.print(console_table(comp))
+    console.print(
+        f"wrote {paths['md']}, {paths['csv']}, {paths['html']}"
+        + (f"; logged on parent run {comp.parent_id}" if comp.parent_id else "")
+    )
+
+
+@user_errors
+def ui(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Start the MLflow UI on the project's store, bound to 127.0.0.1, and print its URL."""
+    import subprocess
+    import sys
+
+    from cxrfa.tracking import ui_command
+
+    cmd = ui_command(tracking_uri, port)
+    cmd[0:1] = [sys.executable, "-m", "mlflow"]
+    console.print(f"MLflow UI: http://127.0.0.1:{port}   (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(ablate)
+    app.command()(compare)
+    app.command()(ui)

@@ -1,0 +1,411 @@
+"""``run_cell``: one resolved config -> data -> model -> fit -> evaluate -> tracked MLflow run.
+
+This is the single path every command takes (``train``, ``ablate``, ``tune``): a cell in an ablation and an
+Optuna trial differ only in the config they pass and the callbacks they add.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cxrfa.config import BackboneConfig, DataConfig, RunConfig
+from cxrfa.data.manifest import Manifest, read_manifest
+from cxrfa.errors import CxrfaError
+from cxrfa.io import atomic_path, cxrfa_home
+from cxrfa.tracking import TAG_PREFIX, TrackedRun, Tracker
+from cxrfa.train import (
+    Callback,
+    FitResult,
+    NonFiniteLoss,
+    fit,
+    make_loader,
+    predict,
+    resolve_device,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+EXPLORE_SAMPLE = (
+    512  # test images used for embedding exploration (tokens of a real test set don't fit in RAM)
+)
+
+
+class StopRun(Exception):
+    """Raised by a callback to end a run early with a given MLflow status (e.g. a pruned trial: KILLED)."""
+
+    status = "KILLED"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class CellResult:
+    """The outcome of one cell x seed."""
+
+    cfg: RunConfig
+    status: str  # FINISHED | FAILED | SKIPPED | KILLED
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # final test/... and best val/...
+    reason: str | None = None
+    seconds: float = 0.0
+    fit: FitResult | None = None
+
+
+class FeatureDataset(Dataset):
+    """Cached encoder outputs as training examples: tokens (M, N, Dv), embedding (M, De), labels (M, C)."""
+
+    def __init__(
+        self, tokens: torch.Tensor, embedding: torch.Tensor, labels: np.ndarray, domain: np.ndarray
+    ) -> None:
+        self.tokens, self.embedding = tokens, embedding
+        self.labels = torch.tensor(labels, dtype=torch.float32)
+        self.domain = torch.tensor(domain, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {
+            "tokens": self.tokens[i],
+            "embedding": self.embedding[i],
+            "labels": self.labels[i],
+            "domain": self.domain[i],
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data + backbones
+
+
+def load_data(cfg: DataConfig, progress: bool = True) -> Manifest:
+    """The manifest a config names, or the built-in synthetic demo (synthesised once, then cached)."""
+    if cfg.manifest is not None:
+        return read_manifest(cfg.manifest)
+    from cxrfa.data.synth import demo_manifest
+
+    return read_manifest(demo_manifest(cfg))
+
+
+def prepare_backbone(cfg: BackboneConfig | None, manifest: Manifest) -> BackboneConfig | None:
+    """Resolve ``pretrained="demo"`` to stand-in weights pretrained on the demo data (once, cached)."""
+    if cfg is None or cfg.pretrained != "demo":
+        return cfg
+    from cxrfa.models.standin import ensure_standin
+
+    return ensure_standin(cfg, manifest)
+
+
+def domain_codes(manifest: Manifest, split: Manifest) -> np.ndarray:
+    """Integer domain code per row of ``split``, stable across splits of the same manifest."""
+    values = sorted(manifest.frame["domain"].fillna("").astype(str).unique())
+    lookup = {v: i for i, v in enumerate(values)}
+    return split.frame["domain"].fillna("").astype(str).map(lookup).to_numpy(dtype=np.int64)
+
+
+_FEATURES: dict[tuple[str, str, str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def encoded_split(
+    encoder: Any, manifest: Manifest, split: str, use_cache: bool, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen-encoder outputs for one split, from the on-disk feature cache (and a per-process memo)."""
+    key = (encoder.identity, manifest.data_hash(), split, use_cache)
+    if key not in _FEATURES:
+        from cxrfa.models.cache import FeatureCache
+
+        cache = FeatureCache(enabled=use_cache)
+        _FEATURES[key] = cache.encode_dataset(encoder, manifest.split(split), progress=progress)
+        if not use_cache:  # the memo is the cache: without it every cell really re-encodes
+            return _FEATURES.pop(key)
+    return _FEATURES[key]
+
+
+def _datasets(cfg: RunConfig, model: Any, manifest: Manifest, progress: bool) -> dict[str, Dataset]:
+    out: dict[str, Dataset] = {}
+    encoder = model.encoder
+    for split in ("train", "val", "test"):
+        part = manifest.split(split)
+        if len(part) == 0:
+            raise CxrfaError(
+                f"{manifest.source or 'manifest'}: split {split!r} is empty; re-index with a split"
+            )
+        if cfg.model.visual.frozen:
+            tokens, embedding = encoded_split(encoder, manifest, split, cfg.train.feature_cache, progress)
+            out[split] = FeatureDataset(tokens, embedding, part.label_matrix(), domain_codes(manifest, part))
+        else:
+            from cxrfa.data.dataset import CXRDataset, train_augment
+
+            transform = encoder.preprocess
+            if split == "train" and cfg.data.augment:
+                augment = train_augment(encoder.image_size)
+                transform = _compose(augment, encoder.preprocess)
+            out[split] = CXRDataset(part, transform, domains=domain_codes(manifest, part))
+    return out
+
+
+class _compose:
+    def __init__(self, *fns: Any) -> None:
+        self.fns = fns
+
+    def __call__(self, x: Any) -> Any:
+        for fn in self.fns:
+            x = fn(x)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the cell
+
+
+def checkpoint_dir(tracker: Tracker | None) -> Path:
+    """Where in-progress checkpoints live: beside a local tracking store, else under the cxrfa home."""
+    if tracker is not None and tracker.uri.startswith("sqlite:///"):
+        return Path(tracker.uri.removeprefix("sqlite:///")).parent / "checkpoints"
+    return cxrfa_home() / "checkpoints"
+
+
+def run_tags(cfg: RunConfig, manifest: Manifest, backbone_source: str) -> dict[str, str]:
+    """The ``cxrfa.*`` tags of a child run (DESIGN.md)."""
+    tags = {
+        f"{TAG_PREFIX}cell": cfg.cell, f"{TAG_PREFIX}seed": str(cfg.seed),
+        f"{TAG_PREFIX}config_hash": cfg.config_hash(), f"{TAG_PREFIX}data_hash": manifest.data_hash(),
+        f"{TAG_PREFIX}backbone.source": backbone_source,
+        f"{TAG_PREFIX}data": str(manifest.source or "demo"),
+    }  # fmt: skip
+    tags.update({f"{TAG_PREFIX}axis.{k}": v for k, v in cfg.axes.items()})
+    return tags
+
+
+def run_cell(
+    cfg: RunConfig,
+    tracker: Tracker | None,
+    *,
+    parent_id: str | None = None,
+    callbacks: Sequence[Callback] = (),
+    extra_tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+    explore: Sequence[str] = ("gap", "similarity"),
+    progress: bool = True,
+) -> CellResult:
+    """Train and evaluate one config; track it as one MLflow run when a tracker is given.
+
+    The run ends FINISHED, FAILED (with the reason in ``cxrfa.failure``) or KILLED (interrupted / pruned);
+    never left RUNNING by an exception raised here. Exceptions are re-raised after the run is closed.
+    """
+    started = time.monotonic()
+    seed_everything(cfg.seed)
+    manifest = load_data(cfg.data, progress)
+    if manifest.label_set != cfg.data.label_set and cfg.data.manifest is not None:
+        log.info(
+            "manifest label set is %r (config says %r); using the manifest's labels",
+            manifest.label_set,
+            cfg.data.label_set,
+        )
+    visual = prepare_backbone(cfg.model.visual, manifest)
+    text = prepare_backbone(cfg.model.text, manifest)
+    source = visual.source + (f" | text {text.source}" if text is not None else "")  # type: ignore[union-attr]
+    run: TrackedRun | None = None
+    if tracker is not None:
+        tracker.abandon_unfinished(cfg.config_hash())
+        tags = {**run_tags(cfg, manifest, source), **(extra_tags or {})}
+        run = tracker.start(run_name or f"{cfg.cell}/seed={cfg.seed}", tags, parent_id)
+        run.log_params(cfg.flat())
+    ckpt = checkpoint_dir(tracker) / f"{cfg.config_hash()}.pt"
+    try:
+        metrics, fit_result = _train_and_evaluate(
+            cfg, manifest, visual, text, run, ckpt, callbacks, explore, progress
+        )  # type: ignore[arg-type]
+    except StopRun as stop:
+        if run is not None:
+            run.set_tags({f"{TAG_PREFIX}failure": stop.reason})
+            run.client.set_terminated(run.run_id, status=stop.status)
+        raise
+    except NonFiniteLoss as err:
+        if run is not None:
+            run.fail(err.reason)
+        raise
+    except KeyboardInterrupt:
+        if run is not None:
+            run.set_tags({f"{TAG_PREFIX}failure": "interrupted"})
+            run.client.set_terminated(run.run_id, status="KILLED")
+        raise
+    except BaseException as err:
+        if run is not None:
+            run.fail(f"{type(err).__name__}: {err}")
+        raise
+    if run is not None:
+        run.finish()
+    ckpt.unlink(missing_ok=True)
+    return CellResult(
+        cfg,
+        "FINISHED",
+        run.run_id if run else None,
+        metrics,
+        seconds=time.monotonic() - started,
+        fit=fit_result,
+    )
+
+
+def _train_and_evaluate(
+    cfg: RunConfig,
+    manifest: Manifest,
+    visual: BackboneConfig,
+    text: BackboneConfig | None,
+    run: TrackedRun | None,
+    ckpt: Path,
+    callbacks: Sequence[Callback],
+    explore: Sequence[str],
+    progress: bool,
+) -> tuple[dict[str, float], FitResult]:
+    from cxrfa.models import build_model
+
+    device = resolve_device(cfg.train.device)
+    model_cfg = cfg.model.model_copy(update={"visual": visual, "text": text})
+    model = build_model(model_cfg, manifest.labels, device)
+    data = _datasets(cfg, model, manifest, progress)
+
+    class _Log:
+        def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+            if run is not None:
+                run.log_metrics(metrics, step=epoch)
+
+    result = fit(
+        model,
+        data["train"],
+        data["val"],
+        manifest.labels,
+        cfg.train,
+        cfg.loss,
+        seed=cfg.seed,
+        checkpoint=ckpt,
+        callbacks=[_Log(), *callbacks],
+        progress=progress,
+    )
+    scalars = evaluate_model(cfg, model, manifest, data, result, run, explore, device)
+    return scalars, result
+
+
+def evaluate_model(
+    cfg: RunConfig,
+    model: Any,
+    manifest: Manifest,
+    data: Mapping[str, Dataset],
+    result: FitResult,
+    run: TrackedRun | None,
+    explore: Sequence[str],
+    device: torch.device,
+) -> dict[str, float]:
+    """Val picks thresholds, test reports; every number and file is logged on the run."""
+    from cxrfa.evaluate import predictions_frame, write_evaluation
+    from cxrfa.labels import group_by_prevalence
+    from cxrfa.metrics import choose_thresholds, compute_metrics
+    from cxrfa.plots import training_curves
+
+    loaders = {
+        s: make_loader(data[s], cfg.train.batch_size * 2, shuffle=False, cfg=cfg.train, device=device)
+        for s in ("val", "test")
+    }
+    p_val, y_val = predict(model, loaders["val"], device, cfg.train.amp)
+    p_test, y_test = predict(model, loaders["test"], device, cfg.train.amp)
+    test_part = manifest.split("test")
+    test = compute_metrics(
+        y_test, p_test, manifest.labels, thresholds=choose_thresholds(y_val, p_val),
+        subgroups=test_part.frame[["sex", "age", "view"]], label_groups=group_by_prevalence(manifest.prevalence("train")),
+        n_boot=200, seed=cfg.seed,
+    )  # fmt: skip
+    scalars = {f"test/{k}": v for k, v in test.scalars.items()}
+    scalars["val/best_" + cfg.train.monitor.removeprefix("val/")] = result.best_value
+    scalars["best_epoch"] = result.best_epoch
+    if cfg.model.text is not None and explore:
+        scalars.update(_explore(model, data["test"], manifest.labels, run, device, explore))
+    if run is None:
+        return scalars
+    run.log_metrics(scalars, step=result.epochs_run)
+    with run.scratch() as tmp:
+        write_evaluation(test, tmp / "eval")
+        run.log_artifacts(tmp / "eval", "evaluation")
+        predictions_frame(list(test_part.frame["path"]), p_test, manifest.labels).to_csv(
+            tmp / "test_predictions.csv", index=False
+        )
+        predictions_frame(list(manifest.split("val").frame["path"]), p_val, manifest.labels).to_csv(
+            tmp / "val_predictions.csv", index=False
+        )
+        truth = test_part.frame[["path", *manifest.labels]]
+        truth.to_csv(tmp / "test_labels.csv", index=False, float_format="%.0f")
+        (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        for name in ("test_predictions.csv", "val_predictions.csv", "test_labels.csv", "config.json"):
+            run.log_artifact(tmp / name)
+        run.log_figure(training_curves(result.history), "plots/training_curves.png")
+        with atomic_path(tmp / "model.pt") as path:
+            torch.save({"config": cfg.model_dump(mode="json"), "labels": manifest.labels, "state_dict": model.state_dict(),
+                        "best_epoch": result.best_epoch}, path)  # fmt: skip
+        run.log_artifact(tmp / "model.pt", "checkpoint")
+    return scalars
+
+
+def _explore(
+    model: Any,
+    test_set: Dataset,
+    labels: list[str],
+    run: TrackedRun | None,
+    device: torch.device,
+    parts: Sequence[str],
+) -> dict[str, float]:
+    """Modality gap and label-similarity metrics (and plots) on a sample of the test set."""
+    from cxrfa.explore import explore_model
+
+    n = min(len(test_set), EXPLORE_SAMPLE)  # type: ignore[arg-type]
+    items = [test_set[i] for i in range(n)]
+    model.eval()
+    with torch.no_grad():
+        if "tokens" in items[0]:
+            tokens = torch.stack([it["tokens"] for it in items]).float().to(device)
+            embedding = torch.stack([it["embedding"] for it in items]).float().to(device)
+        else:
+            images = torch.stack([it["image"] for it in items]).to(device)
+            tokens, embedding = model.encoder.encode_image(images)
+    y_true = torch.stack([it["labels"] for it in items]).numpy()
+    result = explore_model(model.heads, tokens, embedding, y_true, labels, parts=tuple(parts))
+    if run is not None:
+        for name, figure in result.figures.items():
+            run.log_figure(figure, f"plots/{name}.png")
+    return result.scalars
+
+
+def evaluate_run(tracker: Tracker, run_id: str, out: Path, n_boot: int = 200, seed: int | None = None) -> Any:
+    """Re-evaluate a logged run from its logged val/test predictions, against the manifest it was trained on.
+
+    Returns the :class:`cxrfa.metrics.MetricsResult`; writes ``metrics.json``, ``per_label.csv`` and plots to
+    ``out``. With the run's seed and the same ``n_boot`` the numbers equal the run's logged ``test/...`` metrics.
+    """
+    import pandas as pd
+
+    from cxrfa.config import validate
+    from cxrfa.evaluate import evaluate_predictions
+
+    tmp = out / ".download"
+    cfg_path = tracker.download(run_id, "config.json", tmp)
+    cfg = validate(RunConfig, json.loads(cfg_path.read_text()), f"run {run_id} config.json")
+    manifest = load_data(cfg.data, progress=False)
+    test = pd.read_csv(tracker.download(run_id, "test_predictions.csv", tmp), dtype={"path": str})
+    val = pd.read_csv(tracker.download(run_id, "val_predictions.csv", tmp), dtype={"path": str})
+    result = evaluate_predictions(test, manifest, "test", out, val_pred=val, n_boot=n_boot,
+                                  seed=cfg.seed if seed is None else seed, pred_source=f"run {run_id} test_predictions.csv",
+                                  val_source=f"run {run_id} val_predictions.csv")  # fmt: skip
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return result

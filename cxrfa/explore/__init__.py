@@ -1,0 +1,49 @@
+"""Embedding exploration: the modality gap and its shift, UMAP views, label-similarity heatmaps, zero-shot.
+
+Pure functions on numpy arrays or torch tensors; figures are returned, never shown or saved here (except in
+:mod:`cxrfa.explore.report`, which writes files for the CLI).
+"""
+
+from __future__ import annotations
+
+from cxrfa.explore._common import l2_normalise, masked_auc
+from cxrfa.explore.gap import (
+    GapResult,
+    cosine_scores,
+    default_deltas,
+    gap_shift_experiment,
+    modality_gap,
+    plot_gap_shift,
+    shift,
+)
+from cxrfa.explore.model import ExploreResult, explore_model
+from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
+from cxrfa.explore.umap_view import UmapLayout, image_groups, umap_embed, umap_figure, umap_html, umap_layout
+from cxrfa.explore.zeroshot import encode_split, prompt_embeddings, zero_shot, zero_shot_probs
+
+__all__ = [
+    "ExploreResult",
+    "GapResult",
+    "UmapLayout",
+    "cosine_scores",
+    "default_deltas",
+    "encode_split",
+    "explore_model",
+    "gap_shift_experiment",
+    "image_groups",
+    "l2_normalise",
+    "masked_auc",
+    "mean_offdiag",
+    "modality_gap",
+    "plot_gap_shift",
+    "prompt_embeddings",
+    "shift",
+    "similarity_matrix",
+    "similarity_panels",
+    "umap_embed",
+    "umap_figure",
+    "umap_html",
+    "umap_layout",
+    "zero_shot",
+    "zero_shot_probs",
+]

@@ -1,0 +1,161 @@
+"""From a backbone or embedding arrays to files on disk: the steps behind ``cxrfa explore``.
+
+Each ``write_*`` function takes plain arrays, so the same reports can be made from a tracked run's
+embeddings as from a freshly encoded backbone. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cxrfa.errors import CxrfaError
+from cxrfa.explore._common import ArrayLike, to_numpy
+from cxrfa.explore.gap import default_deltas, gap_shift_experiment, modality_gap, plot_gap_shift
+from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
+from cxrfa.explore.umap_view import umap_figure, umap_html, umap_layout
+from cxrfa.io import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from cxrfa.data.manifest import Manifest
+    from cxrfa.models.encoders import Encoder
+
+log = logging.getLogger(__name__)
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """Write a Figure as PNG atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    """Write JSON atomically (NaN written as null); returns ``path``."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, float | np.floating):
+            return float(v) if np.isfinite(v) else None
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+
+    atomic_write_text(path, json.dumps(clean(obj), indent=2) + "\n")
+    return path
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_data(data: Path | None) -> Manifest:
+    """The manifest at ``data``, or the built-in demo dataset (generated once) when None."""
+    from cxrfa.config import DataConfig
+    from cxrfa.data.manifest import read_manifest
+    from cxrfa.data.synth import demo_manifest
+
+    return read_manifest(data if data is not None else demo_manifest(DataConfig()))
+
+
+def load_backbone(name: str, backbones: str, manifest: Manifest, device: str = "auto") -> Encoder:
+    """Build the encoder ``name`` of a backbone set (``demo``, ``real`` or a YAML file).
+
+    A demo stand-in (``pretrained: demo``) is pretrained on ``manifest`` once and cached.
+
+    Raises:
+        CxrfaError: unknown backbone set or name, missing weights.
+    """
+    from cxrfa.config import load_backbones
+    from cxrfa.models.registry import build_encoder
+
+    bset = load_backbones(backbones)
+    if name not in bset.backbones:
+        raise CxrfaError(
+            f"--backbone {name!r} is not in backbone set {bset.name!r}; known: {', '.join(bset.backbones)}"
+        )
+    cfg = bset.backbones[name]
+    if cfg.pretrained == "demo":
+        from cxrfa.models.standin import ensure_standin
+
+        cfg = ensure_standin(cfg, manifest)
+    return build_encoder(cfg, resolve_device(device))
+
+
+def write_gap_report(
+    img: ArrayLike, txt_labels: ArrayLike, y_true: ArrayLike, out: Path, step: float = 0.25
+) -> dict[str, Path]:
+    """Modality gap and the gap-shift sweep: ``gap.json``, ``gap_shift.csv``, ``gap_shift.png`` in ``out``."""
+    gap = modality_gap(img, txt_labels)
+    frame = gap_shift_experiment(img, txt_labels, y_true, default_deltas(gap.norm, step))
+    origin = frame[np.isclose(frame["delta"], 0.0)].iloc[0]
+    paths = {
+        "json": write_json(
+            {
+                "modality_gap": gap.norm,
+                "macro_auc": float(origin["macro_auc"]),
+                "n_images": int(to_numpy(img).shape[0]),
+                "gap_vector": gap.vector.tolist(),
+            },
+            out / "gap.json",
+        ),  # fmt: skip
+        "csv": out / "gap_shift.csv",
+        "png": save_figure(plot_gap_shift(frame), out / "gap_shift.png"),
+    }
+    atomic_write_text(paths["csv"], frame.to_csv(index=False))
+    log.info("modality gap %.4f; zero-shot macro AUROC %.4f at delta 0", gap.norm, origin["macro_auc"])
+    return paths
+
+
+def write_umap_report(
+    img: ArrayLike,
+    txt_labels: ArrayLike,
+    y_true: ArrayLike,
+    labels: Sequence[str],
+    out: Path,
+    dims: int = 2,
+    seed: int = 0,
+    image_ids: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """UMAP of images and label texts in one space: ``umap.png`` and the interactive ``umap.html``."""
+    layout = umap_layout(img, txt_labels, y_true, labels, dims=dims, seed=seed, image_ids=image_ids)
+    title = f"UMAP ({dims}-D) of {layout.image_xy.shape[0]} images and {len(labels)} label texts"
+    html_path = out / "umap.html"
+    atomic_write_text(html_path, umap_html(layout, title))
+    return {"png": save_figure(umap_figure(layout, title), out / "umap.png"), "html": html_path}
+
+
+def write_similarity_report(
+    stages: dict[str, ArrayLike],
+    labels: Sequence[str],
+    out: Path,
+    title: str = "Label-embedding cosine similarity",
+) -> dict[str, Path]:
+    """Cosine-similarity heatmaps per stage (``similarity.png``) and the matrices (``similarity.json``)."""
+    summary = {
+        stage: {"mean_offdiag": mean_offdiag(sim), "matrix": sim.tolist()}
+        for stage, sim in ((s, similarity_matrix(e)) for s, e in stages.items())
+    }
+    return {
+        "json": write_json({"labels": list(labels), "stages": summary}, out / "similarity.json"),
+        "png": save_figure(similarity_panels(stages, labels, title), out / "similarity.png"),
+    }
+
+
+def write_zeroshot_report(per_label: dict[str, float], macro: float, out: Path) -> Path:
+    """``zeroshot.json``: macro AUROC and AUROC per label (null where undefined)."""
+    return write_json({"macro_auc": macro, "auc": per_label}, out / "zeroshot.json")

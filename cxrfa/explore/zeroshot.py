@@ -1,0 +1,148 @@
+"""Backbone-level exploration inputs and CheXzero-style zero-shot classification.
+
+Zero-shot: each label has a positive and a negative prompt set (:func:`cxrfa.labels.prompts_for`); an image's
+probability for the label is the softmax over its (positive, negative) cosine logits, taken at the positive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cxrfa.errors import CxrfaError
+from cxrfa.explore._common import ArrayLike, l2_normalise, masked_auc, to_numpy
+from cxrfa.labels import prompts_for
+
+if TYPE_CHECKING:
+    from cxrfa.data.manifest import Manifest
+    from cxrfa.models.cache import FeatureCache
+    from cxrfa.models.encoders import Encoder
+
+log = logging.getLogger(__name__)
+
+LOGIT_SCALE = 100.0  # CLIP's trained logit scale; AUROC does not depend on it, probabilities do
+
+
+def _require_text(encoder: Encoder) -> None:
+    if not encoder.has_text:
+        raise CxrfaError(
+            f"encoder {encoder.identity!r} has no text tower; zero-shot and label embeddings need a "
+            "clip or biomedclip backbone"
+        )
+
+
+def prompt_embeddings(encoder: Encoder, labels: Sequence[str], negative: bool = False) -> np.ndarray:
+    """One embedding per label (C, De): its prompts encoded, L2-normalised, averaged, renormalised.
+
+    Args:
+        encoder: an encoder with a text tower.
+        labels: C label names.
+        negative: use the negated prompts ("no evidence of ...") instead.
+
+    Raises:
+        CxrfaError: the encoder has no text tower.
+    """
+    import torch
+
+    _require_text(encoder)
+    prompts = [prompts_for(lab, negative=negative) for lab in labels]
+    flat = [p for group in prompts for p in group]
+    with torch.inference_mode():
+        emb = l2_normalise(to_numpy(encoder.encode_text(flat)))  # (C*T, De)
+    out, start = [], 0
+    for group in prompts:
+        out.append(emb[start : start + len(group)].mean(0))
+        start += len(group)
+    return l2_normalise(np.stack(out))  # (C, De)
+
+
+def require_split(manifest: Manifest, split: str | None) -> Manifest:
+    """The rows of ``split`` (all rows for None).
+
+    Raises:
+        CxrfaError: the split has no rows.
+    """
+    part = manifest.split(split) if split is not None else manifest
+    if len(part) == 0:
+        where = manifest.source or "the manifest"
+        raise CxrfaError(f"{where}: no rows in split {split!r}; choose another split with --split")
+    return part
+
+
+def encode_split(
+    encoder: Encoder,
+    manifest: Manifest,
+    split: str | None = "test",
+    cache: FeatureCache | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, Manifest]:
+    """Joint-space image embeddings of one split, through the frozen-feature cache.
+
+    Args:
+        encoder: the image encoder.
+        manifest: the dataset.
+        split: ``train``/``val``/``test``, or None for every row.
+        cache: the feature cache; None = compute without reading or writing a cache.
+        batch_size: images per encoder batch.
+        progress: show a progress bar.
+
+    Returns:
+        ``(embedding (N, De) float64, y_true (N, C) with NaN, the split's manifest)`` in row order.
+
+    Raises:
+        CxrfaError: the split has no rows.
+    """
+    from cxrfa.models.cache import FeatureCache
+
+    part = require_split(manifest, split)
+    cache = cache if cache is not None else FeatureCache(enabled=False)
+    _, embedding = cache.encode_dataset(encoder, part, batch_size=batch_size, progress=progress)  # (N, De)
+    return to_numpy(embedding), part.label_matrix().astype(np.float64), part
+
+
+def zero_shot_probs(
+    img: ArrayLike, pos: ArrayLike, neg: ArrayLike, logit_scale: float = LOGIT_SCALE
+) -> np.ndarray:
+    """P(label present) (N, C) = softmax over (s·cos(img, pos_c), s·cos(img, neg_c)) at the positive.
+
+    Args:
+        img: image embeddings (N, D).
+        pos: positive-prompt label embeddings (C, D).
+        neg: negative-prompt label embeddings (C, D).
+        logit_scale: the softmax temperature's inverse, s.
+    """
+    img_n = l2_normalise(to_numpy(img))
+    cos_pos = img_n @ l2_normalise(to_numpy(pos)).T  # (N, C)
+    cos_neg = img_n @ l2_normalise(to_numpy(neg)).T  # (N, C)
+    # a two-way softmax at the positive is the logistic of the logit difference (numerically stable form)
+    return 1.0 / (1.0 + np.exp(-logit_scale * (cos_pos - cos_neg)))
+
+
+def zero_shot(
+    encoder: Encoder,
+    manifest: Manifest,
+    split: str = "test",
+    cache: FeatureCache | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[dict[str, float], float]:
+    """Zero-shot AUROC of a CLIP-style backbone on one split of a manifest.
+
+    Returns:
+        ``({label: AUROC}, macro AUROC)``; labels without both classes among known rows get NaN and are left
+        out of the macro mean.
+
+    Raises:
+        CxrfaError: no text tower, or an empty split.
+    """
+    _require_text(encoder)
+    img, y_true, part = encode_split(encoder, manifest, split, cache, batch_size, progress)
+    labels = part.labels
+    probs = zero_shot_probs(img, prompt_embeddings(encoder, labels), prompt_embeddings(encoder, labels, True))
+    per_label, macro = masked_auc(y_true, probs, labels)
+    log.info("zero-shot macro AUROC on %s (%d images): %.4f", split, len(part), macro)
+    return per_label, macro

@@ -1,0 +1,142 @@
+"""`cxrfa ablate` end to end on the smoke matrix: resumable, failure-isolated; `compare` checked independently."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from cxrfa.cli import app
+from cxrfa.tracking import Tracker
+
+runner = CliRunner()
+
+
+def _finished(store: str | None, experiment: str = "smoke") -> list:
+    return Tracker(store, experiment).search("tags.`cxrfa.cell` != '' and attributes.status = 'FINISHED'")
+
+
+def test_smoke_ablation_then_rerun_skips_everything_and_compare_is_right(workdir: Path) -> None:
+    result = runner.invoke(app, ["ablate", "--matrix", "smoke", "--seeds", "0,1"])
+    assert result.exit_code == 0, result.output
+    runs = _finished(None)
+    assert sorted((r.tags["cxrfa.cell"], r.tags["cxrfa.seed"]) for r in runs) == [
+        ("align-clip", "0"), ("align-clip", "1"), ("visual-clip", "0"), ("visual-clip", "1")]  # fmt: skip
+    (parent,) = Tracker(None, "smoke").search("tags.`cxrfa.parent` != ''")
+    assert {r.tags["mlflow.parentRunId"] for r in runs} == {parent.run_id}
+    assert {r.name for r in runs} == {
+        "align-clip/seed=0",
+        "align-clip/seed=1",
+        "visual-clip/seed=0",
+        "visual-clip/seed=1",
+    }
+
+    again = runner.invoke(app, ["ablate", "--matrix", "smoke", "--seeds", "0,1"])
+    assert again.exit_code == 0, again.output
+    assert again.output.count("SKIPPED") == 4
+    assert len(_finished(None)) == 4 and len(Tracker(None, "smoke").search("tags.`cxrfa.parent` != ''")) == 1
+
+    dry = runner.invoke(app, ["ablate", "--matrix", "smoke", "--seeds", "0,1", "--dry-run"])
+    assert dry.exit_code == 0 and all(r.run_id in dry.output for r in runs)
+
+    out = workdir / "cmp"
+    cmp = runner.invoke(
+        app,
+        [
+            "compare",
+            "--experiment",
+            "smoke",
+            "--baseline",
+            "visual-clip",
+            "--out",
+            str(out),
+            "--n-boot",
+            "200",
+        ],
+    )
+    assert cmp.exit_code == 0, cmp.output
+    table = pd.read_csv(out / "comparison.csv", index_col="cell")
+    tracker = Tracker(None, "smoke")
+    for cell in ("visual-clip", "align-clip"):  # recompute each run's macro AUROC from its logged predictions
+        aucs = []
+        for run in (r for r in runs if r.tags["cxrfa.cell"] == cell):
+            pred = pd.read_csv(tracker.download(run.run_id, "test_predictions.csv", workdir / run.run_id))
+            truth = pd.read_csv(tracker.download(run.run_id, "test_labels.csv", workdir / run.run_id))
+            per_label = []
+            for label in truth.columns[1:]:
+                known = truth[label].notna()
+                y = truth.loc[known, label].to_numpy()
+                if 0 < y.sum() < len(y):
+                    per_label.append(roc_auc_score(y, pred.loc[known, label]))
+            aucs.append(np.mean(per_label))
+        assert table.loc[cell, "test/macro_auc"] == pytest.approx(np.mean(aucs), abs=1e-9)
+        assert table.loc[cell, "test/macro_auc std"] == pytest.approx(np.std(aucs, ddof=1), abs=1e-9)
+        assert table.loc[cell, "seeds"] == 2
+    assert "p_value" in table.columns and 0 < table.loc["align-clip", "p_value"] <= 1
+    assert (out / "comparison.html").read_text().count("data:image/png;base64") == 2
+    logged = {a.path for a in tracker.client.list_artifacts(parent.run_id, "comparison")}
+    assert "comparison/comparison.md" in logged
+
+
+def test_failing_cell_leaves_the_others_finished(workdir: Path) -> None:
+    matrix = workdir / "failing.yaml"
+    spec = yaml.safe_load((Path("ablations") / "smoke.yaml").read_text())
+    spec["name"] = (
+        "failing"  # a third cell whose loss explodes (huge lr, no clipping) between the two good ones
+    )
+    spec["cells"] = {"visual-clip": spec["cells"]["visual-clip"],
+                     "exploding": {"model": {"visual": "clip"}, "train": {"lr": 1.0e30, "grad_clip": 0.0}},
+                     "align-clip": spec["cells"]["align-clip"]}  # fmt: skip
+    matrix.write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["ablate", "--matrix", str(matrix)])
+    assert result.exit_code == 1
+    assert "exploding" in result.output and "non-finite loss" in result.output
+    assert sorted(r.tags["cxrfa.cell"] for r in _finished(None, "failing")) == ["align-clip", "visual-clip"]
+    (failed,) = Tracker(None, "failing").search(
+        "attributes.status = 'FAILED' and tags.`cxrfa.cell` = 'exploding'"
+    )
+    assert "non-finite loss" in failed.tags["cxrfa.failure"]
+
+
+def test_sigkill_mid_cell_then_rerun_completes_without_duplicates(workdir: Path) -> None:
+    store = str(workdir / "store")
+    cmd = [sys.executable, "-m", "cxrfa.cli", "ablate", "--matrix", "smoke", "--tracking-uri", store]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    # kill while the second cell is training: the first has finished, the second is RUNNING
+    while _cells_started(Path(store, "mlflow.db")) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "ablation ended before the second cell started"
+        )
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    runs = Tracker(store, "smoke").search("tags.`cxrfa.cell` != ''")
+    finished = [(r.tags["cxrfa.cell"], r.tags["cxrfa.seed"]) for r in runs if r.status == "FINISHED"]
+    assert sorted(finished) == [("align-clip", "0"), ("visual-clip", "0")]  # exactly one per cell x seed
+    assert all(r.status in ("FINISHED", "KILLED") for r in runs)  # nothing left RUNNING
+
+
+def _cells_started(db: Path) -> int:
+    """Child runs created so far, read straight from the store without touching it (the writer is live)."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("select count(*) from tags where key = 'cxrfa.cell'").fetchone()[0]
+    except sqlite3.Error:
+        return 0

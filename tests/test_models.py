@@ -1,0 +1,121 @@
+"""Forward/backward of every DESIGN.md cell configuration on CPU, with tiny encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxrfa.config import DEMO_BACKBONES, LossConfig, ModelConfig
+from cxrfa.labels import NIH14
+from cxrfa.losses import compute_terms, weighted_total
+from cxrfa.models import AlignmentModel, build_model
+
+LABELS = list(NIH14)
+CLIP = DEMO_BACKBONES.backbones["clip"].model_copy(update={"pretrained": None})
+BIOMED = DEMO_BACKBONES.backbones["biomedclip"].model_copy(update={"pretrained": None})
+CUSTOM = DEMO_BACKBONES.backbones["custom"]
+SMALL = {"width": 32, "heads": 2}
+
+CELLS = {
+    "visual-clip": (ModelConfig(visual=CLIP, **SMALL), LossConfig()),
+    "visual-biomedclip": (ModelConfig(visual=BIOMED, **SMALL), LossConfig()),
+    "visual-custom": (ModelConfig(visual=CUSTOM, **SMALL), LossConfig()),
+    "dual-clip": (
+        ModelConfig(visual=CLIP, text=CLIP, t2_layers=1, aligner=True, output="mean", **SMALL),
+        LossConfig(semantic=1.0),
+    ),
+    "dual-custom": (
+        ModelConfig(visual=CUSTOM, text=CLIP, t2_layers=1, aligner=True, output="mean", **SMALL),
+        LossConfig(semantic=1.0),
+    ),
+    "align-clip": (
+        ModelConfig(visual=CLIP, text=CLIP, t2_layers=1, orthogonal=True, aligner=True, output="b", **SMALL),
+        LossConfig(semantic=1.0, domain=0.5, orth=0.5, consistency=0.5),
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRFA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_cell_forward_backward(cell: str) -> None:
+    torch.manual_seed(0)
+    cfg, loss_cfg = CELLS[cell]
+    model = build_model(cfg, LABELS)
+    model.train()
+    b, c = 4, len(LABELS)
+    images = torch.randn(b, 3, model.encoder.image_size, model.encoder.image_size)
+    targets = torch.zeros(b, c)
+    targets[0, 2] = targets[1, 5] = targets[2, 2] = 1
+    targets[3, 0] = float("nan")
+    out = model(images)
+    assert out["logits"].shape == out["logits_a"].shape == (b, c)
+    assert out["pooled"].shape == (b, cfg.width)
+    if cfg.aligner:
+        assert out["logits_b"].shape == (b, c)
+        assert out["features"].shape == (b, c, cfg.width)
+        assert out["labels_emb"].shape == (c, cfg.width)
+        assert torch.allclose(out["labels_emb"].norm(dim=-1), torch.ones(c), atol=1e-5)
+    else:
+        assert "logits_b" not in out and "features" not in out
+    terms = compute_terms(out, targets, loss_cfg)
+    expected = {"cls"} | {k for k, v in loss_cfg.weights.items() if v > 0}
+    assert set(terms) == expected
+    total = weighted_total(terms, loss_cfg)
+    assert torch.isfinite(total)
+    total.backward()
+    head_grads = [p.grad for p in model.heads.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in head_grads)
+    enc_grads = [p.grad for p in model.encoder.parameters()]
+    if cfg.visual.frozen:
+        assert all(g is None for g in enc_grads)
+        assert not model.encoder.training  # frozen encoders stay in eval mode under model.train()
+    else:
+        assert any(g is not None and g.abs().sum() > 0 for g in enc_grads)
+
+
+def test_output_choice_and_forward_features() -> None:
+    torch.manual_seed(0)
+    text = torch.randn(5, 12)
+    tokens, emb = torch.randn(2, 7, 16), torch.randn(2, 12)
+    for output in ("a", "b", "mean"):
+        cfg = ModelConfig(visual=CLIP, text=CLIP, aligner=True, output=output, width=16, heads=2)
+        heads = AlignmentModel(cfg, image_dim=16, label_text=text, num_labels=5).eval()
+        out = heads(tokens, emb)
+        want = {"a": out["logits_a"], "b": out["logits_b"], "mean": (out["logits_a"] + out["logits_b"]) / 2}[
+            output
+        ]
+        assert torch.allclose(out["logits"], want)
+    # classifier B is the cosine between F and L̂ over tau plus a bias
+    cfg = ModelConfig(visual=CLIP, text=CLIP, aligner=True, output="b", width=16, heads=2, tau=0.5)
+    heads = AlignmentModel(cfg, image_dim=16, label_text=text, num_labels=5).eval()
+    out = heads(tokens, emb)
+    cos = torch.nn.functional.cosine_similarity(out["features"], out["labels_emb"][None], dim=-1)
+    assert torch.allclose(out["logits_b"], cos / 0.5, atol=1e-5)
+    assert "label_text" in dict(heads.named_buffers())  # frozen label text is a buffer, not a parameter
+
+
+def test_build_model_shares_encoder_and_caches_label_embeddings(tmp_path: Path) -> None:
+    cfg = ModelConfig(visual=CLIP, text=CLIP, aligner=True, width=16, heads=2)
+    torch.manual_seed(0)
+    model = build_model(cfg, LABELS[:3])
+    assert model.text_encoder is model.encoder
+    first = model.heads.label_text.clone()
+    assert first.shape == (3, model.encoder.embed_dim)
+    assert torch.allclose(first.norm(dim=-1), torch.ones(3), atol=1e-5)
+    cached = list((tmp_path / "home" / "features" / "labels").rglob("*.bin"))
+    assert len(cached) == 1
+    # a second call reads the file instead of running the text tower
+    calls = []
+    original = model.encoder.encode_text
+    model.encoder.encode_text = lambda texts: calls.append(texts) or original(texts)  # type: ignore[method-assign]
+    again = model.encoder.label_embeddings(LABELS[:3])
+    assert calls == [] and torch.equal(again, first)
+    reports = model.encode_reports(["no acute findings.", "large effusion."])
+    assert reports.shape == (2, model.encoder.embed_dim)

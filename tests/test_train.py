@@ -1,0 +1,117 @@
+"""`cxrfa train`: one complete MLflow run; resume after SIGKILL matches an uninterrupted run; NaN -> FAILED."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cxrfa.cli import app
+from cxrfa.tracking import Tracker
+
+runner = CliRunner()
+TRAIN = ["train", "--matrix", "smoke", "--cell", "align-clip", "--seed", "0"]
+
+
+def test_train_logs_a_complete_run(workdir: Path) -> None:
+    result = runner.invoke(app, TRAIN)
+    assert result.exit_code == 0, result.output
+    (run,) = Tracker(None, "smoke").search("tags.`cxrfa.cell` = 'align-clip'")
+    assert run.status == "FINISHED"
+    assert run.params["model.aligner"] == "True" and run.params["loss.semantic"] == "0.5"
+    for tag in (
+        "cxrfa.seed",
+        "cxrfa.config_hash",
+        "cxrfa.data_hash",
+        "cxrfa.backbone.source",
+        "cxrfa.code_version",
+    ):
+        assert run.tags[tag]
+    assert run.tags["cxrfa.backbone.source"].startswith("stand-in:")
+    for key in ("test/macro_auc", "test/micro_auc", "test/map", "test/mse", "test/macro_f1", "test/macro_auc_head",
+                "embed/modality_gap", "val/macro_auc", "train/loss", "train/loss_semantic"):  # fmt: skip
+        assert key in run.metrics, key
+    per_label = [
+        k for k in run.metrics if k.startswith("test/auc/")
+    ]  # labels with both classes in the test split
+    assert len(per_label) >= 3 and len([k for k in run.metrics if k.startswith("test/ap/")]) == len(per_label)
+    history = Tracker(None, "smoke").client.get_metric_history(run.run_id, "val/macro_auc")
+    assert [m.step for m in history] == [0, 1]
+    files = {a.path for a in Tracker(None, "smoke").client.list_artifacts(run.run_id)}
+    assert {"test_predictions.csv", "val_predictions.csv", "test_labels.csv", "config.json", "evaluation", "plots",
+            "checkpoint"} <= files  # fmt: skip
+    ckpt = Tracker(None, "smoke").download(run.run_id, "checkpoint/model.pt", workdir / "dl")
+    state = torch.load(ckpt, weights_only=False)
+    assert state["config"]["cell"] == "align-clip" and state["state_dict"]
+
+
+def test_nan_loss_marks_run_failed(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxrfa.train as train_mod
+
+    real = train_mod.compute_terms
+
+    def poisoned(*args, **kwargs):  # the semantic term turns NaN: the run must stop with that reason
+        terms = real(*args, **kwargs)
+        terms["semantic"] = terms["semantic"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_mod, "compute_terms", poisoned)
+    result = runner.invoke(app, TRAIN)
+    assert result.exit_code == 1
+    assert "non-finite loss at epoch 0, step 0 (term: semantic)" in result.output
+    (run,) = Tracker(None, "smoke").search("tags.`cxrfa.cell` = 'align-clip'")
+    assert run.status == "FAILED" and "non-finite loss" in run.tags["cxrfa.failure"]
+
+
+def _final_metrics(store: Path) -> dict[str, float]:
+    (run,) = Tracker(str(store), "smoke").search("attributes.status = 'FINISHED'")
+    return {k: v for k, v in run.metrics.items() if k.startswith("test/")}
+
+
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(workdir: Path) -> None:
+    matrix = workdir / "longer.yaml"  # the smoke matrix with room to be killed mid-training
+    matrix.write_text((Path("ablations") / "smoke.yaml").read_text().replace("epochs: 2", "epochs: 4"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrfa.cli",
+        "train",
+        "--matrix",
+        str(matrix),
+        "--cell",
+        "align-clip",
+        "--tracking-uri",
+    ]
+    subprocess.run([*cmd, str(workdir / "a")], check=True, capture_output=True)
+    expected = _final_metrics(workdir / "a")
+
+    proc = subprocess.Popen([*cmd, str(workdir / "b")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = workdir / "b" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (ckpts.is_dir() and any(ckpts.glob("*.pt"))):  # the first epoch's checkpoint is written
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "training ended before a checkpoint appeared"
+        )
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert Tracker(str(workdir / "b"), "smoke").search(
+        "attributes.status = 'RUNNING'"
+    )  # left behind by the kill
+
+    resumed = subprocess.run([*cmd, str(workdir / "b")], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+    runs = Tracker(str(workdir / "b"), "smoke").search("")
+    assert sorted(r.status for r in runs) == ["FINISHED", "KILLED"]
+    got = _final_metrics(workdir / "b")
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
