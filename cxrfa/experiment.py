@@ -364,9 +364,21 @@ def _explore(
     device: torch.device,
     parts: Sequence[str],
 ) -> dict[str, float]:
-    """Modality gap and label-similarity metrics (and plots) on a sample of the test set."""
+    """Modality gap and label-similarity metrics (and plots, logged on the run) on a sample of the test set."""
     from cxrfa.explore import explore_model
 
+    tokens, embedding, y_true = _explore_sample(model, test_set, device)
+    result = explore_model(model.heads, tokens, embedding, y_true, labels, parts=tuple(parts))
+    if run is not None:
+        for name, figure in result.figures.items():
+            run.log_figure(figure, f"plots/{name}.png")
+    return result.scalars
+
+
+def _explore_sample(
+    model: Any, test_set: Dataset, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Encoder tokens (M, N, Dv), embeddings (M, De) and labels (M, C) of the first EXPLORE_SAMPLE test images."""
     n = min(len(test_set), EXPLORE_SAMPLE)  # type: ignore[arg-type]
     items = [test_set[i] for i in range(n)]
     model.eval()
@@ -377,12 +389,87 @@ def _explore(
         else:
             images = torch.stack([it["image"] for it in items]).to(device)
             tokens, embedding = model.encoder.encode_image(images)
-    y_true = torch.stack([it["labels"] for it in items]).numpy()
-    result = explore_model(model.heads, tokens, embedding, y_true, labels, parts=tuple(parts))
-    if run is not None:
+    return tokens, embedding, torch.stack([it["labels"] for it in items]).numpy()
+
+
+def run_config(tracker: Tracker, run_id: str, dst: Path) -> RunConfig:
+    """The resolved config a run logged (``config.json``)."""
+    from cxrfa.config import validate
+
+    return validate(
+        RunConfig,
+        json.loads(tracker.download(run_id, "config.json", dst).read_text()),
+        f"run {run_id} config.json",
+    )
+
+
+def load_run(tracker: Tracker, run_id: str, dst: Path) -> tuple[RunConfig, Manifest, Any]:
+    """The config, data and trained model of a logged run (from its ``config.json`` and checkpoint)."""
+    from cxrfa.models import build_model
+
+    cfg = run_config(tracker, run_id, dst)
+    manifest = load_data(cfg.data, progress=False)
+    model_cfg = cfg.model.model_copy(
+        update={
+            "visual": prepare_backbone(cfg.model.visual, manifest),
+            "text": prepare_backbone(cfg.model.text, manifest),
+        }
+    )
+    model = build_model(model_cfg, manifest.labels, resolve_device(cfg.train.device))
+    state = torch.load(
+        tracker.download(run_id, "checkpoint/model.pt", dst), map_location="cpu", weights_only=False
+    )
+    model.load_state_dict(state["state_dict"])
+    return cfg, manifest, model
+
+
+def explore_run(
+    tracker: Tracker, run_id: str, parts: Sequence[str], out: Path, seed: int = 0, dims: int = 2
+) -> dict[str, Path]:
+    """Embedding diagnostics of a trained run: written to ``out`` and logged on the run (metrics + plots).
+
+    ``parts``: any of ``gap``, ``similarity`` (via :func:`cxrfa.explore.explore_model`) and ``umap`` (pooled
+    image features and the label embeddings in one UMAP space: PNG + interactive HTML).
+
+    Raises:
+        CxrfaError: the run has no text branch (nothing to align) or its artifacts are missing.
+    """
+    import shutil
+
+    from cxrfa.explore import explore_model
+    from cxrfa.explore.model import run_heads
+    from cxrfa.explore.report import save_figure, write_json, write_umap_report
+
+    cfg, manifest, model = load_run(tracker, run_id, out / ".download")
+    shutil.rmtree(out / ".download", ignore_errors=True)
+    if cfg.model.text is None:
+        raise CxrfaError(
+            f"run {run_id} ({cfg.cell}) has no text branch: there are no label embeddings to explore"
+        )
+    device = resolve_device(cfg.train.device)
+    data = _datasets(cfg, model, manifest, progress=True)
+    tokens, embedding, y_true = _explore_sample(model, data["test"], device)
+    run = TrackedRun(tracker, run_id)
+    paths: dict[str, Path] = {}
+    basic = [p for p in parts if p != "umap"]
+    if basic:
+        result = explore_model(
+            model.heads, tokens, embedding, y_true, manifest.labels, parts=tuple(basic), seed=seed
+        )
+        run.log_metrics(result.scalars)
+        paths["json"] = write_json(result.scalars, out / "explore.json")
         for name, figure in result.figures.items():
-            run.log_figure(figure, f"plots/{name}.png")
-    return result.scalars
+            paths[name] = save_figure(figure, out / f"{name}.png")
+            run.log_artifact(paths[name], "plots")
+    if "umap" in parts:
+        heads = run_heads(model.heads, tokens, embedding)
+        umap_paths = write_umap_report(
+            heads["pooled"], heads["labels_emb"], y_true, manifest.labels, out, dims=dims, seed=seed
+        )
+        for name, path in umap_paths.items():
+            paths[f"umap_{name}"] = path
+            run.log_artifact(path, "plots")
+    return paths
 
 
 def evaluate_run(tracker: Tracker, run_id: str, out: Path, n_boot: int = 200, seed: int | None = None) -> Any:
@@ -393,12 +480,10 @@ def evaluate_run(tracker: Tracker, run_id: str, out: Path, n_boot: int = 200, se
     """
     import pandas as pd
 
-    from cxrfa.config import validate
     from cxrfa.evaluate import evaluate_predictions
 
     tmp = out / ".download"
-    cfg_path = tracker.download(run_id, "config.json", tmp)
-    cfg = validate(RunConfig, json.loads(cfg_path.read_text()), f"run {run_id} config.json")
+    cfg = run_config(tracker, run_id, tmp)
     manifest = load_data(cfg.data, progress=False)
     test = pd.read_csv(tracker.download(run_id, "test_predictions.csv", tmp), dtype={"path": str})
     val = pd.read_csv(tracker.download(run_id, "val_predictions.csv", tmp), dtype={"path": str})

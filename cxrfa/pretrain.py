@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from cxrfa.data.dataset import load_image
 from cxrfa.data.manifest import Manifest, read_manifest
@@ -154,7 +155,9 @@ def pretrain(
         model.train()
         order = rng.permutation(len(train))
         total, count = 0.0, 0
-        for start in range(0, len(order) - 1, batch_size):
+        bar = tqdm(range(0, len(order) - 1, batch_size), desc=f"pretrain {arch} epoch {epoch + 1}/{epochs}",
+                   leave=False, disable=None, dynamic_ncols=True)  # fmt: skip
+        for start in bar:
             rows = order[start : start + batch_size]
             if len(rows) < 2:
                 continue
@@ -171,6 +174,7 @@ def pretrain(
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             total, count, step = total + loss.item() * len(rows), count + len(rows), step + 1
+            bar.set_postfix(loss=f"{total / count:.4f}")
         result.losses.append(total / max(count, 1))
         log.info("pretrain %s epoch %d/%d: loss %.4f", arch, epoch + 1, epochs, result.losses[-1])
     if len(val) >= 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -47,9 +48,25 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
     files = {a.path for a in Tracker(None, "smoke").client.list_artifacts(run.run_id)}
     assert {"test_predictions.csv", "val_predictions.csv", "test_labels.csv", "config.json", "evaluation", "plots",
             "checkpoint"} <= files  # fmt: skip
+    plots = {a.path for a in Tracker(None, "smoke").client.list_artifacts(run.run_id, "plots")}
+    assert {"plots/gap_shift.png", "plots/label_similarity.png", "plots/training_curves.png"} <= plots
     ckpt = Tracker(None, "smoke").download(run.run_id, "checkpoint/model.pt", workdir / "dl")
     state = torch.load(ckpt, weights_only=False)
     assert state["config"]["cell"] == "align-clip" and state["state_dict"]
+
+    # re-evaluating the logged run reproduces its logged test metrics exactly
+    again = runner.invoke(app, ["evaluate", "--run", run.run_id, "--out", str(workdir / "re")])
+    assert again.exit_code == 0, again.output
+    scores = json.loads((workdir / "re" / "metrics.json").read_text())
+    for key in ("macro_auc", "map", "mse", "macro_f1", "macro_auc_ci_low", "fair/worst_tpr_gap"):
+        assert scores[key] == pytest.approx(run.metrics[f"test/{key}"], abs=1e-12), key
+
+    # exploring the trained run rebuilds the model from its checkpoint and reproduces the logged diagnostics
+    explored = runner.invoke(app, ["explore", "similarity", "--run", run.run_id, "--out", str(workdir / "sim")])
+    assert explored.exit_code == 0, explored.output
+    sims = json.loads((workdir / "sim" / "explore.json").read_text())
+    assert sims["embed/mean_offdiag_sim/final"] == pytest.approx(run.metrics["embed/mean_offdiag_sim/final"], abs=1e-5)
+    assert (workdir / "sim" / "label_similarity.png").is_file()
 
 
 def test_nan_loss_marks_run_failed(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,19 @@ Out = Annotated[Path, typer.Option("--out", help="Folder for the PNG/HTML/JSON o
 Split = Annotated[str, typer.Option("--split", help="Manifest split whose images are encoded.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")]
+RunId = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        help="A trained run (id): explore its aligned features and label embeddings, log results on it.",
+    ),
+]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow store of --run (default ./mlruns)."
+    ),
+]
 NoCache = Annotated[
     bool, typer.Option("--no-feature-cache", help="Encode without reading or writing the feature cache.")
 ]
@@ -60,6 +73,14 @@ def _encode(
     return img, prompt_embeddings(encoder, part.labels), y_true, part
 
 
+def _explore_run(run: str, tracking_uri: str | None, part: str, out: Path, **kwargs: int) -> None:
+    from cxrfa.experiment import explore_run
+    from cxrfa.tracking import Tracker
+
+    _wrote(explore_run(Tracker(tracking_uri, "Default"), run, [part], out, **kwargs))
+    console.print(f"logged on run {run}")
+
+
 def _wrote(paths: dict[str, Path]) -> None:
     for path in paths.values():
         console.print(f"wrote {path}", highlight=False)
@@ -88,10 +109,18 @@ def register(app: typer.Typer) -> None:
         device: Device = "auto",
         batch_size: BatchSize = 64,
         no_feature_cache: NoCache = False,
+        run: RunId = None,
+        tracking_uri: TrackingUri = None,
     ) -> None:
-        """Modality gap between image and label-text embeddings, and zero-shot AUROC as the gap is shifted."""
+        """Modality gap between image and label-text embeddings, and zero-shot AUROC as the gap is shifted.
+
+        With --run: the gap between a trained model's image-side disease features and its label embeddings,
+        and the alignment-head AUROC as the gap is shifted; logged as embed/modality_gap on the run.
+        """
         from cxrfa.explore.report import write_gap_report
 
+        if run is not None:
+            return _explore_run(run, tracking_uri, "gap", out)
         manifest, encoder = _open(backbone, backbones, data, device, split)
         img, txt, y_true, _ = _encode(encoder, manifest, split, batch_size, no_feature_cache)
         _wrote(write_gap_report(img, txt, y_true, out, step=step))
@@ -109,10 +138,17 @@ def register(app: typer.Typer) -> None:
         device: Device = "auto",
         batch_size: BatchSize = 64,
         no_feature_cache: NoCache = False,
+        run: RunId = None,
+        tracking_uri: TrackingUri = None,
     ) -> None:
-        """UMAP of image embeddings (coloured by finding) with the label-text embeddings in the same space."""
+        """UMAP of image embeddings (coloured by finding) with the label-text embeddings in the same space.
+
+        With --run: a trained model's pooled image features and label embeddings; PNG + HTML logged on the run.
+        """
         from cxrfa.explore.report import write_umap_report
 
+        if run is not None:
+            return _explore_run(run, tracking_uri, "umap", out, seed=seed, dims=dims)
         manifest, encoder = _open(backbone, backbones, data, device, split)
         img, txt, y_true, part = _encode(encoder, manifest, split, batch_size, no_feature_cache)
         ids = part.frame["path"].astype(str).tolist()
@@ -126,11 +162,19 @@ def register(app: typer.Typer) -> None:
         backbones: Backbones = "demo",
         data: Data = None,
         device: Device = "auto",
+        run: RunId = None,
+        tracking_uri: TrackingUri = None,
     ) -> None:
-        """Cosine similarity between the label-text embeddings (positive and negated prompts)."""
+        """Cosine similarity between the label-text embeddings (positive and negated prompts).
+
+        With --run: the raw text-encoder label embeddings vs after transformer2 / the orthogonal module, side by
+        side, with embed/mean_offdiag_sim/<stage> logged on the run.
+        """
         from cxrfa.explore import prompt_embeddings
         from cxrfa.explore.report import write_similarity_report
 
+        if run is not None:
+            return _explore_run(run, tracking_uri, "similarity", out)
         manifest, encoder = _open(backbone, backbones, data, device)
         stages = {
             "label prompts": prompt_embeddings(encoder, manifest.labels),
