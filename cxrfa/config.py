@@ -134,7 +134,7 @@ class TrainConfig(_Frozen):
     monitor: Literal["val/macro_auc", "val/map"] = "val/macro_auc"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    threads: int | None = None  # torch CPU threads; None = all cores
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None = torch's default (all cores)
     feature_cache: bool = True  # cache frozen encoder outputs on disk
     num_workers: int = Field(0, ge=0)
 

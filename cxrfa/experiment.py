@@ -206,6 +206,8 @@ def run_cell(
     never left RUNNING by an exception raised here. Exceptions are re-raised after the run is closed.
     """
     started = time.monotonic()
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
     manifest = load_data(cfg.data, progress)
     if manifest.label_set != cfg.data.label_set and cfg.data.manifest is not None:

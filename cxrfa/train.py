@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,11 +70,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def configure_threads(cfg: TrainConfig) -> None:
-    """Use every core (or ``cfg.threads``) for CPU math; intra-op only, so tiny ops don't oversubscribe."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
