@@ -199,8 +199,12 @@ def run_cell(
     run_name: str | None = None,
     explore: Sequence[str] = ("gap", "similarity"),
     progress: bool = True,
+    evaluate: bool = True,
 ) -> CellResult:
     """Train and evaluate one config; track it as one MLflow run when a tracker is given.
+
+    ``evaluate=False`` (tuning trials) stops after ``fit``: only the best validation value is reported and the
+    test split is never predicted.
 
     The run ends FINISHED, FAILED (with the reason in ``cxrfa.failure``) or KILLED (interrupted / pruned);
     never left RUNNING by an exception raised here. Exceptions are re-raised after the run is closed.
@@ -228,7 +232,7 @@ def run_cell(
     ckpt = checkpoint_dir(tracker) / f"{cfg.config_hash()}.pt"
     try:
         metrics, fit_result = _train_and_evaluate(
-            cfg, manifest, visual, text, run, ckpt, callbacks, explore, progress
+            cfg, manifest, visual, text, run, ckpt, callbacks, explore, progress, evaluate
         )  # type: ignore[arg-type]
     except StopRun as stop:
         if run is not None:
@@ -271,6 +275,7 @@ def _train_and_evaluate(
     callbacks: Sequence[Callback],
     explore: Sequence[str],
     progress: bool,
+    evaluate: bool,
 ) -> tuple[dict[str, float], FitResult]:
     from cxrfa.models import build_model
 
@@ -296,6 +301,14 @@ def _train_and_evaluate(
         callbacks=[_Log(), *callbacks],
         progress=progress,
     )
+    if not evaluate:
+        scalars = {
+            "val/best_" + cfg.train.monitor.removeprefix("val/"): result.best_value,
+            "best_epoch": result.best_epoch,
+        }
+        if run is not None:
+            run.log_metrics(scalars, step=result.epochs_run)
+        return scalars, result
     scalars = evaluate_model(cfg, model, manifest, data, result, run, explore, device)
     return scalars, result
 

@@ -133,10 +133,17 @@ class Tracker:
         self.experiment = experiment
 
     def _experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             location = f"{self.artifact_root}/{name}" if self.artifact_root else None
-            return self.client.create_experiment(name, artifact_location=location)
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except MlflowException:  # another process created it first
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
         return exp.experiment_id

@@ -62,10 +62,14 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
         assert scores[key] == pytest.approx(run.metrics[f"test/{key}"], abs=1e-12), key
 
     # exploring the trained run rebuilds the model from its checkpoint and reproduces the logged diagnostics
-    explored = runner.invoke(app, ["explore", "similarity", "--run", run.run_id, "--out", str(workdir / "sim")])
+    explored = runner.invoke(
+        app, ["explore", "similarity", "--run", run.run_id, "--out", str(workdir / "sim")]
+    )
     assert explored.exit_code == 0, explored.output
     sims = json.loads((workdir / "sim" / "explore.json").read_text())
-    assert sims["embed/mean_offdiag_sim/final"] == pytest.approx(run.metrics["embed/mean_offdiag_sim/final"], abs=1e-5)
+    assert sims["embed/mean_offdiag_sim/final"] == pytest.approx(
+        run.metrics["embed/mean_offdiag_sim/final"], abs=1e-5
+    )
     assert (workdir / "sim" / "label_similarity.png").is_file()
 
 

@@ -1,0 +1,180 @@
+"""``cxrfa tune`` (an Optuna study over one cell's loss weights) and ``cxrfa pipeline run`` (a study recipe)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from cxrfa.cli._common import console, user_errors
+from cxrfa.cli.run import BackbonesOpt, DataOpt, MatrixOpt, UriOpt
+
+pipeline_app = typer.Typer(
+    help="Study recipes: data -> pretrain -> tune -> ablate -> compare.", no_args_is_help=True
+)
+
+
+def _command_line(*words: str, **options: object) -> str:
+    """The command as a user would type it again (options left at their default are omitted)."""
+    parts = ["cxrfa", *words]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        parts += [flag] if value is True else [flag, str(value)]
+    return shlex.join(parts)
+
+
+@user_errors
+def tune(
+    cell: Annotated[
+        str, typer.Option("--cell", "-c", help="Cell to tune (cell\\[axis=value] for a matrix with axes).")
+    ],
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials",
+            "-n",
+            min=1,
+            help="Finished (complete + pruned) trials the study should hold in total.",
+        ),
+    ],
+    matrix: MatrixOpt = "full",
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Optuna storage: a journal file (default mlruns/optuna.journal, safe for many workers) or an SQLAlchemy URL (sqlite:///s.db, postgresql://…).",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name (default <matrix>.<cell>).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=1, help="Stop starting trials after this many seconds.")
+    ] = None,
+    sampler: Annotated[Literal["tpe", "random", "cmaes"], typer.Option("--sampler", help="Sampler.")] = "tpe",
+    pruner: Annotated[
+        Literal["median", "hyperband", "none"],
+        typer.Option("--pruner", help="Pruner on the per-epoch val metric."),
+    ] = "median",
+    pruner_startup: Annotated[
+        int,
+        typer.Option("--pruner-startup", min=0, help="Median pruner: trials finished before any is pruned."),
+    ] = 2,
+    n_jobs: Annotated[
+        int, typer.Option("--n-jobs", min=1, help="Trials in parallel threads of this process.")
+    ] = 1,
+    data: DataOpt = None,
+    backbones: BackbonesOpt = "demo",
+    tracking_uri: UriOpt = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="MLflow experiment (default: the matrix name).")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="Training seed of every trial (default: the matrix's first seed)."),
+    ] = None,
+    sampler_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--sampler-seed",
+            help="Seed the sampler (one worker only: workers with the same seed draw the same values).",
+        ),
+    ] = None,
+) -> None:
+    """Tune one cell's loss weights (the matrix's tune: section) with Optuna; export the best as an overlay.
+
+    Every trial is an MLflow run nested under the study's parent run; pruned and failed trials are recorded
+    as such and the study goes on. Re-running the same command continues the study until it holds --trials
+    finished trials; start the same command in several terminals (or machines sharing --storage) to run
+    workers in parallel. The best values go to ablations/tuned/<matrix>/<cell>.yaml for `cxrfa ablate --tuned`.
+
+    Examples:
+      cxrfa tune --matrix smoke --cell align-clip --trials 8
+      cxrfa tune --matrix full --cell align-clip --trials 50 --storage postgresql://user@db/optuna --n-jobs 2
+    """
+    from cxrfa.cli.run import _announce_demo, _overrides
+    from cxrfa.config import load_backbones, load_matrix
+    from cxrfa.tracking import Tracker, redact
+    from cxrfa.tuning import TuneSettings, check_space, open_storage, select_cell
+    from cxrfa.tuning import tune as run_study
+
+    m = load_matrix(matrix)
+    cfg = select_cell(m, load_backbones(backbones), cell, seed, _overrides(data, False))
+    check_space(m.tune, cfg, m.source or m.name)  # bad input fails before any store is created
+    if storage is not None:
+        open_storage(storage)
+    tracker = Tracker(tracking_uri, experiment or m.name)
+    settings = TuneSettings(
+        trials=trials, study_name=study, storage=storage, sampler=sampler, pruner=pruner, n_jobs=n_jobs,
+        timeout=timeout, sampler_seed=sampler_seed, pruner_startup=pruner_startup,
+        command=_command_line(
+            "tune", matrix=matrix, cell=cell, trials=trials, storage=redact(storage) if storage else None, study=study,
+            timeout=timeout, sampler=sampler if sampler != "tpe" else None, pruner=pruner if pruner != "median" else None,
+            pruner_startup=pruner_startup if pruner_startup != 2 else None, n_jobs=n_jobs if n_jobs != 1 else None,
+            data=data, backbones=backbones if backbones != "demo" else None, experiment=experiment,
+            tracking_uri=redact(tracking_uri) if tracking_uri else None, seed=seed, sampler_seed=sampler_seed,
+        ),
+    )  # fmt: skip
+    _announce_demo(data)
+    result = run_study(m, cfg, tracker, settings)
+    counts = result.counts
+    console.print(
+        f"study [bold]{result.study_name}[/] ({result.storage}): {result.finished}/{trials} finished "
+        f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned), {counts['FAIL']} failed; this run: {result.ran} trial(s)",
+        highlight=False,
+    )
+    if result.overlay is None:
+        console.print(
+            "[bold red]no complete trial[/]: nothing exported (see the cxrfa.failure tags of the trial runs)"
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"best {result.metric} [bold]{result.best_value:.4f}[/] (trial {result.best_trial}) -> {result.overlay}"
+    )
+    for key, value in result.best_config.items():
+        console.print(f"  {key}: {value!r}", highlight=False)
+    console.print(
+        f"next: [bold]cxrfa ablate --matrix {m.name} --tuned[/]   dashboard: [bold]optuna-dashboard {result.storage}[/]"
+    )
+    if result.finished < trials:
+        raise typer.Exit(1)
+
+
+@pipeline_app.command("run")
+@user_errors
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see pipelines/).")],
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Run a study recipe: data -> pretrain -> tune -> ablate -> compare, skipping stages already done.
+
+    Example:  cxrfa pipeline run pipelines/demo.yaml
+    """
+    from rich.table import Table
+
+    from cxrfa.pipeline import load_recipe, run_pipeline
+
+    result = run_pipeline(
+        load_recipe(recipe), progress=not quiet, command=_command_line("pipeline", "run", str(recipe))
+    )
+    table = Table(title=f"pipeline {result.recipe} (experiment {result.experiment})")
+    for col in ("stage", "status", "seconds", "detail"):
+        table.add_column(col)
+    for s in result.stages:
+        style = {"failed": "red", "skipped": "dim"}.get(s.status, "green")
+        table.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds:.0f}", s.detail)
+    console.print(table)
+    if result.report is not None:
+        console.print(f"report: [bold]{result.report}[/]   runs: [bold]cxrfa ui[/]")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``tune`` and the ``pipeline`` group to the main app."""
+    app.command()(tune)
+    app.add_typer(pipeline_app, name="pipeline")

@@ -1,0 +1,135 @@
+"""Several workers on one study: trial ownership, heartbeats, stale trials, exact slots, counts.
+
+Journal files have no built-in heartbeat, so each running trial records its owner (``host:pid``) and
+refreshes a heartbeat user attribute; a RUNNING trial whose process is gone (same host) or whose heartbeat is
+older than :data:`STALE_AFTER_S` belongs to a dead worker and is marked FAIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from cxrfa.tracking import TAG_PREFIX, TrackedRun, Tracker
+
+log = logging.getLogger(__name__)
+
+
+HEARTBEAT_S = 15.0  # a running trial refreshes its heartbeat this often
+STALE_AFTER_S = 120.0  # a RUNNING trial without a heartbeat for this long belongs to a dead worker
+OWNER = "cxrfa.owner"
+HEARTBEAT = "cxrfa.heartbeat"
+SURPLUS = "cxrfa.surplus"
+CONFIG = "cxrfa.config"  # the dotted config values a trial applied (what the overlay exports)
+FAILURE = "cxrfa.failure"
+
+
+def _me() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine: only the heartbeat can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(t: FrozenTrial, now: float) -> bool:
+    owner = t.user_attrs.get(OWNER)
+    if owner is not None and not _alive(owner):
+        return True
+    beat = t.user_attrs.get(HEARTBEAT)
+    if beat is None and t.datetime_start is not None:
+        beat = t.datetime_start.timestamp()
+    return beat is not None and now - float(beat) > STALE_AFTER_S
+
+
+def fail_stale_trials(study: optuna.Study, tracker: Tracker | None) -> list[int]:
+    """Mark RUNNING trials of dead workers FAIL (and their MLflow runs FAILED); returns their numbers."""
+    now, failed = time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _is_stale(t, now):
+            continue
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(t.number)
+            log.warning(
+                "trial %d of %s was left RUNNING by a stopped worker; marked FAIL", t.number, study.study_name
+            )
+        if tracker is not None:
+            for run in trial_runs(tracker, study.study_name, t.number, status="RUNNING"):
+                TrackedRun(tracker, run).set_tags({f"{TAG_PREFIX}trial_state": "FAIL"})
+                TrackedRun(tracker, run).fail("the worker running this trial stopped")
+    return failed
+
+
+@contextlib.contextmanager
+def heartbeat(trial: Trial) -> Iterator[None]:
+    """Record the owner and refresh a heartbeat while the trial runs (journal files have no built-in one)."""
+    trial.set_user_attr(OWNER, _me())
+    trial.set_user_attr(HEARTBEAT, time.time())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a failed beat only makes the trial look stale later
+                trial.set_user_attr(HEARTBEAT, time.time())
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"cxrfa-heartbeat-{trial.number}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    """Trials per state name; surplus trials are left out of every count."""
+    counts = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        if not t.user_attrs.get(SURPLUS):
+            counts[t.state.name] += 1
+    return counts
+
+
+def holds_slot(study: optuna.Study, number: int, total: int) -> bool:
+    """Whether trial ``number`` is within the first ``total`` live-or-finished trials of the study."""
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    before = sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=live)
+        if t.number < number and not t.user_attrs.get(SURPLUS)
+    )
+    return before < total
+
+
+def trial_runs(tracker: Tracker, study: str, number: int, status: str | None = None) -> list[str]:
+    """Ids of the MLflow runs of trial ``number`` of ``study`` (only those with ``status`` when given)."""
+    query = f"tags.`{TAG_PREFIX}study` = '{study}' and tags.`{TAG_PREFIX}trial` = '{number}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    return [r.run_id for r in tracker.search(query)]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The COMPLETE trial with the highest finite value, or None."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    done = [t for t in done if math.isfinite(t.value)]  # type: ignore[arg-type]
+    return max(done, key=lambda t: t.value) if done else None  # type: ignore[arg-type, return-value]

@@ -1,0 +1,99 @@
+"""`cxrfa pipeline run`: a tiny recipe runs every stage once, then a second run skips every stage."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cxrfa.cli import app
+from cxrfa.config import load_matrix
+from cxrfa.pipeline import load_recipe, run_pipeline
+from cxrfa.tracking import Tracker
+from cxrfa.tuning import overlay_path
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+TINY = {
+    "name": "tiny",
+    "matrix": "smoke",
+    "backbones": "demo",
+    "experiment": "tiny",
+    "data": {"synth": {"out": "data/tiny", "n": 240, "size": 64, "seed": 0}},
+    "tune": {"cells": ["visual-clip"], "trials": 2, "sampler": "random", "pruner": "none",
+             "overrides": {"train.epochs": 1}},
+    "ablate": {"seeds": [0], "tuned": True, "explore": []},
+    "compare": {"out": "out/tiny", "baseline": "visual-clip", "n_boot": 50},
+}  # fmt: skip
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ablations").mkdir()
+    shutil.copy(REPO / "ablations" / "smoke.yaml", tmp_path / "ablations" / "smoke.yaml")
+    return tmp_path
+
+
+def _all_runs(experiment: str) -> list:
+    return Tracker(None, experiment).search("")
+
+
+def test_tiny_recipe_runs_every_stage_then_skips_every_stage(lab: Path) -> None:
+    (lab / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    first = runner.invoke(app, ["pipeline", "run", "tiny.yaml", "--quiet"])
+    assert first.exit_code == 0, first.output
+    assert (lab / "data" / "tiny" / "manifest.csv").is_file()
+    overlay = overlay_path("smoke", "visual-clip")
+    assert overlay.is_file() and "cxrfa pipeline run tiny.yaml" in overlay.read_text()
+    report = lab / "out" / "tiny" / "comparison.md"
+    assert report.is_file() and "align-clip" in report.read_text()
+
+    runs = _all_runs("tiny")
+    trials = [r for r in runs if "cxrfa.trial" in r.tags]
+    cells = [r for r in runs if "cxrfa.cell" in r.tags and "cxrfa.trial" not in r.tags]
+    assert len(trials) == 2 and sorted(r.tags["cxrfa.cell"] for r in cells) == ["align-clip", "visual-clip"]
+    assert all(r.status == "FINISHED" for r in cells)
+    manifest = str((lab / "data" / "tiny" / "manifest.csv").resolve())
+    assert all(
+        r.params["data.manifest"] == manifest for r in [*trials, *cells]
+    )  # the recipe's data, everywhere
+    tuned = yaml.safe_load(overlay.read_text())
+    visual = next(r for r in cells if r.tags["cxrfa.cell"] == "visual-clip")
+    assert float(visual.params["train.lr"]) == pytest.approx(
+        tuned["train.lr"]
+    )  # the ablation used the overlay
+
+    second = run_pipeline(load_recipe(lab / "tiny.yaml"), progress=False)
+    assert [(s.name, s.status) for s in second.stages] == [
+        ("data", "skipped"), ("tune visual-clip", "skipped"), ("ablate", "skipped"), ("compare", "skipped")]  # fmt: skip
+    assert len(_all_runs("tiny")) == len(runs)  # nothing new was tracked
+
+
+@pytest.mark.parametrize("name", ["demo", "nih", "chexpert", "mimic"])
+def test_shipped_recipes_are_valid_and_name_real_matrices_and_cells(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    recipe = load_recipe(REPO / "pipelines" / f"{name}.yaml")
+    matrix = load_matrix(recipe.matrix)
+    assert recipe.tune is not None and set(recipe.tune.cells) <= set(matrix.cells)
+    assert recipe.compare is not None and recipe.compare.baseline in matrix.cells
+
+
+def test_a_typo_in_a_recipe_is_one_line_naming_the_key(lab: Path) -> None:
+    bad = {**TINY, "tune": {**TINY["tune"], "trails": 3}}  # type: ignore[dict-item]
+    (lab / "bad.yaml").write_text(yaml.safe_dump(bad))
+    result = runner.invoke(app, ["pipeline", "run", "bad.yaml"])
+    assert result.exit_code == 2
+    assert (
+        result.output.startswith("error:")
+        and "tune.trails" in result.output
+        and "unknown key" in result.output
+    )
+    missing = runner.invoke(app, ["pipeline", "run", "nope.yaml"])
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output
