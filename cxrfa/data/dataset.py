@@ -72,14 +72,18 @@ class CXRDataset(torch.utils.data.Dataset):
         manifest: Manifest,
         transform: Callable[[Image.Image], torch.Tensor],
         domains: np.ndarray | None = None,
+        keep_decoded: bool = False,
     ) -> None:
         """Args:
         manifest: the rows to serve (often one split of a larger manifest).
         transform: PIL image -> tensor (augmentation composed with the backbone's preprocessing).
         domains: (N,) int domain codes to use instead of this manifest's own, so that the codes of a split
             match those of the full manifest it came from.
+        keep_decoded: keep every decoded image in memory after its first read, so later epochs skip file
+            I/O and decoding (for datasets that fit in RAM, e.g. the demo; see :func:`fits_in_memory`).
         """
         self.manifest = manifest
+        self._decoded: dict[int, Image.Image] | None = {} if keep_decoded else None
         self.transform = transform
         self.labels = torch.from_numpy(manifest.label_matrix())  # (N, C) float32
         values = manifest.frame["domain"].fillna("").astype(str)
@@ -96,7 +100,10 @@ class CXRDataset(torch.utils.data.Dataset):
         return len(self.manifest)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image = load_image(self.manifest.image_path(i))
+        if self._decoded is None:
+            image = load_image(self.manifest.image_path(i))
+        elif (image := self._decoded.get(i)) is None:
+            image = self._decoded[i] = load_image(self.manifest.image_path(i))
         return {
             "image": self.transform(image),
             "labels": self.labels[i],
@@ -124,3 +131,12 @@ def train_augment(size: int) -> Callable[[Image.Image], Image.Image]:
             T.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.95, 1.05), antialias=True),
         ]
     )
+
+
+def fits_in_memory(manifest: Manifest, budget_bytes: int = 1 << 30) -> bool:
+    """Whether every image of ``manifest``, decoded to 8-bit RGB at the size of its first image, fits the budget."""
+    if len(manifest) == 0:
+        return True
+    with Image.open(manifest.image_path(0)) as first:
+        width, height = first.size
+    return len(manifest) * width * height * 3 <= budget_bytes

@@ -215,10 +215,13 @@ class _Block(nn.Module):
 
 
 def _cnn_small() -> tuple[nn.Module, int]:
-    """Stem + 3 residual stages: (B, 3, 64, 64) -> (B, 128, 8, 8)."""
+    """Strided stem + max-pool, then 3 residual stages: (B, 3, 64, 64) -> (B, 128, 8, 8).
+
+    Downsampling by 4 before the first block keeps it fast on a CPU (about 25M multiply-adds per image).
+    """
     net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),  # /2
-        _Block(32, 32, 1), _Block(32, 64, 2), _Block(64, 128, 2),  # /8
+        nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # /4
+        _Block(32, 32, 1), _Block(32, 64, 2), _Block(64, 128, 1),  # /8
     )  # fmt: skip
     return net, 128
 
