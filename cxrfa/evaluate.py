@@ -27,7 +27,7 @@ from cxrfa.metrics import MetricsResult, choose_thresholds, compute_metrics
 log = logging.getLogger(__name__)
 
 PLOT_FILES: tuple[str, ...] = ("roc.png", "pr.png", "confusion.png", "calibration.png", "subgroups.png")
-_PLOT_DPI = 110
+_PLOT_DPI = 90
 
 
 def predictions_frame(paths: Sequence[str], probs: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:

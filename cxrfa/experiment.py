@@ -28,10 +28,12 @@ from cxrfa.train import (
     FitResult,
     NonFiniteLoss,
     fit,
+    load_trained_state,
     make_loader,
     predict,
     resolve_device,
     seed_everything,
+    trained_state,
 )
 
 log = logging.getLogger(__name__)
@@ -367,7 +369,7 @@ def evaluate_model(
             run.log_artifact(tmp / name)
         run.log_figure(training_curves(result.history), "plots/training_curves.png")
         with atomic_path(tmp / "model.pt") as path:
-            torch.save({"config": cfg.model_dump(mode="json"), "labels": manifest.labels, "state_dict": model.state_dict(),
+            torch.save({"config": cfg.model_dump(mode="json"), "labels": manifest.labels, "state_dict": trained_state(model),
                         "best_epoch": result.best_epoch}, path)  # fmt: skip
         run.log_artifact(tmp / "model.pt", "checkpoint")
     return scalars
@@ -436,7 +438,7 @@ def load_run(tracker: Tracker, run_id: str, dst: Path) -> tuple[RunConfig, Manif
     state = torch.load(
         tracker.download(run_id, "checkpoint/model.pt", dst), map_location="cpu", weights_only=False
     )
-    model.load_state_dict(state["state_dict"])
+    load_trained_state(model, state["state_dict"])
     return cfg, manifest, model
 
 

@@ -129,6 +129,29 @@ def predict(
     return torch.cat(probs).numpy().astype(np.float64), torch.cat(labels).numpy().astype(np.float64)
 
 
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state that training changes: every buffer and every parameter except frozen ones.
+
+    A frozen encoder's weights are identified by its config (and re-loaded from there), so checkpoints stay
+    the size of the heads instead of a ViT-B/16 (hundreds of MB) per epoch and run.
+    """
+    return {
+        k: v
+        for k, v in model.state_dict(keep_vars=True).items()
+        if not (isinstance(v, nn.Parameter) and not v.requires_grad)
+    }
+
+
+def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load :func:`trained_state` output; every key it holds must match, frozen parameters are left as built."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise RuntimeError(
+            f"checkpoint does not match the model: missing {sorted(set(missing) - frozen)[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
 def _schedule(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
     warmup = max(1, int(total_steps * warmup_frac)) if warmup_frac > 0 else 0
 
@@ -196,7 +219,7 @@ def fit(
     resumed_from = None
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+        load_trained_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -236,7 +259,7 @@ def fit(
         value = metrics[f"val/{monitor}"]
         if value > best_value or best_epoch < 0 or (math.isnan(best_value) and not math.isnan(value)):
             best_value, best_epoch, bad_epochs = value, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in trained_state(model).items()}
         else:
             bad_epochs += 1
         bar.set_postfix_str(
@@ -245,7 +268,7 @@ def fit(
         log.debug("epoch %d  train/loss %.4f  val/%s %.4f", epoch, metrics["train/loss"], monitor, value)
         if checkpoint is not None:
             _save(checkpoint, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": trained_state(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
                 "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "history": history, "best_state": best_state,
@@ -254,7 +277,7 @@ def fit(
             callback.on_epoch_end(epoch, metrics)
 
     if best_state is not None:
-        model.load_state_dict(best_state)
+        load_trained_state(model, best_state)
     return FitResult(best_epoch, best_value, epoch + 1, history, stopped_early, resumed_from)
 
 

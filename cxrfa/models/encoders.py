@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import logging
@@ -55,7 +56,7 @@ def state_hash(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, abc.ABC):
     """The contract every encoder meets; the heads, cache and trainer code against it only.
 
     Attributes:
@@ -93,9 +94,9 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @abc.abstractmethod
     def encode_image(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 3, H, W) -> tokens (B, N, Dv), embedding (B, De) (unnormalised)."""
-        raise NotImplementedError
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """Texts -> (T, De) joint-space embeddings (unnormalised)."""

@@ -14,8 +14,8 @@ from cxrfa.io import cxrfa_home
 
 log = logging.getLogger(__name__)
 
-# ~50 s per stand-in on the 1,400 demo train pairs (one thread); larger batches give CLIP more negatives per step.
-STANDIN_EPOCHS = 8
+# ~40 s per stand-in on the 1,400 demo train pairs (2 cores); larger batches give CLIP more negatives per step.
+STANDIN_EPOCHS = 6
 STANDIN_BATCH = 64
 STANDIN_LR = 1e-3
 
