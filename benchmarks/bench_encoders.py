@@ -21,11 +21,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from cxrfa.config import BackboneConfig, LossConfig, ModelConfig  # noqa: E402
+from cxrfa.data.dataset import load_image  # noqa: E402
 from cxrfa.data.manifest import read_manifest  # noqa: E402
 from cxrfa.data.synth import synthesize  # noqa: E402
 from cxrfa.losses import compute_terms, weighted_total  # noqa: E402
 from cxrfa.models import AlignmentModel, FeatureCache, build_encoder  # noqa: E402
-from cxrfa.models.images import load_image  # noqa: E402
 
 
 def peak_mib() -> float:

@@ -92,7 +92,7 @@ def compare(
     by_cell: dict[str, list[RunInfo]] = defaultdict(list)
     for run in runs:
         by_cell[run.tags["cxrfa.cell"]].append(run)
-    cells = sorted(by_cell, key=lambda c: min(r.run_id for r in by_cell[c]))
+    cells = list(dict.fromkeys(r.tags["cxrfa.cell"] for r in reversed(runs)))  # in the order they first ran
     if baseline is not None and baseline not in by_cell:
         raise CxrfaError(f"--baseline {baseline!r}: no finished runs of that cell; cells: {', '.join(cells)}")
     baseline = baseline or cells[0]
