@@ -144,9 +144,15 @@ def test_two_processes_writing_at_once(manifest: Manifest, tmp_path: Path) -> No
         p.join(60)
         assert p.exitcode == 0
     a, b = (torch.load(o, weights_only=True) for o in outs)
-    assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["emb"], b["emb"])
+    # The two processes encode different batches (one finds the other's files): conv kernels may round the last
+    # fp16 bit differently per batch size, so the results agree to fp16 precision rather than bit for bit.
+    close = {"atol": 1e-3, "rtol": 1e-3}
+    torch.testing.assert_close(a["tokens"], b["tokens"], **close)
+    torch.testing.assert_close(a["emb"], b["emb"], **close)
     enc = _encoder()
     calls = _counting(enc)
     tokens, emb = FeatureCache(root).encode_dataset(enc, manifest, progress=False)
-    assert calls == [] and torch.equal(tokens, a["tokens"]) and torch.equal(emb, a["emb"])
+    assert calls == []
+    torch.testing.assert_close(tokens, a["tokens"], **close)
+    torch.testing.assert_close(emb, a["emb"], **close)
     assert not list(root.rglob("*.tmp"))  # no temporary files left behind
