@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,4 +36,14 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory (so ./mlruns is private) that can still find the shipped matrices."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ablations").symlink_to(REPO / "ablations")
+    return tmp_path
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private working folder with its own copy of ablations/smoke.yaml (tuned overlays are written beside it,
+    never into the repository)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ablations").mkdir()
+    shutil.copy(REPO / "ablations" / "smoke.yaml", tmp_path / "ablations" / "smoke.yaml")
     return tmp_path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ TINY = {
     "ablate": {"seeds": [0], "tuned": True, "explore": []},
     "compare": {"out": "out/tiny", "baseline": "visual-clip", "n_boot": 50},
 }  # fmt: skip
-
-
-@pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "ablations").mkdir()
-    shutil.copy(REPO / "ablations" / "smoke.yaml", tmp_path / "ablations" / "smoke.yaml")
-    return tmp_path
 
 
 def _all_runs(experiment: str) -> list:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,17 +30,7 @@ from cxrfa.tuning import (
     tune,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-@pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private working folder with its own ablations/ (overlays are written there, never into the repo)."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "ablations").mkdir()
-    shutil.copy(REPO / "ablations" / "smoke.yaml", tmp_path / "ablations" / "smoke.yaml")
-    return tmp_path
 
 
 def _study(name: str) -> optuna.Study:
