@@ -61,14 +61,6 @@ def select_runs(tracker: Tracker, parent_id: str | None) -> tuple[list[RunInfo],
     return list(latest.values()), parent_id
 
 
-def mean_std_ci(values: list[float]) -> tuple[float, float, float, float]:
-    """Mean, sample std, and a 95% t-interval over seeds (NaN where undefined)."""
-    from cxrfa.stats import mean_std_ci as _msc
-
-    mean, std, lo, hi, _ = _msc(values)
-    return mean, std, lo, hi
-
-
 def _test_arrays(tracker: Tracker, run: RunInfo, tmp: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     pred = pd.read_csv(tracker.download(run.run_id, "test_predictions.csv", tmp / run.run_id))
     truth = pd.read_csv(tracker.download(run.run_id, "test_labels.csv", tmp / run.run_id))
@@ -86,7 +78,7 @@ def compare(
     """Build the comparison of every cell in an experiment (or under one parent run)."""
     import tempfile
 
-    from cxrfa.stats import paired_bootstrap
+    from cxrfa.stats import mean_std_ci, paired_bootstrap
 
     runs, parent_id = select_runs(tracker, parent_id)
     by_cell: dict[str, list[RunInfo]] = defaultdict(list)
@@ -104,7 +96,7 @@ def compare(
             vals = [r.metrics[m] for r in by_cell[cell] if m in r.metrics]
             if not vals:
                 continue
-            mean, std, lo, hi = mean_std_ci(vals)
+            mean, std, lo, hi, _ = mean_std_ci(vals)
             row.update({m: mean, f"{m} std": std, f"{m} ci_low": lo, f"{m} ci_high": hi})
         rows.append(row)
     table = pd.DataFrame(rows).set_index("cell")

@@ -148,26 +148,18 @@ def _datasets(cfg: RunConfig, model: Any, manifest: Manifest, progress: bool) ->
             tokens, embedding = encoded_split(encoder, manifest, split, cfg.train.feature_cache, progress)
             out[split] = FeatureDataset(tokens, embedding, part.label_matrix(), domain_codes(manifest, part))
         else:
+            from torchvision.transforms import Compose
+
             from cxrfa.data.dataset import CXRDataset, fits_in_memory, train_augment
 
             transform = encoder.preprocess
             if split == "train" and cfg.data.augment:
                 augment = train_augment(encoder.image_size)
-                transform = _compose(augment, encoder.preprocess)
+                transform = Compose([augment, encoder.preprocess])
             out[split] = CXRDataset(
                 part, transform, domains=domain_codes(manifest, part), keep_decoded=fits_in_memory(part)
             )
     return out
-
-
-class _compose:
-    def __init__(self, *fns: Any) -> None:
-        self.fns = fns
-
-    def __call__(self, x: Any) -> Any:
-        for fn in self.fns:
-            x = fn(x)
-        return x
 
 
 # ---------------------------------------------------------------------------------------------------------

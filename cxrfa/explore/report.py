@@ -54,22 +54,12 @@ def write_json(obj: Any, path: Path) -> Path:
     return path
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_data(data: Path | None) -> Manifest:
     """The manifest at ``data``, or the built-in demo dataset (generated once) when None."""
     from cxrfa.config import DataConfig
-    from cxrfa.data.manifest import read_manifest
-    from cxrfa.data.synth import demo_manifest
+    from cxrfa.experiment import load_data as load_run_data
 
-    return read_manifest(data if data is not None else demo_manifest(DataConfig()))
+    return load_run_data(DataConfig(manifest=None if data is None else str(data)))
 
 
 def load_backbone(name: str, backbones: str, manifest: Manifest, device: str = "auto") -> Encoder:
@@ -88,12 +78,10 @@ def load_backbone(name: str, backbones: str, manifest: Manifest, device: str = "
         raise CxrfaError(
             f"--backbone {name!r} is not in backbone set {bset.name!r}; known: {', '.join(bset.backbones)}"
         )
-    cfg = bset.backbones[name]
-    if cfg.pretrained == "demo":
-        from cxrfa.models.standin import ensure_standin
+    from cxrfa.experiment import prepare_backbone
+    from cxrfa.train import resolve_device
 
-        cfg = ensure_standin(cfg, manifest)
-    return build_encoder(cfg, resolve_device(device))
+    return build_encoder(prepare_backbone(bset.backbones[name], manifest), resolve_device(device))
 
 
 def write_gap_report(
