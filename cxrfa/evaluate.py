@@ -188,7 +188,12 @@ def write_evaluation(result: MetricsResult, out: Path) -> dict[str, Path]:
     figures = {
         "roc.png": lambda: plots.roc_curves(result.y_true, result.y_prob, result.labels),
         "pr.png": lambda: plots.pr_curves(result.y_true, result.y_prob, result.labels),
-        "confusion.png": lambda: plots.confusion_grid(result.confusion, result.labels),
+        "confusion.png": lambda: plots.confusion_grid(
+            result.confusion,
+            result.labels,
+            result.per_label.set_index("label")["threshold"].reindex(result.labels).tolist(),
+            result.thresholds_from_val,
+        ),
         "calibration.png": lambda: plots.calibration_plot(result.y_true, result.y_prob),
         "subgroups.png": lambda: plots.subgroup_chart(result.scalars),
     }

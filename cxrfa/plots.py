@@ -103,17 +103,38 @@ def pr_curves(
     return fig
 
 
-def confusion_grid(confusion: dict[str, np.ndarray], labels: Sequence[str]) -> Figure:
-    """One 2x2 confusion matrix per label (``[[tn, fp], [fn, tp]]``), coloured by row-normalised rate."""
-    fig, axes = _grid(len(labels), "Confusion matrices at the decision threshold")
-    for ax, label in zip(axes, labels, strict=True):
+def confusion_grid(
+    confusion: dict[str, np.ndarray],
+    labels: Sequence[str],
+    thresholds: Sequence[float] | None = None,
+    thresholds_from_val: bool = False,
+) -> Figure:
+    """One 2x2 confusion matrix per label (``[[tn, fp], [fn, tp]]``), coloured by row-normalised rate.
+
+    Args:
+        confusion: label -> (2, 2) counts.
+        labels: C label names (panel order).
+        thresholds: (C,) decision thresholds the counts were taken at, shown in each panel title; None: 0.5.
+        thresholds_from_val: True when the thresholds were chosen on val (max F1); said in the title, since a
+            threshold chosen on the reported split itself would flatter the counts.
+    """
+    cuts = [0.5] * len(labels) if thresholds is None else [float(t) for t in thresholds]
+    if len(cuts) != len(labels):
+        raise ValueError(f"{len(cuts)} thresholds for {len(labels)} labels")
+    how = (
+        "per-label thresholds chosen on val (max F1)"
+        if thresholds_from_val
+        else "threshold 0.5 (no val predictions)"
+    )
+    fig, axes = _grid(len(labels), f"Confusion matrices: predicted positive when p ≥ threshold; {how}")
+    for ax, label, cut in zip(axes, labels, cuts, strict=True):
         counts = np.asarray(confusion[label], dtype=np.float64)  # (2, 2)
         rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         for (r, c), value in np.ndenumerate(counts):
             ax.text(c, r, f"{int(value)}", ha="center", va="center", fontsize=9,
                     color="white" if rates[r, c] > 0.6 else "black")  # fmt: skip
-        ax.set_title(label, fontsize=9)
+        ax.set_title(f"{label}\nthreshold {cut:.3g}", fontsize=9)
         ax.set_xticks([0, 1], ["neg", "pos"], fontsize=7)
         ax.set_yticks([0, 1], ["neg", "pos"], fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
@@ -149,27 +170,42 @@ def calibration_plot(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = ECE_B
     return fig
 
 
+def _is_lr(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] == "lr" or key.rsplit("/", 1)[-1].startswith("lr_")
+
+
 def training_curves(history: list[dict[str, float]]) -> Figure:
-    """Per-epoch curves: losses on the left (``train/loss``, ``train/loss_<term>``, ``val/loss``), other
-    metrics (``val/macro_auc``…) on the right. The x axis is each entry's ``epoch`` or its 1-based position."""
+    """Per-epoch curves in up to three panels: losses (``train/loss``, ``train/loss_<term>``, ``val/loss``),
+    metrics (``val/macro_auc``…) and, when recorded, the learning rate on its own axis (log scale when it spans
+    more than a factor of 10), so a 1e-4 rate neither flattens nor shares the AUROC axis. The x axis is each
+    entry's ``epoch`` or its 1-based position."""
     epochs = [float(h.get("epoch", i + 1)) for i, h in enumerate(history)]
     keys = sorted({k for h in history for k in h if k != "epoch"})
+    lr_keys = [k for k in keys if _is_lr(k)]
     loss_keys = [k for k in keys if "loss" in k.rsplit("/", 1)[-1]]
-    other_keys = [k for k in keys if k not in loss_keys]
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    for ax, group, title in ((left, loss_keys, "Losses"), (right, other_keys, "Metrics")):
+    other_keys = [k for k in keys if k not in loss_keys and k not in lr_keys]
+    panels = [(loss_keys, "Losses", "loss"), (other_keys, "Metrics", "value")]
+    if lr_keys:
+        panels.append((lr_keys, "Learning rate", "learning rate"))
+    fig = Figure(figsize=(5.2 * len(panels), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (group, title, ylabel) in zip(axes, panels, strict=True):
         for key in group:
             values = [float(h.get(key, np.nan)) for h in history]
             ax.plot(epochs, values, marker="o", ms=3, lw=2 if key in ("train/loss", "val/macro_auc") else 1.2,
                     label=key)  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss" if ax is left else "value")
+        ax.set_ylabel(ylabel)
         if group:
             ax.legend(fontsize=8, loc="best")
         else:
             ax.text(0.5, 0.5, "nothing recorded", ha="center", va="center", transform=ax.transAxes)
+    if lr_keys:
+        rates = np.array([h.get(k, np.nan) for h in history for k in lr_keys], dtype=np.float64)
+        rates = rates[np.isfinite(rates) & (rates > 0)]
+        if rates.size and rates.max() > 10 * rates.min():
+            axes[-1].set_yscale("log")
     return fig
 
 
@@ -259,23 +295,5 @@ def label_heatmap(matrix: pd.DataFrame, title: str) -> Figure:
                         color="black" if value > mid else "white")  # fmt: skip
     ax.set_xticks(range(n_cols), [str(c) for c in matrix.columns], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n_rows), [str(r) for r in matrix.index], fontsize=8)
-    ax.set_title(title)
-    return fig
-
-
-def similarity_heatmap(sim: np.ndarray, labels: Sequence[str], title: str) -> Figure:
-    """Heatmap of a (C, C) similarity matrix (e.g. cosine between label embeddings), symmetric colour scale."""
-    sim = np.asarray(sim, dtype=np.float64)  # (C, C)
-    n = len(labels)
-    fig = Figure(figsize=(0.4 * n + 3.5, 0.4 * n + 2.5), layout="constrained")
-    ax = fig.subplots()
-    bound = float(np.nanmax(np.abs(sim))) if sim.size else 1.0
-    image = ax.imshow(sim, cmap="RdBu_r", vmin=-bound, vmax=bound)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="similarity")
-    if n <= 16:
-        for (r, c), value in np.ndenumerate(sim):
-            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(n), list(labels), rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), list(labels), fontsize=8)
     ax.set_title(title)
     return fig

@@ -43,14 +43,21 @@ def test_roc_and_pr_curves(case, tmp_path: Path) -> None:
         _saved(fig, tmp_path, name)
 
 
-def test_confusion_grid(case, tmp_path: Path) -> None:
+def test_confusion_grid_states_its_thresholds(case, tmp_path: Path) -> None:
     y, p, labels = case
-    res = compute_metrics(y, p, labels, n_boot=0)
-    fig = plots.confusion_grid(res.confusion, labels)
+    thresholds = np.linspace(0.2, 0.8, 14)
+    res = compute_metrics(y, p, labels, thresholds=thresholds, n_boot=0)
+    cuts = res.per_label["threshold"].tolist()
+    fig = plots.confusion_grid(res.confusion, labels, cuts, res.thresholds_from_val)
     assert len(fig.axes) == 14 and len(fig.axes[0].images) == 1
     tn, fp, fn, tp = res.confusion[labels[0]].ravel()
     assert [t.get_text() for t in fig.axes[0].texts] == [str(tn), str(fp), str(fn), str(tp)]
+    assert fig.axes[3].get_title() == f"{labels[3]}\nthreshold {thresholds[3]:.3g}"
+    assert "chosen on val" in fig.get_suptitle()
     _saved(fig, tmp_path, "confusion")
+    default = plots.confusion_grid(res.confusion, labels)  # no val predictions: 0.5, and said so
+    assert "threshold 0.5" in default.get_suptitle() and "chosen on val" not in default.get_suptitle()
+    assert default.axes[0].get_title().endswith("threshold 0.5")
 
 
 def test_calibration_plot(case, tmp_path: Path) -> None:
@@ -61,17 +68,21 @@ def test_calibration_plot(case, tmp_path: Path) -> None:
     _saved(fig, tmp_path, "calibration")
 
 
-def test_training_curves(tmp_path: Path) -> None:
+def test_training_curves_give_lr_its_own_axis(tmp_path: Path) -> None:
     history = [
         {"epoch": e, "train/loss": 1 / e, "train/loss_cls": 0.8 / e, "train/loss_orth": 0.1 / e,
-         "val/macro_auc": 0.6 + 0.05 * e}
+         "val/macro_auc": 0.6 + 0.05 * e, "lr": 1e-3 * 0.1 ** (e - 1)}
         for e in range(1, 5)
     ]  # fmt: skip
     fig = plots.training_curves(history)
-    losses, metrics = fig.axes
-    assert len(losses.lines) == 3 and len(metrics.lines) == 1
+    losses, metrics, lr = fig.axes
+    assert len(losses.lines) == 3 and [ln.get_label() for ln in metrics.lines] == ["val/macro_auc"]
     assert list(metrics.lines[0].get_xdata()) == [1, 2, 3, 4]
+    assert [ln.get_label() for ln in lr.lines] == ["lr"] and lr.get_yscale() == "log"  # spans 1e-3..1e-6
     _saved(fig, tmp_path, "training")
+    assert (
+        len(plots.training_curves([{"train/loss": 1.0, "val/macro_auc": 0.7}]).axes) == 2
+    )  # no lr, no panel
 
 
 def test_subgroup_chart(case, tmp_path: Path) -> None:
@@ -102,7 +113,3 @@ def test_metric_bars_and_heatmaps(case, tmp_path: Path) -> None:
     fig = plots.label_heatmap(matrix, "per-label AUROC")
     assert len(fig.axes) == 2 and len(fig.axes[0].texts) == 42  # heatmap + colorbar; every cell annotated
     _saved(fig, tmp_path, "heatmap")
-    sim = np.corrcoef(np.random.default_rng(3).random((14, 30)))
-    fig = plots.similarity_heatmap(sim, labels, "label similarity")
-    assert len(fig.axes) == 2 and fig.axes[0].images[0].get_clim() == pytest.approx((-1, 1))
-    _saved(fig, tmp_path, "similarity")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -33,31 +34,49 @@ def similarity_panels(
 ) -> Figure:
     """One cosine-similarity heatmap per stage (e.g. raw text encoder, after transformer2, final), side by side.
 
+    Each panel has its own colour range, from its smallest to its largest off-diagonal value, with its own
+    colour bar saying so: raw text embeddings often sit at 0.8–1, which a fixed −1..1 scale would paint in one
+    colour. The diagonal (always 1) is drawn grey so it does not take the top of the range.
+
     Args:
         stages: stage name -> label embeddings (C, D_stage), in display order.
         labels: the C label names.
         title: figure title.
 
     Returns:
-        A Figure with one heatmap axis per stage (shared colour scale -1..1) plus a colour bar; each panel's
-        title carries its mean off-diagonal similarity.
+        A Figure with one heatmap axis per stage, each followed by its colour bar; each panel's title carries
+        its mean off-diagonal similarity.
     """
     if not stages:
         raise ValueError("no embedding stages to plot")
     names = [display_name(lab) for lab in labels]
     c = len(names)
-    side = max(3.6, 0.32 * c + 1.6)
-    fig = Figure(figsize=(side * len(stages) + 0.8, side + 0.6), layout="constrained")
-    axes = fig.subplots(1, len(stages), squeeze=False)[0]
-    image = None
-    for ax, (stage, emb) in zip(axes, stages.items(), strict=True):
+    cell = 0.26  # inches per matrix cell
+    side = max(2.4, cell * c)
+    margin_l, margin_b, bar = 1.5, 1.5, 1.2  # label space (inches), colour bar + its label
+    top = 0.4 + 0.45  # figure title + two-line panel titles
+    width = margin_l + len(stages) * (side + bar) + 0.3
+    height = margin_b + side + top + 0.2
+    fig = Figure(figsize=(width, height))  # fixed geometry: titles, ticks and bars never overlap
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    for i, (stage, emb) in enumerate(stages.items()):
         sim = similarity_matrix(emb)
         if sim.shape[0] != c:
             raise ValueError(f"stage {stage!r} has {sim.shape[0]} label embeddings for {c} labels")
-        image = ax.imshow(sim, vmin=-1.0, vmax=1.0, cmap="RdBu_r")
+        off = sim[~np.eye(c, dtype=bool)]
+        lo, hi = (float(off.min()), float(off.max())) if off.size else (-1.0, 1.0)
+        if hi - lo < 1e-6:
+            lo, hi = lo - 0.5e-3, hi + 0.5e-3  # identical rows: one colour, still a valid range
+        left = margin_l + i * (side + bar)
+        ax = fig.add_axes((left / width, margin_b / height, side / width, side / height))
+        image = ax.imshow(np.ma.masked_where(np.eye(c, dtype=bool), sim), vmin=lo, vmax=hi, cmap=cmap)
         ax.set_title(f"{stage}\nmean off-diag = {mean_offdiag(sim):.3f}", fontsize=9)
         ax.set_xticks(range(c), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(c), names if ax is axes[0] else [""] * c, fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.colorbar(image, ax=list(axes), shrink=0.75, label="cosine similarity")
+        ax.set_yticks(range(c), names if i == 0 else [""] * c, fontsize=7)
+        cax = fig.add_axes(((left + side + 0.12) / width, margin_b / height, 0.14 / width, side / height))
+        fig.colorbar(image, cax=cax).set_label(f"cosine, off-diagonal range {lo:.3f}–{hi:.3f}", fontsize=7)
+        cax.tick_params(labelsize=7)
+    fig.suptitle(
+        f"{title}  (colour range per panel; diagonal grey)", fontsize=11, y=1 - 0.15 / height, va="top"
+    )
     return fig
