@@ -116,7 +116,8 @@ def evaluate_predictions(
     """Score predictions on one manifest split and write the evaluation files into ``out``.
 
     Thresholds are chosen on ``val_pred`` (the manifest's ``val`` split) when given, else 0.5 (logged).
-    Long-tail groups come from the train-split prevalence; subgroups from the manifest's sex/age/view.
+    Long-tail groups come from the train-split prevalence; subgroups from the manifest's sex/age/view; the
+    bootstrap CIs resample the manifest's patients (``patient_id``), keeping all their images.
 
     Args:
         pred: predictions table for ``split`` (see :func:`predictions_frame`).
@@ -124,7 +125,7 @@ def evaluate_predictions(
         split: split being evaluated (normally ``test``).
         out: output folder (created).
         val_pred: predictions for the ``val`` split, used only to choose thresholds.
-        n_boot: bootstrap resamples for the CIs.
+        n_boot: patient bootstrap resamples for the CIs.
         seed: bootstrap seed.
         pred_source: name of ``pred`` in error messages (its file path).
         val_source: name of ``val_pred`` in error messages.
@@ -157,6 +158,7 @@ def evaluate_predictions(
         label_groups=label_groups,
         n_boot=n_boot,
         seed=seed,
+        patients=part.frame["patient_id"],
     )
     write_evaluation(result, out)
     return result

@@ -335,7 +335,7 @@ def evaluate_model(
     test = compute_metrics(
         y_test, p_test, manifest.labels, thresholds=choose_thresholds(y_val, p_val),
         subgroups=test_part.frame[["sex", "age", "view"]], label_groups=group_by_prevalence(manifest.prevalence("train")),
-        n_boot=200, seed=cfg.seed,
+        n_boot=200, seed=cfg.seed, patients=test_part.frame["patient_id"],
     )  # fmt: skip
     scalars = {f"test/{k}": v for k, v in test.scalars.items()}
     scalars["val/best_" + cfg.train.monitor.removeprefix("val/")] = result.best_value

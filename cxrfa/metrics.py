@@ -15,8 +15,10 @@ Definitions (CheXclusion-style where it applies):
   probabilities over known entries; ``ece``: 15 equal-width bins over known entries;
 * decisions are ``prob >= threshold``: per-label thresholds chosen on *val* to maximise F1
   (:func:`choose_thresholds`), or 0.5 when none are given;
-* bootstrap: percentile 95% CIs from row resamples; within a resample, a label with one class present is
-  skipped and the macro is the mean over the remaining labels;
+* bootstrap: percentile 95% CIs from patient (cluster) resamples: a resample draws patients with replacement
+  and keeps every image of each drawn patient (images of one patient are not independent); without patient
+  ids each image is its own cluster. Within a resample, a label with one class present is skipped and the
+  macro is the mean over the remaining labels;
 * fairness: per subgroup of sex, age bin and view, macro AUROC, mean TPR and a TPR gap (``_fairness``).
 """
 
@@ -115,36 +117,73 @@ def auc_ap(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
     return float(auc[0]), float(ap[0])
 
 
-def _row_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """Yield (b, n) row-count matrices, ``n_boot`` resamples in all, from ``np.random.default_rng(seed)``."""
+def cluster_codes(groups: np.ndarray | pd.Series | list | None, n: int) -> np.ndarray:
+    """(N,) integer cluster code per row: the index of the row's id among the sorted unique ids.
+
+    ``None`` makes every row its own cluster (an image-level bootstrap).
+
+    Raises:
+        ValueError: ``groups`` does not have ``n`` entries, or an id is missing (NaN/empty).
+    """
+    if groups is None:
+        return np.arange(n)
+    ids = pd.Series(np.asarray(groups, dtype=object)).astype("string")
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} patient ids for {n} rows")
+    if ids.isna().any() or (ids.str.strip() == "").any():
+        raise ValueError("a patient id is missing; every row needs one for a patient-level bootstrap")
+    _, codes = np.unique(ids.to_numpy(dtype=str), return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def _row_counts(codes: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield (b, N) row-count matrices, ``n_boot`` resamples in all, of a cluster (patient) bootstrap.
+
+    Each resample draws G clusters with replacement from the G clusters of ``codes`` (``np.random.default_rng(seed)``,
+    ``integers(0, G, size=(b, G))`` per chunk of b resamples) and takes every row of each drawn cluster, so a row's
+    count is how many times its cluster was drawn. With one row per cluster this is the plain row bootstrap.
+
+    Args:
+        codes: (N,) cluster code of each row, in ``0..G-1`` (see :func:`cluster_codes`).
+        n_boot: number of resamples.
+        seed: seed of the generator.
+    """
     rng = np.random.default_rng(seed)
+    g = int(codes.max()) + 1 if codes.size else 0
     done = 0
     while done < n_boot:
         b = min(_BOOT_CHUNK, n_boot - done)
-        idx = rng.integers(0, n, size=(b, n))  # (b, n) row indices drawn with replacement
-        flat = (idx + np.arange(b)[:, None] * n).ravel()
-        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+        idx = rng.integers(0, g, size=(b, g))  # (b, G) clusters drawn with replacement
+        flat = (idx + np.arange(b)[:, None] * g).ravel()
+        per_cluster = np.bincount(flat, minlength=b * g).reshape(b, g)  # (b, G) draws of each cluster
+        yield per_cluster[:, codes].astype(np.float64)  # (b, N): every row of a drawn cluster, as often
         done += b
 
 
 def bootstrap_per_label(
-    y_true: np.ndarray, y_prob: np.ndarray, n_boot: int, seed: int = 0
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    n_boot: int,
+    seed: int = 0,
+    groups: np.ndarray | pd.Series | list | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-label AUROC and AP on ``n_boot`` row resamples.
+    """Per-label AUROC and AP on ``n_boot`` cluster resamples (patients, or rows when ``groups`` is None).
 
-    The resampled rows depend only on ``(N, n_boot, seed)``, so two models scored with the same seed see the
-    same resamples (the basis of :func:`cxrfa.stats.paired_bootstrap`).
+    The resamples depend only on ``(groups, n_boot, seed)``, so two models scored with the same seed and the
+    same rows see the same resamples (the basis of the paired tests in :mod:`cxrfa.stats`).
 
     Args:
         y_true: (N, C) labels, 1/0/NaN.
         y_prob: (N, C) scores.
         n_boot: number of resamples.
         seed: seed for ``np.random.default_rng``.
+        groups: (N,) patient id of each row; a resample draws patients and keeps all their images.
 
     Returns:
         auc, ap: (n_boot, C) each; NaN where the label has one class in that resample.
     """
     n, c = y_true.shape
+    codes = cluster_codes(groups, n)
     known = np.isfinite(y_true)
     prepared = []
     for j in range(c):
@@ -152,7 +191,7 @@ def bootstrap_per_label(
         order, starts = _rank_groups(y_prob[rows, j].astype(np.float64))
         prepared.append((rows[order], y_true[rows[order], j].astype(np.float64), starts))
     aucs, aps = [], []
-    for counts in _row_counts(n, n_boot, seed):  # (b, N)
+    for counts in _row_counts(codes, n_boot, seed):  # (b, N)
         auc_chunk = np.full((counts.shape[0], c), np.nan)
         ap_chunk = np.full((counts.shape[0], c), np.nan)
         for j, (rows, y_sorted, starts) in enumerate(prepared):
@@ -175,7 +214,8 @@ def macro_over_labels(per_label: np.ndarray, include: np.ndarray | None = None) 
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _percentile_ci(samples: np.ndarray) -> tuple[float, float]:
+def percentile_ci(samples: np.ndarray) -> tuple[float, float]:
+    """Percentile 95% interval of the finite samples (NaN, NaN when none); stays inside the samples' range."""
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
         return float("nan"), float("nan")
@@ -356,6 +396,7 @@ def compute_metrics(
     label_groups: dict[str, str] | None = None,
     n_boot: int = 200,
     seed: int = 0,
+    patients: np.ndarray | pd.Series | list | None = None,
 ) -> MetricsResult:
     """Every metric of one set of predictions (see the module docstring for definitions).
 
@@ -368,6 +409,8 @@ def compute_metrics(
         label_groups: label → ``head``/``medium``/``tail`` (train prevalence) for long-tail macros.
         n_boot: bootstrap resamples for the CIs of ``macro_auc`` and ``map``; 0 → NaN CIs.
         seed: seed of the bootstrap.
+        patients: (N,) patient id of each row: the bootstrap resamples patients, keeping all their images;
+            None → each row is its own cluster (only right when every patient has one image).
 
     Returns:
         A :class:`MetricsResult`.
@@ -389,6 +432,8 @@ def compute_metrics(
         raise ValueError(f"thresholds has shape {thresholds.shape}, expected ({c},)")
     if subgroups is not None and len(subgroups) != n:
         raise ValueError(f"subgroups has {len(subgroups)} rows, predictions {n}")
+    if patients is not None and len(patients) != n:
+        raise ValueError(f"patients has {len(patients)} rows, predictions {n}")
 
     known = np.isfinite(y_true)
     if not np.isfinite(y_prob[known]).all():
@@ -451,9 +496,9 @@ def compute_metrics(
 
     ci = {"macro_auc": (float("nan"), float("nan")), "map": (float("nan"), float("nan"))}
     if n_boot > 0 and evaluable.any():
-        boot_auc, boot_ap = bootstrap_per_label(y_true, y_prob, n_boot, seed)  # (B, C) each
-        ci["macro_auc"] = _percentile_ci(macro_over_labels(boot_auc, evaluable))
-        ci["map"] = _percentile_ci(macro_over_labels(boot_ap, evaluable))
+        boot_auc, boot_ap = bootstrap_per_label(y_true, y_prob, n_boot, seed, patients)  # (B, C) each
+        ci["macro_auc"] = percentile_ci(macro_over_labels(boot_auc, evaluable))
+        ci["map"] = percentile_ci(macro_over_labels(boot_ap, evaluable))
     for key, (low, high) in ci.items():
         scalars[f"{key}_ci_low"], scalars[f"{key}_ci_high"] = low, high
 

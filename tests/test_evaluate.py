@@ -67,6 +67,13 @@ def test_evaluate_writes_files_and_matches_rows_by_path(
     part = manifest.split("test")
     direct = compute_metrics(part.label_matrix(), pred[LABELS].to_numpy(), LABELS, n_boot=0)
     assert res.scalars["macro_auc"] == pytest.approx(direct.scalars["macro_auc"], abs=1e-12)
+    # the CIs resample the manifest's patients (two images each here), not images
+    by_patient = compute_metrics(
+        part.label_matrix(), pred[LABELS].to_numpy(), LABELS, n_boot=30, patients=part.frame["patient_id"]
+    )
+    by_image = compute_metrics(part.label_matrix(), pred[LABELS].to_numpy(), LABELS, n_boot=30)
+    assert res.scalars["macro_auc_ci_low"] == by_patient.scalars["macro_auc_ci_low"]
+    assert res.scalars["macro_auc_ci_low"] != by_image.scalars["macro_auc_ci_low"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["thresholds_from_val"] == 0 and saved["macro_auc"] == pytest.approx(res.scalars["macro_auc"])
     assert {"macro_auc_ci_low", "fair/worst_tpr_gap", "auc/Effusion"} <= set(saved)

@@ -119,6 +119,59 @@ def test_bootstrap_resamples_match_explicit_resampling() -> None:
             assert ap[b, j] == pytest.approx(average_precision_score(yb[m, j], pb[m, j]), abs=TOL)
 
 
+def _patients(n: int, seed: int) -> np.ndarray:
+    """Patient ids with 1-6 images each, rows of one patient scattered through the table."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 7, size=n)
+    ids = np.repeat([f"p{i:03d}" for i in range(n)], sizes)[:n]
+    return rng.permutation(ids)
+
+
+def test_patient_bootstrap_ci_equals_a_slow_explicit_patient_resampling() -> None:
+    y, p, labels = _random_case(seed=3, n=120, c=4)
+    patients = _patients(120, seed=1)
+    n_boot, seed = 70, 11  # more than one chunk of resamples
+    res = compute_metrics(y, p, labels, n_boot=n_boot, seed=seed, patients=patients).scalars
+    # the reference: draw patients with the same generator calls, concatenate all their images, score with sklearn
+    unique = np.unique(patients)
+    rows_of = {pid: np.flatnonzero(patients == pid) for pid in unique}
+    rng = np.random.default_rng(seed)
+    draws = np.concatenate([rng.integers(0, len(unique), size=(b, len(unique))) for b in (50, 20)])
+    macro_auc, macro_ap = [], []
+    for b in range(n_boot):
+        rows = np.concatenate([rows_of[unique[k]] for k in draws[b]])
+        yb, pb = y[rows], p[rows]
+        aucs, aps = [], []
+        for j in range(len(labels)):
+            m = np.isfinite(yb[:, j])
+            if len(np.unique(yb[m, j])) == 2:
+                aucs.append(roc_auc_score(yb[m, j], pb[m, j]))
+                aps.append(average_precision_score(yb[m, j], pb[m, j]))
+        macro_auc.append(np.mean(aucs))
+        macro_ap.append(np.mean(aps))
+    assert (res["macro_auc_ci_low"], res["macro_auc_ci_high"]) == pytest.approx(
+        tuple(np.percentile(macro_auc, [2.5, 97.5])), abs=TOL
+    )
+    assert (res["map_ci_low"], res["map_ci_high"]) == pytest.approx(
+        tuple(np.percentile(macro_ap, [2.5, 97.5])), abs=TOL
+    )
+    # resampling patients is not resampling images: the image-level CI differs
+    images = compute_metrics(y, p, labels, n_boot=n_boot, seed=seed).scalars
+    assert images["macro_auc_ci_low"] != res["macro_auc_ci_low"]
+
+
+def test_one_image_per_patient_is_the_image_bootstrap_and_missing_ids_are_refused() -> None:
+    y, p, labels = _random_case(seed=5, n=60, c=3)
+    ids = [f"id{i:02d}" for i in range(60)]  # sorted order = row order
+    assert compute_metrics(y, p, labels, n_boot=40, seed=2, patients=ids).scalars == pytest.approx(
+        compute_metrics(y, p, labels, n_boot=40, seed=2).scalars, nan_ok=True
+    )
+    with pytest.raises(ValueError, match="patients has 59 rows"):
+        compute_metrics(y, p, labels, n_boot=10, patients=ids[:-1])
+    with pytest.raises(ValueError, match="patient id is missing"):
+        compute_metrics(y, p, labels, n_boot=10, patients=[*ids[:-1], None])
+
+
 def test_bootstrap_ci_contains_estimate_and_is_reproducible() -> None:
     y, p, labels = _random_case(seed=4)
     a = compute_metrics(y, p, labels, n_boot=100, seed=5).scalars

@@ -1,4 +1,4 @@
-"""cxrfa.stats: paired bootstrap between two models and mean ± CI over seeds."""
+"""cxrfa.stats against explicit references: slow resampling loops with the same draws, Holm by hand, scipy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxrfa.stats import mean_std_ci, paired_bootstrap
+from cxrfa.stats import (
+    format_p,
+    holm,
+    holm_at_floor,
+    label_boot,
+    mean_std_ci,
+    metric_range,
+    paired_bootstrap,
+    paired_delta,
+    seed_patient_mean,
+)
+
+CHUNK = 50  # resamples drawn per generator call (cxrfa.metrics._BOOT_CHUNK)
 
 
 def _case(seed: int = 0, n: int = 200, c: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -21,6 +33,11 @@ def _case(seed: int = 0, n: int = 200, c: int = 3) -> tuple[np.ndarray, np.ndarr
     return y, weak, strong
 
 
+def _patients(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.repeat([f"p{i:03d}" for i in range(n)], rng.integers(1, 5, size=n))[:n])
+
+
 def _macro(y: np.ndarray, p: np.ndarray, score) -> float:
     vals = []
     for j in range(y.shape[1]):
@@ -30,44 +47,130 @@ def _macro(y: np.ndarray, p: np.ndarray, score) -> float:
     return float(np.mean(vals))
 
 
+def _patient_draws(patients: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
+    """Rows of each resample, drawn exactly as cxrfa draws them: patients (sorted ids) in chunks of 50."""
+    unique = np.unique(patients)
+    rows_of = [np.flatnonzero(patients == pid) for pid in unique]
+    rng = np.random.default_rng(seed)
+    draws = np.concatenate(
+        [
+            rng.integers(0, len(unique), size=(min(CHUNK, n_boot - i), len(unique)))
+            for i in range(0, n_boot, CHUNK)
+        ]
+    )
+    return [np.concatenate([rows_of[k] for k in draw]) for draw in draws]
+
+
 def test_identical_predictions_give_zero_delta_and_p_one() -> None:
     y, weak, _ = _case()
     res = paired_bootstrap(y, weak, weak.copy(), n_boot=100)
-    assert res.delta == 0.0 and res.p_value == 1.0
-    assert res.ci_low == 0.0 and res.ci_high == 0.0 and res.n == 100
+    assert res.value == 0.0 and res.p == 1.0 and not res.at_floor
+    assert res.low == 0.0 and res.high == 0.0 and res.n == 100
 
 
-def test_clearly_better_model_is_significant() -> None:
+def test_clearly_better_model_is_at_the_floor_and_shown_as_a_bound() -> None:
     y, weak, strong = _case(seed=1)
-    res = paired_bootstrap(y, weak, strong, metric="macro_auc", n_boot=200, seed=3)
-    assert res.delta > 0.2 and res.ci_low > 0
-    assert res.p_value == pytest.approx(2 / 201)  # no resample on the other side: the +1 floor
+    res = paired_bootstrap(y, weak, strong, metric="macro_auc", n_boot=200, seed=3, patients=_patients(200))
+    assert res.value > 0.2 and res.low > 0
+    assert res.at_floor and res.p == pytest.approx(1 / 201)
+    assert format_p(res.p, res.n, res.at_floor) == "< 1/201"
     rev = paired_bootstrap(y, strong, weak, metric="map", n_boot=200, seed=3)
-    assert rev.delta < 0 and rev.ci_high < 0 and rev.p_value < 0.05
+    assert rev.value < 0 and rev.high < 0 and rev.p < 0.05
 
 
 @pytest.mark.parametrize("metric", ["macro_auc", "map"])
-def test_values_match_explicit_resampling(metric: str) -> None:
-    y, weak, strong = _case(seed=2, n=60, c=2)
+def test_paired_patient_bootstrap_matches_explicit_resampling(metric: str) -> None:
+    y, weak, strong = _case(seed=2, n=70, c=2)
     noisy = np.clip(strong + np.random.default_rng(9).normal(0, 0.4, strong.shape), 0, 1)  # a close race
+    patients = _patients(70, seed=4)
     score = roc_auc_score if metric == "macro_auc" else average_precision_score
-    n_boot, seed = 30, 4
-    res = paired_bootstrap(y, weak, noisy, metric=metric, n_boot=n_boot, seed=seed)
-    assert res.delta == pytest.approx(_macro(y, noisy, score) - _macro(y, weak, score), abs=1e-9)
-    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-    deltas = np.array([_macro(y[i], noisy[i], score) - _macro(y[i], weak[i], score) for i in idx])
-    other = np.sum(deltas <= 0) if res.delta > 0 else np.sum(deltas >= 0)
-    assert res.p_value == pytest.approx(min(1.0, 2 * (other + 1) / (n_boot + 1)))
-    assert (res.ci_low, res.ci_high) == pytest.approx(tuple(np.percentile(deltas, [2.5, 97.5])), abs=1e-9)
+    n_boot, seed = 60, 4
+    res = paired_bootstrap(y, weak, noisy, metric=metric, n_boot=n_boot, seed=seed, patients=patients)
+    observed = _macro(y, noisy, score) - _macro(y, weak, score)
+    assert res.value == pytest.approx(observed, abs=1e-9)
+    deltas = np.array(
+        [
+            _macro(y[r], noisy[r], score) - _macro(y[r], weak[r], score)
+            for r in _patient_draws(patients, n_boot, seed)
+        ]
+    )
+    extreme = np.sum(np.abs(deltas - observed) >= abs(observed))
+    assert res.p == pytest.approx((extreme + 1) / (n_boot + 1))
+    assert (res.low, res.high) == pytest.approx(tuple(np.percentile(deltas, [2.5, 97.5])), abs=1e-9)
 
 
-def test_paired_bootstrap_rejects_unknown_metric() -> None:
-    y, weak, strong = _case(n=20)
-    with pytest.raises(ValueError, match="metric"):
-        paired_bootstrap(y, weak, strong, metric="accuracy")  # type: ignore[arg-type]
+def test_seed_and_patient_bootstrap_matches_a_slow_two_level_loop() -> None:
+    """Replicate b: draw K seed pairs with default_rng([seed, 1]), then score each drawn pair on patient
+    resample b (default_rng(seed)); Δ*_b is the mean over the drawn pairs."""
+    y, _, strong = _case(seed=5, n=80, c=3)
+    rng = np.random.default_rng(1)
+    cell = [np.clip(strong + rng.normal(0, 0.3, strong.shape), 0, 1) for _ in range(3)]  # 3 seeds
+    base = [np.clip(strong + rng.normal(0, 0.5, strong.shape), 0, 1) for _ in range(3)]
+    patients = _patients(80, seed=6)
+    n_boot, seed = 55, 8
+    boot = [label_boot(y, p, n_boot, seed, patients).macro("macro_auc") for p in (*cell, *base)]
+    res = paired_delta(boot[:3], boot[3:], seed)
+    mean = seed_patient_mean(boot[:3], seed)
+
+    pairs = np.random.default_rng([seed, 1]).integers(0, 3, size=(n_boot, 3))
+    rows = _patient_draws(patients, n_boot, seed)
+    deltas, means = [], []
+    for b in range(n_boot):
+        r = rows[b]
+        deltas.append(
+            np.mean(
+                [
+                    _macro(y[r], cell[k][r], roc_auc_score) - _macro(y[r], base[k][r], roc_auc_score)
+                    for k in pairs[b]
+                ]
+            )
+        )
+        means.append(np.mean([_macro(y[r], cell[k][r], roc_auc_score) for k in pairs[b]]))
+    observed = np.mean(
+        [_macro(y, c, roc_auc_score) - _macro(y, b, roc_auc_score) for c, b in zip(cell, base, strict=True)]
+    )
+    assert res.value == pytest.approx(observed, abs=1e-9)
+    assert (res.low, res.high) == pytest.approx(tuple(np.percentile(deltas, [2.5, 97.5])), abs=1e-9)
+    extreme = np.sum(np.abs(np.array(deltas) - observed) >= abs(observed))
+    assert res.p == pytest.approx((extreme + 1) / (n_boot + 1))
+    assert mean.value == pytest.approx(np.mean([_macro(y, c, roc_auc_score) for c in cell]), abs=1e-9)
+    assert (mean.low, mean.high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-9)
+    # seed variation widens the interval over the patient-only interval of the seed-mean difference
+    patient_only = np.percentile(
+        [
+            np.mean(d)
+            for d in np.stack([b_.boot for b_ in boot[:3]]).T - np.stack([b_.boot for b_ in boot[3:]]).T
+        ],
+        [2.5, 97.5],
+    )
+    assert res.high - res.low > patient_only[1] - patient_only[0]
 
 
-def test_mean_std_ci() -> None:
+def test_holm_matches_the_step_down_by_hand() -> None:
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    # sorted: 0.005·4 = 0.02; 0.01·3 = 0.03; 0.03·2 = 0.06; 0.04·1 = 0.04 → running max 0.06
+    expected = [0.03, 0.06, 0.06, 0.02, float("nan")]
+    assert holm(p) == pytest.approx(expected, nan_ok=True)
+    assert holm([0.2, 0.5, 0.6]) == pytest.approx([0.6, 1.0, 1.0])  # 0.6, min(1, 1.0), max(1.0, 0.6)
+    assert holm([0.04]) == pytest.approx([0.04])
+
+
+def test_holm_of_floored_p_values_is_a_bound_shown_with_its_multiplier() -> None:
+    floor = 1 / 1001
+    p = [floor, 0.02, floor]
+    adjusted = holm(p)
+    assert adjusted == pytest.approx([3 * floor, 0.02, 3 * floor])
+    bound = holm_at_floor(p, [True, False, True])
+    assert bound.tolist() == [True, False, True]
+    assert [format_p(a, 1000, b) for a, b in zip(adjusted, bound, strict=True)] == [
+        "< 3/1001",
+        "0.020",
+        "< 3/1001",
+    ]
+    assert format_p(float("nan"), 1000, False) == "–"
+
+
+def test_mean_std_ci_plain_and_bounded() -> None:
     values = [0.71, 0.74, 0.69, 0.75]
     mean, std, low, high, n = mean_std_ci(values)
     arr = np.array(values)
@@ -77,3 +180,25 @@ def test_mean_std_ci() -> None:
     one = mean_std_ci([0.8])
     assert one[0] == 0.8 and one[4] == 1 and all(math.isnan(v) for v in one[1:4])
     assert mean_std_ci([0.7, float("nan"), 0.9])[4] == 2
+
+    gaps = [0.01, 0.002, 0.03]  # TPR gaps near 0: the plain t-interval goes below 0, the bounded one cannot
+    assert mean_std_ci(gaps)[2] < 0
+    g_mean, _, g_low, g_high, _ = mean_std_ci(gaps, (0.0, 1.0))
+    z = np.log(np.array(gaps) / (1 - np.array(gaps)))
+    lz, hz = sps.t.interval(0.95, df=2, loc=z.mean(), scale=z.std(ddof=1) / math.sqrt(3))
+    assert (g_low, g_high) == pytest.approx((1 / (1 + math.exp(-lz)), 1 / (1 + math.exp(-hz))))
+    assert 0 < g_low < g_mean < g_high < 1
+    cosine = [0.97, 0.99, 0.999]  # cosine similarities near 1: the plain interval passes 1
+    assert mean_std_ci(cosine)[3] > 1
+    c_low, c_high = mean_std_ci(cosine, (-1.0, 1.0))[2:4]
+    assert -1 < c_low < c_high < 1
+
+
+def test_metric_ranges() -> None:
+    assert metric_range("test/macro_auc") == (0.0, 1.0)
+    assert metric_range("test/macro_auc_tail") == (0.0, 1.0)
+    assert metric_range("test/fair/worst_tpr_gap") == (0.0, 1.0)
+    assert metric_range("test/fair/sex/tpr_gap/F") == (-1.0, 1.0)
+    assert metric_range("embed/mean_offdiag_sim/final") == (-1.0, 1.0)
+    assert metric_range("embed/modality_gap") == (0.0, 2.0)
+    assert metric_range("train/loss") is None
