@@ -295,14 +295,22 @@ def _safe_name(value: object) -> str:
     return re.sub(r"[^\w.\- ]", "_", str(value)).strip() or "unknown"
 
 
+def age_bins(age: pd.Series) -> pd.Series:
+    """Ages in years -> :data:`AGE_BINS` names (left-closed: 20 is in ``20-40``); unknown or negative -> NaN.
+
+    The project's one age binning: fairness metrics and ``cxrfa data stats`` both use it, so a subgroup has the
+    same name in a metric key, a stats table and a plot.
+    """
+    years = pd.to_numeric(age, errors="coerce")
+    binned = pd.cut(years.where(years >= 0), list(AGE_EDGES), right=False, labels=list(AGE_BINS))
+    return binned.astype(object).where(binned.notna(), np.nan)
+
+
 def _group_codes(subgroups: pd.DataFrame, attr: str) -> pd.Series:
     """Per-row subgroup name for one attribute (age binned); NaN where unknown."""
     column = subgroups[attr]
     if attr == "age":
-        age = pd.to_numeric(column, errors="coerce")
-        age = age.where(age >= 0)
-        binned = pd.cut(age, list(AGE_EDGES), right=False, labels=list(AGE_BINS))
-        return binned.astype(object).where(binned.notna(), np.nan)
+        return age_bins(column)
     values = column.astype(object).where(column.notna(), np.nan)
     values = values.map(
         lambda v: np.nan if (isinstance(v, str) and not v.strip()) or pd.isna(v) else _safe_name(v)

@@ -10,9 +10,7 @@ import pandas as pd
 from cxrfa.data.manifest import SPLITS, Manifest
 from cxrfa.data.splits import overlapping_patients
 from cxrfa.labels import group_by_prevalence
-
-AGE_BINS = (0, 20, 40, 60, 80, 200)
-AGE_NAMES = ("<20", "20-39", "40-59", "60-79", "80+")
+from cxrfa.metrics import AGE_BINS, age_bins
 
 
 @dataclass
@@ -35,12 +33,6 @@ class ManifestStats:
     prevalence: pd.DataFrame
     subgroups: dict[str, pd.DataFrame]
     overlap: dict[str, list[str]]
-
-
-def age_bins(age: pd.Series) -> pd.Series:
-    """Ages in years -> ``<20``, ``20-39``, ``40-59``, ``60-79``, ``80+`` (unknown -> ``unknown``)."""
-    binned = pd.cut(pd.to_numeric(age, errors="coerce"), bins=AGE_BINS, labels=AGE_NAMES, right=False)
-    return binned.astype(object).where(binned.notna(), "unknown")
 
 
 def manifest_stats(manifest: Manifest) -> ManifestStats:
@@ -70,12 +62,12 @@ def manifest_stats(manifest: Manifest) -> ManifestStats:
     attrs = {
         "sex": frame["sex"].fillna("unknown").astype(str),
         "view": frame["view"].fillna("unknown").astype(str),
-        "age": age_bins(frame["age"]),
+        "age": age_bins(frame["age"]).fillna("unknown"),  # the fairness metrics' bins
         "domain": frame["domain"].fillna("unknown").astype(str),
     }
     for name, values in attrs.items():
         counts = pd.crosstab(values, frame["split"].astype(str)).reindex(columns=splits, fill_value=0)
         if name == "age":
-            counts = counts.reindex([a for a in (*AGE_NAMES, "unknown") if a in counts.index])
+            counts = counts.reindex([a for a in (*AGE_BINS, "unknown") if a in counts.index])
         subgroups[name] = counts
     return ManifestStats(splits, images, patients, table, subgroups, overlapping_patients(frame))
