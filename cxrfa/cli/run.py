@@ -204,22 +204,27 @@ def compare(
         str | None, typer.Option("--experiment", help="Experiment to compare (default: full).")
     ] = None,
     parent: Annotated[
-        str | None, typer.Option("--parent", help="Compare the cells under this parent run id instead.")
+        str | None,
+        typer.Option("--parent", help="The ablation's parent run id (default: the experiment's newest parent)."),
     ] = None,
     metric: Annotated[
-        str, typer.Option("--metric", help="Headline metric (paired test for test/macro_auc or test/map).")
+        str, typer.Option("--metric", help="Headline metric (paired tests for test/macro_auc or test/map).")
     ] = "test/macro_auc",
     baseline: Annotated[
         str | None,
         typer.Option("--baseline", help="Cell the others are tested against (default: the first)."),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for comparison.md/.csv/.html and plots.")] = Path(
-        "out/compare"
-    ),
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Paired bootstrap resamples.")] = 1000,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for comparison.md/.csv/.tex/.html and the figures.")
+    ] = Path("out/compare"),
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates (seeds x patients).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
     tracking_uri: UriOpt = None,
 ) -> None:
-    """Put the cells side by side: mean ± std and 95% CI over seeds, paired bootstrap vs a baseline cell.
+    """Put the cells of one ablation side by side: mean over seeds, per-seed Δ vs a baseline, Holm p.
+
+    Compares the runs of one parent run (--parent, or the experiment's newest) on one data hash; intervals come
+    from a bootstrap over seeds and patients.
 
     Example:  cxrfa compare --experiment full --baseline visual-clip
     """
@@ -230,11 +235,13 @@ def compare(
     if parent is not None and experiment is None:
         experiment = Tracker(tracking_uri, "Default").experiment_of(parent)
     tracker = Tracker(tracking_uri, experiment or "full")
-    comp = build(tracker, parent, metric, baseline, n_boot=n_boot)
+    comp = build(tracker, parent, metric, baseline, n_boot=n_boot, seed=seed, progress=True)
     paths = write_report(comp, out, tracker)
     console.print(console_table(comp))
+    for warning in comp.methods.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     console.print(
-        f"wrote {paths['md']}, {paths['csv']}, {paths['html']}"
+        f"wrote {paths['html']} (and .md, .csv, .tex)"
         + (f"; logged on parent run {comp.parent_id}" if comp.parent_id else "")
     )
 
