@@ -23,7 +23,8 @@ from cxrfa.errors import CxrfaError
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    # allow_inf_nan=False: `lr: .inf` or `.nan` in YAML is an error naming the key, not a run that diverges
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class DataConfig(_Frozen):

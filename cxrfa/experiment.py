@@ -22,6 +22,7 @@ from cxrfa.config import BackboneConfig, DataConfig, RunConfig
 from cxrfa.data.manifest import Manifest, read_manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.io import atomic_path, cxrfa_home
+from cxrfa.safeload import load_state
 from cxrfa.tracking import TAG_PREFIX, TrackedRun, Tracker
 from cxrfa.train import (
     Callback,
@@ -427,9 +428,10 @@ def load_run(tracker: Tracker, run_id: str, dst: Path) -> tuple[RunConfig, Manif
         }
     )
     model = build_model(model_cfg, manifest.labels, resolve_device(cfg.train.device))
-    state = torch.load(
-        tracker.download(run_id, "checkpoint/model.pt", dst), map_location="cpu", weights_only=False
-    )
+    state = load_state(
+        tracker.download(run_id, "checkpoint/model.pt", dst), name=f"run {run_id} artifact checkpoint/model.pt",
+        fix="the artifact is damaged; re-run the cell to log a new one",
+    )  # fmt: skip
     load_trained_state(model, state["state_dict"])
     return cfg, manifest, model
 

@@ -10,6 +10,10 @@ re-running a recipe after an interruption continues where it stopped:
 - ablate: every cell x seed already FINISHED (else only the missing runs are trained, as ``cxrfa ablate`` does);
 - compare: the report exists and no run was added by this invocation.
 
+Tuning is symmetric: the tune stage tunes every compared cell with the same budget (a recipe listing only some
+is refused), the ablation uses tuned overlays for all its cells or for none, and the parent run records how the
+cells were tuned (``cxrfa.tuning``, ``cxrfa.tuned_trials.<cell>``) for the comparison report.
+
 Paths in a recipe are relative to the folder the command runs in (like every other cxrfa command).
 """
 
@@ -91,9 +95,12 @@ class PretrainStage(_Stage):
 
 
 class TuneStage(_Stage):
-    """Optuna study per cell (``cxrfa tune``); the best values become overlays the ablation uses."""
+    """Optuna study per cell (``cxrfa tune``); the best values become overlays the ablation uses.
 
-    cells: list[str]
+    Every compared cell is tuned with the same budget (``trials`` each), so no cell's Δ comes from tuning alone.
+    """
+
+    cells: list[str] | None = None  # None = every cell the ablation runs; a list must include all of them
     trials: int = Field(20, ge=1)
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
@@ -141,6 +148,29 @@ class Recipe(_Stage):
     ablate: AblateStage | None = Field(default_factory=AblateStage)
     compare: CompareStage | None = Field(default_factory=CompareStage)
     source: str | None = Field(None, exclude=True)
+
+    def compared_cells(self, matrix: AblationMatrix) -> list[str]:
+        """The cells the ablation runs and the report compares."""
+        return list(self.ablate.cells if self.ablate and self.ablate.cells else matrix.cells)
+
+    def tuned_cells(self, matrix: AblationMatrix) -> list[str]:
+        """The cells the tune stage tunes: every compared cell (a recipe that leaves one out is refused).
+
+        Raises:
+            CxrfaError: ``tune.cells`` lists only some of the compared cells.
+        """
+        if self.tune is None:
+            return []
+        compared = self.compared_cells(matrix)
+        if self.tune.cells is None:
+            return compared
+        missing = [c for c in compared if c not in {t.split("[", 1)[0] for t in self.tune.cells}]
+        if missing:
+            raise CxrfaError(
+                f"{self.source or self.name}: tune.cells leaves out compared cell(s) {', '.join(missing)}; every "
+                "compared cell gets the same tuning budget: list them all, omit tune.cells, or drop the tune stage"
+            )
+        return list(self.tune.cells)
 
 
 @dataclass
@@ -212,6 +242,7 @@ def run_pipeline(recipe: Recipe, progress: bool = True, command: str | None = No
         CxrfaError: a bad recipe, matrix, data or store (stops the pipeline; finished stages stay done).
     """
     matrix = load_matrix(recipe.matrix)
+    tuned = recipe.tuned_cells(matrix)  # before anything runs: a recipe that tunes only some cells is refused
     where = recipe.source or recipe.name
     tracker = Tracker(recipe.tracking_uri, recipe.experiment or recipe.name)
     ctx = _Context(recipe, matrix, load_backbones(recipe.backbones), recipe.backbones, tracker,
@@ -223,8 +254,7 @@ def run_pipeline(recipe: Recipe, progress: bool = True, command: str | None = No
         stages.append(("data", _data))
     if recipe.pretrain is not None:
         stages.append(("pretrain", _pretrain))
-    if recipe.tune is not None:
-        stages += [(f"tune {cell}", _tune_stage(cell)) for cell in recipe.tune.cells]
+    stages += [(f"tune {cell}", _tune_stage(cell)) for cell in tuned]
     if recipe.ablate is not None:
         stages.append(("ablate", _ablate))
     if recipe.compare is not None:
@@ -354,7 +384,7 @@ def _tune_stage(cell: str) -> Callable[[_Context, PipelineResult], StageResult]:
 def _ablate(ctx: _Context, result: PipelineResult) -> StageResult:
     from cxrfa.ablate import ablate, parent_name, plan
     from cxrfa.config import expand
-    from cxrfa.tuning import apply_overlays, overlay_path
+    from cxrfa.tuning import apply_overlays
 
     a = ctx.recipe.ablate
     assert a is not None
@@ -365,9 +395,8 @@ def _ablate(ctx: _Context, result: PipelineResult) -> StageResult:
         overrides={**ctx.data_overrides, **a.overrides},
         cells=a.cells,
     )
-    if a.tuned and (
-        ctx.recipe.tune is not None or any(overlay_path(ctx.matrix.name, c.cell).is_file() for c in runs)
-    ):
+    tuning = _tuning(ctx, runs) if a.tuned else None
+    if tuning is not None:
         runs = apply_overlays(ctx.matrix, runs)
     data_label = str(ctx.manifest) if ctx.manifest else None
     parent = ctx.tracker.search(
@@ -376,10 +405,13 @@ def _ablate(ctx: _Context, result: PipelineResult) -> StageResult:
     todo = [p for p in plan(runs, ctx.tracker) if p.finished_run is None]
     if not todo and parent:
         result.ablation_parent = parent[0].run_id
+        _record_tuning(ctx, parent[0].run_id, runs, tuning)
         return StageResult("ablate", "skipped", f"all {len(runs)} runs finished (parent {parent[0].run_id})")
     summary = ablate(ctx.matrix, runs, ctx.tracker, backbones=ctx.backbones_label, data=data_label, explore=a.explore,
                      progress=ctx.progress)  # fmt: skip
     result.ablation_parent = summary.parent_id
+    if summary.parent_id is not None:
+        _record_tuning(ctx, summary.parent_id, runs, tuning)
     ctx.changed = True
     if summary.failed:
         return StageResult(
@@ -388,6 +420,60 @@ def _ablate(ctx: _Context, result: PipelineResult) -> StageResult:
             f"{len(summary.failed)} of {len(runs)} runs failed (parent {summary.parent_id})",
         )
     return StageResult("ablate", "ran", f"{len(runs)} runs (parent {summary.parent_id})")
+
+
+def _tuning(ctx: _Context, runs: list[Any]) -> dict[str, int] | None:
+    """Finished trials per compared cell when the ablation uses tuned overlays; None = no tuning.
+
+    Overlays are used for all compared cells or for none: a cell with an overlay next to one without would be
+    compared with a tuning advantage.
+
+    Raises:
+        CxrfaError: some compared cells have an overlay and others have none.
+    """
+    from cxrfa.tuning import overlay_path, study_progress
+
+    cells = list(dict.fromkeys(c.cell.split("[", 1)[0] for c in runs))
+    have = {c: overlay_path(ctx.matrix.name, c).is_file() for c in cells}
+    if not any(have.values()):
+        if ctx.recipe.tune is not None:
+            raise CxrfaError(
+                f"{ctx.recipe.source}: the tune stage wrote no overlay; see the tune stages above"
+            )
+        return None
+    if not all(have.values()):
+        missing = ", ".join(c for c, ok in have.items() if not ok)
+        raise CxrfaError(
+            f"{ctx.recipe.source}: ablate.tuned: no tuned overlay for {missing} while other cells have one; tune "
+            f"every compared cell with the same budget (a tune stage without cells), or set ablate.tuned: false"
+        )
+    storage = ctx.recipe.tune.storage if ctx.recipe.tune else None
+    return {c: study_progress(f"{ctx.matrix.name}.{c}", storage, ctx.tracker) for c in cells}
+
+
+def _record_tuning(ctx: _Context, parent_id: str, runs: list[Any], tuning: dict[str, int] | None) -> None:
+    """Say on the ablation's parent run how its cells were tuned (the comparison report quotes it)."""
+    from cxrfa.compare.runs import TUNED_TRIALS, TUNING
+    from cxrfa.tracking import TrackedRun
+
+    cells = list(dict.fromkeys(c.cell.split("[", 1)[0] for c in runs))
+    if tuning is None:
+        tags = {
+            TUNING: "none: every cell ran the matrix's values",
+            **{TUNED_TRIALS + c: "none" for c in cells},
+        }
+    else:
+        budgets = sorted(set(tuning.values()))
+        space = ", ".join(ctx.matrix.tune.params) or "?"
+        t = ctx.recipe.tune
+        how = f"{t.sampler} sampler, {t.pruner} pruning, " if t else ""
+        what = f"{budgets[0]} finished Optuna trials each" if len(budgets) == 1 else "UNEQUAL trial counts"
+        tags = {
+            TUNING: f"every compared cell tuned with the same budget: {what} ({how}{ctx.matrix.tune.metric} on val; "
+            f"search space {space})",
+            **{TUNED_TRIALS + c: str(n) for c, n in tuning.items()},
+        }
+    TrackedRun(ctx.tracker, parent_id).set_tags(tags)
 
 
 def _compare(ctx: _Context, result: PipelineResult) -> StageResult:

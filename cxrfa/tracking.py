@@ -75,6 +75,28 @@ def resolve_uri(uri: str | None) -> tuple[str, str | None]:
     return uri, None
 
 
+def check_writable(uri: str) -> None:
+    """A local SQLite store must be writable; MLflow would otherwise retry for minutes, then fail in 250 lines.
+
+    Raises:
+        CxrfaError: its folder (or the database file) cannot be written.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    try:
+        with tempfile.TemporaryFile(dir=db.parent):
+            pass
+        if db.exists():
+            with open(db, "r+b"):
+                pass
+    except OSError as err:
+        raise CxrfaError(
+            f"tracking store {db.parent} is read-only ({err.strerror}); fix its permissions or pass "
+            "--tracking-uri with a folder you can write"
+        ) from None
+
+
 def code_version() -> str:
     """cxrfa's version plus the git commit of the working tree when there is one."""
     try:
@@ -122,6 +144,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri, self.artifact_root = resolve_uri(uri)
+        check_writable(self.uri)
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
             self.experiment_id = self._experiment(experiment)

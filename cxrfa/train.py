@@ -26,10 +26,13 @@ from cxrfa.config import LossConfig, TrainConfig
 from cxrfa.io import atomic_path
 from cxrfa.losses import compute_terms, weighted_total
 from cxrfa.metrics import compute_metrics
+from cxrfa.safeload import load_resume_state
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best_value", "best_epoch", "bad_epochs", "history",
+               "best_state")  # fmt: skip
 
 
 class Callback(Protocol):
@@ -217,8 +220,7 @@ def fit(
     history: list[dict[str, float]] = []
     best_state: dict[str, torch.Tensor] | None = None
     resumed_from = None
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+    if checkpoint is not None and (state := load_resume_state(checkpoint, "cpu", RESUME_KEYS)) is not None:
         load_trained_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

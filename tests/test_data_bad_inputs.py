@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -131,3 +134,165 @@ def test_generic_csv_unknown_label_in_mapping(tmp_path: Path) -> None:
                                  "--out", str(tmp_path / "m.csv"), "--columns", "Pneumonitis=x"])  # fmt: skip
     assert result.exit_code == 2 and "unknown label 'Pneumonitis'" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# images too large to decode, paths that leave the root, manifests checked when read
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width`` x ``height`` pixels (a few bytes on disk: a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def _index(root: Path, out: Path, *extra: str) -> Result:
+    return runner.invoke(
+        app, ["data", "index", "--format", "nih", "--root", str(root), "--out", str(out), *extra]
+    )
+
+
+def test_huge_image_header_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    root = _nih(tmp_path)
+    _png_header(root / "images" / "00000002_000.png", 100_000, 100_000)
+    result = _index(root, tmp_path / "m.csv")
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(
+        f"error: {ENTRY}: row 3: image has 10,000,000,000 pixels, over the 89,478,485-pixel"
+    )
+    assert str(root / "images" / "00000002_000.png") in line
+    skipped = _index(root, tmp_path / "m.csv", "--skip-bad")
+    assert skipped.exit_code == 0, skipped.output
+    assert (
+        "dropped 1 bad row(s): 1 image too large" in skipped.output and "00000002_000.png" in skipped.output
+    )
+    assert "00000002_000.png" not in (tmp_path / "m.csv").read_text()
+
+
+def test_image_over_the_pixel_limit_but_under_pils_error_is_refused_too(tmp_path: Path) -> None:
+    from cxrfa.data.dataset import load_image
+    from cxrfa.errors import CxrfaError
+
+    path = tmp_path / "big.png"
+    _png_header(path, 10_000, 10_000)  # 100 M pixels: PIL only warns
+    with (
+        pytest.warns(Image.DecompressionBombWarning),
+        pytest.raises(CxrfaError, match=rf"^{path}: image is 10000x10000 pixels"),
+    ):
+        load_image(path)
+    _png_header(path, 100_000, 100_000)
+    with pytest.raises(CxrfaError, match=rf"^{path}: image has 10,000,000,000 pixels"):
+        load_image(path)
+
+
+def _manifest(tmp_path: Path) -> Path:
+    out = tmp_path / "data" / "m.csv"
+    assert _index(_nih(tmp_path), out).exit_code == 0
+    return out
+
+
+def _stats(manifest: Path) -> Result:
+    return runner.invoke(app, ["data", "stats", str(manifest)])
+
+
+MANIFEST_CASES = {
+    "dotdot": (("images/00000001_000.png", "../x.png"), "row 1 (line 3): column 'path' has '../x.png'"),
+    "absolute": (
+        ("images/00000001_000.png", "/etc/passwd"),
+        "row 1 (line 3): column 'path' has '/etc/passwd'",
+    ),
+    "root /": (('"root": "../nih"', '"root": "/"'), "line 1: header root '/' is the file-system root"),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_CASES))
+def test_manifest_leaving_its_root_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
+    manifest = _manifest(tmp_path)
+    (old, new), needle = MANIFEST_CASES[case]
+    text = manifest.read_text()
+    assert old in text
+    manifest.write_text(text.replace(old, new, 1))
+    result = _stats(manifest)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {manifest}: {needle}"), line
+
+
+@pytest.mark.parametrize("value", ["-1", "2", "x", "0.5"])
+def test_manifest_label_outside_0_1_blank_names_file_row_and_column(tmp_path: Path, value: str) -> None:
+    manifest = _manifest(tmp_path)
+    lines = manifest.read_text().splitlines()
+    header = lines[1].split(",")
+    col = header.index("Hernia")
+    row = lines[4].split(",")  # the 3rd row
+    row[col] = value
+    manifest.write_text("\n".join([*lines[:4], ",".join(row), *lines[5:]]) + "\n")
+    result = _stats(manifest)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(
+        f"error: {manifest}: row 3 (line 5): column 'Hernia' has '{value}'; labels must be 1, 0"
+    )
+
+
+def test_manifest_blank_and_float_labels_are_read(tmp_path: Path) -> None:
+    from cxrfa.data.manifest import read_manifest
+
+    manifest = _manifest(tmp_path)
+    lines = manifest.read_text().splitlines()
+    col = lines[1].split(",").index("Hernia")
+    rows = [ln.split(",") for ln in lines[2:4]]
+    rows[0][col], rows[1][col] = "", "1.0"
+    manifest.write_text("\n".join([*lines[:2], *(",".join(r) for r in rows), *lines[4:]]) + "\n")
+    hernia = read_manifest(manifest).frame["Hernia"]
+    assert np.isnan(hernia.iat[0]) and hernia.iat[1] == 1
+
+
+def test_bad_manifest_stops_an_ablation_before_any_run(workdir: Path) -> None:
+    manifest = _manifest(workdir)
+    manifest.write_text(manifest.read_text().replace("images/00000001_000.png", "../x.png", 1))
+    result = runner.invoke(app, ["ablate", "-m", "smoke", "--data", str(manifest)])
+    assert result.exit_code == 2, result.output
+    assert (
+        result.output.strip().splitlines()[-1].startswith(f"error: {manifest}: row 1 (line 3): column 'path'")
+    )
+    from cxrfa.tracking import Tracker
+
+    assert Tracker(None, "smoke").search("") == []  # no run, not even a parent
+
+
+def test_symlink_out_of_the_root_is_never_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxrfa.data.dataset as dataset_mod
+    from cxrfa.data.manifest import read_manifest
+    from cxrfa.errors import CxrfaError
+
+    manifest = _manifest(tmp_path)
+    outside = tmp_path / "secret.png"
+    Image.new("L", (8, 8)).save(outside)
+    link = tmp_path / "nih" / "images" / "00000003_000.png"
+    link.unlink()
+    link.symlink_to(outside)
+    opened: list[Path] = []
+    real_open = dataset_mod.Image.open
+    monkeypatch.setattr(
+        dataset_mod.Image, "open", lambda p, *a, **k: opened.append(Path(p)) or real_open(p, *a, **k)
+    )
+    m = read_manifest(manifest)
+    ds = dataset_mod.CXRDataset(m, lambda img: img)
+    row = list(m.frame["path"]).index("images/00000003_000.png")
+    with pytest.raises(
+        CxrfaError, match=rf"^{manifest}: path 'images/00000003_000.png' leads outside the image root"
+    ):
+        ds[row]
+    assert outside not in [p.resolve() for p in opened]
+    assert ds[(row + 1) % len(ds)]["report"] == "" and opened  # an ordinary row still loads
+    # data index refuses it too (and --skip-bad drops it)
+    result = _index(tmp_path / "nih", tmp_path / "again.csv")
+    assert result.exit_code == 2 and "escapes the dataset root through a symlink" in result.output
+    assert "1 path escapes root" in _index(tmp_path / "nih", tmp_path / "again.csv", "--skip-bad").output

@@ -136,3 +136,47 @@ def test_unresolved_demo_and_missing_file_are_user_errors(tmp_path: Path) -> Non
         )
     with pytest.raises(CxrfaError, match="unknown open_clip architecture"):
         build_encoder(BackboneConfig(name="clip", arch="ViT-Nope"))
+
+
+def test_check_open_clip_resolves_every_file_without_building(tmp_path: Path) -> None:
+    from cxrfa.models.weights import check_open_clip
+    from cxrfa.preflight import check_backbone
+
+    folder, _ = _biomedclip_dir(tmp_path)
+    check_open_clip(BIOMED_HUB, str(folder))  # weights, config, text tower and tokenizer all local
+    check_backbone(BackboneConfig(name="biomedclip", arch=f"local-dir:{folder}"))
+    (folder / "vocab.txt").unlink()  # the tokenizer now points at the hub, which is offline
+    with pytest.raises(
+        CxrfaError, match="tokenizer 'microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract' is not"
+    ):
+        check_open_clip(BIOMED_HUB, str(folder))
+    with pytest.raises(CxrfaError, match="ViT-B-16/openai .* is not available offline"):
+        check_backbone(BackboneConfig(name="clip", arch="ViT-B-16", pretrained="openai"))
+    check_backbone(BackboneConfig(name="clip", arch="cxrfa-tiny-clip", pretrained="demo", standin=True))
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+@pytest.mark.parametrize("name", ["clip", "custom"])
+def test_a_crafted_weights_file_is_refused_in_one_line(tmp_path: Path, name: str) -> None:
+    from cxrfa.preflight import check_backbone
+
+    marker, path = tmp_path / "marker", tmp_path / "weights.pt"
+    torch.save({"visual.proj": torch.zeros(2), "x": _Payload(marker)}, path)
+    arch = "cxrfa-tiny-clip" if name == "clip" else "cxrfa-cnn-small"
+    cfg = BackboneConfig(name=name, arch=arch, pretrained=str(path), frozen=name == "clip")
+    with pytest.raises(
+        CxrfaError, match=rf"^{path}: refused to load: .*(Unsupported global: GLOBAL exec)"
+    ) as err:
+        build_encoder(cfg)
+    assert "\n" not in str(err.value) and not marker.exists()
+    if name == "custom":  # the preflight reads custom weights the same way, before any run
+        with pytest.raises(CxrfaError, match="refused to load"):
+            check_backbone(cfg)
+        assert not marker.exists()

@@ -23,8 +23,7 @@ TINY = {
     "backbones": "demo",
     "experiment": "tiny",
     "data": {"synth": {"out": "data/tiny", "n": 240, "size": 64, "seed": 0}},
-    "tune": {"cells": ["visual-clip"], "trials": 2, "sampler": "random", "pruner": "none",
-             "overrides": {"train.epochs": 1}},
+    "tune": {"trials": 2, "sampler": "random", "pruner": "none", "overrides": {"train.epochs": 1}},
     "ablate": {"seeds": [0], "tuned": True, "explore": []},
     "compare": {"out": "out/tiny", "baseline": "visual-clip", "n_boot": 50},
 }  # fmt: skip
@@ -41,13 +40,18 @@ def test_tiny_recipe_runs_every_stage_then_skips_every_stage(lab: Path) -> None:
     assert (lab / "data" / "tiny" / "manifest.csv").is_file()
     overlay = overlay_path("smoke", "visual-clip")
     assert overlay.is_file() and "cxrfa pipeline run tiny.yaml" in overlay.read_text()
+    assert overlay_path("smoke", "align-clip").is_file()  # every compared cell is tuned, with the same budget
     report = lab / "out" / "tiny" / "comparison.md"
     assert report.is_file() and "align-clip" in report.read_text()
+    assert (
+        "Tuning: every compared cell tuned with the same budget: 2 finished Optuna trials each"
+        in report.read_text()
+    )
 
     runs = _all_runs("tiny")
     trials = [r for r in runs if "cxrfa.trial" in r.tags]
     cells = [r for r in runs if "cxrfa.cell" in r.tags and "cxrfa.trial" not in r.tags]
-    assert len(trials) == 2 and sorted(r.tags["cxrfa.cell"] for r in cells) == ["align-clip", "visual-clip"]
+    assert len(trials) == 4 and sorted(r.tags["cxrfa.cell"] for r in cells) == ["align-clip", "visual-clip"]
     assert all(r.status == "FINISHED" for r in cells)
     manifest = str((lab / "data" / "tiny" / "manifest.csv").resolve())
     assert all(
@@ -61,7 +65,8 @@ def test_tiny_recipe_runs_every_stage_then_skips_every_stage(lab: Path) -> None:
 
     second = run_pipeline(load_recipe(lab / "tiny.yaml"), progress=False)
     assert [(s.name, s.status) for s in second.stages] == [
-        ("data", "skipped"), ("tune visual-clip", "skipped"), ("ablate", "skipped"), ("compare", "skipped")]  # fmt: skip
+        ("data", "skipped"), ("tune visual-clip", "skipped"), ("tune align-clip", "skipped"), ("ablate", "skipped"),
+        ("compare", "skipped")]  # fmt: skip
     assert len(_all_runs("tiny")) == len(runs)  # nothing new was tracked
 
 
@@ -72,8 +77,20 @@ def test_shipped_recipes_are_valid_and_name_real_matrices_and_cells(
     monkeypatch.chdir(REPO)
     recipe = load_recipe(REPO / "pipelines" / f"{name}.yaml")
     matrix = load_matrix(recipe.matrix)
-    assert recipe.tune is not None and set(recipe.tune.cells) <= set(matrix.cells)
+    assert recipe.tune is not None and recipe.tuned_cells(matrix) == list(
+        matrix.cells
+    )  # every cell, one budget
+    assert "loss.tau" in matrix.tune.params
     assert recipe.compare is not None and recipe.compare.baseline in matrix.cells
+
+
+def test_tuning_only_some_compared_cells_is_refused_in_one_line(lab: Path) -> None:
+    lopsided = {**TINY, "tune": {**TINY["tune"], "cells": ["align-clip"]}}
+    (lab / "lopsided.yaml").write_text(yaml.safe_dump(lopsided))
+    result = runner.invoke(app, ["pipeline", "run", "lopsided.yaml"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "leaves out compared cell(s) visual-clip" in result.output
+    assert not (lab / "data" / "tiny").exists()  # refused before any stage ran
 
 
 def test_a_typo_in_a_recipe_is_one_line_naming_the_key(lab: Path) -> None:

@@ -51,7 +51,7 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
     plots = {a.path for a in Tracker(None, "smoke").client.list_artifacts(run.run_id, "plots")}
     assert {"plots/gap_shift.png", "plots/label_similarity.png", "plots/training_curves.png"} <= plots
     ckpt = Tracker(None, "smoke").download(run.run_id, "checkpoint/model.pt", workdir / "dl")
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     assert state["config"]["cell"] == "align-clip" and state["state_dict"]
 
     # re-evaluating the logged run reproduces its logged test metrics exactly

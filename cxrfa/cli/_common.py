@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,10 +26,32 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CxrfaError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(err.exit_code) from None
+            _fail(str(err), err.exit_code)
+        except OSError as err:
+            if err.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            # a read-only store, a full disk: the user's environment, not a bug; name the file, no traceback
+            where = f"{err.filename}: " if err.filename else ""
+            _fail(f"{where}{err.strerror}; {_ENVIRONMENT_ERRNOS[err.errno]}", 2)
 
     return wrapper  # type: ignore[return-value]
+
+
+_ENVIRONMENT_ERRNOS = {
+    errno.EACCES: "fix the permissions or choose a folder you can write",
+    errno.EPERM: "fix the permissions or choose a folder you can write",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some space within your disk quota",
+}
+
+
+def _fail(line: str, code: int) -> NoReturn:
+    from rich.text import Text
+
+    # the line as plain text: brackets in a message (cell[axis=v]) are never read as markup
+    console.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def _setup_logging() -> None:

@@ -59,9 +59,13 @@ def _seeds(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise CxrfaError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        why = "no seed given" if not seeds else "a seed is listed twice"
+        raise CxrfaError(f"--seeds {text!r}: {why}; expected distinct comma-separated integers, e.g. 0,1,2")
+    return seeds
 
 
 def _announce_demo(data: Path | None) -> None:
@@ -90,7 +94,8 @@ def train(
     Example:  cxrfa train --matrix full --cell align-clip --seed 0
     """
     from cxrfa.config import expand, load_backbones, load_matrix
-    from cxrfa.experiment import run_cell
+    from cxrfa.experiment import checkpoint_dir, run_cell
+    from cxrfa.preflight import preflight
     from cxrfa.tracking import Tracker
     from cxrfa.train import NonFiniteLoss
 
@@ -98,8 +103,9 @@ def train(
     (cfg,) = expand(
         m, load_backbones(backbones), seeds=[seed], overrides=_overrides(data, no_feature_cache), cells=[cell]
     )
-    _announce_demo(data)
     tracker = Tracker(tracking_uri, experiment or m.name)
+    preflight([cfg], checkpoint_dir(tracker))  # missing weights, a bad manifest: exit 2 before the run
+    _announce_demo(data)
     try:
         result = run_cell(cfg, tracker)
     except NonFiniteLoss as err:
@@ -180,6 +186,10 @@ def ablate(
             )
         console.print(table)
         return
+    from cxrfa.experiment import checkpoint_dir
+    from cxrfa.preflight import preflight
+
+    preflight(runs, checkpoint_dir(tracker))  # missing weights, a bad manifest: exit 2 before any run
     _announce_demo(data)
     summary = run_ablation(m, runs, tracker, backbones=backbones, data=str(data) if data else None,
                            explore=[e for e in explore.split(",") if e])  # fmt: skip

@@ -119,6 +119,10 @@ def tune(
             tracking_uri=redact(tracking_uri) if tracking_uri else None, seed=seed, sampler_seed=sampler_seed,
         ),
     )  # fmt: skip
+    from cxrfa.experiment import checkpoint_dir
+    from cxrfa.preflight import preflight
+
+    preflight([cfg], checkpoint_dir(tracker))  # missing weights, a bad manifest: exit 2 before any trial
     _announce_demo(data)
     result = run_study(m, cfg, tracker, settings)
     counts = result.counts

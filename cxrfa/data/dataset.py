@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cxrfa.data.image_limits import bomb_problem, oversized
 from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
 
@@ -33,11 +34,14 @@ def load_image(path: Path) -> Image.Image:
     (alpha dropped) PNG and JPEG.
 
     Raises:
-        CxrfaError: the file is missing, truncated or not an image (the message names the file).
+        CxrfaError: the file is missing, truncated, not an image or too large to decode safely (the message
+            names the file).
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
+            if problem := oversized(*img.size):
+                raise CxrfaError(f"{path}: {problem}; remove the row or downscale the image")
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
                 array = np.asarray(img)
@@ -55,6 +59,8 @@ def load_image(path: Path) -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise CxrfaError(f"{path}: image not found; check the manifest's root and path column") from None
+    except Image.DecompressionBombError as err:
+        raise CxrfaError(f"{path}: {bomb_problem(err)}; remove the row or downscale the image") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise CxrfaError(f"{path}: cannot decode image ({err}); the file is corrupt or truncated") from None
 
@@ -137,6 +143,9 @@ def fits_in_memory(manifest: Manifest, budget_bytes: int = 1 << 30) -> bool:
     """Whether every image of ``manifest``, decoded to 8-bit RGB at the size of its first image, fits the budget."""
     if len(manifest) == 0:
         return True
-    with Image.open(manifest.image_path(0)) as first:
-        width, height = first.size
+    try:
+        with Image.open(manifest.image_path(0)) as first:
+            width, height = first.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False  # reading it fails later, with the file named
     return len(manifest) * width * height * 3 <= budget_bytes

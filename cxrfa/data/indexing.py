@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from cxrfa.data.manifest import META_COLUMNS, Manifest, make_manifest
+from cxrfa.data.image_limits import bomb_problem, oversized
+from cxrfa.data.manifest import META_COLUMNS, Manifest, confined, make_manifest, path_escapes
 from cxrfa.data.readers import (
     BadRow,
     Blank,
@@ -57,8 +58,9 @@ class IndexResult:
 def reason(problem: str) -> str:
     """Short category of a problem line, for the dropped-rows summary."""
     for key, name in (("unknown label", "unknown label"), ("not found", "missing image"),
-                      ("cannot decode", "corrupt image"), ("duplicate", "duplicate row"),
-                      ("escapes", "path escapes root"), ("patient", "no patient id"), ("split", "no split")):  # fmt: skip
+                      ("cannot decode", "corrupt image"), ("pixel limit", "image too large"),
+                      ("duplicate", "duplicate row"), ("escapes", "path escapes root"),
+                      ("patient", "no patient id"), ("split", "no split")):  # fmt: skip
         if key in problem:
             return name
     return "bad value"
@@ -68,6 +70,8 @@ def check_image(path: Path) -> str | None:
     """``None`` if the image exists and decodes, else the problem (without the file name)."""
     try:
         with Image.open(path) as img:
+            if problem := oversized(*img.size):
+                return problem
             if img.format == "JPEG":
                 img.draft("L", (max(1, img.width // 8), max(1, img.height // 8)))  # DCT-scaled decode: fast
                 img.load()
@@ -78,15 +82,19 @@ def check_image(path: Path) -> str | None:
         return "image not found"
     except IsADirectoryError:
         return "image not found (a folder)"
+    except Image.DecompressionBombError as err:
+        return bomb_problem(err)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         return f"cannot decode image ({' '.join(str(err).split())}): corrupt or truncated"
 
 
-def _escapes(rel: str) -> bool:
-    if not rel or rel in ("nan", "<NA>") or os.path.isabs(rel) or rel.startswith(("\\", "/")):
-        return True
-    norm = os.path.normpath(rel)
-    return norm == ".." or norm.startswith(".." + os.sep) or ":" in rel.split("/")[0]
+def _check_inside(root: Path, rel: str) -> str | None:
+    """:func:`check_image` of ``root / rel``, never opening a file a symlink leads to outside ``root``."""
+    try:
+        path = confined(root.resolve(), rel)
+    except CxrfaError:
+        return f"path escapes the dataset root through a symlink (to {os.path.realpath(root / rel)})"
+    return check_image(path)
 
 
 def _row_problems(raw: RawTable, root: Path, check_images: bool) -> list[BadRow]:
@@ -99,7 +107,7 @@ def _row_problems(raw: RawTable, root: Path, check_images: bool) -> list[BadRow]
     for i, rel in enumerate(paths):
         key = (str(frame["_file"].iat[i]), int(frame["_line"].iat[i]))
         pid = frame["patient_id"].iat[i]
-        if _escapes(rel):
+        if path_escapes(rel):
             problems.append(
                 BadRow(
                     *key,
@@ -116,7 +124,7 @@ def _row_problems(raw: RawTable, root: Path, check_images: bool) -> list[BadRow]
                 to_check.append(i)
     if check_images and to_check:
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-            results = list(pool.map(lambda i: check_image(root / paths.iat[i]), to_check))
+            results = list(pool.map(lambda i: _check_inside(root, paths.iat[i]), to_check))
         for i, problem in zip(to_check, results, strict=True):
             if problem:
                 problems.append(

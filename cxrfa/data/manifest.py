@@ -14,8 +14,10 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,7 +65,16 @@ class Manifest:
         return self.frame[self.labels].to_numpy(dtype=np.float32, na_value=np.nan)
 
     def image_path(self, i: int) -> Path:
-        return self.root / str(self.frame["path"].iat[i])
+        """The file of row ``i``, symlinks resolved.
+
+        Raises:
+            CxrfaError: the path leaves :attr:`root` (``..``, absolute, or a symlink pointing outside).
+        """
+        return confined(self.root, str(self.frame["path"].iat[i]), self.source)
+
+    def image_paths(self) -> list[Path]:
+        """:meth:`image_path` of every row, in order."""
+        return [confined(self.root, rel, self.source) for rel in self.frame["path"].astype(str)]
 
     def data_hash(self) -> str:
         """12-hex-digit hash of the table content (rows, labels, splits), independent of where it lives."""
@@ -78,6 +89,31 @@ class Manifest:
         with np.errstate(invalid="ignore"):
             return {lab: float(np.nanmean(y[:, j])) if np.isfinite(y[:, j]).any() else 0.0
                     for j, lab in enumerate(self.labels)}  # fmt: skip
+
+
+def path_escapes(rel: str) -> bool:
+    """Whether a manifest ``path`` value is empty, absolute or climbs out of the root with ``..``."""
+    if not rel or rel in ("nan", "<NA>") or os.path.isabs(rel) or rel.startswith(("\\", "/")):
+        return True
+    norm = os.path.normpath(rel)
+    return norm == ".." or norm.startswith(".." + os.sep) or ":" in rel.split("/")[0]
+
+
+def confined(root: Path, rel: str, source: Path | None = None) -> Path:
+    """``root / rel`` with symlinks resolved, refused when it is not inside ``root`` (itself resolved).
+
+    Raises:
+        CxrfaError: one line naming the manifest (when known), the path and where it leads.
+    """
+    where = f"{source}: " if source is not None else ""
+    if path_escapes(rel):
+        raise CxrfaError(f"{where}path {rel!r} is outside the image root {root} (absolute or '..'); "
+                         "manifest paths must be relative and inside the root")  # fmt: skip
+    real = Path(os.path.realpath(root / rel))
+    if real != root and root not in real.parents:
+        raise CxrfaError(f"{where}path {rel!r} leads outside the image root {root} (a symlink to {real}); "
+                         "point the manifest root at the real folder or copy the image inside it")  # fmt: skip
+    return real
 
 
 def _normalise(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -122,17 +158,22 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
-    """Read a manifest written by :func:`write_manifest`.
+    """Read a manifest written by :func:`write_manifest` (or by hand), checked like ``cxrfa data index`` checks.
+
+    Every row must have a path inside the root (relative, no ``..``; symlinks are checked when an image is
+    opened), a patient id, a split of train/val/test, a path no other row has, and labels of 1, 0 or blank.
 
     Raises:
-        CxrfaError: the file is missing, has no cxrfa header, or lacks required columns.
+        CxrfaError: the file is missing, has no cxrfa header, lacks required columns, its root is the
+            file-system root, or a row breaks a rule (naming the file, the row and the column).
     """
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as err:
+    except (OSError, UnicodeDecodeError) as err:
+        why = getattr(err, "strerror", None) or "not UTF-8 text"
         raise CxrfaError(
-            f"{path}: cannot read manifest ({err.strerror}); create one with `cxrfa data index`"
+            f"{path}: cannot read manifest ({why}); create one with `cxrfa data index`"
         ) from None
     first, _, rest = text.partition("\n")
     if not first.startswith(HEADER):
@@ -142,16 +183,62 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     try:
         header = json.loads(first[len(HEADER) :])
         labels = list(header["labels"])
-    except (ValueError, KeyError) as err:
+        root = Path(str(header.get("root", ".")))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise CxrfaError(f"{path}: line 1: malformed manifest header ({err})") from None
+    bad = [lab for lab in labels if not isinstance(lab, str) or not lab or lab in META_COLUMNS]
+    if bad or len(set(labels)) != len(labels):
+        what = f"{bad[0]!r} is not a label name" if bad else "a label is listed twice"
+        raise CxrfaError(f"{path}: line 1: header 'labels': {what}")
+    root = (root if root.is_absolute() else path.parent / root).resolve()
+    if root == Path(root.anchor):
+        raise CxrfaError(f"{path}: line 1: header root {header.get('root')!r} is the file-system root {root}; "
+                         "set it to the folder that holds the images")  # fmt: skip
     try:
         frame = pd.read_csv(
             io.StringIO(rest), dtype={"path": str, "patient_id": str, "study_id": str}, keep_default_na=True
         )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise CxrfaError(f"{path}: malformed CSV ({str(err).strip()})") from None
-    root = Path(header.get("root", "."))
-    root = root if root.is_absolute() else (path.parent / root)
+        wanted = {*labels, "path"}  # labels again, as written: "x" or "-1" must not pass as blank
+        raw = pd.read_csv(io.StringIO(rest), dtype=str, keep_default_na=False, usecols=lambda c: c in wanted)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        raise CxrfaError(f"{path}: malformed CSV ({' '.join(str(err).split())})") from None
+    missing = [c for c in (*REQUIRED_COLUMNS, *labels) if c not in frame.columns]
+    if missing:
+        raise CxrfaError(
+            f"{path}: missing column(s) {', '.join(missing)}; re-create it with `cxrfa data index`"
+        )
+    problems = _row_problems(frame, raw, labels)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CxrfaError(f"{path}: {problems[0]}{more}; fix the file or re-create it with `cxrfa data index`")
     manifest = make_manifest(frame, root, labels, header.get("label_set", "custom"))
     manifest.source = path
     return manifest
+
+
+_LABEL_VALUES = {"": "", "1": "1", "0": "0", "1.0": "1", "0.0": "0"}
+
+
+def _row_problems(frame: pd.DataFrame, raw: pd.DataFrame, labels: list[str]) -> list[str]:
+    """One line per broken row, in file order; rows are numbered from 1 (file line = row + 2)."""
+    out: list[tuple[int, str]] = []
+
+    def add(mask: Any, what: Callable[[int], str]) -> None:
+        out.extend((int(i), what(int(i))) for i in np.flatnonzero(np.asarray(mask, dtype=bool)))
+
+    paths = raw["path"].astype(str).str.strip()
+    add(paths.map(path_escapes), lambda i: f"column 'path' has {paths.iat[i]!r}: absolute, empty or '..' "
+        "(paths must be relative and inside the root)")  # fmt: skip
+    dup = paths.duplicated(keep="first") & ~paths.map(path_escapes)
+    add(dup, lambda i: f"column 'path' repeats {paths.iat[i]!r} (each image once)")
+    pid = frame["patient_id"].astype("string").str.strip()
+    add(pid.isna() | (pid == ""), lambda i: "column 'patient_id' is blank (splits are by patient)")
+    split = frame["split"].astype("string").str.strip()
+    add(~split.isin(SPLITS).fillna(False), lambda i: f"column 'split' has {split.iat[i]!r}; expected one of "
+        f"{', '.join(SPLITS)}")  # fmt: skip
+    for lab in labels:
+        values = raw[lab].astype(str).str.strip()
+        add(~values.isin(_LABEL_VALUES), lambda i, lab=lab, values=values: f"column {lab!r} has "
+            f"{values.iat[i]!r}; labels must be 1, 0 or blank (unknown)")  # fmt: skip
+    out.sort(key=lambda item: item[0])
+    return [f"row {i + 1} (line {i + 3}): {what}" for i, what in out]

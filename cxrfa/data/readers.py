@@ -9,6 +9,7 @@ Checking the images themselves, splitting and writing happen in :mod:`cxrfa.data
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from cxrfa.labels import CHEXPERT14, NIH14, harmonise
 Uncertain = Literal["ones", "zeros", "ignore"]
 Blank = Literal["zero", "unknown"]
 NIH_NO_FINDING = "No Finding"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -373,8 +375,8 @@ def read_generic(
 ) -> RawTable:
     """Any CSV: ``columns`` maps manifest keys (meta columns or target label names) to the CSV's columns.
 
-    Unmapped meta keys default to a column of the same name; labels default to columns whose names match a
-    target label (synonyms included). Label values: 1/0/-1 (uncertain policy)/blank (``--blank``),
+    Unmapped meta keys default to a column of the same name. Every target label is read from its ``columns``
+    entry, else from a column whose name matches it (synonyms included): mapping one label keeps the others. Label values: 1/0/-1 (uncertain policy)/blank (``--blank``),
     also ``true``/``false``/``yes``/``no``.
     """
     if csv_path is None:
@@ -386,13 +388,13 @@ def read_generic(
                          f"(and meta keys {', '.join(_META_KEYS)})")  # fmt: skip
     meta = {k: columns.get(k, k) for k in _META_KEYS}
     require_columns(frame, csv_path, [meta["path"], meta["patient_id"], *[columns[k] for k in columns]])
-    label_cols = {lab: columns[lab] for lab in target if lab in columns}
-    if not label_cols:
-        label_cols = {
-            t: s
-            for t, s in harmonise([c for c in frame.columns if not c.startswith("_")], target).items()
-            if s
-        }
+    explicit = {lab: columns[lab] for lab in target if lab in columns}
+    spare = [c for c in frame.columns if not c.startswith("_") and c not in set(columns.values())]
+    by_name = {t: s for t, s in harmonise(spare, target).items() if s and t not in explicit}
+    if explicit and by_name:  # mapping one label must not silently drop the columns named like the others
+        log.info("%s: label column(s) matched by name besides --columns: %s", csv_path.name,
+                 ", ".join(f"{t}={s}" for t, s in by_name.items()))  # fmt: skip
+    label_cols = {t: explicit.get(t) or by_name[t] for t in target if t in explicit or t in by_name}
     if not label_cols:
         raise CxrfaError(
             f"{csv_path}: no label columns found; map them with --columns Label=column (labels: {', '.join(target)})"

@@ -102,9 +102,7 @@ def cached_tensor(kind: str, key: str, compute: Callable[[], Tensor], root: Path
 
 
 def _image_paths(manifest: Manifest) -> list[Path]:
-    return [
-        manifest.root / p for p in manifest.frame["path"].astype(str)
-    ]  # one pass, not per-row pandas lookups
+    return manifest.image_paths()  # confined to the manifest's root (symlinks resolved), in one pass
 
 
 class FeatureCache:

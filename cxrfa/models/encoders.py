@@ -27,6 +27,7 @@ from cxrfa.labels import prompts_for
 from cxrfa.models.registry import register_encoder
 from cxrfa.models.standin import ensure_standin
 from cxrfa.models.weights import OpenClipBundle, create_open_clip
+from cxrfa.safeload import load_state
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ class CustomCNNEncoder(Encoder):
             raise CxrfaError(
                 f"custom CNN weights {cfg.pretrained} not found; give a state_dict file or pretrained=null"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_state(path, fix="give a state_dict file saved with torch.save")
         state = {k.removeprefix("net."): v for k, v in state.items()}
         try:
             self.net.load_state_dict(state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from cxrfa.errors import CxrfaError
+from cxrfa.safeload import unsafe
 
 log = logging.getLogger(__name__)
 
@@ -174,21 +176,21 @@ def _require_transformers(model_cfg: dict[str, Any], what: str) -> None:
             ) from None
 
 
-def create_open_clip(arch: str, pretrained: str | None, device: str | torch.device = "cpu") -> OpenClipBundle:
-    """Build an open_clip model from local files.
+@dataclass
+class _Resolved:
+    """Where an open_clip model's config and weights come from, all local (nothing built yet)."""
 
-    Args:
-        arch: an open_clip architecture (``ViT-B-16``, ``cxrfa-tiny-clip``), ``hf-hub:org/repo`` or
-            ``local-dir:/path``.
-        pretrained: a tag (``openai``), a checkpoint file, a folder (open_clip_config.json + weights +
-            tokenizer files), or None for random init. Ignored for ``hf-hub:``/``local-dir:`` archs that carry
-            their own weights.
-        device: where to put the model.
+    arch: str  # the name open_clip is given
+    model_cfg: dict[str, Any]
+    local_dir: Path | None  # a model folder (hf-hub snapshot or local-dir), which carries its own weights
+    weights_file: Path | None
+    force_pre: dict[str, Any]
+    quick_gelu: bool
+    tag: str
 
-    Raises:
-        CxrfaError: unknown architecture, or weights/tokenizer files missing (one line, says how to fix).
-    """
-    import open_clip
+
+def _resolve(arch: str, pretrained: str | None) -> _Resolved:
+    """Every file :func:`create_open_clip` needs, found locally (downloaded only when online)."""
     from open_clip.factory import get_model_config, parse_model_name
 
     register_model_configs()
@@ -196,10 +198,6 @@ def create_open_clip(arch: str, pretrained: str | None, device: str | torch.devi
         arch, pretrained = f"local-dir:{Path(pretrained).expanduser().resolve()}", None
     schema, ident = parse_model_name(arch)
     local_dir: Path | None = None
-    weights_file: Path | None = None
-    force_pre: dict[str, Any] = {}
-    quick_gelu = False
-    tag = "scratch"
     if schema == "hf-hub":
         local_dir = _hf_hub_dir(ident)
         tag = arch
@@ -212,8 +210,7 @@ def create_open_clip(arch: str, pretrained: str | None, device: str | torch.devi
         tag = f"local:{local_dir}"
     if local_dir is not None:
         raw = json.loads((local_dir / "open_clip_config.json").read_text())
-        model_cfg, pre = raw.get("model_cfg", raw), raw.get("preprocess_cfg", {})
-        force_pre = {k: v for k, v in pre.items() if k != "size"}
+        pre = raw.get("preprocess_cfg", {})
         from open_clip.factory import _find_checkpoint_in_dir
 
         found = _find_checkpoint_in_dir(local_dir)
@@ -221,55 +218,102 @@ def create_open_clip(arch: str, pretrained: str | None, device: str | torch.devi
             raise CxrfaError(
                 f"{local_dir}: no weights file (open_clip_pytorch_model.bin / *.safetensors / *.pth)"
             )
-        weights_file = Path(found)
-        arch_for_oc = f"local-dir:{local_dir}"
+        return _Resolved(f"local-dir:{local_dir}", raw.get("model_cfg", raw), local_dir, Path(found),
+                         {k: v for k, v in pre.items() if k != "size"}, False, tag)  # fmt: skip
+    model_cfg = get_model_config(arch)
+    if model_cfg is None:
+        raise CxrfaError(
+            f"unknown open_clip architecture {arch!r}; see open_clip.list_models() or `cxrfa models list`"
+        )
+    resolved = _Resolved(arch, model_cfg, None, None, {}, False, "scratch")
+    if not pretrained:
+        return resolved
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        resolved.weights_file, resolved.tag = path.resolve(), f"file:{path.name}"
+    elif pretrained == "demo":
+        raise CxrfaError(
+            f"{arch}: pretrained='demo' is unresolved; pretrain the stand-in first "
+            "(cxrfa.models.ensure_standin, or `cxrfa pretrain --data MANIFEST --arch "
+            f"{arch} --out FILE` and set pretrained to FILE)"
+        )
+    elif "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise CxrfaError(f"weights file {pretrained} does not exist; give an existing checkpoint path")
     else:
-        model_cfg = get_model_config(arch)
-        if model_cfg is None:
-            raise CxrfaError(
-                f"unknown open_clip architecture {arch!r}; see open_clip.list_models() or `cxrfa models list`"
-            )
-        arch_for_oc = arch
-        if pretrained:
-            path = Path(pretrained).expanduser()
-            if path.is_file():
-                weights_file, tag = path.resolve(), f"file:{path.name}"
-            elif pretrained == "demo":
-                raise CxrfaError(
-                    f"{arch}: pretrained='demo' is unresolved; pretrain the stand-in first "
-                    "(cxrfa.models.ensure_standin, or `cxrfa pretrain --data MANIFEST --arch "
-                    f"{arch} --out FILE` and set pretrained to FILE)"
-                )
-            elif "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-                raise CxrfaError(
-                    f"weights file {pretrained} does not exist; give an existing checkpoint path"
-                )
-            else:
-                weights_file, tag_cfg = _resolve_tag(arch, pretrained)
-                force_pre = {
-                    k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg
-                }
-                quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-                tag = f"tag:{pretrained}"
-    _require_transformers(model_cfg, arch)
-    text_cfg = _text_override(model_cfg, local_dir)
+        resolved.weights_file, tag_cfg = _resolve_tag(arch, pretrained)
+        resolved.force_pre = {
+            k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg
+        }
+        resolved.quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+        resolved.tag = f"tag:{pretrained}"
+    return resolved
+
+
+def check_open_clip(arch: str, pretrained: str | None) -> None:
+    """Fail now, in one line, if :func:`create_open_clip` would miss a file: weights, model config, the
+    Hugging Face text tower's config and tokenizer. Builds nothing (a check before any run starts).
+
+    Raises:
+        CxrfaError: what is missing and how to provide it.
+    """
+    found = _resolve(arch, pretrained)
+    _require_transformers(found.model_cfg, arch)
+    text_cfg = _text_override(found.model_cfg, found.local_dir)
+    name = (text_cfg or {}).get("hf_model_name")
+    if name and not Path(name).is_dir():
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(name, local_files_only=offline())
+        except OSError as err:
+            raise _missing(
+                f"text tower config {name!r} ({str(err).splitlines()[0][:120]})",
+                f"run `huggingface-cli download {name}` on a connected machine and copy the cache here",
+            ) from None
+    _tokenizer(found.model_cfg, text_cfg, found.local_dir)
+
+
+def create_open_clip(arch: str, pretrained: str | None, device: str | torch.device = "cpu") -> OpenClipBundle:
+    """Build an open_clip model from local files.
+
+    Args:
+        arch: an open_clip architecture (``ViT-B-16``, ``cxrfa-tiny-clip``), ``hf-hub:org/repo`` or
+            ``local-dir:/path``.
+        pretrained: a tag (``openai``), a checkpoint file, a folder (open_clip_config.json + weights +
+            tokenizer files), or None for random init. Ignored for ``hf-hub:``/``local-dir:`` archs that carry
+            their own weights.
+        device: where to put the model.
+
+    Raises:
+        CxrfaError: unknown architecture, weights/tokenizer files missing (one line, says how to fix), or a
+            weights file that is not tensors only (never unpickled).
+    """
+    import open_clip
+
+    found = _resolve(arch, pretrained)
+    _require_transformers(found.model_cfg, arch)
+    text_cfg = _text_override(found.model_cfg, found.local_dir)
     kwargs: dict[str, Any] = {"text_cfg": text_cfg} if text_cfg is not None else {}
+    weights = found.weights_file
     try:
         model = open_clip.create_model(
-            arch_for_oc,
-            pretrained=str(weights_file) if weights_file is not None and local_dir is None else None,
+            found.arch,
+            pretrained=str(weights) if weights is not None and found.local_dir is None else None,
             device=device,
-            force_quick_gelu=quick_gelu,
-            force_preprocess_cfg=force_pre or None,
+            force_quick_gelu=found.quick_gelu,
+            force_preprocess_cfg=found.force_pre or None,
             pretrained_text=False,
             **kwargs,
         )
-    except (RuntimeError, ValueError, OSError, KeyError) as err:
+    except pickle.UnpicklingError as err:  # open_clip loads with weights_only=True: a crafted file stops here
+        raise unsafe(str(weights), err) from None
+    except (RuntimeError, ValueError, OSError, KeyError, EOFError) as err:
         raise CxrfaError(
-            f"cannot build {arch} from {weights_file or 'scratch'}: {str(err).splitlines()[0][:200]}"
+            f"cannot build {arch} from {weights or 'scratch'}: {str(err).splitlines()[0][:200]}"
         ) from None
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     pp_cfg = PreprocessCfg(**model.visual.preprocess_cfg)
     preprocess = image_transform_v2(pp_cfg, is_train=False)
-    return OpenClipBundle(model, preprocess, _tokenizer(model_cfg, text_cfg, local_dir), weights_file, tag)
+    tokenizer = _tokenizer(found.model_cfg, text_cfg, found.local_dir)
+    return OpenClipBundle(model, preprocess, tokenizer, weights, found.tag)
