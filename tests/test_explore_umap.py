@@ -1,53 +1,142 @@
-"""The one UMAP test (numba JIT is slow): layout reproducible for a seed, PNG and offline HTML written."""
+"""The UMAP tests (few: numba JIT costs ~15 s per process): a seeded layout whose label stars keep their own
+places across a modality gap, the interactive page's colourings, and the per-disease feature view."""
 
 from __future__ import annotations
 
-import json
+import inspect
 import re
 
 import numpy as np
+import pandas as pd
+import pytest
 
-from cxrfa.explore import image_groups, umap_layout
+from cxrfa.explore import image_attributes, image_groups, label_slots, umap_layout, umap_plotly
 from cxrfa.explore.report import write_umap_report
 
-LABELS = ["Atelectasis", "Effusion", "Pleural_Thickening"]
+LABELS = ["Atelectasis", "Effusion", "Pleural_Thickening", "Mass"]
 
 
-def test_umap_layout_is_seeded_and_reports_are_written(tmp_path) -> None:
-    rng = np.random.default_rng(0)
-    txt = rng.normal(size=(3, 16))
-    y = np.zeros((30, 3))
-    y[np.arange(30), np.arange(30) % 3] = 1.0
-    y[27:] = 0.0  # three images without findings
-    y[0, 1] = np.nan
-    img = y[:, :3].copy()
-    img = np.nan_to_num(img) @ txt + 0.3 * rng.normal(size=(30, 16))
+def _gapped_set(n: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images around 4 label directions, texts = the same directions plus a large shared offset (the modality
+    gap): texts are far closer to one another (cos ~0.85) than to any image, as in a contrastive model."""
+    rng = np.random.default_rng(seed)
+    directions = np.linalg.qr(rng.normal(size=(24, 5)))[0].T  # (5, 24) orthonormal: 4 labels + gap axis
+    y = np.zeros((n, 4))
+    y[np.arange(n), np.arange(n) % 4] = 1.0
+    img = y @ directions[:4] + 0.15 * rng.normal(size=(n, 24))
+    txt = 0.4 * directions[:4] + 1.0 * directions[4]
+    return img, txt, y
 
-    first = umap_layout(img, txt, y, LABELS, dims=2, seed=3)
-    again = umap_layout(img, txt, y, LABELS, dims=2, seed=3)
+
+def test_layout_is_seeded_and_label_stars_stay_apart_across_the_gap() -> None:
+    img, txt, y = _gapped_set()
+    cos = txt @ txt.T / np.outer(np.linalg.norm(txt, axis=1), np.linalg.norm(txt, axis=1))
+    assert cos[~np.eye(4, dtype=bool)].min() > 0.8  # the texts alone would form one tight clump
+    first = umap_layout(img, txt, y, LABELS, seed=3)
+    again = umap_layout(img, txt, y, LABELS, seed=3)
     np.testing.assert_array_equal(first.image_xy, again.image_xy)
     np.testing.assert_array_equal(first.text_xy, again.text_xy)
-    assert first.image_xy.shape == (30, 2) and first.text_xy.shape == (3, 2)
-    assert image_groups(y, LABELS)[:4] == ["Atelectasis", "Effusion", "Pleural_Thickening", "Atelectasis"]
-    assert first.groups[-1] == "No finding"
+    assert first.image_xy.shape == (48, 2) and first.text_xy.shape == (4, 2)
+    # each star lands among its own label's images, not in one spot with the other stars
+    centroids = np.stack([first.image_xy[y[:, j] == 1].mean(0) for j in range(4)])  # (4, 2)
+    nearest = np.linalg.norm(first.text_xy[:, None] - centroids[None], axis=-1).argmin(axis=1)
+    assert nearest.tolist() == [0, 1, 2, 3]
+    star_gaps = np.linalg.norm(first.text_xy[:, None] - first.text_xy[None], axis=-1)[~np.eye(4, dtype=bool)]
+    assert star_gaps.min() > 0.2 * np.ptp(first.image_xy, axis=0).max()
 
-    ids = [f"images/{i:03d}.png" for i in range(30)]
-    paths = write_umap_report(img, txt, y, LABELS, tmp_path, dims=3, seed=3, image_ids=ids)
-    png = paths["png"].read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    page = paths["html"].read_text()
-    assert "pleural thickening" in page and "images/029.png" in page
-    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)  # nothing loaded from elsewhere
-    data = json.loads(
-        re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S).group(1)
+
+def test_groups_attributes_and_name_slots() -> None:
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, np.nan, 1], [np.nan, 0, 0]])
+    assert image_groups(y, LABELS[:3]) == [
+        "Atelectasis",
+        "Multiple findings",
+        "No finding",
+        "Pleural_Thickening",
+        "No finding",
+    ]
+    frame = pd.DataFrame(
+        {
+            "domain": ["a", None, "b"],
+            "view": ["PA", "AP", "PA"],
+            "sex": ["F", "M", "M"],
+            "age": [19, 80, None],
+        }
     )
-    assert data["dims"] == 3 and len(data["points"]) == 30 and len(data["stars"]) == 3
-    assert all(len(p["p"]) == 3 and max(abs(v) for v in p["p"]) <= 1.0 for p in data["points"])
+    assert image_attributes(frame) == {
+        "site": ["a", "unknown", "b"],
+        "view": ["PA", "AP", "PA"],
+        "sex": ["F", "M", "M"],
+        "age": ["0-20", "80plus", "unknown"],
+    }
+    xy = np.array([[0.0, 0.0], [0.01, 0.02], [0.02, -0.01], [5.0, 5.0]])
+    slots = label_slots(xy)
+    assert slots[3] == (0, -1.3)  # a lone star: its name above it
+    assert sorted(slots[:3]) == [(1, 0.0), (1, 1.0), (1, 2.0)] and slots[1] == (1, 0.0)  # top star first
+
+
+def test_report_page_is_offline_plotly_with_colourings(tmp_path) -> None:
+    img, txt, y = _gapped_set(n=40, seed=1)
+    y[0, 1] = 1.0  # one image with two findings
+    y[1, 2] = np.nan
+    rng = np.random.default_rng(0)
+    attrs = {"site": list(rng.choice(["site-a", "site-b"], 40)), "view": ["PA"] * 40, "sex": ["F", "M"] * 20}
+    ids = [f"images/{i:03d}.png" for i in range(40)]
+    paths = write_umap_report(
+        img, txt, y, LABELS, tmp_path, seed=3, image_ids=ids, attributes=attrs, max_images=30
+    )
+    page = paths["html"].read_text()
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)  # nothing loaded from elsewhere
+    assert "plotly.js" in page and len(page) > 3_000_000  # the library itself is embedded
+    assert "a random 30 of 40, seed 3" in page and "colour by" in page
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+    keep = np.sort(np.random.default_rng(3).choice(40, size=30, replace=False))
+    fig = umap_plotly(
+        umap_layout(
+            img[keep],
+            txt,
+            y[keep],
+            LABELS,
+            seed=3,
+            image_ids=[ids[i] for i in keep],
+            attributes={k: [v[i] for i in keep] for k, v in attrs.items()},
+        )
+    )
+    menu = [b.label for b in fig.layout.updatemenus[0].buttons]
+    assert menu == [
+        "finding",
+        "site",
+        "view",
+        "sex",
+        *[f"label: {n}" for n in ("atelectasis", "effusion", "pleural thickening", "mass")],
+    ]
+
+    def shown(label: str) -> dict[str, object]:
+        button = fig.layout.updatemenus[0].buttons[menu.index(label)]
+        return {t.name: t for t, v in zip(fig.data, button.args[0]["visible"], strict=True) if v}
+
+    site = shown("site")
+    counts = pd.Series([attrs["site"][i] for i in keep]).value_counts()
+    assert {f"{k} ({v})" for k, v in counts.items()} | {"label texts"} == set(site)
+    effusion = shown("label: effusion")
+    assert f"present ({int((y[keep, 1] == 1).sum())})" in effusion
+    stars = effusion["label texts"]
+    assert list(stars.text) == ["atelectasis", "effusion", "pleural thickening", "mass"]
+    assert list(stars.marker.size) == [22, 34, 22, 22]  # the chosen label's star stands out
+    finding = shown("finding")
+    n_multi = sum(1 for i in keep if (y[i] == 1).sum() > 1)
+    assert (f"multiple findings ({n_multi})" in finding) == (n_multi > 0)
+    assert sum(len(t.x) for name, t in finding.items() if name != "label texts") == 30  # each image once
+    hover = next(iter(site.values())).hovertext[0]
+    assert hover.startswith("images/") and "site: site-" in hover and "findings:" in hover
+    assert {a["text"] for a in fig.layout.annotations} >= {f"<b>{n}</b>" for n in stars.text}
+
+    three = write_umap_report(img, txt, y, LABELS, tmp_path / "3d", dims=3, seed=3)
+    assert '"type":"scatter3d"' in three["html"].read_text()
 
 
 def test_explore_model_umap_part_places_features_and_label_stars() -> None:
-    import pytest
     import torch
 
     from cxrfa.config import BackboneConfig, ModelConfig
@@ -58,12 +147,14 @@ def test_explore_model_umap_part_places_features_and_label_stars() -> None:
     torch.manual_seed(0)
     bb = BackboneConfig(name="clip", arch="cxrfa-tiny-clip")
     cfg = ModelConfig(visual=bb, text=bb, width=16, heads=2, aligner=True)
-    heads = AlignmentModel(cfg, image_dim=10, label_text=torch.randn(3, 12), num_labels=3)
+    tokens = {"num_tokens": 5} if "num_tokens" in inspect.signature(AlignmentModel).parameters else {}
+    heads = AlignmentModel(cfg, image_dim=10, label_text=torch.randn(3, 12), num_labels=3, **tokens)
     y = np.zeros((12, 3))
     y[np.arange(12), np.arange(12) % 3] = 1.0  # one present disease per image: 12 feature points
-    result = explore_model(heads, torch.randn(12, 5, 10), torch.randn(12, 12), y, LABELS, parts=("umap",))
+    labels = LABELS[:3]
+    result = explore_model(heads, torch.randn(12, 5, 10), torch.randn(12, 12), y, labels, parts=("umap",))
     assert set(result.figures) == {"umap"} and result.scalars.keys() == {"embed/modality_gap_pooled"}
     ax = result.figures["umap"].axes[0]
     assert sum(len(c.get_offsets()) for c in ax.collections) == 12 + 3  # features + label stars
     with pytest.raises(CxrfaError, match="unknown exploration part"):
-        explore_model(heads, torch.randn(2, 5, 10), torch.randn(2, 12), y[:2], LABELS, parts=("tsne",))
+        explore_model(heads, torch.randn(2, 5, 10), torch.randn(2, 12), y[:2], labels, parts=("tsne",))

@@ -52,13 +52,16 @@ def _open(
     backbone: str, backbones: str, data: Path | None, device: str, split: str | None = None
 ) -> tuple[Manifest, Encoder]:
     """The manifest (its ``split`` checked to be non-empty first) and the backbone's encoder."""
+    from cxrfa.explore._common import step
     from cxrfa.explore.report import load_backbone, load_data
     from cxrfa.explore.zeroshot import require_split
 
-    manifest = load_data(data)
+    with step("loading the data" + (" (the demo is synthesised once)" if data is None else "")):
+        manifest = load_data(data)
     if split is not None:
         require_split(manifest, split)
-    return manifest, load_backbone(backbone, backbones, manifest, device)
+    with step(f"preparing backbone {backbone} (a demo stand-in is pretrained once)"):
+        return manifest, load_backbone(backbone, backbones, manifest, device)
 
 
 def _encode(
@@ -134,25 +137,49 @@ def register(app: typer.Typer) -> None:
         data: Data = None,
         split: Split = "test",
         dims: Annotated[int, typer.Option("--dims", min=2, max=3, help="2-D or 3-D layout.")] = 2,
-        seed: Annotated[int, typer.Option("--seed", help="UMAP random state.")] = 0,
+        seed: Annotated[
+            int, typer.Option("--seed", help="UMAP random state (and of the --max-images subset).")
+        ] = 0,
+        max_images: Annotated[
+            int,
+            typer.Option(
+                "--max-images",
+                min=4,
+                help="Lay out a random subset of this many images when the split is larger.",
+            ),
+        ] = 5000,
         device: Device = "auto",
         batch_size: BatchSize = 64,
         no_feature_cache: NoCache = False,
         run: RunId = None,
         tracking_uri: TrackingUri = None,
     ) -> None:
-        """UMAP of image embeddings (coloured by finding) with the label-text embeddings in the same space.
+        """UMAP of image embeddings with the label-text embeddings placed among them: umap.html (interactive,
+        offline; colour by finding, site, view, sex, age or one label) and umap.png.
 
         With --run: a trained model's pooled image features and label embeddings; PNG + HTML logged on the run.
         """
+        from cxrfa.explore import image_attributes
         from cxrfa.explore.report import write_umap_report
 
         if run is not None:
             return _explore_run(run, tracking_uri, "umap", out, seed=seed, dims=dims)
         manifest, encoder = _open(backbone, backbones, data, device, split)
         img, txt, y_true, part = _encode(encoder, manifest, split, batch_size, no_feature_cache)
-        ids = part.frame["path"].astype(str).tolist()
-        _wrote(write_umap_report(img, txt, y_true, part.labels, out, dims=dims, seed=seed, image_ids=ids))
+        paths = write_umap_report(
+            img,
+            txt,
+            y_true,
+            part.labels,
+            out,
+            dims=dims,
+            seed=seed,
+            image_ids=part.frame["path"].astype(str).tolist(),
+            attributes=image_attributes(part.frame),
+            max_images=max_images,
+            progress=True,
+        )
+        _wrote(paths)
 
     @group.command("similarity")
     @user_errors

@@ -9,6 +9,7 @@ from __future__ import annotations
 from cxrfa.explore._common import l2_normalise, masked_auc
 from cxrfa.explore.gap import (
     GapResult,
+    balanced_gap,
     cosine_scores,
     default_deltas,
     gap_shift_experiment,
@@ -18,20 +19,34 @@ from cxrfa.explore.gap import (
 )
 from cxrfa.explore.model import ExploreResult, explore_model
 from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
-from cxrfa.explore.umap_view import UmapLayout, image_groups, umap_embed, umap_figure, umap_html, umap_layout
+from cxrfa.explore.umap_view import (
+    UmapLayout,
+    image_attributes,
+    image_groups,
+    label_slots,
+    umap_embed,
+    umap_figure,
+    umap_html,
+    umap_layout,
+    umap_place,
+    umap_plotly,
+)
 from cxrfa.explore.zeroshot import encode_split, prompt_embeddings, zero_shot, zero_shot_probs
 
 __all__ = [
     "ExploreResult",
     "GapResult",
     "UmapLayout",
+    "balanced_gap",
     "cosine_scores",
     "default_deltas",
     "encode_split",
     "explore_model",
     "gap_shift_experiment",
+    "image_attributes",
     "image_groups",
     "l2_normalise",
+    "label_slots",
     "masked_auc",
     "mean_offdiag",
     "modality_gap",
@@ -44,6 +59,8 @@ __all__ = [
     "umap_figure",
     "umap_html",
     "umap_layout",
+    "umap_place",
+    "umap_plotly",
     "zero_shot",
     "zero_shot_probs",
 ]

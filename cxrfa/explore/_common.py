@@ -1,9 +1,12 @@
-"""Array helpers shared by the exploration modules: conversion, L2 normalisation, masked per-label AUROC."""
+"""Helpers shared by the exploration modules: conversion, L2 normalisation, masked per-label AUROC, and a
+progress line for long steps."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,3 +65,21 @@ def masked_auc(
         log.debug("AUROC undefined (one class) for %s; left out of the macro mean", ", ".join(skipped))
     macro = float(np.mean(valid)) if valid else float("nan")
     return per_label, macro
+
+
+@contextlib.contextmanager
+def step(description: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner with the elapsed time on stderr while a long step with no steps of its own runs (a UMAP fit,
+    a numba compile); the time it took is logged at INFO when it ends. ``enabled=False``: only the log line."""
+    start = time.perf_counter()
+    if enabled:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            bar.add_task(description, total=None)
+            yield
+    else:
+        yield
+    log.info("%s: %.1f s", description, time.perf_counter() - start)

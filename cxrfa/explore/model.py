@@ -25,7 +25,7 @@ from cxrfa.explore.gap import (
     plot_gap_shift,
 )
 from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
-from cxrfa.explore.umap_view import UmapLayout, image_groups, umap_embed, umap_figure
+from cxrfa.explore.umap_view import UmapLayout, image_groups, umap_figure, umap_place
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def _feature_layout(
     image: np.ndarray, text: np.ndarray, y: np.ndarray, labels: Sequence[str], seed: int
 ) -> UmapLayout:
     """UMAP layout of per-disease features F[b, c] of present diseases (coloured by c) or of pooled
-    features (coloured by first present label), with the C label embeddings."""
+    features (coloured by their finding), with the C label embeddings placed among them."""
     if image.ndim == 3:
         rows, cols = np.nonzero(np.nan_to_num(y, nan=0.0) == 1)  # present (image, disease) pairs
         points = image[rows, cols] if rows.size else image.reshape(-1, image.shape[-1])
@@ -200,9 +200,8 @@ def _feature_layout(
         ids = [f"image {r} / {labels[c]}" for r, c in zip(rows, cols, strict=True)] if rows.size else []
     else:
         points, groups, ids = image, image_groups(y, labels), [f"image {i}" for i in range(len(image))]
-    xy = umap_embed(np.concatenate([l2_normalise(points), l2_normalise(text)]), dims=2, seed=seed)
-    n = len(points)
-    return UmapLayout(xy[:n], xy[n:], groups, list(labels), ids or [f"feature {i}" for i in range(n)])
+    xy, text_xy = umap_place(l2_normalise(points), l2_normalise(text), dims=2, seed=seed)
+    return UmapLayout(xy, text_xy, groups, list(labels), ids or [f"feature {i}" for i in range(len(points))])
 
 
 _STAGE_NAMES = {"raw": "text encoder (raw)", "projected": "projected to d", "t2": "after transformer2",

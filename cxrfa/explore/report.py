@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cxrfa.errors import CxrfaError
-from cxrfa.explore._common import ArrayLike, to_numpy
+from cxrfa.explore._common import ArrayLike, step, to_numpy
 from cxrfa.explore.gap import default_deltas, gap_shift_experiment, modality_gap, plot_gap_shift
 from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
 from cxrfa.explore.umap_view import umap_figure, umap_html, umap_layout
@@ -100,7 +100,7 @@ def write_gap_report(
                 "gap_vector": gap.vector.tolist(),
             },
             out / "gap.json",
-        ),  # fmt: skip
+        ),
         "csv": out / "gap_shift.csv",
         "png": save_figure(plot_gap_shift(frame), out / "gap_shift.png"),
     }
@@ -118,13 +118,47 @@ def write_umap_report(
     dims: int = 2,
     seed: int = 0,
     image_ids: Sequence[str] | None = None,
+    attributes: Mapping[str, Sequence[str]] | None = None,
+    max_images: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Path]:
-    """UMAP of images and label texts in one space: ``umap.png`` and the interactive ``umap.html``."""
-    layout = umap_layout(img, txt_labels, y_true, labels, dims=dims, seed=seed, image_ids=image_ids)
-    title = f"UMAP ({dims}-D) of {layout.image_xy.shape[0]} images and {len(labels)} label texts"
+    """UMAP of images and label texts in one space: ``umap.png`` and the interactive ``umap.html``.
+
+    Args:
+        img, txt_labels, y_true, labels, dims, seed, image_ids, attributes: see
+            :func:`cxrfa.explore.umap_view.umap_layout`.
+        out: output folder.
+        max_images: lay out a seeded random subset of this many images when there are more (the title says
+            so); UMAP time and page size grow with N.
+        progress: spinners for the UMAP steps.
+    """
+    x, y = to_numpy(img), to_numpy(y_true)
+    n_all = x.shape[0]
+    ids = list(image_ids) if image_ids is not None else [f"image {i}" for i in range(n_all)]
+    attrs = {k: list(v) for k, v in (attributes or {}).items()}
+    keep = np.arange(n_all)
+    if max_images is not None and n_all > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(n_all, size=max_images, replace=False))
+        ids = [ids[i] for i in keep]
+        attrs = {k: [v[i] for i in keep] for k, v in attrs.items()}
+    layout = umap_layout(
+        x[keep],
+        txt_labels,
+        y[keep],
+        labels,
+        dims=dims,
+        seed=seed,
+        image_ids=ids,
+        attributes=attrs,
+        progress=progress,
+    )
+    subset = f" (a random {len(keep)} of {n_all}, seed {seed})" if len(keep) < n_all else ""
+    title = f"UMAP ({dims}-D) of {len(keep)} images{subset} and {len(labels)} label texts"
     html_path = out / "umap.html"
-    atomic_write_text(html_path, umap_html(layout, title))
-    return {"png": save_figure(umap_figure(layout, title), out / "umap.png"), "html": html_path}
+    with step("writing umap.html and umap.png", progress):
+        atomic_write_text(html_path, umap_html(layout, title))
+        png = save_figure(umap_figure(layout, title), out / "umap.png")
+    return {"png": png, "html": html_path}
 
 
 def write_similarity_report(

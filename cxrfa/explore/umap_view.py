@@ -1,71 +1,131 @@
-"""UMAP views of image and label-text embeddings in one space: a static Figure and an offline HTML page.
+"""UMAP views of image and label-text embeddings in one space: a static Figure and an interactive plotly page.
 
-UMAP is fitted on the union of image and label-text embeddings so both live in the same 2-D/3-D layout.
-``umap`` is imported inside :func:`umap_embed` because its numba JIT costs seconds.
+Images are laid out by UMAP (cosine metric) of their own embeddings; each label text is then placed by UMAP's
+out-of-sample ``transform`` from its nearest images, so a star sits among the images its text is most similar
+to. Fitting images and texts together instead lets the modality gap decide: the C texts, closer to one another
+than to any image, form a small component of their own that UMAP shrinks to one spot whatever their
+differences. ``umap`` is imported inside :func:`umap_place` because its numba JIT costs seconds.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from cxrfa.errors import CxrfaError
-from cxrfa.explore._common import ArrayLike, l2_normalise, to_numpy
+from cxrfa.explore._common import ArrayLike, l2_normalise, step, to_numpy
 from cxrfa.labels import display_name
 
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
 NO_FINDING = "No finding"
+MULTIPLE = "Multiple findings"
 MIN_POINTS = 4
-_PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5",
-    "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
-)  # fmt: skip
-_GREY = "#9a9a9a"
+# Tableau 20 + extras: one colour per label, stable across figures.
+_PALETTE = tuple(
+    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #bcbd22 #17becf #aec7e8 #ffbb78 #98df8a #ff9896 "
+    "#c5b0d5 #c49c94 #f7b6d2 #dbdb8d #9edae5 #393b79 #637939 #8c6d31 #843c39 #7b4173 #3182bd #e6550d #31a354".split()
+)
+_GREY, _DARK = "#b0b0b0", "#404040"
+_PRESENT, _ABSENT, _UNKNOWN = "#d62728", "#c8c8c8", "#6baed6"
+_STAR = "#ffd400"
 
 
-def umap_embed(points: ArrayLike, dims: int = 2, seed: int = 0, n_neighbors: int | None = None) -> np.ndarray:
-    """Seeded UMAP (cosine metric) of ``points`` (N, D) into (N, dims), dims 2 or 3.
-
-    ``n_neighbors`` defaults to min(15, N - 1) so small sets work; tiny sets use a random initialisation
-    (the spectral one needs more points than dimensions). Same input and seed -> same output.
-
-    Raises:
-        CxrfaError: fewer than 4 points.
-    """
+def _reducer(n: int, dims: int, seed: int, n_neighbors: int | None) -> Any:
     if dims not in (2, 3):
         raise ValueError(f"dims must be 2 or 3, got {dims}")
-    x = to_numpy(points)
-    n = x.shape[0]
     if n < MIN_POINTS:
         raise CxrfaError(
             f"UMAP needs at least {MIN_POINTS} points, got {n}; use more images (a larger split)"
         )
     import umap  # heavy (numba JIT)
 
-    reducer = umap.UMAP(
+    return umap.UMAP(
         n_components=dims,
         n_neighbors=n_neighbors or min(15, n - 1),
         metric="cosine",
         min_dist=0.1,
-        init="spectral" if n > 4 * dims + 4 else "random",
+        init="spectral" if n > 4 * dims + 4 else "random",  # the spectral one needs more points than dims
         random_state=seed,
         n_jobs=1,  # a seeded UMAP runs single-threaded anyway; saying so avoids its warning
     )
+
+
+def umap_embed(points: ArrayLike, dims: int = 2, seed: int = 0, n_neighbors: int | None = None) -> np.ndarray:
+    """Seeded UMAP (cosine metric) of ``points`` (N, D) into (N, dims), dims 2 or 3.
+
+    ``n_neighbors`` defaults to min(15, N - 1) so small sets work. Same input and seed -> same output.
+
+    Raises:
+        CxrfaError: fewer than 4 points.
+    """
+    x = to_numpy(points)
+    reducer = _reducer(x.shape[0], dims, seed, n_neighbors)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # eigsh fallbacks on small graphs
         return np.asarray(reducer.fit_transform(x), dtype=np.float64)
 
 
+def umap_place(
+    points: ArrayLike, others: ArrayLike, dims: int = 2, seed: int = 0, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """UMAP layout of ``points`` (N, D), with ``others`` (M, D) placed into it by ``transform``.
+
+    The others (label texts) take no part in the fit, so they cannot distort the image layout, and each lands
+    near its own nearest points rather than in one clump with the other texts.
+
+    Returns:
+        ``(points_xy (N, dims), others_xy (M, dims))``; same inputs and seed -> same output.
+
+    Raises:
+        CxrfaError: fewer than 4 points.
+    """
+    x, extra = to_numpy(points), to_numpy(others)
+    with step(f"UMAP: fitting {x.shape[0]} points (cosine; numba compiles on first use)", progress):
+        reducer = _reducer(x.shape[0], dims, seed, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            xy = reducer.fit_transform(x)
+    with step(f"UMAP: placing {extra.shape[0]} label texts among them", progress):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "transforming with a model fitted on few points" notices
+            placed = reducer.transform(extra)
+    return np.asarray(xy, dtype=np.float64), np.asarray(placed, dtype=np.float64)
+
+
 def image_groups(y_true: ArrayLike, labels: Sequence[str]) -> list[str]:
-    """Colour group per image: its first present label (label-set order), or ``"No finding"``."""
-    y = np.nan_to_num(to_numpy(y_true), nan=0.0) == 1  # (N, C) unknown counts as not present
-    return [labels[int(np.argmax(row))] if row.any() else NO_FINDING for row in y]
+    """Colour group per image: its one present label, ``"Multiple findings"`` when several are present, or
+    ``"No finding"`` (unknown counts as not present). An image is never filed under just one of its labels."""
+    y = np.nan_to_num(to_numpy(y_true), nan=0.0) == 1  # (N, C)
+    count = y.sum(axis=1)
+    return [
+        NO_FINDING if k == 0 else labels[int(np.argmax(row))] if k == 1 else MULTIPLE
+        for row, k in zip(y, count, strict=True)
+    ]
+
+
+def image_attributes(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Per-image colourings from manifest columns: ``site`` (domain), ``view``, ``sex``, ``age`` (binned as the
+    fairness metrics bin it); missing values read ``unknown``, absent columns are left out."""
+    from cxrfa.metrics import age_bins
+
+    columns = {"site": "domain", "view": "view", "sex": "sex"}
+    out = {
+        name: frame[col].astype(object).where(frame[col].notna(), "unknown").astype(str).tolist()
+        for name, col in columns.items()
+        if col in frame.columns
+    }
+    if "age" in frame.columns:
+        out["age"] = age_bins(frame["age"]).fillna("unknown").tolist()
+    return out
 
 
 @dataclass(frozen=True)
@@ -75,9 +135,11 @@ class UmapLayout:
     Attributes:
         image_xy: (N, dims) image coordinates.
         text_xy: (C, dims) label-text coordinates.
-        groups: N colour groups (first present label or "No finding").
+        groups: N colour groups (see :func:`image_groups`; or the disease of a per-disease feature).
         labels: C label names (text points, in order).
         image_ids: N hover names (e.g. image paths).
+        y_true: (N, C) 1/0/NaN labels, for the per-label colourings; None when the points are not images.
+        attributes: name -> N values (``site``, ``view``, ``sex``, ``age``), each an extra colouring.
     """
 
     image_xy: np.ndarray
@@ -85,15 +147,17 @@ class UmapLayout:
     groups: list[str]
     labels: list[str]
     image_ids: list[str] = field(default_factory=list)
+    y_true: np.ndarray | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def dims(self) -> int:
         return int(self.image_xy.shape[1])
 
     def colours(self) -> dict[str, str]:
-        """Group -> hex colour, label order (stable across figures); "No finding" grey."""
+        """Group -> hex colour, label order (stable across figures); "No finding" grey, "Multiple" dark."""
         out = {lab: _PALETTE[i % len(_PALETTE)] for i, lab in enumerate(self.labels)}
-        out[NO_FINDING] = _GREY
+        out[NO_FINDING], out[MULTIPLE] = _GREY, _DARK
         return out
 
 
@@ -105,39 +169,113 @@ def umap_layout(
     dims: int = 2,
     seed: int = 0,
     image_ids: Sequence[str] | None = None,
+    attributes: Mapping[str, Sequence[str]] | None = None,
+    progress: bool = False,
 ) -> UmapLayout:
-    """Fit UMAP on the union of image (N, D) and label-text (C, D) embeddings (both L2-normalised)."""
+    """UMAP of image embeddings (N, D) with the label texts (C, D) placed among them (see the module doc).
+
+    Args:
+        img: (N, D) image embeddings.
+        txt_labels: (C, D) one text embedding per label.
+        y_true: (N, C) 1/0/NaN.
+        labels: C label names.
+        dims: 2 or 3.
+        seed: UMAP random state.
+        image_ids: N hover names (default ``image <i>``).
+        attributes: extra per-image colourings (see :func:`image_attributes`), N values each.
+        progress: show a spinner with elapsed time for each UMAP step (about a minute on a few thousand).
+    """
     img_n, txt_n = l2_normalise(to_numpy(img)), l2_normalise(to_numpy(txt_labels))
-    if img_n.shape[1] != txt_n.shape[1] or txt_n.shape[0] != len(labels):
-        raise ValueError(f"image {img_n.shape} / text {txt_n.shape} / {len(labels)} labels do not match")
-    xy = umap_embed(np.concatenate([img_n, txt_n]), dims=dims, seed=seed)  # (N + C, dims)
+    y = to_numpy(y_true)
     n = img_n.shape[0]
+    if img_n.shape[1] != txt_n.shape[1] or txt_n.shape[0] != len(labels) or y.shape != (n, len(labels)):
+        raise ValueError(
+            f"image {img_n.shape} / text {txt_n.shape} / labels {y.shape} / {len(labels)} names do not match"
+        )
+    attrs = {k: [str(v) for v in vals] for k, vals in (attributes or {}).items()}
+    if any(len(vals) != n for vals in attrs.values()):
+        raise ValueError(f"every attribute needs {n} values: { {k: len(v) for k, v in attrs.items()} }")
+    image_xy, text_xy = umap_place(img_n, txt_n, dims=dims, seed=seed, progress=progress)
     ids = list(image_ids) if image_ids is not None else [f"image {i}" for i in range(n)]
-    return UmapLayout(xy[:n], xy[n:], image_groups(y_true, labels), list(labels), ids)
+    return UmapLayout(image_xy, text_xy, image_groups(y, labels), list(labels), ids, y, attrs)
+
+
+def label_slots(xy: np.ndarray, near: float = 0.04) -> list[tuple[int, float]]:
+    """Where to write each label-text name so that names of nearby stars do not overlap.
+
+    Stars closer than ``near`` x the layout's extent (single linkage) form a group. A lone star gets its name
+    just above it (``(0, -1.3)``); the names of a group go in a column to its right, from the top star's level
+    downwards, one line apart in the stars' top-to-bottom order (``(1, i)``), so on screen they are at least
+    one line apart.
+
+    Returns:
+        Per star ``(side, line)``: side 0 = centred, 1 = to the right; line = vertical offset in text lines,
+        positive downwards.
+    """
+    c = xy.shape[0]
+    extent = float(np.ptp(xy, axis=0).max()) if c > 1 else 1.0
+    close = np.linalg.norm(xy[:, None, :] - xy[None, :, :], axis=-1) < near * max(extent, 1e-12)  # (C, C)
+    group = np.arange(c)
+    for _ in range(c):  # label propagation to the smallest index: connected components of `close`
+        group = np.where(close, group[None, :], c).min(axis=1)
+    slots: list[tuple[int, float]] = [(0, -1.3)] * c
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        if members.size > 1:
+            order = members[np.argsort(-xy[members, 1], kind="stable")]  # top first
+            for i, m in enumerate(order):
+                slots[int(m)] = (1, float(i))
+    return slots
+
+
+def _group_order(layout: UmapLayout) -> list[str]:
+    return [NO_FINDING, MULTIPLE, *layout.labels]
 
 
 def umap_figure(layout: UmapLayout, title: str = "UMAP of image and label-text embeddings") -> Figure:
-    """Scatter of image points coloured by group; label-text embeddings as named star markers."""
+    """Static scatter: images coloured by their finding (one label, "Multiple findings" or "No finding"),
+    label texts as named star markers."""
     colours = layout.colours()
     three_d = layout.dims == 3
-    fig = Figure(figsize=(9.0, 7.0), layout="constrained")
+    fig = Figure(figsize=(9.5, 7.0), layout="constrained")
     ax = fig.add_subplot(projection="3d" if three_d else None)
     groups = np.asarray(layout.groups)
-    for group in [NO_FINDING, *layout.labels]:
+    for group in _group_order(layout):
         mask = groups == group
         if mask.any():
-            pts = layout.image_xy[mask].T
             ax.scatter(
-                *pts, s=10, alpha=0.7, color=colours[group], label=f"{display_name(group)} ({mask.sum()})"
+                *layout.image_xy[mask].T,
+                s=10,
+                alpha=0.7,
+                color=colours[group],
+                label=f"{display_name(group)} ({mask.sum()})",
             )
-    ax.scatter(*layout.text_xy.T, s=220, marker="*", color=[colours[lab] for lab in layout.labels],
-               edgecolors="black", linewidths=0.8, zorder=5, label="label text")  # fmt: skip
-    for lab, pos in zip(layout.labels, layout.text_xy, strict=True):
+    ax.scatter(
+        *layout.text_xy.T,
+        s=240,
+        marker="*",
+        color=[colours[lab] for lab in layout.labels],
+        edgecolors="black",
+        linewidths=0.9,
+        zorder=5,
+        label="label text",
+    )
+    slots = label_slots(layout.text_xy)
+    for lab, pos, (side, line) in zip(layout.labels, layout.text_xy, slots, strict=True):
         if three_d:
             ax.text(*pos, "  " + display_name(lab), fontsize=8, fontweight="bold")
-        else:
-            ax.annotate(display_name(lab), pos, textcoords="offset points", xytext=(7, 5), fontsize=8,
-                        fontweight="bold")  # fmt: skip
+            continue
+        ax.annotate(
+            display_name(lab),
+            pos,
+            xytext=(28 * side, -11 * line),
+            textcoords="offset points",
+            ha="left" if side else "center",
+            va="center",
+            fontsize=8,
+            fontweight="bold",
+            arrowprops={"arrowstyle": "-", "color": "0.35", "lw": 0.6, "shrinkA": 1, "shrinkB": 5},
+        )
     ax.set_title(title)
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
@@ -147,81 +285,212 @@ def umap_figure(layout: UmapLayout, title: str = "UMAP of image and label-text e
     return fig
 
 
-def _unit_box(layout: UmapLayout) -> tuple[np.ndarray, np.ndarray]:
-    allp = np.concatenate([layout.image_xy, layout.text_xy])
-    centre = (allp.max(0) + allp.min(0)) / 2
-    scale = max(float(np.abs(allp - centre).max()), 1e-12)
-    return (layout.image_xy - centre) / scale, (layout.text_xy - centre) / scale  # coordinates in [-1, 1]
+@dataclass
+class _Colouring:
+    """One entry of the colour-by menu: image categories (name, mask (N,), colour) drawn in order, and which
+    label's star to highlight."""
+
+    name: str
+    categories: list[tuple[str, np.ndarray, str]]
+    highlight: str | None = None
+    star_colours: list[str] | None = None
 
 
-def umap_html(layout: UmapLayout, title: str = "UMAP of image and label-text embeddings") -> str:
-    """A self-contained interactive HTML page (inline SVG + JS, no network): hover names, a legend that
-    toggles groups, and drag-to-rotate for 3-D layouts."""
+_ATTRIBUTE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def _colourings(layout: UmapLayout) -> list[_Colouring]:
+    """Finding; then site, view, sex, age; then one present/absent/unknown colouring per label."""
     colours = layout.colours()
-    img_u, txt_u = _unit_box(layout)
-    index = {g: i for i, g in enumerate([*layout.labels, NO_FINDING])}
-    points = [
-        {"p": [round(float(v), 5) for v in pos], "g": index[g], "t": f"{ident} — {display_name(g)}"}
-        for pos, g, ident in zip(img_u, layout.groups, layout.image_ids, strict=True)
+    groups = np.asarray(layout.groups)
+    out = [
+        _Colouring(
+            "finding",
+            [(display_name(g), groups == g, colours[g]) for g in _group_order(layout)],
+            star_colours=[colours[lab] for lab in layout.labels],
+        )
     ]
-    stars = [
-        {"p": [round(float(v), 5) for v in pos], "g": index[lab], "t": display_name(lab)}
-        for pos, lab in zip(txt_u, layout.labels, strict=True)
+    for name, values in layout.attributes.items():
+        vals = np.asarray(values, dtype=object)
+        kinds = sorted(set(values) - {"unknown"}, key=lambda v: (values.count(v) * -1, v))
+        if name == "age":
+            from cxrfa.metrics import AGE_BINS
+
+            kinds = [a for a in AGE_BINS if a in kinds]
+        cats = [(k, vals == k, _ATTRIBUTE_PALETTE[i % len(_ATTRIBUTE_PALETTE)]) for i, k in enumerate(kinds)]
+        out.append(_Colouring(name, [("unknown", vals == "unknown", _GREY), *cats]))
+    if layout.y_true is not None:
+        for j, lab in enumerate(layout.labels):
+            col = layout.y_true[:, j]
+            out.append(
+                _Colouring(
+                    f"label: {display_name(lab)}",
+                    [
+                        ("absent", col == 0, _ABSENT),
+                        ("unknown", ~np.isfinite(col), _UNKNOWN),
+                        ("present", col == 1, _PRESENT),
+                    ],
+                    highlight=lab,
+                )
+            )
+    return out
+
+
+def _hover(layout: UmapLayout) -> list[str]:
+    """Per-image hover text: name, findings (and unknown labels), attributes."""
+    lines = [html.escape(i) for i in layout.image_ids]
+    if layout.y_true is not None:
+        for i, row in enumerate(layout.y_true):
+            present = [display_name(lab) for lab, v in zip(layout.labels, row, strict=True) if v == 1]
+            unknown = int((~np.isfinite(row)).sum())
+            lines[i] += "<br>findings: " + (", ".join(present) or "none")
+            lines[i] += f" ({unknown} unknown)" if unknown else ""
+    else:
+        lines = [f"{t}<br>{html.escape(display_name(g))}" for t, g in zip(lines, layout.groups, strict=True)]
+    for name, values in layout.attributes.items():
+        lines = [f"{t}<br>{name}: {html.escape(v)}" for t, v in zip(lines, values, strict=True)]
+    return lines
+
+
+def umap_plotly(layout: UmapLayout, title: str = "UMAP of image and label-text embeddings") -> go.Figure:
+    """Interactive plotly figure: a colour-by menu (finding, site, view, sex, age, each label present/absent/
+    unknown), legend entries that hide or isolate categories, zoom, hover names; label texts as large starred
+    points with their names (diamonds in 3-D)."""
+    import plotly.graph_objects as go
+
+    three_d = layout.dims == 3
+    hover = np.asarray(_hover(layout), dtype=object)
+    names = [display_name(lab) for lab in layout.labels]
+    colourings = _colourings(layout)
+    fig = go.Figure()
+    visible: list[int] = []  # colouring index of each trace
+
+    def coords(xy: np.ndarray) -> dict[str, np.ndarray]:
+        axes = ("x", "y", "z") if three_d else ("x", "y")
+        return {a: xy[:, k].astype(np.float32) for k, a in enumerate(axes)}
+
+    scatter = go.Scatter3d if three_d else (go.Scattergl if len(hover) > 5000 else go.Scatter)
+    for k, col in enumerate(colourings):
+        for cat, mask, colour in col.categories:
+            if not mask.any():
+                continue
+            fig.add_trace(
+                scatter(
+                    **coords(layout.image_xy[mask]),
+                    mode="markers",
+                    name=f"{cat} ({int(mask.sum())})",
+                    marker={"size": 3 if three_d else 6, "color": colour, "opacity": 0.8},
+                    hovertext=hover[mask],
+                    hovertemplate="%{hovertext}<extra></extra>",
+                    legendgroup=f"{k}",
+                    visible=k == 0,
+                )
+            )
+            visible.append(k)
+        sizes = [34 if lab == col.highlight else 22 for lab in layout.labels]
+        fills = col.star_colours or [_PRESENT if lab == col.highlight else _STAR for lab in layout.labels]
+        star = go.Scatter3d if three_d else go.Scatter  # SVG on top of WebGL points, with text
+        fig.add_trace(
+            star(
+                **coords(layout.text_xy),
+                mode="markers",
+                name="label texts",
+                text=names,
+                marker={
+                    "symbol": "diamond" if three_d else "star",
+                    "size": [s // (3 if three_d else 1) for s in sizes],
+                    "color": fills,
+                    "line": {"width": 1.5, "color": "#000"},
+                },
+                hovertemplate="label text: %{text}<extra></extra>",
+                legendgroup=f"{k}",
+                visible=k == 0,
+            )
+        )
+        visible.append(k)
+    buttons = [
+        {
+            "label": col.name,
+            "method": "update",
+            "args": [{"visible": [v == k for v in visible]}, {"legend.title.text": f"colour by {col.name}"}],
+        }
+        for k, col in enumerate(colourings)
     ]
-    counts = {g: layout.groups.count(g) for g in index}
-    legend = "".join(
-        f'<li data-g="{i}"><span style="background:{colours[g]}"></span>{html.escape(display_name(g))} '
-        f"({counts[g]})</li>"
-        for g, i in index.items()
+    axis = {"showgrid": False, "zeroline": False}
+    names_at = [
+        {
+            **dict(zip(("x", "y", "z"), (float(v) for v in pos), strict=False)),
+            "text": f"<b>{html.escape(name)}</b>",
+            "ax": 36 * side,
+            "ay": 16 * line,
+            "xanchor": "left" if side else "center",
+            "showarrow": True,
+            "arrowhead": 0,
+            "arrowwidth": 0.8,
+            "arrowcolor": "#555",
+            "font": {"size": 12, "color": "#111"},
+            "bgcolor": "rgba(255,255,255,0.6)",
+        }
+        for name, pos, (side, line) in zip(names, layout.text_xy, label_slots(layout.text_xy), strict=True)
+    ]
+    fig.update_layout(
+        title={"text": html.escape(title), "x": 0.5},
+        template="plotly_white",
+        height=760,
+        legend={"title": {"text": f"colour by {colourings[0].name}"}, "itemsizing": "constant"},
+        updatemenus=[
+            {
+                "buttons": buttons,
+                "direction": "down",
+                "x": 0.0,
+                "xanchor": "left",
+                "y": 1.08,
+                "yanchor": "bottom",
+                "showactive": True,
+            }
+        ],
+        annotations=[
+            {
+                "text": "colour by",
+                "x": 0.0,
+                "xanchor": "right",
+                "y": 1.1,
+                "yanchor": "bottom",
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+            }
+        ],
+        margin={"t": 110},
     )
-    data = {"dims": layout.dims, "points": points, "stars": stars, "colours": [colours[g] for g in index]}
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    return _TEMPLATE.format(title=html.escape(title), legend=legend, data=payload)
+    if three_d:
+        fig.update_scenes(
+            xaxis_title="UMAP 1", yaxis_title="UMAP 2", zaxis_title="UMAP 3", annotations=names_at
+        )
+    else:
+        fig.update_layout(annotations=[*fig.layout.annotations, *names_at])
+        fig.update_xaxes(title="UMAP 1", **axis)
+        fig.update_yaxes(title="UMAP 2", scaleanchor="x", scaleratio=1, **axis)
+    return fig
 
 
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body{{font:13px sans-serif;margin:16px;color:#222}} #wrap{{display:flex;gap:16px}}
-svg{{border:1px solid #ccc;background:#fff;cursor:grab}} .hidden{{display:none}}
-ul{{list-style:none;padding:0;margin:0;max-height:640px;overflow:auto}} li{{cursor:pointer;margin:2px 0}}
-li span{{display:inline-block;width:11px;height:11px;margin-right:6px;border-radius:2px}} li.off{{opacity:.35}}
-text.name{{font-weight:bold;font-size:11px;paint-order:stroke;stroke:#fff;stroke-width:3px}}
-</style></head><body>
-<h2>{title}</h2>
-<p>Circles: images, coloured by their first present label. Stars: label-text embeddings.
-Hover for names; click a legend entry to hide it<span id="rot">; drag to rotate</span>.</p>
-<div id="wrap"><svg id="plot" width="680" height="640" viewBox="0 0 680 640" role="img"></svg>
-<ul id="legend">{legend}</ul></div>
-<script id="data" type="application/json">{data}</script>
-<script>
-(function(){{
-const D=JSON.parse(document.getElementById('data').textContent), NS='http://www.w3.org/2000/svg';
-const svg=document.getElementById('plot'), W=680, H=640, R=290; let yaw=0.6, pitch=0.35;
-if(D.dims<3){{document.getElementById('rot').remove();yaw=0;pitch=0;}}
-function el(tag,attrs){{const e=document.createElementNS(NS,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);return e;}}
-function project(p){{const x=p[0],y=p[1],z=D.dims>2?p[2]:0;
-  const x1=x*Math.cos(yaw)+z*Math.sin(yaw), z1=-x*Math.sin(yaw)+z*Math.cos(yaw);
-  const y1=y*Math.cos(pitch)-z1*Math.sin(pitch); return [W/2+R*x1, H/2-R*y1];}}
-const items=[];
-function add(item,star){{const g=el('g',{{'data-g':item.g}}), c=D.colours[item.g];
-  if(star){{g.appendChild(el('path',{{d:'M0,-9L2.6,-3.1L8.6,-2.8L3.9,1.2L5.3,7.3L0,4L-5.3,7.3L-3.9,1.2L-8.6,-2.8L-2.6,-3.1Z',
-    fill:c,stroke:'#000','stroke-width':1}}));
-    const t=el('text',{{x:10,y:-8,'class':'name'}});t.textContent=item.t;g.appendChild(t);}}
-  else g.appendChild(el('circle',{{r:3.2,fill:c,'fill-opacity':0.75}}));
-  const ti=el('title',{{}});ti.textContent=(star?'label text: ':'')+item.t;g.appendChild(ti);
-  svg.appendChild(g);items.push([g,item.p]);}}
-D.points.forEach(p=>add(p,false)); D.stars.forEach(p=>add(p,true));
-function draw(){{for(const [g,p] of items){{const s=project(p);g.setAttribute('transform','translate('+s[0].toFixed(1)+','+s[1].toFixed(1)+')');}}}}
-draw();
-let drag=null; if(D.dims>2){{
-  svg.addEventListener('mousedown',e=>{{drag=[e.clientX,e.clientY];}});
-  window.addEventListener('mouseup',()=>{{drag=null;}});
-  window.addEventListener('mousemove',e=>{{if(!drag)return;yaw+=(e.clientX-drag[0])*0.01;
-    pitch+=(e.clientY-drag[1])*0.01;drag=[e.clientX,e.clientY];draw();}});}}
-document.querySelectorAll('#legend li').forEach(li=>li.addEventListener('click',()=>{{
-  li.classList.toggle('off'); const g=li.getAttribute('data-g');
-  svg.querySelectorAll('g[data-g="'+g+'"]').forEach(n=>n.classList.toggle('hidden'));}}));
-}})();
-</script></body></html>
-"""
+def umap_html(
+    layout: UmapLayout, title: str = "UMAP of image and label-text embeddings", note: str = ""
+) -> str:
+    """A self-contained interactive HTML page: :func:`umap_plotly` with plotly.js embedded (works offline),
+    and a short note on how the layout was made and how to use it."""
+    body = umap_plotly(layout, title).to_html(
+        include_plotlyjs=True, full_html=False, config={"displaylogo": False, "responsive": True}
+    )
+    how = (
+        "Images are laid out by UMAP (cosine) of their embeddings; each label text (star) is placed by UMAP's "
+        "transform from its nearest images, so it sits among the images its text is most similar to. "
+        "Use <b>colour by</b> for finding, site, view, sex, age or one label (present / absent / unknown); "
+        "click a legend entry to hide it, double-click to isolate it; drag to zoom, double-click to reset."
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font:14px sans-serif;margin:12px 20px;color:#222} p{max-width:70em}</style></head><body>\n"
+        f"<p>{how}{' ' + html.escape(note) if note else ''}</p>\n{body}\n</body></html>\n"
+    )
