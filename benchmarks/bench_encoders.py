@@ -26,6 +26,7 @@ from cxrfa.data.manifest import read_manifest  # noqa: E402
 from cxrfa.data.synth import synthesize  # noqa: E402
 from cxrfa.losses import compute_terms, weighted_total  # noqa: E402
 from cxrfa.models import AlignmentModel, FeatureCache, build_encoder  # noqa: E402
+from cxrfa.models.model import num_tokens  # noqa: E402
 
 
 def peak_mib() -> float:
@@ -84,7 +85,7 @@ def main() -> None:
     tokens, emb = cache.encode_dataset(encoder, manifest, batch_size=bs, progress=False)  # fill the cache
     targets = torch.nan_to_num(torch.from_numpy(manifest.label_matrix()), nan=0.0)
     cfg = ModelConfig(visual=BackboneConfig(name=args.name, arch=args.arch), width=128, heads=4, t1_layers=1)
-    heads = AlignmentModel(cfg, encoder.image_dim, None, len(labels))
+    heads = AlignmentModel(cfg, encoder.image_dim, num_tokens(encoder), None, len(labels))
     opt = torch.optim.AdamW(heads.parameters(), lr=1e-3)
     loss_cfg = LossConfig()
 

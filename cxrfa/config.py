@@ -70,6 +70,9 @@ class ModelConfig(_Frozen):
     t2_layers: int = Field(0, ge=0)  # transformer2 over label embeddings (0 = off)
     orthogonal: bool = False  # orthogonal module on label embeddings
     aligner: bool = False  # label-query cross-attention aligner + classifier B
+    # label prototypes: the label text through the text branch, or free learned embeddings (the capacity
+    # control: the same heads without any text)
+    queries: Literal["text", "learned"] = "text"
     aligner_layers: int = Field(1, ge=1)
     output: Literal["a", "b", "mean"] = "a"  # which logits are the prediction
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -77,10 +80,14 @@ class ModelConfig(_Frozen):
 
     @model_validator(mode="after")
     def _possible(self) -> ModelConfig:
-        needs_text = {"t2_layers": self.t2_layers > 0, "orthogonal": self.orthogonal, "aligner": self.aligner}
-        for key, used in needs_text.items():
-            if used and self.text is None:
-                raise ValueError(f"model.{key} needs a text branch (set model.text)")
+        if self.queries == "learned" and self.text is not None:
+            raise ValueError("model.queries=learned uses no text; remove model.text (or use queries: text)")
+        needs_labels = {"t2_layers": self.t2_layers > 0, "orthogonal": self.orthogonal, "aligner": self.aligner}
+        for key, used in needs_labels.items():
+            if used and self.text is None and self.queries == "text":
+                raise ValueError(
+                    f"model.{key} needs label prototypes (set model.text, or model.queries: learned)"
+                )
         if self.output != "a" and not self.aligner:
             raise ValueError(f"model.output={self.output!r} needs model.aligner=true (classifier B)")
         if self.width % self.heads:
@@ -92,15 +99,15 @@ class LossConfig(_Frozen):
     """Loss terms and their weights. Terms are computed unweighted; weights are applied in one place."""
 
     cls: Literal["bce", "asl", "focal"] = "bce"  # classification loss on the output logits
-    cls_on_heads: bool = False  # also apply the classification loss to each classifier separately
-    semantic: float = Field(0.0, ge=0.0)  # weight: per-disease image-text InfoNCE (+ report CLIP loss)
-    domain: float = Field(0.0, ge=0.0)  # weight: image-side disease features vs text embeddings
+    semantic: float = Field(0.0, ge=0.0)  # weight: per-label contrast of images with vs without the label
+    report: float = Field(0.0, ge=0.0)  # weight: image-report CLIP loss (manifests with reports)
+    domain: float = Field(0.0, ge=0.0)  # weight: class-balanced modality gap + class-centroid contrast
     orth: float = Field(0.0, ge=0.0)  # weight: ||L L^T - I||^2 on normalised label embeddings
     consistency: float = Field(0.0, ge=0.0)  # weight: contrastive between classifier A and B outputs
     expression: float = Field(0.0, ge=0.0)  # weight: MSE of probabilities vs labels
     supcon: float = Field(0.0, ge=0.0)  # weight: multi-label supervised contrastive (image branch)
     coral: float = Field(0.0, ge=0.0)  # weight: CORAL across `domain` groups (part of the domain term)
-    domain_kind: Literal["mmd", "centroid"] = "mmd"
+    domain_kind: Literal["centroid", "mmd"] = "centroid"  # gap part: class-balanced centroid gap² or MMD²
     tau: float = Field(0.1, gt=0.0)  # temperature of the contrastive terms
     focal_gamma: float = Field(2.0, ge=0.0)
     asl_gamma_neg: float = Field(4.0, ge=0.0)
@@ -113,6 +120,7 @@ class LossConfig(_Frozen):
         return {
             "cls": 1.0,
             "semantic": self.semantic,
+            "report": self.report,
             "domain": self.domain,
             "orth": self.orth,
             "consistency": self.consistency,

@@ -1,5 +1,8 @@
-"""Every loss term as a small module returning an unweighted scalar; weights are applied only in
-:func:`weighted_total`.
+"""Every loss term as a small function (or module) returning an unweighted scalar; weights are applied only
+in :func:`weighted_total`, and :func:`chance_levels` gives each term's value for a model that ignores the image.
+
+The alignment terms contrast *images* (with vs without a label, an image vs the other reports), never labels
+against labels within one image, so none of them can be satisfied by features that ignore the image.
 
 Targets are (B, C) floats: 1, 0 or NaN (unknown). Unknown entries are excluded exactly: they contribute
 neither to a sum nor to its count.
@@ -7,6 +10,7 @@ neither to a sum nor to its count.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -73,34 +77,113 @@ class ASL(nn.Module):
         return _known_mean(-(pos + neg), known)
 
 
-def clip_loss(a: Tensor, b: Tensor, tau: float) -> Tensor:
-    """Symmetric InfoNCE between paired rows of a (B, d) and b (B, d) (row i of a matches row i of b)."""
-    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau  # (B, B)
-    target = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+def multi_positive_nce(logits: Tensor, positive: Tensor) -> Tensor:
+    """Mean over rows with a positive of -log(Σ_pos exp(logit) / Σ_all exp(logit)); (R, K) logits and mask."""
+    rows = positive.any(1)
+    if not rows.any():
+        return logits.sum() * 0.0
+    log_all = torch.logsumexp(logits[rows], dim=1)
+    log_pos = torch.logsumexp(logits[rows].masked_fill(~positive[rows], float("-inf")), dim=1)
+    return (log_all - log_pos).mean()
 
 
-class SemanticInfoNCE(nn.Module):
-    """For each present disease (b, c), F[b, c] must match L̂[c] against the other labels' embeddings; plus a
-    CLIP loss between pooled image features and report embeddings when those are given."""
+def clip_logits_loss(logits: Tensor, positive: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE on a (B, B) logit matrix: row i matches column i, and any pair marked in the optional
+    (B, B) ``positive`` mask (e.g. identical reports). Zero logits give the chance value."""
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    pos = eye if positive is None else positive | eye
+    return 0.5 * (multi_positive_nce(logits, pos) + multi_positive_nce(logits.T, pos.T))
 
-    def __init__(self, tau: float = 0.1) -> None:
-        super().__init__()
-        self.tau = tau
 
-    def forward(
-        self, features: Tensor, labels_emb: Tensor, targets: Tensor,
-        pooled: Tensor | None = None, report_emb: Tensor | None = None,
-    ) -> Tensor:  # fmt: skip
-        b_idx, c_idx = torch.nonzero(targets == 1, as_tuple=True)  # present pairs (P,)
-        loss = features.sum() * 0.0  # keeps the graph when no disease is present in the batch
-        if b_idx.numel():
-            feats = F.normalize(features[b_idx, c_idx], dim=-1)  # (P, d)
-            logits = feats @ F.normalize(labels_emb, dim=-1).T / self.tau  # (P, C)
-            loss = loss + F.cross_entropy(logits, c_idx)
-        if pooled is not None and report_emb is not None and pooled.shape[0] > 1:
-            loss = loss + clip_loss(pooled, report_emb, self.tau)
-        return loss
+def clip_loss(a: Tensor, b: Tensor, tau: float, positive: Tensor | None = None) -> Tensor:
+    """:func:`clip_logits_loss` of the cosine similarities of rows of a (B, d) and b (B, d), over τ."""
+    return clip_logits_loss(F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau, positive)
+
+
+def label_contrast(scores: Tensor, targets: Tensor, tau: float) -> Tensor:
+    """Per label, images that have it must score above images that do not (InfoNCE over the batch's images).
+
+    For a known positive (b, c): ``log(exp(s_bc/τ) + Σ_{n ∈ neg(c)} exp(s_nc/τ)) - s_bc/τ``, averaged over the
+    positives of labels that also have a known negative in the batch; unknown entries are neither. Scores that
+    do not depend on the image give exactly ``log(1 + |neg(c)|)`` per positive: the chance value, and (by
+    Jensen) a lower bound of the expected loss of any scores independent of the labels.
+
+    Args:
+        scores: (B, C) similarity of each image's label-c feature to prototype c.
+        targets: (B, C) 1/0/NaN.
+    """
+    pos, neg = targets == 1, targets == 0
+    valid = pos & neg.any(0, keepdim=True)
+    if not valid.any():
+        return scores.sum() * 0.0
+    s = scores / tau
+    neg_lse = torch.logsumexp(s.masked_fill(~neg, float("-inf")), dim=0, keepdim=True)  # (1, C)
+    return (torch.logaddexp(s, neg_lse) - s)[valid].mean()
+
+
+def _class_means(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Means over the batch of (B, C) or (B, C, D) values where the (B, C) mask holds -> (C[, D]), has-any (C,)."""
+    m = mask.to(values.dtype)
+    count = m.sum(0)  # (C,)
+    if values.dim() == 3:
+        m, count_ = m.unsqueeze(-1), count.unsqueeze(-1)
+    else:
+        count_ = count
+    return (values * m).sum(0) / count_.clamp(min=1), count > 0
+
+
+def modality_gap_vector(features: Tensor, prototypes: Tensor, targets: Tensor) -> Tensor:
+    """The class-balanced modality gap (D,): over the labels present in the batch, the mean of each label's
+    image-side centroid (F̂[b, c] averaged over the images with c) minus the mean of their prototypes L̂[c].
+
+    Each present label counts once on both sides, so perfectly aligned features (F̂[b, c] = L̂[c]) give exactly
+    0 whatever the label frequencies. The one definition behind the ``domain`` loss, ``embed/modality_gap`` and
+    ``cxrfa explore gap``; zero when no label is present.
+
+    Args:
+        features: (B, C, D) per-label image-side features (normalised here).
+        prototypes: (C, D) label prototypes (normalised here).
+        targets: (B, C) 1/0/NaN.
+    """
+    centroids, present = _class_means(F.normalize(features, dim=-1), targets == 1)  # (C, D), (C,)
+    if not present.any():
+        return features.sum() * 0.0 + features.new_zeros(features.shape[-1])
+    return centroids[present].mean(0) - F.normalize(prototypes, dim=-1)[present].mean(0)
+
+
+def centroid_contrast(scores: Tensor, targets: Tensor, tau: float) -> Tensor:
+    """mean_c softplus(-(m⁺_c - m⁻_c) / τ) over labels with a known positive and a known negative, where m±_c is
+    the mean (B, C) score of the images with / without c. Image-independent scores give log 2 (chance)."""
+    m_pos, has_pos = _class_means(scores, targets == 1)
+    m_neg, has_neg = _class_means(scores, targets == 0)
+    both = has_pos & has_neg
+    if not both.any():
+        return scores.sum() * 0.0
+    return F.softplus(-(m_pos - m_neg)[both] / tau).mean()
+
+
+def domain_alignment(
+    features: Tensor, scores: Tensor, prototypes: Tensor, targets: Tensor, tau: float, kind: str = "centroid"
+) -> Tensor:
+    """Domain-level alignment: close the modality gap class by class, without losing the image.
+
+    ``‖gap‖²`` of :func:`modality_gap_vector` (``kind="mmd"``: the RBF MMD² between the present pairs' features
+    and their prototypes), which a model could satisfy without looking at the image, plus
+    :func:`centroid_contrast`, which it cannot: the term's chance value is log 2.
+
+    Args:
+        features: (B, C, D) per-label image-side features.
+        scores: (B, C) cos(F[b, c], L̂[c]).
+        prototypes: (C, D) label prototypes.
+        targets: (B, C) 1/0/NaN.
+    """
+    if kind == "mmd":
+        b_idx, c_idx = torch.nonzero(targets == 1, as_tuple=True)
+        f_hat, p_hat = F.normalize(features[b_idx, c_idx], dim=-1), F.normalize(prototypes[c_idx], dim=-1)
+        gap = rbf_mmd(f_hat, p_hat) if b_idx.numel() else features.sum() * 0.0
+    else:
+        gap = modality_gap_vector(features, prototypes, targets).pow(2).sum()
+    return gap + centroid_contrast(scores, targets, tau)
 
 
 def rbf_mmd(x: Tensor, y: Tensor, sigmas: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Tensor:
@@ -132,77 +215,44 @@ def coral(x: Tensor, groups: Tensor) -> Tensor:
     return torch.stack(gaps).mean()
 
 
-class DomainAlignment(nn.Module):
-    """Closes the modality gap: MMD (RBF) or centroid gap between the normalised image-side features of
-    present diseases, F̂[b, c], and their text embeddings L̂[c]."""
-
-    def __init__(self, kind: str = "mmd") -> None:
-        super().__init__()
-        self.kind = kind
-
-    def forward(self, features: Tensor, labels_emb: Tensor, targets: Tensor) -> Tensor:
-        b_idx, c_idx = torch.nonzero(targets == 1, as_tuple=True)
-        if not b_idx.numel():
-            return features.sum() * 0.0
-        x = F.normalize(features[b_idx, c_idx], dim=-1)  # (P, d) image side
-        y = F.normalize(labels_emb[c_idx], dim=-1)  # (P, d) text side
-        if self.kind == "centroid":
-            return (x.mean(0) - y.mean(0)).pow(2).sum()
-        return rbf_mmd(x, y)
+def orthogonality(labels_emb: Tensor) -> Tensor:
+    """mean((L̂ L̂ᵀ - I)²) over normalised (C, d) label embeddings; 0 for orthonormal rows. Independent random
+    directions in d dimensions give (1 - 1/C) / d in expectation (its chance value)."""
+    lab = F.normalize(labels_emb, dim=-1)
+    eye = torch.eye(lab.shape[0], device=lab.device)
+    return (lab @ lab.T - eye).pow(2).mean()
 
 
-class Orthogonality(nn.Module):
-    """mean((L̂ L̂ᵀ - I)²) over normalised label embeddings; 0 for orthonormal rows."""
+def consistency(logits_a: Tensor, logits_b: Tensor, tau: float) -> Tensor:
+    """Contrastive loss between the two classifiers' (B, C) outputs: the same image is the positive.
 
-    def forward(self, labels_emb: Tensor) -> Tensor:  # (C, d)
-        lab = F.normalize(labels_emb, dim=-1)
-        eye = torch.eye(lab.shape[0], device=lab.device)
-        return (lab @ lab.T - eye).pow(2).mean()
-
-
-class Consistency(nn.Module):
-    """Contrastive loss between the two classifiers' probability vectors: the same image is the positive."""
-
-    def __init__(self, tau: float = 0.1) -> None:
-        super().__init__()
-        self.tau = tau
-
-    def forward(self, logits_a: Tensor, logits_b: Tensor) -> Tensor:  # (B, C), (B, C)
-        if logits_a.shape[0] < 2:
-            return (logits_a.sum() + logits_b.sum()) * 0.0
-        return clip_loss(torch.sigmoid(logits_a), torch.sigmoid(logits_b), self.tau)
+    Logits are centred per label over the batch first, so the term compares which findings an image has
+    *relative to the batch* (probabilities of rare findings are near 0 for every image, which would make all
+    vectors alike). Image-independent outputs give the chance value log B.
+    """
+    if logits_a.shape[0] < 2:
+        return (logits_a.sum() + logits_b.sum()) * 0.0
+    return clip_loss(logits_a - logits_a.mean(0), logits_b - logits_b.mean(0), tau)
 
 
-class Expression(nn.Module):
+def expression(logits: Tensor, targets: Tensor) -> Tensor:
     """Masked MSE between predicted probabilities and the label vector ("vector output expression")."""
-
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        y, known = _split(targets)
-        return _known_mean((torch.sigmoid(logits) - y).pow(2), known)
+    y, known = _split(targets)
+    return _known_mean((torch.sigmoid(logits) - y).pow(2), known)
 
 
-class SupCon(nn.Module):
-    """Multi-label supervised contrastive loss on pooled image features: images sharing at least one positive
-    label (or both having none) are positives."""
-
-    def __init__(self, tau: float = 0.1) -> None:
-        super().__init__()
-        self.tau = tau
-
-    def forward(self, pooled: Tensor, targets: Tensor) -> Tensor:  # (B, d), (B, C)
-        y = (targets == 1).float()  # unknown counts as not positive
-        y = torch.cat([y, (y.sum(1, keepdim=True) == 0).float()], dim=1)  # (B, C+1): "no finding" column
-        pos = (y @ y.T > 0).float()  # (B, B)
-        eye = torch.eye(pos.shape[0], device=pos.device)
-        pos = pos * (1 - eye)
-        z = F.normalize(pooled, dim=-1)
-        sim = (z @ z.T / self.tau).masked_fill(eye.bool(), float("-inf"))  # (B, B), self excluded
-        log_prob = F.log_softmax(sim, dim=1).masked_fill(eye.bool(), 0.0)
-        has_pos = pos.sum(1) > 0
-        if not has_pos.any():
-            return pooled.sum() * 0.0
-        per_anchor = -(log_prob * pos).sum(1)[has_pos] / pos.sum(1)[has_pos]
-        return per_anchor.mean()
+def supcon(sim: Tensor, targets: Tensor) -> Tensor:
+    """Multi-label supervised contrastive loss on a (B, B) similarity/τ matrix of pooled image features:
+    images sharing at least one present label (or both with none) are positives; zero ``sim`` is chance."""
+    y = (targets == 1).float()  # unknown counts as not present
+    y = torch.cat([y, (y.sum(1, keepdim=True) == 0).float()], dim=1)  # (B, C+1): a "no finding" column
+    eye = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+    pos = (y @ y.T > 0) & ~eye  # (B, B)
+    if not pos.any():
+        return sim.sum() * 0.0
+    log_prob = F.log_softmax(sim.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
+    has_pos = pos.any(1)
+    return (-(log_prob * pos).sum(1)[has_pos] / pos.sum(1)[has_pos]).mean()
 
 
 def cls_criterion(cfg: LossConfig) -> nn.Module:
@@ -214,46 +264,117 @@ def cls_criterion(cfg: LossConfig) -> nn.Module:
     return MaskedBCE()
 
 
+def _heads(out: Mapping[str, Tensor]) -> list[Tensor]:
+    """The logits each classification loss applies to: each classifier on its own when there are two."""
+    return [out["logits_a"], out["logits_b"]] if "logits_b" in out else [out["logits"]]
+
+
+def _active(out: Mapping[str, Tensor], cfg: LossConfig, domains: Tensor | None) -> set[str]:
+    w = cfg.weights
+    on = {"cls"}
+    if w["semantic"] > 0 and "scores" in out:
+        on.add("semantic")
+    if w["report"] > 0 and "report_emb" in out and int(out["has_report"].sum()) > 1:
+        on.add("report")
+    if w["domain"] > 0 and "features" in out:
+        on.add("domain")
+    if cfg.coral > 0 and domains is not None:
+        on.add("coral")
+    if w["orth"] > 0 and "labels_emb" in out:
+        on.add("orth")
+    if w["consistency"] > 0 and "logits_b" in out:
+        on.add("consistency")
+    if w["expression"] > 0:
+        on.add("expression")
+    if w["supcon"] > 0:
+        on.add("supcon")
+    return on
+
+
+def _report_logits(out: Mapping[str, Tensor], tau: float) -> tuple[Tensor, Tensor]:
+    """(R, R) image-report logits over the rows with a report, and the (R, R) same-report mask."""
+    rows = out["has_report"]
+    img, rep = F.normalize(out["image_emb"][rows], dim=-1), F.normalize(out["report_emb"][rows], dim=-1)
+    same = out["report_same"][rows][:, rows] if "report_same" in out else None
+    return img @ rep.T / tau, same  # type: ignore[return-value]
+
+
 def compute_terms(
     out: Mapping[str, Tensor], targets: Tensor, cfg: LossConfig, domains: Tensor | None = None
 ) -> dict[str, Tensor]:
     """Unweighted loss terms for one batch.
 
     Args:
-        out: the model's output dict (``logits``, ``logits_a``, optional ``logits_b``, ``features``,
-            ``labels_emb``, ``pooled``, ``report_emb``).
+        out: the model's output dict (``logits``, ``logits_a``, optional ``logits_b``, ``scores``,
+            ``features``, ``labels_emb``, ``pooled``, ``image_emb``/``report_emb``/``has_report``).
         targets: (B, C) 1/0/NaN.
         cfg: which terms are on (weight > 0) and their hyper-parameters.
         domains: optional (B,) integer domain ids for CORAL.
 
     Returns:
-        ``cls`` always; every other term whose weight is > 0 and whose inputs exist in ``out``. ``coral`` is
-        its own term (weight ``cfg.coral``), present when domains are given.
+        ``cls`` always (the mean of each classifier's own loss); every other term whose weight is > 0 and
+        whose inputs exist in ``out``.
     """
     crit = cls_criterion(cfg)
-    cls = crit(out["logits"], targets)
-    if cfg.cls_on_heads and "logits_b" in out:
-        cls = (cls + crit(out["logits_a"], targets) + crit(out["logits_b"], targets)) / 3
-    terms: dict[str, Tensor] = {"cls": cls}
-    w = cfg.weights
-    has_align = "features" in out and "labels_emb" in out
-    if w["semantic"] > 0 and has_align:
-        terms["semantic"] = SemanticInfoNCE(cfg.tau)(
-            out["features"], out["labels_emb"], targets, out.get("pooled"), out.get("report_emb")
+    on = _active(out, cfg, domains)
+    terms: dict[str, Tensor] = {"cls": torch.stack([crit(h, targets) for h in _heads(out)]).mean()}
+    if "semantic" in on:
+        terms["semantic"] = label_contrast(out["scores"], targets, cfg.tau)
+    if "report" in on:
+        terms["report"] = clip_logits_loss(*_report_logits(out, cfg.tau))
+    if "domain" in on:
+        terms["domain"] = domain_alignment(
+            out["features"], out["scores"], out["labels_emb"], targets, cfg.tau, cfg.domain_kind
         )
-    if w["domain"] > 0 and has_align:
-        terms["domain"] = DomainAlignment(cfg.domain_kind)(out["features"], out["labels_emb"], targets)
-    if cfg.coral > 0 and domains is not None:
-        terms["coral"] = coral(out["pooled"], domains)
-    if w["orth"] > 0 and "labels_emb" in out:
-        terms["orth"] = Orthogonality()(out["labels_emb"])
-    if w["consistency"] > 0 and "logits_b" in out:
-        terms["consistency"] = Consistency(cfg.tau)(out["logits_a"], out["logits_b"])
-    if w["expression"] > 0:
-        terms["expression"] = Expression()(out["logits"], targets)
-    if w["supcon"] > 0:
-        terms["supcon"] = SupCon(cfg.tau)(out["pooled"], targets)
+    if "coral" in on:
+        terms["coral"] = coral(out["pooled"], domains)  # type: ignore[arg-type]
+    if "orth" in on:
+        terms["orth"] = orthogonality(out["labels_emb"])
+    if "consistency" in on:
+        terms["consistency"] = consistency(out["logits_a"], out["logits_b"], cfg.tau)
+    if "expression" in on:
+        terms["expression"] = expression(out["logits"], targets)
+    if "supcon" in on:
+        z = F.normalize(out["pooled"], dim=-1)
+        terms["supcon"] = supcon(z @ z.T / cfg.tau, targets)
     return terms
+
+
+@torch.no_grad()
+def chance_levels(
+    out: Mapping[str, Tensor], targets: Tensor, cfg: LossConfig, domains: Tensor | None = None
+) -> dict[str, float]:
+    """The value each term of :func:`compute_terms` takes on this batch for a model that ignores the image.
+
+    ``cls``/``expression``: a constant predictor of each label's batch prevalence; the contrastive terms
+    (``semantic``, ``report``, ``consistency``, ``supcon``): constant scores; ``domain``: log 2 (its contrast
+    part; the gap part can reach 0 without the image); ``orth``: random directions. A trained term below its
+    chance value shows it used the image. ``coral`` has no chance level.
+    """
+    on = _active(out, cfg, domains)
+    y, known = _split(targets)
+    prevalence = (y * known).sum(0) / known.sum(0).clamp(min=1)  # (C,)
+    constant = torch.logit(prevalence.clamp(1e-6, 1 - 1e-6)).expand_as(targets)
+    chance = {"cls": float(cls_criterion(cfg)(constant, targets))}
+    if "semantic" in on:
+        chance["semantic"] = float(label_contrast(torch.zeros_like(out["scores"]), targets, cfg.tau))
+    if "report" in on:
+        logits, same = _report_logits(out, cfg.tau)
+        chance["report"] = float(clip_logits_loss(torch.zeros_like(logits), same))
+    if "domain" in on:
+        both = ((targets == 1).any(0) & (targets == 0).any(0)).any()
+        chance["domain"] = math.log(2.0) if bool(both) else 0.0
+    if "orth" in on:
+        c, d = out["labels_emb"].shape
+        chance["orth"] = (1 - 1 / c) / d
+    if "consistency" in on:
+        b = out["logits_a"].shape[0]
+        chance["consistency"] = math.log(b) if b > 1 else 0.0
+    if "expression" in on:
+        chance["expression"] = float(expression(constant, targets))
+    if "supcon" in on:
+        chance["supcon"] = float(supcon(torch.zeros(len(targets), len(targets)), targets))
+    return chance
 
 
 def loss_weights(cfg: LossConfig) -> dict[str, float]:

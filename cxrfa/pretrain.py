@@ -43,8 +43,21 @@ class PretrainResult:
     n_val: int = 0
 
 
+def has_reports(manifest: Manifest) -> bool:
+    """Whether any row of the manifest has a non-empty report."""
+    reports = manifest.frame.get("report")
+    return reports is not None and bool(reports.dropna().astype(str).str.strip().ne("").any())
+
+
 def _pairs(manifest: Manifest, split: str) -> Manifest:
+    """The split's image-report pairs; for a manifest without any report, every image paired with a sentence
+    built from its labels (:func:`cxrfa.data.reports.label_sentence`)."""
     part = manifest.split(split)
+    if not has_reports(manifest):
+        from cxrfa.data.reports import label_sentences
+
+        frame = part.frame.assign(report=label_sentences(list(part.labels), part.label_matrix()))
+        return Manifest(frame.reset_index(drop=True), part.root, part.labels, part.label_set, part.source)
     has_report = part.frame["report"].notna() & (part.frame["report"].astype(str).str.strip() != "")
     frame = part.frame[has_report.to_numpy(dtype=bool)].reset_index(drop=True)
     return Manifest(frame, part.root, part.labels, part.label_set, part.source)
@@ -111,7 +124,7 @@ def pretrain(
     """Contrastive image–report pretraining on the train split; retrieval is measured on val.
 
     Args:
-        manifest: a manifest (or its path) with a ``report`` column.
+        manifest: a manifest (or its path); without reports, label sentences stand in for them.
         arch: open_clip architecture (``cxrfa-tiny-clip``, ``cxrfa-tiny-biomedclip``, ``ViT-B-16``, ...).
         out: checkpoint file to write (atomically).
         epochs: passes over the train pairs.
@@ -126,10 +139,30 @@ def pretrain(
     Raises:
         CxrfaError: no reports in the train split, or weights unavailable.
     """
+    with torch.random.fork_rng():  # leave the caller's random state as it was
+        return _pretrain(manifest, arch, out, epochs, init, batch_size, lr, weight_decay, seed, device)
+
+
+def _pretrain(
+    manifest: Manifest | str | os.PathLike[str],
+    arch: str,
+    out: str | os.PathLike[str],
+    epochs: int,
+    init: str | None,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    device: str,
+) -> PretrainResult:
     import open_clip
 
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest)
+    if not has_reports(manifest):
+        log.info(
+            "%s has no reports: pretraining on sentences built from the labels", manifest.source or "data"
+        )
     train, val = _pairs(manifest, "train"), _pairs(manifest, "val")
     if len(train) < 2:
         where = manifest.source or "manifest"

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
 from cxrfa.explore import (
+    balanced_gap,
     cosine_scores,
     gap_shift_experiment,
     masked_auc,
@@ -123,13 +124,22 @@ def test_gap_shift_experiment_remeasures_gap_and_metric() -> None:
     np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), df["gap"])
 
 
-def test_gap_shift_on_per_disease_features_measures_present_features_only() -> None:
+def test_gap_shift_on_per_disease_features_measures_the_class_balanced_gap() -> None:
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(12, 3, 5))  # (N, C, d)
     txt = rng.normal(size=(3, 5))
     y = (rng.random((12, 3)) < 0.5).astype(float)
     df = gap_shift_experiment(feats, txt, y, [0.0])
-    assert df["gap"].iloc[0] == pytest.approx(_independent_gap(feats[y == 1], txt), abs=1e-12)
+    f_hat = feats / np.linalg.norm(feats, axis=-1, keepdims=True)
+    centroids = np.stack([f_hat[y[:, c] == 1, c].mean(0) for c in range(3)])  # one centroid per label
+    t_hat = txt / np.linalg.norm(txt, axis=-1, keepdims=True)
+    assert df["gap"].iloc[0] == pytest.approx(np.linalg.norm(centroids.mean(0) - t_hat.mean(0)), abs=1e-12)
+    # perfectly aligned features have no gap, however unequal the label frequencies
+    y_skewed = np.zeros((12, 3))
+    y_skewed[:11, 0], y_skewed[11, 1] = 1, 1
+    aligned = np.repeat(txt[None], 12, axis=0) * 2.0
+    assert balanced_gap(aligned, txt, y_skewed).norm == pytest.approx(0.0, abs=1e-12)
+    assert modality_gap(aligned[y_skewed == 1], txt).norm > 0.1  # the frequency-weighted centroid is biased
     expected = np.einsum("ncd,cd->nc", feats / np.linalg.norm(feats, axis=-1, keepdims=True),
                          txt / np.linalg.norm(txt, axis=-1, keepdims=True))  # fmt: skip
     np.testing.assert_allclose(cosine_scores(feats, txt), expected, atol=1e-12)

@@ -19,7 +19,7 @@ def _heads(**switches: object) -> AlignmentModel:
     cfg = ModelConfig(visual=BACKBONE, width=16, heads=2, **switches)
     label_text = torch.nn.functional.normalize(torch.randn(len(LABELS), 12), dim=-1)  # (C, De_t)
     text = label_text if cfg.text is not None else None
-    return AlignmentModel(cfg, image_dim=10, label_text=text, num_labels=len(LABELS))
+    return AlignmentModel(cfg, 10, 6, text, len(LABELS))
 
 
 def _inputs(m: int = 24) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -45,7 +45,12 @@ def test_explore_model_measures_gap_and_stage_similarities() -> None:
     feats, lab_hat = out["features"].numpy(), out["labels_emb"].numpy()
     present = np.nan_to_num(y) == 1
     s = result.scalars
-    assert s["embed/modality_gap"] == pytest.approx(modality_gap(feats[present], lab_hat).norm, abs=1e-5)
+    # class-balanced: each present label's centroid counts once, against that label's embedding
+    f_hat = feats / np.linalg.norm(feats, axis=-1, keepdims=True)
+    cols = [c for c in range(len(LABELS)) if present[:, c].any()]
+    centroids = np.stack([f_hat[present[:, c], c].mean(0) for c in cols])
+    expected_gap = np.linalg.norm(centroids.mean(0) - lab_hat[cols].mean(0))
+    assert s["embed/modality_gap"] == pytest.approx(expected_gap, abs=1e-5)
     assert s["embed/modality_gap_pooled"] == pytest.approx(
         modality_gap(out["pooled"].numpy(), lab_hat).norm, abs=1e-5
     )
@@ -56,12 +61,12 @@ def test_explore_model_measures_gap_and_stage_similarities() -> None:
     assert s["embed/mean_offdiag_sim/final"] == pytest.approx(
         mean_offdiag(similarity_matrix(final)), abs=1e-6
     )
-    assert {"embed/mean_offdiag_sim/projected", "embed/mean_offdiag_sim/t2", "embed/mean_offdiag_sim/orth",
+    assert {"embed/mean_offdiag_sim/centred", "embed/mean_offdiag_sim/projected", "embed/mean_offdiag_sim/t2", "embed/mean_offdiag_sim/orth",
             "embed/align_macro_auc"} <= set(s)  # fmt: skip
     assert all(np.isfinite(v) for v in s.values())
 
     panels = [ax for ax in result.figures["label_similarity"].axes if ax.images and ax.get_title()]
-    assert len(panels) == 4  # raw, projected, after transformer2, after orthogonal module (= final)
+    assert len(panels) == 5  # raw, centred, projected, after transformer2, after orthogonal module (= final)
     assert "final" in panels[-1].get_title()
     frame = result.tables["gap_shift"]
     assert frame.loc[np.isclose(frame["delta"], 0.0), "gap"].item() == pytest.approx(s["embed/modality_gap"])

@@ -30,9 +30,13 @@ CELLS = {
         ModelConfig(visual=CUSTOM, text=CLIP, t2_layers=1, aligner=True, output="mean", **SMALL),
         LossConfig(semantic=1.0),
     ),
+    "dual-learned": (
+        ModelConfig(visual=CLIP, queries="learned", t2_layers=1, aligner=True, output="mean", **SMALL),
+        LossConfig(semantic=1.0),
+    ),
     "align-clip": (
         ModelConfig(visual=CLIP, text=CLIP, t2_layers=1, orthogonal=True, aligner=True, output="b", **SMALL),
-        LossConfig(semantic=1.0, domain=0.5, orth=0.5, consistency=0.5),
+        LossConfig(semantic=1.0, domain=0.5, orth=0.5, consistency=0.5, report=0.5),
     ),
 }
 
@@ -54,13 +58,18 @@ def test_cell_forward_backward(cell: str) -> None:
     targets = torch.zeros(b, c)
     targets[0, 2] = targets[1, 5] = targets[2, 2] = 1
     targets[3, 0] = float("nan")
-    out = model(images)
+    reports = None
+    if loss_cfg.report > 0:
+        reports = model.encode_reports(["Large right effusion.", None, "Large right effusion.", "Clear."])
+        assert torch.isnan(reports[1]).all() and torch.equal(reports[0], reports[2])
+    out = model(images, reports)
     assert out["logits"].shape == out["logits_a"].shape == (b, c)
     assert out["pooled"].shape == (b, cfg.width)
     if cfg.aligner:
         assert out["logits_b"].shape == (b, c)
         assert out["features"].shape == (b, c, cfg.width)
         assert out["labels_emb"].shape == (c, cfg.width)
+        assert ("label_text" in dict(model.heads.named_buffers())) == (cfg.queries == "text")
         assert torch.allclose(out["labels_emb"].norm(dim=-1), torch.ones(c), atol=1e-5)
     else:
         assert "logits_b" not in out and "features" not in out
@@ -86,19 +95,54 @@ def test_output_choice_and_forward_features() -> None:
     tokens, emb = torch.randn(2, 7, 16), torch.randn(2, 12)
     for output in ("a", "b", "mean"):
         cfg = ModelConfig(visual=CLIP, text=CLIP, aligner=True, output=output, width=16, heads=2)
-        heads = AlignmentModel(cfg, image_dim=16, label_text=text, num_labels=5).eval()
+        heads = AlignmentModel(cfg, 16, 7, text, 5).eval()
         out = heads(tokens, emb)
-        want = {"a": out["logits_a"], "b": out["logits_b"], "mean": (out["logits_a"] + out["logits_b"]) / 2}[
-            output
-        ]
-        assert torch.allclose(out["logits"], want)
+        mean_p = (
+            torch.sigmoid(out["logits_a"]) + torch.sigmoid(out["logits_b"])
+        ) / 2  # averaged probabilities
+        want = {"a": out["logits_a"], "b": out["logits_b"], "mean": torch.logit(mean_p)}[output]
+        assert torch.allclose(out["logits"], want, atol=1e-5)
     # classifier B is the cosine between F and L̂ over tau plus a bias
     cfg = ModelConfig(visual=CLIP, text=CLIP, aligner=True, output="b", width=16, heads=2, tau=0.5)
-    heads = AlignmentModel(cfg, image_dim=16, label_text=text, num_labels=5).eval()
+    heads = AlignmentModel(cfg, 16, 7, text, 5).eval()
     out = heads(tokens, emb)
     cos = torch.nn.functional.cosine_similarity(out["features"], out["labels_emb"][None], dim=-1)
     assert torch.allclose(out["logits_b"], cos / 0.5, atol=1e-5)
     assert "label_text" in dict(heads.named_buffers())  # frozen label text is a buffer, not a parameter
+
+
+def test_aligner_features_come_from_the_image_only() -> None:
+    """F[b, c] must not contain the label embedding: when every token is the same (and positions are off),
+    attention weights cannot matter and every label reads the same feature, whatever its query."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        visual=CLIP, text=CLIP, aligner=True, output="b", width=16, heads=2, t1_layers=0, dropout=0
+    )
+    heads = AlignmentModel(cfg, 16, 7, torch.randn(5, 12), 5).eval()
+    constant = torch.ones(1, 7, 16)  # every token identical: attention weights cannot matter
+    heads.t1_pos.data.zero_()
+    heads.aligner.key_pos.data.zero_()
+    feats = heads(constant, constant.mean(1))["features"][0]  # (C, d)
+    assert torch.allclose(feats, feats[0].expand_as(feats), atol=1e-5)  # the same read for every label
+
+
+def test_prior_initialises_calibrated_probabilities() -> None:
+    cfg = ModelConfig(visual=CLIP, text=CLIP, aligner=True, output="mean", width=16, heads=2)
+    heads = AlignmentModel(cfg, 16, 7, torch.randn(5, 12), 5).eval()
+    prior = torch.tensor([0.01, 0.05, 0.1, 0.2, 0.5])
+    heads.init_prior(prior)
+    with torch.no_grad():
+        heads.head_a[1].weight.zero_()
+        heads.logit_scale.fill_(-20.0)  # scale ~0: classifier B is its bias
+        out = heads(torch.randn(3, 7, 16), torch.randn(3, 12))
+    assert torch.allclose(torch.sigmoid(out["logits"]), prior.expand(3, -1), atol=1e-5)
+
+
+def test_learned_queries_need_no_text_and_text_cells_need_prototypes() -> None:
+    with pytest.raises(ValueError, match="queries: learned"):
+        ModelConfig(visual=CLIP, aligner=True)
+    with pytest.raises(ValueError, match="uses no text"):
+        ModelConfig(visual=CLIP, text=CLIP, queries="learned", aligner=True)
 
 
 def test_build_model_shares_encoder_and_caches_label_embeddings(tmp_path: Path) -> None:
@@ -119,3 +163,7 @@ def test_build_model_shares_encoder_and_caches_label_embeddings(tmp_path: Path) 
     assert calls == [] and torch.equal(again, first)
     reports = model.encode_reports(["no acute findings.", "large effusion."])
     assert reports.shape == (2, model.encoder.embed_dim)
+    # a set of report texts is encoded once: a second call reads the cache
+    calls.clear()
+    again = model.encode_reports(["large effusion.", None, "no acute findings."])
+    assert calls == [] and torch.equal(again[0], reports[1]) and torch.equal(again[2], reports[0])

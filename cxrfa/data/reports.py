@@ -121,3 +121,20 @@ def write_report(findings: dict[str, tuple[float, int, float]], view: str, rng: 
         impression = str(rng.choice(_IMPRESSION_NORMAL))
     findings_text = " ".join(p for p in parts if p)
     return f"FINDINGS: {findings_text} IMPRESSION: {impression}"
+
+
+def label_sentence(present: list[str]) -> str:
+    """A report-like sentence stating an image's present labels, for data without reports (MedCLIP-style
+    label prompts): ``"Findings: cardiomegaly and effusion."`` or ``"No acute cardiopulmonary abnormality."``."""
+    from cxrfa.labels import display_name
+
+    if not present:
+        return _IMPRESSION_NORMAL[0]
+    names = [display_name(label).lower() for label in present]
+    listed = (", ".join(names[:-1]) + " and " + names[-1]) if len(names) > 1 else names[0]
+    return f"Findings: {listed}."
+
+
+def label_sentences(labels: list[str], matrix: np.ndarray) -> list[str]:
+    """One :func:`label_sentence` per row of a (M, C) 1/0/NaN label matrix (unknown labels are not stated)."""
+    return [label_sentence([lab for lab, v in zip(labels, row, strict=True) if v == 1]) for row in matrix]

@@ -45,6 +45,27 @@ def modality_gap(img: ArrayLike, txt: ArrayLike) -> GapResult:
     return GapResult(vector=vector, norm=float(np.linalg.norm(vector)))
 
 
+def balanced_gap(features: ArrayLike, prototypes: ArrayLike, y_true: ArrayLike) -> GapResult:
+    """The class-balanced modality gap of per-label features (N, C, D) and label prototypes (C, D): the
+    definition the ``domain`` loss optimises (:func:`cxrfa.losses.modality_gap_vector`), 0 for perfectly
+    aligned features whatever the label frequencies."""
+    import torch
+
+    from cxrfa.losses import modality_gap_vector
+
+    f, p = to_numpy(features), to_numpy(prototypes)
+    _check_pair(f.reshape(-1, f.shape[-1]), p)
+    y = torch.as_tensor(to_numpy(y_true), dtype=torch.float64)
+    vector = modality_gap_vector(torch.as_tensor(f, dtype=torch.float64), torch.as_tensor(p), y).numpy()
+    return GapResult(vector=vector, norm=float(np.linalg.norm(vector)))
+
+
+def measured_gap(img: np.ndarray, txt: np.ndarray, y_true: np.ndarray) -> GapResult:
+    """The gap as ``embed/modality_gap`` reports it: :func:`balanced_gap` for per-label features (N, C, D),
+    the Liang et al. centroid gap :func:`modality_gap` for one embedding per image (N, D)."""
+    return balanced_gap(img, txt, y_true) if img.ndim == 3 else modality_gap(img, txt)
+
+
 def shift(
     img: ArrayLike, txt: ArrayLike, delta: float, renormalise: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -81,23 +102,14 @@ def cosine_scores(img: ArrayLike, txt_labels: ArrayLike) -> np.ndarray:
     raise ValueError(f"image embeddings {img_n.shape} do not match label embeddings {txt_n.shape}")
 
 
-def image_side(img: np.ndarray, y_true: np.ndarray) -> np.ndarray:
-    """The image-side points whose gap is measured: (N, D) as is; for (N, C, D) features, those of present
-    diseases (y == 1), or all features when no disease is present."""
-    if img.ndim == 2:
-        return img
-    present = np.nan_to_num(y_true, nan=0.0) == 1  # (N, C)
-    return img[present] if present.any() else img.reshape(-1, img.shape[-1])
-
-
 def gap_shift_experiment(
     img: ArrayLike, txt_labels: ArrayLike, y_true: ArrayLike, deltas: Sequence[float]
 ) -> pd.DataFrame:
     """Shift the modalities by each δ, re-measure the gap and the zero-shot macro AUROC.
 
     Args:
-        img: image embeddings (N, D), or per-disease image features (N, C, D) (gap then measured on the
-            features of present diseases).
+        img: image embeddings (N, D), or per-disease image features (N, C, D) (then the class-balanced gap of
+            :func:`balanced_gap`).
         txt_labels: one text embedding per label (C, D).
         y_true: (N, C) 1/0, NaN = unknown (masked).
         deltas: shift lengths; 0 reproduces the unshifted model.
@@ -110,12 +122,12 @@ def gap_shift_experiment(
     y = to_numpy(y_true)
     if y.shape != (img_n.shape[0], txt_n.shape[0]):
         raise ValueError(f"y_true {y.shape} must be (N, C) = ({img_n.shape[0]}, {txt_n.shape[0]})")
-    g_hat = modality_gap(image_side(img_n, y), txt_n).direction  # the shift direction is fixed by δ = 0
+    g_hat = measured_gap(img_n, txt_n, y).direction  # the shift direction is fixed by δ = 0
     rows = []
     for delta in deltas:
         img_s = l2_normalise(img_n - delta / 2 * g_hat)
         txt_s = l2_normalise(txt_n + delta / 2 * g_hat)
-        gap = modality_gap(image_side(img_s, y), txt_s).norm
+        gap = measured_gap(img_s, txt_s, y).norm
         _, macro = masked_auc(y, cosine_scores(img_s, txt_s))
         rows.append({"delta": float(delta), "gap": gap, "macro_auc": macro})
     return pd.DataFrame(rows, columns=["delta", "gap", "macro_auc"])

@@ -20,7 +20,7 @@ from cxrfa.explore.gap import (
     cosine_scores,
     default_deltas,
     gap_shift_experiment,
-    image_side,
+    measured_gap,
     modality_gap,
     plot_gap_shift,
 )
@@ -169,7 +169,7 @@ def explore_model(
         result.figures["umap"] = umap_figure(_feature_layout(image, text, y, labels, seed), "UMAP of image-side "
                                              "features and label embeddings")  # fmt: skip
     if image is not None and "gap" in parts:
-        result.scalars["embed/modality_gap"] = modality_gap(image_side(image, y), text).norm
+        result.scalars["embed/modality_gap"] = measured_gap(image, text, y).norm
         _, result.scalars["embed/align_macro_auc"] = masked_auc(y, cosine_scores(image, text), labels)
         frame = gap_shift_experiment(
             image, text, y, default_deltas(result.scalars["embed/modality_gap"], step)
@@ -204,8 +204,13 @@ def _feature_layout(
     return UmapLayout(xy, text_xy, groups, list(labels), ids or [f"feature {i}" for i in range(len(points))])
 
 
-_STAGE_NAMES = {"raw": "text encoder (raw)", "projected": "projected to d", "t2": "after transformer2",
-                "orth": "after orthogonal module"}  # fmt: skip
+_STAGE_NAMES = {
+    "raw": "text encoder (raw)",
+    "centred": "centred over labels",
+    "projected": "projected to d",
+    "t2": "after transformer2",
+    "orth": "after orthogonal module",
+}
 
 
 def _display_stages(stages: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

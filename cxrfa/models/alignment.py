@@ -1,5 +1,14 @@
-"""The alignment heads (DESIGN.md "The model family"): transformer1, classifier A, the text branch
-(projection, transformer2, orthogonal module), the label-query aligner and classifier B.
+"""The alignment heads (DESIGN.md "The model family"): transformer1, classifier A, the label prototypes (text
+branch: projection, transformer2, orthogonal module; or free learned queries), the label-query aligner and
+classifier B.
+
+Two choices keep the alignment honest:
+
+- The aligner's per-label features ``F[b, c]`` are read from the image only: label queries decide *where* to
+  look (attention weights), but the values are visual tokens and the query is never added back (no residual).
+  So ``F[b, c]`` cannot contain the label embedding it is compared with.
+- The combined output averages the two heads' *probabilities*, each head trained with its own classification
+  loss, so the output stays a calibrated probability.
 
 Every component is switched by :class:`cxrfa.config.ModelConfig`; the encoder is not part of this module, so the
 same heads run on live encoder outputs or on cached frozen features.
@@ -23,55 +32,134 @@ def _encoder_stack(width: int, heads: int, layers: int, dropout: float) -> nn.Tr
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+def mean_probability_logits(logits_a: Tensor, logits_b: Tensor) -> Tensor:
+    """logit((σ(a) + σ(b)) / 2), computed in log space so it is exact for large |logits|."""
+    log_p = torch.logaddexp(F.logsigmoid(logits_a), F.logsigmoid(logits_b))  # log(2p)
+    log_q = torch.logaddexp(F.logsigmoid(-logits_a), F.logsigmoid(-logits_b))  # log(2(1 - p))
+    return log_p - log_q
+
+
+class LabelQueryAligner(nn.Module):
+    """Label queries cross-attend to the visual tokens (Query2Label-style), one feature per image and label.
+
+    Positional embeddings are added to the keys only (DETR-style), so values carry image content. Layer ``l``
+    reads ``a_l = Attn(q_l, V + pos, V)``; the feature accumulates the reads, ``x_l = x_{l-1} + a_l`` followed
+    by a feed-forward block, and the next queries are ``q_{l+1} = q + x_l``. The label query itself is never
+    part of ``x``.
+
+    Args:
+        width: d.
+        heads: attention heads.
+        layers: cross-attention layers.
+        dropout: attention and feed-forward dropout.
+        num_tokens: N, for the key positional embeddings.
+    """
+
+    def __init__(self, width: int, heads: int, layers: int, dropout: float, num_tokens: int) -> None:
+        super().__init__()
+        self.key_pos = nn.Parameter(torch.zeros(1, num_tokens, width))
+        nn.init.trunc_normal_(self.key_pos, std=0.02)
+        self.q_norm = nn.ModuleList(nn.LayerNorm(width) for _ in range(layers))
+        self.attn = nn.ModuleList(
+            nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True) for _ in range(layers)
+        )
+        self.ffn = nn.ModuleList(
+            nn.Sequential(
+                nn.LayerNorm(width),
+                nn.Linear(width, 2 * width),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(2 * width, width),
+            )
+            for _ in range(layers)
+        )
+        self.out_norm = nn.LayerNorm(width)
+
+    def forward(self, queries: Tensor, tokens: Tensor) -> Tensor:
+        """queries (B, C, d), tokens (B, N, d) -> features F (B, C, d)."""
+        keys = tokens + self.key_pos[:, : tokens.shape[1]]  # (B, N, d)
+        x: Tensor | None = None
+        q = queries
+        for q_norm, attn, ffn in zip(self.q_norm, self.attn, self.ffn, strict=True):
+            read, _ = attn(q_norm(q), keys, tokens, need_weights=False)  # (B, C, d): image values only
+            x = read if x is None else x + read
+            x = x + ffn(x)
+            q = queries + x
+        return self.out_norm(x)  # type: ignore[arg-type]
+
+
 class AlignmentModel(nn.Module):
-    """Heads on top of visual tokens, optionally aligned with label text embeddings.
+    """Heads on top of visual tokens, optionally aligned with label prototypes.
 
     Args:
         cfg: the model config (width d, layer counts, switches, output choice, initial tau).
         image_dim: Dv, width of the visual tokens.
-        label_text: (C, De_t) frozen label text embeddings (None for a visual-only cell).
+        num_tokens: N, visual tokens per image (for positional embeddings).
+        label_text: (C, De_t) frozen label text embeddings (None for a visual-only or learned-query cell).
         num_labels: C.
     """
 
-    def __init__(self, cfg: ModelConfig, image_dim: int, label_text: Tensor | None, num_labels: int) -> None:
+    def __init__(
+        self, cfg: ModelConfig, image_dim: int, num_tokens: int, label_text: Tensor | None, num_labels: int
+    ) -> None:
         super().__init__()
         d = cfg.width
         self.cfg = cfg
         self.num_labels = num_labels
-        # transformer1: Dv -> d, then L1 encoder layers over the N visual tokens
+        # transformer1: Dv -> d, positional embeddings, then L1 encoder layers over the N visual tokens
         self.t1_proj = nn.Linear(image_dim, d)
+        self.t1_pos = nn.Parameter(torch.zeros(1, num_tokens, d))
+        nn.init.trunc_normal_(self.t1_pos, std=0.02)
         self.t1 = _encoder_stack(d, cfg.heads, cfg.t1_layers, cfg.dropout) if cfg.t1_layers > 0 else None
         self.t1_norm = nn.LayerNorm(d)
         # classifier A on pooled V'
         self.head_a = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, num_labels))
         self.has_text = label_text is not None
+        self.has_prototypes = self.has_text or cfg.queries == "learned"
         if label_text is not None:
             if label_text.shape[0] != num_labels:
                 raise ValueError(f"label_text has {label_text.shape[0]} rows for {num_labels} labels")
             self.register_buffer("label_text", label_text.detach().float().clone())  # (C, De_t), frozen
-            self.text_proj = nn.Linear(label_text.shape[1], d)
+            # the prompts' shared direction ("a chest x-ray showing ...") carries no label information and is
+            # most of each vector (cos ~0.99 between labels for small text towers): centre, then project
+            self.register_buffer("text_centre", self.label_text.mean(0))  # (De_t,)
+            self.text_proj = nn.Linear(label_text.shape[1], d, bias=False)
+        elif cfg.queries == "learned":
+            self.query_emb = nn.Parameter(torch.randn(num_labels, d) / math.sqrt(d))  # (C, d), free
+        if self.has_prototypes:
             self.t2 = _encoder_stack(d, cfg.heads, cfg.t2_layers, cfg.dropout) if cfg.t2_layers > 0 else None
             self.orth = nn.Linear(d, d, bias=False) if cfg.orthogonal else None
             if self.orth is not None:
                 nn.init.eye_(self.orth.weight)  # start as the identity map
-        self.aligner: nn.TransformerDecoder | None = None
+            # image-level embedding in the joint space, for the report contrast
+            self.image_proj = nn.Linear(d, d) if self.has_text else None
+        self.aligner: LabelQueryAligner | None = None
         if cfg.aligner:
-            layer = nn.TransformerDecoderLayer(
-                d, cfg.heads, dim_feedforward=2 * d, dropout=cfg.dropout, batch_first=True, norm_first=True
-            )
-            self.aligner = nn.TransformerDecoder(layer, cfg.aligner_layers)
-            self.aligner_norm = nn.LayerNorm(d)
+            self.aligner = LabelQueryAligner(d, cfg.heads, cfg.aligner_layers, cfg.dropout, num_tokens)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.tau)))  # learned log(1/tau)
             self.bias_b = nn.Parameter(torch.zeros(num_labels))
 
-    def label_stages(self) -> dict[str, Tensor]:
-        """The label embeddings after each stage of the text branch, in order.
+    @torch.no_grad()
+    def init_prior(self, prior: Tensor) -> None:
+        """Start both classifiers at the (C,) prior probabilities: bias = logit(prior)."""
+        bias = torch.logit(prior.clamp(1e-4, 1 - 1e-4)).to(self.head_a[1].bias)
+        self.head_a[1].bias.copy_(bias)
+        if self.aligner is not None:
+            self.bias_b.copy_(bias)
 
-        ``raw`` (C, De_t) from the text encoder, ``projected`` (C, d), ``t2`` after transformer2 and ``orth`` after
-        the orthogonal module when enabled, and ``final`` = L (C, d), the last of them.
+    def label_stages(self) -> dict[str, Tensor]:
+        """The label prototypes after each stage, in order.
+
+        ``raw`` (C, De_t) from the text encoder (or the learned queries), ``centred`` (text: minus the mean label
+        text), ``projected`` (C, d), ``t2`` after transformer2 and ``orth`` after the orthogonal module when
+        enabled, and ``final`` = L (C, d).
         """
-        stages = {"raw": self.label_text}
-        lab = self.text_proj(self.label_text)  # (C, d)
+        if self.has_text:
+            stages = {"raw": self.label_text, "centred": self.label_text - self.text_centre}
+            lab = self.text_proj(stages["centred"])  # (C, d)
+        else:
+            stages = {"raw": self.query_emb}
+            lab = self.query_emb
         stages["projected"] = lab
         if self.t2 is not None:
             lab = self.t2(lab.unsqueeze(0)).squeeze(0)  # labels attend to each other: (C, d)
@@ -83,12 +171,13 @@ class AlignmentModel(nn.Module):
         return stages
 
     def label_embeddings(self) -> Tensor:
-        """L (C, d): projected label text, through transformer2 and the orthogonal map when enabled."""
+        """L (C, d): the label prototypes after every enabled stage."""
         return self.label_stages()["final"]
 
     def project_text(self, text_emb: Tensor) -> Tensor:
-        """(T, De_t) joint-space text embeddings (e.g. reports) -> (T, d) in the heads' space."""
-        return self.text_proj(text_emb.float())
+        """(T, De_t) joint-space text embeddings (e.g. reports) -> (T, d) in the heads' space, centred and
+        projected like the label text."""
+        return self.text_proj(text_emb.float() - self.text_centre)
 
     def forward(
         self, tokens: Tensor, embedding: Tensor, report_emb: Tensor | None = None
@@ -98,35 +187,41 @@ class AlignmentModel(nn.Module):
         Args:
             tokens: (B, N, Dv) visual tokens.
             embedding: (B, De) the encoder's pooled embedding (unused by the heads; kept for the contract).
-            report_emb: optional (B, De_t) report text embeddings, projected into ``report_emb`` (B, d).
+            report_emb: optional (B, De_t) report text embeddings (NaN rows = no report), projected into
+                ``report_emb`` (B, d) next to ``image_emb`` (B, d).
 
         Returns:
-            ``logits`` (B, C) per cfg.output, ``logits_a`` (B, C), ``pooled`` (B, d); with a text branch
-            ``labels_emb`` (C, d) normalised; with the aligner ``logits_b`` (B, C) and ``features`` (B, C, d).
+            ``logits`` (B, C) per cfg.output, ``logits_a`` (B, C), ``pooled`` (B, d); with prototypes
+            ``labels_emb`` (C, d) normalised; with the aligner ``logits_b`` (B, C), ``scores`` (B, C) =
+            cos(F[b, c], L̂[c]) and ``features`` (B, C, d).
         """
-        v = self.t1_proj(tokens.float())  # (B, N, d)
+        v = self.t1_proj(tokens.float()) + self.t1_pos[:, : tokens.shape[1]]  # (B, N, d)
         if self.t1 is not None:
             v = self.t1(v)  # (B, N, d)
         v = self.t1_norm(v)  # V' (B, N, d)
         pooled = v.mean(1)  # (B, d)
         out: dict[str, Tensor] = {"pooled": pooled, "logits_a": self.head_a(pooled)}  # logits_a (B, C)
-        if self.has_text:
+        if self.has_prototypes:
             lab = self.label_embeddings()  # (C, d)
             lab_hat = F.normalize(lab, dim=-1)  # L̂ (C, d)
             out["labels_emb"] = lab_hat
-            if report_emb is not None:
-                out["report_emb"] = self.project_text(report_emb)  # (B, d)
+            if report_emb is not None and self.image_proj is not None:
+                out["image_emb"] = self.image_proj(pooled)  # (B, d)
+                out["report_emb"] = self.project_text(torch.nan_to_num(report_emb))  # (B, d)
+                out["has_report"] = torch.isfinite(report_emb).all(-1)  # (B,)
+                out["report_same"] = (report_emb.unsqueeze(1) == report_emb.unsqueeze(0)).all(-1)  # (B, B)
             if self.aligner is not None:
                 queries = lab.unsqueeze(0).expand(v.shape[0], -1, -1)  # (B, C, d)
-                feats = self.aligner_norm(self.aligner(queries, v))  # F (B, C, d): labels attend to V'
-                cos = (F.normalize(feats, dim=-1) * lab_hat.unsqueeze(0)).sum(-1)  # (B, C)
+                feats = self.aligner(queries, v)  # F (B, C, d): read from V' only
+                scores = (F.normalize(feats, dim=-1) * lab_hat.unsqueeze(0)).sum(-1)  # (B, C)
                 scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
                 out["features"] = feats
-                out["logits_b"] = cos * scale + self.bias_b  # (B, C)
+                out["scores"] = scores
+                out["logits_b"] = scores * scale + self.bias_b  # (B, C)
         if self.cfg.output == "a":
             out["logits"] = out["logits_a"]
         elif self.cfg.output == "b":
             out["logits"] = out["logits_b"]
         else:
-            out["logits"] = 0.5 * (out["logits_a"] + out["logits_b"])
+            out["logits"] = mean_probability_logits(out["logits_a"], out["logits_b"])
         return out

@@ -13,7 +13,7 @@ import abc
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,34 @@ class Encoder(nn.Module, abc.ABC):
                 return torch.stack(rows).cpu()  # (C, De)
 
         return cached_tensor("labels", key, compute).to(self.device)
+
+    def text_embeddings(self, texts: Sequence[str | None], batch_size: int = 256) -> Tensor:
+        """(T, De) L2-normalised embeddings of free texts (e.g. reports), NaN rows for missing ones (None/"").
+
+        Each distinct text is encoded once per encoder; the set is cached on disk like the label embeddings.
+        """
+        from cxrfa.models.cache import cached_tensor
+
+        clean = [t.strip() if isinstance(t, str) else "" for t in texts]
+        unique = sorted({t for t in clean if t})
+        dim = self.embed_dim
+        if not unique:
+            return torch.full((len(clean), dim), float("nan"))
+
+        def compute() -> Tensor:
+            rows = []
+            with torch.inference_mode():
+                for start in range(0, len(unique), batch_size):
+                    emb = self.encode_text(unique[start : start + batch_size]).float()
+                    rows.append(nn.functional.normalize(emb, dim=-1).cpu())
+            return torch.cat(rows)  # (U, De)
+
+        table = cached_tensor("texts", json.dumps([self.identity, unique]), compute)
+        index = {t: i for i, t in enumerate(unique)}
+        out = torch.full((len(clean), table.shape[1]), float("nan"))
+        rows = [i for i, t in enumerate(clean) if t]
+        out[rows] = table[[index[clean[i]] for i in rows]]
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------

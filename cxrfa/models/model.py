@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +50,8 @@ class CXRModel(nn.Module):
         return self.encoder.encode_image(images)
 
     def forward(self, images: Tensor, report_emb: Tensor | None = None) -> dict[str, Tensor]:
-        """Images (B, 3, H, W) -> the heads' output dict (see :meth:`AlignmentModel.forward`)."""
+        """Images (B, 3, H, W) and optional report embeddings (B, De_t) -> the heads' output dict (see
+        :meth:`AlignmentModel.forward`)."""
         tokens, emb = self.encode(images)
         return self.heads(tokens, emb, report_emb)
 
@@ -59,19 +61,38 @@ class CXRModel(nn.Module):
         """Heads on precomputed (e.g. cached) encoder outputs: tokens (B, N, Dv), embedding (B, De)."""
         return self.heads(tokens, embedding, report_emb)
 
-    def encode_reports(self, reports: list[str]) -> Tensor:
-        """(T, De_t) frozen text embeddings of report texts (for the semantic term's report contrast)."""
+    def encode_reports(self, reports: Sequence[str | None]) -> Tensor:
+        """(T, De_t) frozen text embeddings of report texts (NaN rows where a report is missing), cached."""
         if self.text_encoder is None:
             raise ValueError("this model has no text branch")
-        with torch.no_grad():
-            return self.text_encoder.encode_text(reports).float()
+        return self.text_encoder.text_embeddings(reports)
 
 
-def build_model(cfg: ModelConfig, labels: list[str], device: str | torch.device = "cpu") -> CXRModel:
+def num_tokens(encoder: Encoder) -> int:
+    """N, the visual tokens the encoder emits per image (one forward pass of a blank image)."""
+    size = encoder.image_size
+    with torch.no_grad():
+        tokens, _ = encoder.encode_image(torch.zeros(1, 3, size, size, device=encoder.device))
+    return int(tokens.shape[1])
+
+
+def build_model(
+    cfg: ModelConfig,
+    labels: list[str],
+    device: str | torch.device = "cpu",
+    prior: Sequence[float] | None = None,
+) -> CXRModel:
     """Build encoder(s) and heads for a model config.
 
     The label text embeddings come from ``cfg.text`` (the visual encoder itself when both name the same
     backbone), computed once and cached on disk.
+
+    Args:
+        cfg: the model config.
+        labels: the C label names.
+        device: where the model lives.
+        prior: optional (C,) train prevalence; each classifier's bias starts at its logit, so training starts
+            from calibrated probabilities instead of 0.5 for findings seen in 1 % of images.
 
     Raises:
         CxrfaError: unknown encoder or unavailable weights.
@@ -84,5 +105,7 @@ def build_model(cfg: ModelConfig, labels: list[str], device: str | torch.device 
         if not text_encoder.frozen:
             log.info("text encoder %s is used frozen for label embeddings", cfg.text.arch)
         label_text = text_encoder.label_embeddings(list(labels))  # (C, De_t)
-    heads = AlignmentModel(cfg, encoder.image_dim, label_text, len(labels)).to(device)
-    return CXRModel(encoder, heads, text_encoder)
+    heads = AlignmentModel(cfg, encoder.image_dim, num_tokens(encoder), label_text, len(labels))
+    if prior is not None:
+        heads.init_prior(torch.as_tensor(prior, dtype=torch.float32))
+    return CXRModel(encoder, heads.to(device), text_encoder)
