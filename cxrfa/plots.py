@@ -30,8 +30,14 @@ def _grid(n: int, title: str, ncols: int = _NCOLS) -> tuple[Figure, list[Axes]]:
     height = _PANEL * nrows + 0.4
     # Fixed margins instead of a layout engine: constrained layout costs seconds per figure at 14-26 panels.
     fig = Figure(figsize=(_PANEL * ncols, height))
-    fig.subplots_adjust(left=0.6 / (_PANEL * ncols), right=0.98, bottom=0.5 / height, top=1 - 0.75 / height,
-                        wspace=0.45, hspace=0.7)  # fmt: skip
+    fig.subplots_adjust(
+        left=0.6 / (_PANEL * ncols),
+        right=0.98,
+        bottom=0.5 / height,
+        top=1 - 0.75 / height,
+        wspace=0.45,
+        hspace=0.7,
+    )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         fig.delaxes(ax)
@@ -46,8 +52,15 @@ def _known(y_true: np.ndarray, y_prob: np.ndarray, j: int) -> tuple[np.ndarray, 
 
 def _single_class(ax: Axes, label: str, y: np.ndarray) -> None:
     ax.set_title(label, fontsize=9)
-    ax.text(0.5, 0.5, f"one class only\n({int(y.sum())} pos / {int((y == 0).sum())} neg)",
-            ha="center", va="center", fontsize=8, transform=ax.transAxes)  # fmt: skip
+    ax.text(
+        0.5,
+        0.5,
+        f"one class only\n({int(y.sum())} pos / {int((y == 0).sum())} neg)",
+        ha="center",
+        va="center",
+        fontsize=8,
+        transform=ax.transAxes,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -132,8 +145,15 @@ def confusion_grid(
         rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         for (r, c), value in np.ndenumerate(counts):
-            ax.text(c, r, f"{int(value)}", ha="center", va="center", fontsize=9,
-                    color="white" if rates[r, c] > 0.6 else "black")  # fmt: skip
+            ax.text(
+                c,
+                r,
+                f"{int(value)}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if rates[r, c] > 0.6 else "black",
+            )
         ax.set_title(f"{label}\nthreshold {cut:.3g}", fontsize=9)
         ax.set_xticks([0, 1], ["neg", "pos"], fontsize=7)
         ax.set_yticks([0, 1], ["neg", "pos"], fontsize=7)
@@ -192,8 +212,14 @@ def training_curves(history: list[dict[str, float]]) -> Figure:
     for ax, (group, title, ylabel) in zip(axes, panels, strict=True):
         for key in group:
             values = [float(h.get(key, np.nan)) for h in history]
-            ax.plot(epochs, values, marker="o", ms=3, lw=2 if key in ("train/loss", "val/macro_auc") else 1.2,
-                    label=key)  # fmt: skip
+            ax.plot(
+                epochs,
+                values,
+                marker="o",
+                ms=3,
+                lw=2 if key in ("train/loss", "val/macro_auc") else 1.2,
+                label=key,
+            )
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -291,8 +317,15 @@ def label_heatmap(matrix: pd.DataFrame, title: str) -> Figure:
         mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
         for (r, c), value in np.ndenumerate(values):
             if np.isfinite(value):
-                ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if value > mid else "white")  # fmt: skip
+                ax.text(
+                    c,
+                    r,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if value > mid else "white",
+                )
     ax.set_xticks(range(n_cols), [str(c) for c in matrix.columns], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n_rows), [str(r) for r in matrix.index], fontsize=8)
     ax.set_title(title)

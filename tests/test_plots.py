@@ -70,10 +70,16 @@ def test_calibration_plot(case, tmp_path: Path) -> None:
 
 def test_training_curves_give_lr_its_own_axis(tmp_path: Path) -> None:
     history = [
-        {"epoch": e, "train/loss": 1 / e, "train/loss_cls": 0.8 / e, "train/loss_orth": 0.1 / e,
-         "val/macro_auc": 0.6 + 0.05 * e, "lr": 1e-3 * 0.1 ** (e - 1)}
+        {
+            "epoch": e,
+            "train/loss": 1 / e,
+            "train/loss_cls": 0.8 / e,
+            "train/loss_orth": 0.1 / e,
+            "val/macro_auc": 0.6 + 0.05 * e,
+            "lr": 1e-3 * 0.1 ** (e - 1),
+        }
         for e in range(1, 5)
-    ]  # fmt: skip
+    ]
     fig = plots.training_curves(history)
     losses, metrics, lr = fig.axes
     assert len(losses.lines) == 3 and [ln.get_label() for ln in metrics.lines] == ["val/macro_auc"]

@@ -158,8 +158,8 @@ def plot_gap_shift(df: pd.DataFrame, title: str = "Modality gap shift") -> Figur
     top.plot(x, data["macro_auc"], "-o", color="tab:blue", markersize=4)
     bottom.plot(x, data["gap"], "-o", color="tab:grey", markersize=4)
     if len(origin):
-        top.plot([0.0], origin["macro_auc"].iloc[:1], "o", color="tab:red", markersize=9, zorder=3,
-                 label=f"original (δ = 0): AUROC {origin['macro_auc'].iloc[0]:.3f}, gap {g0:.3f}")  # fmt: skip
+        label = f"original (δ = 0): AUROC {origin['macro_auc'].iloc[0]:.3f}, gap {g0:.3f}"
+        top.plot([0.0], [origin["macro_auc"].iloc[0]], "o", color="tab:red", ms=9, zorder=3, label=label)
         bottom.plot([0.0], [g0], "o", color="tab:red", markersize=9, zorder=3)
         top.legend(loc="best", fontsize=8)
     for ax in (top, bottom):
