@@ -60,7 +60,7 @@ def forest_plot(result: pd.DataFrame, metric: str, baseline: str) -> Figure:
             label="seed-ensemble Δ (patients CI)",
         )
         ax.set_yticks(pos, [str(c) for c in rows.index], fontsize=9)
-        ax.invert_yaxis()
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # first cell on top, every row the same height
         n = int(rows["n_boot"].max())
         for y, (p, floor) in zip(pos, zip(rows["p_holm"], rows["p_holm_floor"], strict=True), strict=True):
             ax.annotate(

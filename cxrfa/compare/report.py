@@ -88,7 +88,7 @@ def footnote(comp: Comparison) -> str:
         f"Δ per seed: mean over seed pairs of (cell seed k − {comp.baseline} seed k) on the same test images, "
         "CI from resampling seed pairs, then patients. Δ ensemble: the seed-averaged predictions of each cell, "
         f"patient bootstrap only (a separate estimate, not the mean of the per-seed Δ). p: two-sided centred "
-        f"bootstrap test of the per-seed Δ, Holm-adjusted across the {tested} cells tested against "
+        f"bootstrap test of the per-seed Δ, Holm-adjusted across the {tested} cell{'s' * (tested != 1)} tested against "
         f"{comp.baseline}; “< k/(B+1)” means no replicate was as extreme (the floor of B resamples)."
     )
 
