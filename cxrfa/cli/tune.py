@@ -142,7 +142,7 @@ def tune(
     for key, value in result.best_config.items():
         console.print(f"  {key}: {value!r}", highlight=False)
     console.print(
-        f"next: [bold]cxrfa ablate --matrix {m.name} --tuned[/]   dashboard: [bold]optuna-dashboard {result.storage}[/]"
+        f"next: [bold]cxrfa ablate --matrix {m.name} --tuned[/]   dashboard: [bold]cxrfa dashboard --storage {result.storage}[/]"
     )
     if result.finished < trials:
         raise typer.Exit(1)

@@ -21,10 +21,12 @@ SAMPLERS = ("tpe", "random", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 
 
-def default_storage_path(tracker: Tracker | None) -> Path:
-    """``optuna.journal`` beside a local SQLite tracking store, else ``./mlruns/optuna.journal``."""
-    if tracker is not None and tracker.uri.startswith("sqlite:///"):
-        return Path(tracker.uri.removeprefix("sqlite:///")).parent / JOURNAL_NAME
+def default_storage_path(tracker: Tracker | str | None) -> Path:
+    """``optuna.journal`` beside a local SQLite tracking store (a Tracker, or its resolved URI), else
+    ``./mlruns/optuna.journal``."""
+    uri = tracker.uri if isinstance(tracker, Tracker) else tracker
+    if uri is not None and uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / JOURNAL_NAME
     return Path("mlruns") / JOURNAL_NAME
 
 

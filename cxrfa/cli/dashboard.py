@@ -1,0 +1,99 @@
+"""``cxrfa dashboard``: optuna-dashboard on the tuning studies' storage, bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+import typer
+
+from cxrfa.cli._common import console, user_errors
+from cxrfa.cli.run import UriOpt
+from cxrfa.errors import CxrfaError
+
+HOST = "127.0.0.1"  # never all interfaces: the dashboard can edit studies and has no authentication
+INSTALL = "pip install optuna-dashboard (or pip install 'cxrfa[dashboard]')"
+
+
+def dashboard_server() -> Callable[..., None]:
+    """optuna-dashboard's ``run_server(storage, host, port)``.
+
+    Raises:
+        CxrfaError: optuna-dashboard is not installed (the line names the install command).
+    """
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise CxrfaError(f"optuna-dashboard is not installed: {INSTALL}") from None
+    return run_server
+
+
+def study_storage(storage: str | None, tracking_uri: str | None) -> tuple[Any, str]:
+    """Open the studies' storage the way ``cxrfa tune`` does (same journal lock): ``storage``, or the journal
+    file beside the tracking store. Never creates one: an empty dashboard would only hide a wrong path.
+
+    Returns:
+        The optuna storage and its display form (credentials hidden).
+
+    Raises:
+        CxrfaError: no journal file there yet, or a storage that cannot be opened.
+    """
+    from cxrfa.tracking import resolve_uri
+    from cxrfa.tuning import default_storage_path, open_storage
+
+    if storage is None:
+        journal: Path | None = default_storage_path(resolve_uri(tracking_uri)[0])
+        storage, flag = str(journal), "the tracking store (--tracking-uri)"
+    else:
+        scheme = urlparse(storage).scheme
+        journal = (
+            Path(storage.removeprefix("journal:").removeprefix("//")) if scheme in ("", "journal") else None
+        )
+        flag = "--storage"
+    if journal is not None and not journal.is_file():
+        raise CxrfaError(
+            f"no study storage at {journal} (from {flag}): run `cxrfa tune` first, or pass --storage with the "
+            "journal file or database URL the studies used"
+        )
+    return open_storage(storage)
+
+
+@user_errors
+def dashboard(
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Study storage: a journal file or an SQLAlchemy URL (default: optuna.journal beside the tracking store, as cxrfa tune uses).",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1.")] = 8080,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Start optuna-dashboard on the tuning studies, bound to 127.0.0.1 (needs: pip install optuna-dashboard).
+
+    Example:  cxrfa dashboard   then open http://127.0.0.1:8080
+    """
+    serve = dashboard_server()
+    opened, shown = study_storage(storage, tracking_uri)
+    console.print(
+        f"Optuna dashboard: http://{HOST}:{port}   (studies in {shown}; Ctrl-C to stop)",
+        highlight=False,
+        soft_wrap=True,  # the URL and path stay whole, for copying
+    )
+    try:
+        serve(opened, host=HOST, port=port)
+    except OSError as err:
+        if err.errno != errno.EADDRINUSE:
+            raise
+        raise CxrfaError(f"port {port} on {HOST} is in use: choose another with --port") from None
+    except KeyboardInterrupt:
+        pass
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``dashboard`` to the main app."""
+    app.command()(dashboard)

@@ -1,0 +1,121 @@
+"""``cxrfa dashboard``: the missing-package line, the storage it opens, and a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from cxrfa.cli import app
+from cxrfa.tuning import open_storage
+
+runner = CliRunner()
+
+
+def _journal(path: Path, name: str = "smoke.align-clip") -> Path:
+    storage, _ = open_storage(str(path))
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("loss.orth_weight", 0.0, 1.0), n_trials=2)
+    return path
+
+
+def _one_error(res: object) -> str:
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    return errors[0]
+
+
+def test_missing_optuna_dashboard_is_one_line_naming_the_install(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails as if not installed
+    line = _one_error(runner.invoke(app, ["dashboard", "--storage", str(_journal(tmp_path / "s.journal"))]))
+    assert "optuna-dashboard is not installed" in line and "pip install optuna-dashboard" in line
+
+
+def test_storage_and_bind_address_passed_to_the_server(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("optuna_dashboard")
+    calls: list[dict] = []
+    monkeypatch.setattr(
+        "optuna_dashboard.run_server", lambda storage, **kw: calls.append({"storage": storage, **kw})
+    )
+    monkeypatch.chdir(tmp_path)
+
+    # default: the journal beside the tracking store, where `cxrfa tune` puts it
+    store = tmp_path / "store"
+    store.mkdir()
+    _journal(store / "optuna.journal", "default-study")
+    res = runner.invoke(app, ["dashboard", "--tracking-uri", str(store), "--port", "8123"])
+    assert res.exit_code == 0, res.output
+    assert "http://127.0.0.1:8123" in res.output and str((store / "optuna.journal").resolve()) in res.output
+    (call,) = calls
+    assert call["host"] == "127.0.0.1" and call["port"] == 8123
+    assert [s.study_name for s in optuna.get_all_study_summaries(call["storage"])] == ["default-study"]
+
+    # --storage: a journal path (also as journal:PATH) or a database URL
+    _journal(tmp_path / "other.journal", "other-study")
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.create_study(study_name="db-study", storage=url)
+    for storage, name in (
+        (str(tmp_path / "other.journal"), "other-study"),
+        (f"journal:{tmp_path / 'other.journal'}", "other-study"),
+        (url, "db-study"),
+    ):
+        res = runner.invoke(app, ["dashboard", "--storage", storage])
+        assert res.exit_code == 0, res.output
+        assert calls[-1]["port"] == 8080 and calls[-1]["host"] == "127.0.0.1"
+        assert [s.study_name for s in optuna.get_all_study_summaries(calls[-1]["storage"])] == [name]
+
+    # nothing there yet: one line, and no empty journal created
+    line = _one_error(runner.invoke(app, ["dashboard", "--storage", str(tmp_path / "typo.journal")]))
+    assert "no study storage at" in line and "typo.journal" in line and "cxrfa tune" in line
+    assert not (tmp_path / "typo.journal").exists()
+    assert "no study storage" in _one_error(
+        runner.invoke(app, ["dashboard", "--tracking-uri", str(tmp_path / "x")])
+    )
+    assert len(calls) == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _connects(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_serves_the_studies_until_terminated(tmp_path) -> None:
+    pytest.importorskip("optuna_dashboard")
+    journal = _journal(tmp_path / "optuna.journal")
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "cxrfa.cli", "dashboard", "--storage", str(journal), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not _connects(port):
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "the dashboard did not start listening within 60 s"
+            time.sleep(0.3)
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/api/studies", timeout=10) as reply:
+            (study,) = json.load(reply)["study_summaries"]
+        assert study["study_name"] == "smoke.align-clip" and study["directions"] == ["maximize"]
+        with urllib.request.urlopen(f"{base}/api/studies/{study['study_id']}", timeout=10) as reply:
+            assert len(json.load(reply)["trials"]) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert not _connects(port)
