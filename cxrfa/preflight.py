@@ -1,10 +1,11 @@
 """Checks before the first run: what a user can get wrong fails in seconds, before any MLflow run exists.
 
-``train``, ``ablate`` and ``tune`` call :func:`preflight` with every config they are about to run. It reads each
-manifest (validated and confined, like ``cxrfa data index``), resolves every backbone the configs need to local
-files (weights, model config, text tower, tokenizer) without building any model, and refuses a resume
-checkpoint that is not tensors-only (a corrupt one is left for the run to move aside and restart). Without it,
-missing weights would fail each cell in turn while the others train for minutes.
+``train``, ``ablate`` and ``tune`` call :func:`preflight` with every config they are about to run, before they
+open the tracking store: it reads each manifest (validated and confined, like ``cxrfa data index``) and resolves
+every backbone the configs need to local files (weights, model config, text tower, tokenizer) without building
+any model. Once the store is open, :func:`check_checkpoints` refuses a resume checkpoint that is not
+tensors-only (a corrupt one is left for the run to move aside and restart). Without these, missing weights
+would fail each cell in turn while the others train for minutes.
 """
 
 from __future__ import annotations
@@ -65,22 +66,16 @@ def check_checkpoints(runs: Sequence[RunConfig], folder: Path) -> None:
                 pass  # the run moves it aside and restarts from scratch, with a warning
 
 
-def preflight(runs: Sequence[RunConfig], checkpoints: Path | None = None) -> None:
-    """Everything ``runs`` need, checked before the first one starts (a few seconds).
-
-    Args:
-        runs: the configs about to run.
-        checkpoints: the folder of resume checkpoints (``cxrfa.experiment.checkpoint_dir``), if any.
+def preflight(runs: Sequence[RunConfig]) -> None:
+    """Everything ``runs`` need from outside the store, checked before it is opened (seconds).
 
     Raises:
-        CxrfaError: the first problem, in one line: a bad manifest, missing weights, an unsafe checkpoint.
+        CxrfaError: the first problem, in one line: a bad manifest, missing weights or tokenizer files.
     """
     from cxrfa.data.manifest import read_manifest
 
     for manifest in sorted({cfg.data.manifest for cfg in runs if cfg.data.manifest is not None}):
         read_manifest(manifest)
-    if checkpoints is not None:
-        check_checkpoints(runs, checkpoints)
     seen: set[str] = set()
     for cfg in runs:
         for backbone in (cfg.model.visual, cfg.model.text):

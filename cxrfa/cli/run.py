@@ -95,7 +95,7 @@ def train(
     """
     from cxrfa.config import expand, load_backbones, load_matrix
     from cxrfa.experiment import checkpoint_dir, run_cell
-    from cxrfa.preflight import preflight
+    from cxrfa.preflight import check_checkpoints, preflight
     from cxrfa.tracking import Tracker
     from cxrfa.train import NonFiniteLoss
 
@@ -103,8 +103,9 @@ def train(
     (cfg,) = expand(
         m, load_backbones(backbones), seeds=[seed], overrides=_overrides(data, no_feature_cache), cells=[cell]
     )
+    preflight([cfg])  # missing weights, a bad manifest: exit 2 in seconds, before the store is opened
     tracker = Tracker(tracking_uri, experiment or m.name)
-    preflight([cfg], checkpoint_dir(tracker))  # missing weights, a bad manifest: exit 2 before the run
+    check_checkpoints([cfg], checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before the run
     _announce_demo(data)
     try:
         result = run_cell(cfg, tracker)
@@ -174,6 +175,10 @@ def ablate(
         from cxrfa.tuning import apply_overlays
 
         runs = apply_overlays(m, runs)
+    from cxrfa.preflight import check_checkpoints, preflight
+
+    if not dry_run:
+        preflight(runs)  # missing weights, a bad manifest: exit 2 in seconds, before the store is opened
     tracker = Tracker(tracking_uri, experiment or m.name)
     if dry_run:
         table = Table(title=f"matrix {m.name}: {len(runs)} runs (experiment {tracker.experiment})")
@@ -187,9 +192,8 @@ def ablate(
         console.print(table)
         return
     from cxrfa.experiment import checkpoint_dir
-    from cxrfa.preflight import preflight
 
-    preflight(runs, checkpoint_dir(tracker))  # missing weights, a bad manifest: exit 2 before any run
+    check_checkpoints(runs, checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any run
     _announce_demo(data)
     summary = run_ablation(m, runs, tracker, backbones=backbones, data=str(data) if data else None,
                            explore=[e for e in explore.split(",") if e])  # fmt: skip

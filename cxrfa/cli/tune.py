@@ -105,6 +105,9 @@ def tune(
     m = load_matrix(matrix)
     cfg = select_cell(m, load_backbones(backbones), cell, seed, _overrides(data, False))
     check_space(m.tune, cfg, m.source or m.name)  # bad input fails before any store is created
+    from cxrfa.preflight import check_checkpoints, preflight
+
+    preflight([cfg])  # missing weights, a bad manifest: exit 2 in seconds, before any store is opened
     if storage is not None:
         open_storage(storage)
     tracker = Tracker(tracking_uri, experiment or m.name)
@@ -120,9 +123,8 @@ def tune(
         ),
     )  # fmt: skip
     from cxrfa.experiment import checkpoint_dir
-    from cxrfa.preflight import preflight
 
-    preflight([cfg], checkpoint_dir(tracker))  # missing weights, a bad manifest: exit 2 before any trial
+    check_checkpoints([cfg], checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any trial
     _announce_demo(data)
     result = run_study(m, cfg, tracker, settings)
     counts = result.counts
