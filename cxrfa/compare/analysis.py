@@ -4,6 +4,7 @@ baseline, the seed-ensemble Δ, Holm-adjusted p-values, per-label AUROC, and eve
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from cxrfa.errors import CxrfaError
 from cxrfa.metrics import percentile_ci
 from cxrfa.stats import (
     Estimate,
+    LabelBoot,
     hierarchical_replicates,
     holm,
     holm_at_floor,
@@ -157,7 +159,7 @@ def compare(
         methods.unit = test.unit
         if test.patients is None:
             methods.warnings.append(f"Bootstrap over {test.unit}.")
-        result, per_label, low, high = _paired(sel, test, metric, baseline, pairs, n_boot, seed)
+        result, per_label, low, high = _paired(sel, test, metric, baseline, pairs, n_boot, seed, progress)
         info = test.label_info
     else:
         result = _seed_only(sel, detail, metric)
@@ -195,20 +197,20 @@ def _paired(
     pairs: dict[str, list[int]],
     n_boot: int,
     seed: int,
+    progress: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Per-seed, seed-ensemble and per-label numbers from the predictions; Holm across the tested cells."""
     key = "macro_auc" if metric == "test/macro_auc" else "map"
-    boot = {
-        r.run_id: label_boot(test.y, test.probs[r.run_id], n_boot, seed, test.patients)
-        for runs in sel.by_cell.values()
-        for r in runs
-    }
-    ensemble = {
-        cell: label_boot(
-            test.y, np.mean([test.probs[r.run_id] for r in runs], axis=0), n_boot, seed, test.patients
-        )
-        for cell, runs in sel.by_cell.items()
-    }
+    models = {r.run_id: test.probs[r.run_id] for runs in sel.by_cell.values() for r in runs}
+    models.update(
+        {
+            f"ensemble:{c}": np.mean([test.probs[r.run_id] for r in runs], axis=0)
+            for c, runs in sel.by_cell.items()
+        }
+    )
+    scored = _score_all(test, models, n_boot, seed, progress)
+    boot = {r.run_id: scored[r.run_id] for runs in sel.by_cell.values() for r in runs}
+    ensemble = {c: scored[f"ensemble:{c}"] for c in sel.by_cell}
     by_seed = {
         c: {int(r.tags.get(SEED, "0")): boot[r.run_id] for r in runs} for c, runs in sel.by_cell.items()
     }
@@ -242,6 +244,21 @@ def _paired(
         )
     frame = lambda d: pd.DataFrame(d, index=test.labels).T  # noqa: E731 - cells x labels
     return result, frame(per_label), frame(low), frame(high)
+
+
+def _score_all(test: TestSet, models: dict[str, np.ndarray], n_boot: int, seed: int, progress: bool) -> dict:
+    """:func:`label_boot` of every model, on threads (numpy releases the GIL in the ranking loops)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    def score(prob: np.ndarray) -> LabelBoot:
+        return label_boot(test.y, prob, n_boot, seed, test.patients)
+
+    with ThreadPoolExecutor(max_workers=min(len(models), os.cpu_count() or 1, 8)) as pool:
+        jobs = pool.map(score, models.values())
+        bar = tqdm(jobs, total=len(models), desc="compare: bootstrap", unit="model", disable=not progress)
+        return dict(zip(models, bar, strict=True))
 
 
 def _delta_columns(delta: Estimate, ens: Estimate) -> dict[str, object]:
