@@ -296,3 +296,24 @@ def test_symlink_out_of_the_root_is_never_opened(tmp_path: Path, monkeypatch: py
     result = _index(tmp_path / "nih", tmp_path / "again.csv")
     assert result.exit_code == 2 and "escapes the dataset root through a symlink" in result.output
     assert "1 path escapes root" in _index(tmp_path / "nih", tmp_path / "again.csv", "--skip-bad").output
+
+
+def test_huge_image_met_in_a_loader_worker_is_still_one_line(tmp_path: Path) -> None:
+    import torch
+
+    from cxrfa.cli._common import one_line
+    from cxrfa.data.dataset import CXRDataset
+    from cxrfa.data.manifest import read_manifest
+    from cxrfa.errors import CxrfaError
+
+    manifest = _manifest(tmp_path)
+    image = tmp_path / "nih" / "images" / "00000002_000.png"
+    _png_header(image, 100_000, 100_000)  # replaced after indexing: met only when training reads it
+    loader = torch.utils.data.DataLoader(CXRDataset(read_manifest(manifest), lambda img: 0), num_workers=1)
+    with pytest.raises(CxrfaError) as err:
+        list(loader)
+    assert "\n" in str(err.value)  # the worker's traceback, folded into the message by the DataLoader
+    assert one_line(str(err.value)) == (
+        f"{image.resolve()}: image has 10,000,000,000 pixels, over the 89,478,485-pixel limit "
+        "(a decompression bomb?); remove the row or downscale the image"
+    )

@@ -26,7 +26,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CxrfaError as err:
-            _fail(str(err), err.exit_code)
+            _fail(one_line(str(err)), err.exit_code)
         except OSError as err:
             if err.errno not in _ENVIRONMENT_ERRNOS:
                 raise
@@ -44,6 +44,17 @@ _ENVIRONMENT_ERRNOS = {
     errno.ENOSPC: "free some disk space",
     errno.EDQUOT: "free some space within your disk quota",
 }
+
+
+def one_line(message: str) -> str:
+    """The user's line of a :class:`CxrfaError` message.
+
+    A DataLoader worker's error reaches the main process re-raised with the worker's traceback folded into the
+    message; its last line is the original ``CxrfaError: <line>``.
+    """
+    if "\nOriginal Traceback" not in message:
+        return message
+    return message.rstrip().splitlines()[-1].split("CxrfaError: ", 1)[-1]
 
 
 def _fail(line: str, code: int) -> NoReturn:
