@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,7 +23,18 @@ from cxrfa.data.manifest import Manifest, read_manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.io import atomic_path, cxrfa_home
 from cxrfa.safeload import load_state
-from cxrfa.tracking import TAG_PREFIX, TrackedRun, Tracker
+from cxrfa.tracking import (
+    TAG_AXIS_PREFIX,
+    TAG_BACKBONE_SOURCE,
+    TAG_CELL,
+    TAG_CONFIG_HASH,
+    TAG_DATA,
+    TAG_DATA_HASH,
+    TAG_RESUMED_FROM,
+    TAG_SEED,
+    TrackedRun,
+    Tracker,
+)
 from cxrfa.train import (
     Callback,
     FitResult,
@@ -177,13 +188,45 @@ def checkpoint_dir(tracker: Tracker | None) -> Path:
 def run_tags(cfg: RunConfig, manifest: Manifest, backbone_source: str) -> dict[str, str]:
     """The ``cxrfa.*`` tags of a child run (DESIGN.md)."""
     tags = {
-        f"{TAG_PREFIX}cell": cfg.cell, f"{TAG_PREFIX}seed": str(cfg.seed),
-        f"{TAG_PREFIX}config_hash": cfg.config_hash(), f"{TAG_PREFIX}data_hash": manifest.data_hash(),
-        f"{TAG_PREFIX}backbone.source": backbone_source,
-        f"{TAG_PREFIX}data": str(manifest.source or "demo"),
-    }  # fmt: skip
-    tags.update({f"{TAG_PREFIX}axis.{k}": v for k, v in cfg.axes.items()})
+        TAG_CELL: cfg.cell,
+        TAG_SEED: str(cfg.seed),
+        TAG_CONFIG_HASH: cfg.config_hash(),
+        TAG_DATA_HASH: manifest.data_hash(),
+        TAG_BACKBONE_SOURCE: backbone_source,
+        TAG_DATA: str(manifest.source or "demo"),
+    }
+    tags.update({f"{TAG_AXIS_PREFIX}{k}": v for k, v in cfg.axes.items()})
     return tags
+
+
+def describe(cfg: RunConfig) -> str:
+    """A cell run's description in the MLflow UI: the model and losses in words."""
+    m, on = cfg.model, [k for k, w in cfg.loss.weights.items() if w > 0]
+    text = f"text {m.text.name} ({m.text.source})" if m.text is not None else "no text branch"
+    heads = [f"transformer1 x{m.t1_layers}"] + [f"transformer2 x{m.t2_layers}"] * (m.t2_layers > 0)
+    heads += ["orthogonal module"] * m.orthogonal + ["label-query aligner"] * m.aligner
+    return (
+        f"**{cfg.cell}**, seed {cfg.seed}: visual {m.visual.name} ({m.visual.source}), {text}; "
+        f"{', '.join(heads)}; output {m.output}; losses {', '.join(on)} ({cfg.loss.cls}); "
+        f"{cfg.train.epochs} epochs, lr {cfg.train.lr:g}. Config hash `{cfg.config_hash()}`."
+    )
+
+
+class CellClaim(Protocol):
+    """A work-queue claim on one cell x seed (:mod:`cxrfa.scheduler`): while it is held no other worker runs the
+    same config, so its runs still RUNNING belong to stopped workers and their checkpoints may be taken over."""
+
+    def fetch_checkpoint(self, tracker: Tracker, checkpoint: Path) -> str | None:
+        """Put a stopped worker's last checkpoint at ``checkpoint``; returns where it came from, if anywhere."""
+        ...
+
+    def callbacks(self, run: TrackedRun, checkpoint: Path) -> list[Callback]:
+        """Epoch callbacks: keep the checkpoint where other workers can read it; stop if the claim was lost."""
+        ...
+
+    def check(self) -> None:
+        """Raise :class:`StopRun` when the claim was lost (the engine gave the cell to another worker)."""
+        ...
 
 
 def run_cell(
@@ -197,6 +240,7 @@ def run_cell(
     explore: Sequence[str] = ("gap", "similarity"),
     progress: bool = True,
     evaluate: bool = True,
+    claim: CellClaim | None = None,
 ) -> CellResult:
     """Train and evaluate one config; track it as one MLflow run when a tracker is given.
 
@@ -205,6 +249,9 @@ def run_cell(
 
     The run ends FINISHED, FAILED (with the reason in ``cxrfa.failure``) or KILLED (interrupted / pruned);
     never left RUNNING by an exception raised here. Exceptions are re-raised after the run is closed.
+
+    Runs of the same config left RUNNING by stopped processes are marked KILLED; with a queue ``claim`` (every
+    worker of ``ablate``) that includes workers on other machines, and the cell resumes from their checkpoint.
     """
     started = time.monotonic()
     if cfg.train.threads is not None:
@@ -221,20 +268,25 @@ def run_cell(
     text = prepare_backbone(cfg.model.text, manifest)
     source = visual.source + (f" | text {text.source}" if text is not None else "")  # type: ignore[union-attr]
     run: TrackedRun | None = None
-    if tracker is not None:
-        tracker.abandon_unfinished(cfg.config_hash())
-        tags = {**run_tags(cfg, manifest, source), **(extra_tags or {})}
-        run = tracker.start(run_name or f"{cfg.cell}/seed={cfg.seed}", tags, parent_id)
-        run.log_params(cfg.flat())
     ckpt = checkpoint_dir(tracker) / f"{cfg.config_hash()}.pt"
+    resumed = None
+    if tracker is not None:
+        tracker.abandon_unfinished(cfg.config_hash(), claimed=claim is not None)
+        resumed = claim.fetch_checkpoint(tracker, ckpt) if claim is not None else None
+        tags = {**run_tags(cfg, manifest, source), **(extra_tags or {})}
+        run = tracker.start(run_name or f"{cfg.cell}/seed={cfg.seed}", tags, parent_id, describe(cfg))
+        run.log_params(cfg.flat())
+        if claim is not None:
+            callbacks = [*callbacks, *claim.callbacks(run, ckpt)]
     try:
         metrics, fit_result = _train_and_evaluate(
             cfg, manifest, visual, text, run, ckpt, callbacks, explore, progress, evaluate
         )  # type: ignore[arg-type]
+        if claim is not None:
+            claim.check()
     except StopRun as stop:
         if run is not None:
-            run.set_tags({f"{TAG_PREFIX}failure": stop.reason})
-            run.client.set_terminated(run.run_id, status=stop.status)
+            run.end(stop.status, stop.reason)
         raise
     except NonFiniteLoss as err:
         if run is not None:
@@ -242,14 +294,16 @@ def run_cell(
         raise
     except KeyboardInterrupt:
         if run is not None:
-            run.set_tags({f"{TAG_PREFIX}failure": "interrupted"})
-            run.client.set_terminated(run.run_id, status="KILLED")
+            run.end("KILLED", "interrupted")
         raise
     except BaseException as err:
         if run is not None:
             run.fail(f"{type(err).__name__}: {err}")
         raise
     if run is not None:
+        if fit_result.resumed_from is not None:
+            where = resumed or "local checkpoint"
+            run.set_tags({TAG_RESUMED_FROM: f"epoch {fit_result.resumed_from} ({where})"})
         run.finish()
     ckpt.unlink(missing_ok=True)
     return CellResult(
@@ -304,7 +358,7 @@ def _train_and_evaluate(
             "best_epoch": result.best_epoch,
         }
         if run is not None:
-            run.log_metrics(scalars, step=result.epochs_run)
+            run.log_metrics(scalars)  # final values at step 0: one bar per run in MLflow's chart view
         return scalars, result
     scalars = evaluate_model(cfg, model, manifest, data, result, run, explore, device)
     return scalars, result
@@ -345,7 +399,7 @@ def evaluate_model(
         scalars.update(_explore(model, data["test"], manifest.labels, run, device, explore))
     if run is None:
         return scalars
-    run.log_metrics(scalars, step=result.epochs_run)
+    run.log_metrics(scalars)  # final values at step 0: one bar per run in MLflow's chart view
     with run.scratch() as tmp:
         write_evaluation(test, tmp / "eval")
         run.log_artifacts(tmp / "eval", "evaluation")

@@ -486,7 +486,9 @@ def _compare(ctx: _Context, result: PipelineResult) -> StageResult:
     if report.is_file() and not ctx.changed:
         result.report = report
         return StageResult("compare", "skipped", f"{report} exists")
-    comp = compare(ctx.tracker, result.ablation_parent, c.metric, c.baseline, n_boot=c.n_boot)
+    comp = compare(
+        ctx.tracker, result.ablation_parent, c.metric, c.baseline, n_boot=c.n_boot, progress=ctx.progress
+    )
     paths = write_report(comp, out, ctx.tracker)
     result.report = paths["md"]
     return StageResult("compare", "ran", f"wrote {paths['md']}")

@@ -25,7 +25,8 @@ _DPI = 110
 def _num(v: object, digits: int = 3, sign: bool = False) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    return f"{float(v):+.{digits}f}" if sign else f"{float(v):.{digits}f}"
+    text = f"{float(v):+.{digits}f}" if sign else f"{float(v):.{digits}f}"
+    return text.replace("-", "−")  # a typographic minus (LaTeX: $-$)
 
 
 def _interval(value: object, low: object, high: object, sign: bool = False) -> str:
