@@ -1,22 +1,31 @@
-"""``ablate``: run every cell x seed of a matrix as child runs under one parent, resumably.
+"""``ablate``: run every cell x seed of a matrix as child runs under one parent, on any number of workers.
 
-Resume rule: a child whose config hash already FINISHED in the experiment is skipped; a RUNNING one left by a
-killed process is marked KILLED and re-run (continuing from its last epoch checkpoint). One failing cell never
-stops the others.
+Every invocation goes through the ablation's work queue (:mod:`cxrfa.scheduler`): it enqueues the units not
+yet FINISHED, then claims and runs units until every one of its units is final. So a second process (a second
+terminal, ``--workers N``, or ``--worker`` on other machines sharing the stores) never repeats a cell, a stopped
+worker's cell is taken over and resumed from its checkpoint, and re-running the command skips what finished. One
+failing cell never stops the others.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import signal
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrfa.config import AblationMatrix, RunConfig
-from cxrfa.errors import CxrfaError
 from cxrfa.experiment import CellResult, run_cell
-from cxrfa.tracking import TAG_PREFIX, Tracker
-from cxrfa.train import NonFiniteLoss
+from cxrfa.tracking import TAG_BACKBONES, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
+
+if TYPE_CHECKING:
+    from cxrfa.experiment import CellClaim
+    from cxrfa.scheduler import Queue, UnitState, Worker
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +44,28 @@ class AblationSummary:
     parent_id: str | None
     results: list[CellResult] = field(default_factory=list)
     seconds: float = 0.0
+    ran_here: list[str] = field(default_factory=list)  # <cell>/seed=<k> of the units this process ran
 
     @property
     def failed(self) -> list[CellResult]:
         return [r for r in self.results if r.status not in ("FINISHED", "SKIPPED")]
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How many worker processes, on which devices, with how many CPU threads each.
+
+    ``count`` > 1 starts that many ``cxrfa ablate --worker`` processes (``args``: their command line, without
+    credentials, which travel in ``env``) and watches them; 1 runs the units in this process.
+    """
+
+    count: int = 1
+    devices: tuple[str, ...] = ()  # cpu | cuda:N, one per worker (cycled)
+    threads: int | None = None  # torch CPU threads per worker; None = cores / count
+    storage: str | None = None  # queue database URL; None = queue.db beside a local store (or ./mlruns)
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    logs: Path = Path("mlruns") / "workers"
 
 
 def parent_name(matrix: AblationMatrix, backbones: str, data: str | None) -> str:
@@ -55,6 +82,34 @@ def plan(runs: Sequence[RunConfig], tracker: Tracker) -> list[PlannedRun]:
     return out
 
 
+def prepare(runs: Sequence[RunConfig], progress: bool) -> None:
+    """Build what every cell shares (demo data, stand-in backbones) once, before any worker needs it.
+
+    Workers started together on one machine take turns through a lock in the cxrfa home, so the first builds
+    and the others find it cached.
+    """
+    from filelock import FileLock
+
+    from cxrfa.experiment import load_data, prepare_backbone
+    from cxrfa.io import cxrfa_home
+
+    home = cxrfa_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(home / ".prepare.lock"), timeout=3600):
+        done: set[str] = set()
+        for cfg in runs:
+            key = cfg.data.model_dump_json() + (
+                cfg.model.visual.model_dump_json() if cfg.model.visual else ""
+            )
+            key += cfg.model.text.model_dump_json() if cfg.model.text else ""
+            if key in done:
+                continue
+            done.add(key)
+            manifest = load_data(cfg.data, progress)
+            prepare_backbone(cfg.model.visual, manifest)
+            prepare_backbone(cfg.model.text, manifest)
+
+
 def ablate(
     matrix: AblationMatrix,
     runs: Sequence[RunConfig],
@@ -64,48 +119,56 @@ def ablate(
     data: str | None,
     explore: Sequence[str] = ("gap", "similarity"),
     progress: bool = True,
+    workers: Workers = Workers(),
 ) -> AblationSummary:
     """Run (or skip, when finished) every config under one parent run; never raises for a failing cell.
 
+    Returns when every unit of ``runs`` is final, whichever worker ran it.
+
     Raises:
+        CxrfaError: the queue storage cannot be used.
         KeyboardInterrupt: passed through after the current child and the parent are marked KILLED.
     """
-    from tqdm.auto import tqdm
+    from cxrfa.scheduler import Queue, Worker, open_queue
 
     started = time.monotonic()
-    parent = tracker.parent(
-        parent_name(matrix, backbones, data),
-        {
-            f"{TAG_PREFIX}matrix": matrix.name,
-            f"{TAG_PREFIX}backbones": backbones,
-            f"{TAG_PREFIX}data": data or "demo",
-        },
-    )
+    prepare(runs, progress)
+    storage, _ = open_queue(workers.storage, tracker)
+    name = parent_name(matrix, backbones, data)
+    queue = Queue(storage, f"ablate.{tracker.experiment}.{name}", tracker)
+    tags = {TAG_MATRIX: matrix.name, TAG_BACKBONES: backbones, TAG_DATA: data or "demo"}
+    parent = tracker.parent(name, tags, description=_description(matrix, backbones, data))
     parent.log_text(_matrix_text(matrix), "matrix.yaml")
-    summary = AblationSummary(matrix.name, parent.run_id)
-    bar = tqdm(
-        plan(runs, tracker),
-        desc=f"ablate {matrix.name}",
-        unit="run",
-        disable=not progress,
-        dynamic_ncols=True,
+    states = queue.enqueue(runs)
+    bar = _Bar(states, matrix.name, progress)
+    worker = Worker(
+        functools.partial(
+            _run, tracker=tracker, parent_id=parent.run_id, explore=tuple(explore), progress=progress
+        ),
+        threads=workers.threads,
+        on_change=bar.update,
     )
     try:
-        for item in bar:
-            cfg = item.cfg
-            bar.set_postfix_str(f"{cfg.cell}/seed={cfg.seed}")
-            if item.finished_run is not None:
-                summary.results.append(
-                    CellResult(cfg, "SKIPPED", item.finished_run, _metrics(tracker, item.finished_run))
-                )
-                continue
-            summary.results.append(_run_one(cfg, tracker, parent.run_id, explore, progress))
+        if workers.count > 1:
+            _supervise(queue, states, worker, workers, bar)
+        else:
+            queue.work(states, worker)
     except KeyboardInterrupt:
-        parent.client.set_terminated(parent.run_id, status="KILLED")
+        parent.end("KILLED", "interrupted")
         raise
-    summary.seconds = time.monotonic() - started
-    parent.log_metrics({"cells_finished": sum(r.status in ("FINISHED", "SKIPPED") for r in summary.results),
-                        "cells_failed": len(summary.failed), "wall_seconds": summary.seconds})  # fmt: skip
+    finally:
+        bar.close()
+    summary = AblationSummary(
+        matrix.name, parent.run_id, seconds=time.monotonic() - started, ran_here=worker.ran
+    )
+    summary.results = [_result(tracker, st) for st in states.values()]
+    parent.log_metrics(
+        {
+            "cells_finished": sum(r.status in ("FINISHED", "SKIPPED") for r in summary.results),
+            "cells_failed": len(summary.failed),
+            "wall_seconds": summary.seconds,
+        }
+    )
     if summary.failed:
         parent.fail(
             f"{len(summary.failed)} cell(s) failed: "
@@ -116,30 +179,100 @@ def ablate(
     return summary
 
 
-def _run_one(
-    cfg: RunConfig, tracker: Tracker, parent_id: str, explore: Sequence[str], progress: bool
+def _run(
+    cfg: RunConfig,
+    *,
+    claim: CellClaim,
+    tracker: Tracker,
+    parent_id: str,
+    explore: tuple[str, ...],
+    progress: bool,
 ) -> CellResult:
-    started = time.monotonic()
-    try:
-        return run_cell(cfg, tracker, parent_id=parent_id, explore=explore, progress=progress)
-    except NonFiniteLoss as err:
-        reason = err.reason
-    except CxrfaError as err:
-        reason = str(err)
-    except Exception as err:  # noqa: BLE001 - a bug in one cell must not stop the matrix; it is logged in full
-        log.exception("cell %s/seed=%d failed", cfg.cell, cfg.seed)
-        reason = f"{type(err).__name__}: {err}"
-    failed = tracker.search(
-        f"tags.`cxrfa.config_hash` = '{cfg.config_hash()}' and attributes.status = 'FAILED'"
+    import torch
+
+    threads = {TAG_THREADS: str(cfg.train.threads or torch.get_num_threads())}
+    return run_cell(
+        cfg, tracker, parent_id=parent_id, explore=explore, progress=progress, claim=claim, extra_tags=threads
     )
-    log.error("cell %s/seed=%d failed: %s", cfg.cell, cfg.seed, reason)
+
+
+def _supervise(
+    queue: Queue, states: dict[str, UnitState], worker: Worker, workers: Workers, bar: _Bar
+) -> None:
+    """Start ``workers.count`` worker processes and wait until every unit is final. If every worker process
+    ended while units are left (each crashed), this process finishes them itself."""
+    from cxrfa.scheduler import POLL_S, device_env, spawn, threads_per_worker
+
+    threads = threads_per_worker(workers.count, workers.threads)
+    procs: list[subprocess.Popen[bytes]] = []
+    for i in range(workers.count):
+        env = {**workers.env, **device_env(workers.devices, i), "OMP_NUM_THREADS": str(threads)}
+        args = [*workers.args, "--worker", "--threads", str(threads)]
+        procs.append(spawn(args, env, workers.logs / f"worker-{i}.log"))
+    log.info("started %d workers (%d CPU threads each); their logs: %s", len(procs), threads, workers.logs)
+    try:
+        while True:
+            queue.reap()
+            if queue.refresh(states):
+                break
+            bar.update()
+            if all(p.poll() is not None for p in procs):
+                log.warning("every worker process ended with cells left; running them here")
+                queue.work(states, worker)
+                break
+            time.sleep(POLL_S)
+        for p in procs:
+            p.wait()
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)  # each marks its run KILLED and its unit goes back in the queue
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+
+
+class _Bar:
+    """Units final out of this invocation's units, refreshed from the queue."""
+
+    def __init__(self, states: dict[str, UnitState], matrix: str, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.states = states
+        self.bar = tqdm(
+            total=len(states), desc=f"ablate {matrix}", unit="run", disable=not progress, dynamic_ncols=True
+        )
+        self.update()
+
+    def update(self) -> None:
+        self.bar.n = sum(st.status != "PENDING" for st in self.states.values())
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.update()
+        self.bar.close()
+
+
+def _result(tracker: Tracker, st: UnitState) -> CellResult:
+    done = st.status in ("FINISHED", "SKIPPED") and st.run_id is not None
     return CellResult(
-        cfg, "FAILED", failed[0].run_id if failed else None, reason=reason, seconds=time.monotonic() - started
+        st.cfg, st.status, st.run_id, _metrics(tracker, st.run_id) if done else {}, reason=st.reason
     )
 
 
 def _metrics(tracker: Tracker, run_id: str) -> dict[str, float]:
     return {k: v for k, v in tracker.get(run_id).metrics.items() if k.startswith("test/")}
+
+
+def _description(matrix: AblationMatrix, backbones: str, data: str | None) -> str:
+    return (
+        f"Ablation **{matrix.name}** ({len(matrix.cells)} cells x {len(matrix.seeds)} seeds), backbones "
+        f"`{backbones}`, data `{data or 'synthetic demo'}`. {matrix.description or ''}\n\n"
+        f"Each child run is one cell x seed; `cxrfa compare --parent <this run id>` puts them side by side."
+    )
 
 
 def _matrix_text(matrix: AblationMatrix) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import subprocess
 import tempfile
@@ -30,18 +31,84 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("mlruns")
 _KNOWN_SCHEMES = {"sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file"}
+_DB_SCHEMES = {"postgresql", "mysql", "mssql"}
+
+# Tag names: every tag cxrfa writes or reads is named here, nowhere else.
 TAG_PREFIX = "cxrfa."
+TAG_CELL = "cxrfa.cell"  # marks a cell run (what `compare` gathers)
+TAG_SEED = "cxrfa.seed"
+TAG_CONFIG_HASH = "cxrfa.config_hash"  # resume key of a cell run; trials carry a ".trial<N>" suffix
+TAG_DATA_HASH = "cxrfa.data_hash"
+TAG_DATA = "cxrfa.data"
+TAG_BACKBONE_SOURCE = "cxrfa.backbone.source"
+TAG_AXIS_PREFIX = "cxrfa.axis."
+TAG_CODE_VERSION = "cxrfa.code_version"
+TAG_FAILURE = "cxrfa.failure"
+TAG_OWNER = "cxrfa.owner"  # host:pid:start of the process that runs (or ran) it
+TAG_RESUMED_FROM = "cxrfa.resumed_from"
+TAG_THREADS = "cxrfa.threads"  # torch CPU threads the run trained with
+TAG_PARENT = "cxrfa.parent"  # name of a matrix invocation's parent run
+TAG_MATRIX = "cxrfa.matrix"
+TAG_BACKBONES = "cxrfa.backbones"
+TAG_STUDY = "cxrfa.study"
+TAG_TRIAL = "cxrfa.trial"
+TAG_TRIAL_STATE = "cxrfa.trial_state"
+TAG_TRIAL_CONFIG_HASH = "cxrfa.trial_config_hash"
+TAG_STUDY_PARENT = "cxrfa.study_parent"
+TAG_TUNED_CELL = "cxrfa.tuned_cell"
+TAG_STORAGE = "cxrfa.storage"
+TAG_METRIC = "cxrfa.metric"
+TAG_SAMPLER = "cxrfa.sampler"
+TAG_PRUNER = "cxrfa.pruner"
+TAG_BEST_TRIAL = "cxrfa.best_trial"
+TAG_BEST_RUN = "cxrfa.best_run"
+TAG_PRETRAIN = "cxrfa.pretrain"
+TAG_PIPELINE = "cxrfa.pipeline"
+MLFLOW_PARENT = "mlflow.parentRunId"
+MLFLOW_RUN_NAME = "mlflow.runName"
+MLFLOW_NOTE = "mlflow.note.content"  # a run's (or experiment's) description in the UI
+MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"  # opens experiments in the model-training view, not the GenAI one
+
+_SCHEME_AUTHORITY = re.compile(r"^([A-Za-z][\w+.-]*://)(.*)@", re.DOTALL)
 
 
 def redact(uri: str) -> str:
-    """Hide credentials: ``postgresql://user:secret@host/db`` -> ``postgresql://***@host/db``."""
-    return re.sub(r"//[^/@]+@", "//***@", uri)
+    """Hide credentials: ``postgresql://user:secret@host/db`` -> ``postgresql://***@host/db``.
+
+    Everything between ``//`` and the *last* ``@`` counts as credentials, so a password holding ``/`` or ``@``
+    is hidden whole (a path that holds ``@`` is hidden too, which errs on the safe side). File-based stores
+    (``sqlite:``, ``file:``, journal paths) carry no credentials and are left as they are.
+    """
+    if uri.split(":", 1)[0].split("+")[0].lower() in ("sqlite", "file"):
+        return uri
+    return _SCHEME_AUTHORITY.sub(r"\1***@", uri)
+
+
+def redact_text(text: str, *uris: str | None) -> str:
+    """``text`` (an error message, say) with the credentials of ``uris`` and any URI-embedded ones hidden."""
+    from urllib.parse import quote, unquote
+
+    for uri in uris:
+        found = _SCHEME_AUTHORITY.match(uri or "")
+        if found is None or redact(uri or "") == uri:
+            continue
+        userinfo = found.group(2)
+        secrets = {userinfo, userinfo.partition(":")[2]}
+        secrets |= {unquote(x) for x in secrets} | {quote(x, safe="") for x in secrets}
+        for secret in sorted((x for x in secrets if len(x) >= 3), key=len, reverse=True):
+            text = text.replace(secret, "***")
+    return re.sub(r"([A-Za-z][\w+.-]*://)[^\s'\"]*@", r"\1***@", text)
 
 
 def default_store(root: Path = DEFAULT_STORE) -> tuple[str, str]:
     """(tracking URI, artifact root URI) of the local SQLite store under ``root``."""
     root = root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CxrfaError(f"tracking store {root}: cannot create the folder ({err.strerror}); "
+                         "pass --tracking-uri with a folder you can write") from None  # fmt: skip
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
 
 
@@ -123,6 +190,7 @@ class RunInfo:
     params: dict[str, str]
     metrics: dict[str, float]
     artifact_uri: str
+    start_time: int = 0  # ms since the epoch
 
 
 class Tracker:
@@ -146,110 +214,182 @@ class Tracker:
         self.uri, self.artifact_root = resolve_uri(uri)
         check_writable(self.uri)
         try:
-            self.client = MlflowClient(tracking_uri=self.uri)
-            self.experiment_id = self._experiment(experiment)
+            # A new store is created (schema migrations) on first use: serialise that across processes.
+            with creation_lock(self.uri):
+                self._client = _retry_first_use(lambda: MlflowClient(tracking_uri=self.uri), self.uri)
+                self.experiment_id = _retry_first_use(lambda: self._experiment(experiment), self.uri)
         except CxrfaError:
             raise
         except Exception as err:  # noqa: BLE001 - any backend failure is a store the user pointed us at
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CxrfaError(f"cannot use tracking store {redact(self.uri)}: {first[:300]}") from None
+            raise CxrfaError(
+                f"cannot use tracking store {redact(self.uri)}: {redact_text(first, self.uri)[:300]}"
+            ) from None
         self.experiment = experiment
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the store is a SQLite file on this machine (its artifacts and checkpoints beside it)."""
+        return self.uri.startswith("sqlite:///")
+
+    @property
+    def shown(self) -> str:
+        """The store's URI as it may be printed (credentials hidden)."""
+        return redact(self.uri)
 
     def _experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
 
-        exp = self.client.get_experiment_by_name(name)
+        exp = self._client.get_experiment_by_name(name)
         if exp is None:
             location = f"{self.artifact_root}/{name}" if self.artifact_root else None
             try:
-                return self.client.create_experiment(name, artifact_location=location)
+                # A training experiment: MLflow otherwise opens a new experiment in its GenAI view.
+                return self._client.create_experiment(
+                    name, artifact_location=location, tags={MLFLOW_EXPERIMENT_KIND: TRAINING_KIND}
+                )
             except MlflowException:  # another process created it first
-                exp = self.client.get_experiment_by_name(name)
+                exp = self._client.get_experiment_by_name(name)
                 if exp is None:
                     raise
         if exp.lifecycle_stage == "deleted":
-            self.client.restore_experiment(exp.experiment_id)
+            self._client.restore_experiment(exp.experiment_id)
+        if (
+            MLFLOW_EXPERIMENT_KIND not in exp.tags
+        ):  # created elsewhere: say what it is, keep a kind a user chose
+            self._client.set_experiment_tag(exp.experiment_id, MLFLOW_EXPERIMENT_KIND, TRAINING_KIND)
         return exp.experiment_id
+
+    def _error(self, what: str, err: BaseException) -> CxrfaError:
+        return CxrfaError(f"{what} in tracking store {self.shown} ({redact_text(str(err), self.uri)[:200]})")
 
     # -- queries -----------------------------------------------------------------------------------------
 
     def search(self, filter_string: str = "", max_results: int = 10_000) -> list[RunInfo]:
         """Runs of this experiment matching an MLflow filter string, newest first."""
-        runs = self.client.search_runs(
+        runs = self._client.search_runs(
             [self.experiment_id],
             filter_string=filter_string,
             max_results=max_results,
             order_by=["attributes.start_time DESC"],
         )
-        return [
-            RunInfo(r.info.run_id, r.info.run_name or "", r.info.status, dict(r.data.tags), dict(r.data.params),
-                    dict(r.data.metrics), r.info.artifact_uri)
-            for r in runs
-        ]  # fmt: skip
+        return [_info(r) for r in runs]
 
     def finished(self, config_hash: str) -> RunInfo | None:
         """The FINISHED child run with this config hash, if any."""
-        found = self.search(f"tags.`cxrfa.config_hash` = '{config_hash}' and attributes.status = 'FINISHED'")
+        found = self.search(f"tags.`{TAG_CONFIG_HASH}` = '{config_hash}' and attributes.status = 'FINISHED'")
         return found[0] if found else None
 
     def get(self, run_id: str) -> RunInfo:
         """One run by id, from any experiment of the store."""
         try:
-            r = self.client.get_run(run_id)
+            return _info(self._client.get_run(run_id))
         except Exception:  # noqa: BLE001
-            raise CxrfaError(f"no run {run_id!r} in tracking store {redact(self.uri)}") from None
-        return RunInfo(r.info.run_id, r.info.run_name or "", r.info.status, dict(r.data.tags), dict(r.data.params),
-                       dict(r.data.metrics), r.info.artifact_uri)  # fmt: skip
+            raise CxrfaError(f"no run {run_id!r} in tracking store {self.shown}") from None
 
     def experiment_of(self, run_id: str) -> str:
         """Name of the experiment a run belongs to."""
         try:
-            return self.client.get_experiment(self.client.get_run(run_id).info.experiment_id).name
+            return self._client.get_experiment(self._client.get_run(run_id).info.experiment_id).name
         except Exception:  # noqa: BLE001
-            raise CxrfaError(f"no run {run_id!r} in tracking store {redact(self.uri)}") from None
+            raise CxrfaError(f"no run {run_id!r} in tracking store {self.shown}") from None
 
     def children(self, parent_id: str) -> list[RunInfo]:
-        return self.search(f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        return self.search(f"tags.`{MLFLOW_PARENT}` = '{parent_id}'")
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        """Paths of a run's artifacts directly under ``path`` (folders included)."""
+        try:
+            return [a.path for a in self._client.list_artifacts(run_id, path)]
+        except Exception as err:  # noqa: BLE001
+            raise self._error(f"cannot list the artifacts of run {run_id}", err) from None
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """Every logged (step, value) of one metric of a run, in logging order."""
+        return [(m.step, m.value) for m in self._client.get_metric_history(run_id, key)]
 
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
         """Download one artifact (file or folder) of a run into ``dst``; returns the local path."""
         from mlflow.artifacts import download_artifacts
 
         try:
-            return Path(download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst),
-                                           tracking_uri=self.uri))  # fmt: skip
+            return Path(
+                download_artifacts(
+                    run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=self.uri
+                )
+            )
         except Exception as err:  # noqa: BLE001
             raise CxrfaError(
-                f"run {run_id}: cannot fetch artifact {artifact_path!r} ({str(err)[:200]})"
+                f"run {run_id}: cannot fetch artifact {artifact_path!r} ({redact_text(str(err), self.uri)[:200]})"
             ) from None
 
     # -- writing -----------------------------------------------------------------------------------------
 
-    def parent(self, name: str, tags: Mapping[str, str] | None = None) -> TrackedRun:
-        """The parent run named ``name`` (reused when it exists, so a resumed matrix keeps one parent)."""
-        found = self.search(f"tags.`cxrfa.parent` = '{name}'")
-        if found:
-            run = TrackedRun(self, found[0].run_id)
-            self.client.update_run(run.run_id, status="RUNNING")
-        else:
-            run = self.start(name, {f"{TAG_PREFIX}parent": name, **(tags or {})})
+    def parent(
+        self, name: str, tags: Mapping[str, str] | None = None, description: str | None = None
+    ) -> TrackedRun:
+        """The parent run named ``name``: reused when it exists, so a resumed matrix keeps one parent.
+
+        Several workers may ask at once. On a local store a file lock makes that exact; on a server each
+        creates one if none exists, then all keep the oldest and the others delete their own.
+        """
+        key = f"tags.`{TAG_PARENT}` = '{name}'"
+        with creation_lock(self.uri, "parent"):
+            found = self.search(key)
+            if not found:
+                mine = self.start(name, {TAG_PARENT: name, **(tags or {})}, description=description)
+                found = self._oldest_wins(key, mine)
+        run = TrackedRun(self, found[-1].run_id)
+        run.reopen()
         return run
 
-    def start(self, name: str, tags: Mapping[str, str], parent_id: str | None = None) -> TrackedRun:
-        """Create a RUNNING run (nested under ``parent_id`` when given)."""
-        all_tags = {f"{TAG_PREFIX}code_version": code_version(), "mlflow.runName": name, **tags}
+    def _oldest_wins(self, key: str, mine: TrackedRun) -> list[RunInfo]:
+        if self.is_local:
+            return [self.get(mine.run_id)]
+        time.sleep(1.0)  # let concurrent creations land before choosing
+        found = sorted(self.search(key), key=lambda r: (r.start_time, r.run_id), reverse=True)
+        if found[-1].run_id != mine.run_id:
+            self.delete_run(mine.run_id)
+        return found
+
+    def start(
+        self,
+        name: str,
+        tags: Mapping[str, str],
+        parent_id: str | None = None,
+        description: str | None = None,
+    ) -> TrackedRun:
+        """Create a RUNNING run owned by this process (nested under ``parent_id`` when given)."""
+        from cxrfa.owners import me
+
+        all_tags = {TAG_CODE_VERSION: code_version(), MLFLOW_RUN_NAME: name, TAG_OWNER: me(), **tags}
         if parent_id:
-            all_tags["mlflow.parentRunId"] = parent_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+            all_tags[MLFLOW_PARENT] = parent_id
+        if description:
+            all_tags[MLFLOW_NOTE] = description
+        run = self._client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         return TrackedRun(self, run.info.run_id)
 
-    def abandon_unfinished(self, config_hash: str) -> int:
-        """Mark RUNNING runs of this config hash (left by a killed process) KILLED; returns how many."""
-        stale = self.search(f"tags.`cxrfa.config_hash` = '{config_hash}' and attributes.status = 'RUNNING'")
-        for run in stale:
-            self.client.set_tag(run.run_id, f"{TAG_PREFIX}failure", "interrupted; re-run started")
-            self.client.set_terminated(run.run_id, status="KILLED")
-        return len(stale)
+    def delete_run(self, run_id: str) -> None:
+        self._client.delete_run(run_id)
+
+    def abandon_unfinished(self, config_hash: str, claimed: bool = False) -> list[RunInfo]:
+        """Mark RUNNING runs of this config hash left by stopped processes KILLED; returns them.
+
+        A run whose owner is a live process is left alone, unless ``claimed``: the caller holds this config's
+        queue claim, so the engine has declared the run's worker dead (no heartbeat), wherever it was.
+        """
+        from cxrfa.owners import alive
+
+        stale = []
+        for run in self.search(
+            f"tags.`{TAG_CONFIG_HASH}` = '{config_hash}' and attributes.status = 'RUNNING'"
+        ):
+            owner = run.tags.get(TAG_OWNER)
+            if claimed or (owner is None or not alive(owner)):
+                TrackedRun(self, run.run_id).end("KILLED", "its worker stopped; the cell was run again")
+                stale.append(run)
+        return stale
 
 
 class TrackedRun:
@@ -257,56 +397,116 @@ class TrackedRun:
 
     def __init__(self, tracker: Tracker, run_id: str) -> None:
         self.tracker = tracker
-        self.client = tracker.client
+        self._client = tracker._client
         self.run_id = run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        existing = self.client.get_run(self.run_id).data.params
+        existing = self._client.get_run(self.run_id).data.params
         items = [Param(k, redact(str(v))[:6000]) for k, v in params.items() if k not in existing]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            self._client.log_batch(self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def describe(self, text: str) -> None:
+        """The run's description (Markdown), shown on its page in the MLflow UI."""
+        self.set_tags({MLFLOW_NOTE: text})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Log finite metrics (NaN/inf are skipped: MLflow can't chart them and they'd poison averages)."""
+        """Log finite metrics (NaN/inf are skipped: MLflow can't chart them and they'd poison averages).
+
+        Final results go at step 0 (the default), so MLflow's chart view draws one bar per run; per-epoch
+        curves pass their epoch as ``step``.
+        """
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items() if _finite(v)]
         for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+            self._client.log_batch(self.run_id, metrics=items[i : i + 500])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        self._client.log_artifacts(self.run_id, str(folder), artifact_path)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        self._client.log_figure(self.run_id, figure, artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._client.log_text(self.run_id, text, artifact_file)
+
+    def reopen(self) -> None:
+        """Mark RUNNING again (a resumed parent run)."""
+        self._client.update_run(self.run_id, status="RUNNING")
 
     def finish(self) -> None:
-        self.client.set_terminated(self.run_id, status="FINISHED")
+        self._client.set_terminated(self.run_id, status="FINISHED")
 
     def fail(self, reason: str) -> None:
         """Mark FAILED with the reason in the ``cxrfa.failure`` tag."""
-        self.client.set_tag(self.run_id, f"{TAG_PREFIX}failure", reason[:5000])
-        self.client.set_terminated(self.run_id, status="FAILED")
+        self.end("FAILED", reason)
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """End with any MLflow status (FINISHED, FAILED, KILLED), recording ``reason`` in ``cxrfa.failure``."""
+        if reason is not None:
+            self._client.set_tag(self.run_id, TAG_FAILURE, reason[:5000])
+        self._client.set_terminated(self.run_id, status=status)
 
     @contextmanager
     def scratch(self) -> Iterator[Path]:
         """A temporary folder for files to log."""
         with tempfile.TemporaryDirectory(prefix="cxrfa-") as tmp:
             yield Path(tmp)
+
+
+def _info(r: Any) -> RunInfo:
+    return RunInfo(
+        r.info.run_id,
+        r.info.run_name or "",
+        r.info.status,
+        dict(r.data.tags),
+        dict(r.data.params),
+        dict(r.data.metrics),
+        r.info.artifact_uri,
+        r.info.start_time or 0,
+    )
+
+
+@contextmanager
+def creation_lock(uri: str, what: str = "store") -> Iterator[None]:
+    """Serialise first use of a SQLite file store across the processes of this machine (a no-op otherwise).
+
+    Two processes creating a new SQLite store at once race in its schema migrations; the lock file sits beside
+    the database. Server databases are handled by :func:`_retry_first_use` instead.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    with FileLock(str(db.parent / f".{db.name}.{what}.lock"), timeout=600):
+        yield
+
+
+def _retry_first_use(fn: Any, uri: str, attempts: int = 4) -> Any:
+    """Call ``fn``; on a server database, retry a few times (another process may be migrating its schema)."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - re-raised after the last attempt
+            if scheme not in _DB_SCHEMES or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random() * 1.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _finite(v: Any) -> bool:
@@ -321,10 +521,30 @@ def _metric_key(key: str) -> str:
     return re.sub(r"[^\w\-. :/]", "_", key)
 
 
-def ui_command(uri: str | None, port: int) -> list[str]:
-    """The ``mlflow ui`` command line for the project's store, bound to 127.0.0.1."""
+def ui_command(uri: str | None, port: int, workers: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """The MLflow server command for the project's store, bound to 127.0.0.1, and the environment it needs.
+
+    The store URI travels in the environment (``MLFLOW_BACKEND_STORE_URI``), never on the command line, where
+    any user of the machine could read its credentials in ``ps``. ``workers`` defaults to one per two cores
+    (at most 4): a UI for one person needs no more.
+
+    Raises:
+        CxrfaError: ``uri`` is already a tracking server (open it in a browser instead).
+    """
+    import sys
+
     tracking, artifacts = resolve_uri(uri)
-    cmd = ["mlflow", "ui", "--backend-store-uri", tracking, "--host", "127.0.0.1", "--port", str(port)]
+    if urlparse(tracking).scheme in ("http", "https", "databricks"):
+        raise CxrfaError(
+            f"tracking URI {redact(tracking)} is already a server: open it in a browser; "
+            "`cxrfa ui` serves a local folder or a database"
+        )
+    workers = workers or max(1, min(4, (os.cpu_count() or 1) // 2))
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", str(workers)]
+    env = {"MLFLOW_BACKEND_STORE_URI": tracking, "MLFLOW_REGISTRY_STORE_URI": tracking}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # GenAI job runners (7 processes): unused here
     if artifacts:
-        cmd += ["--default-artifact-root", artifacts]
-    return cmd
+        env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = artifacts
+        cmd.append("--no-serve-artifacts")  # local artifacts are read in place
+    return cmd, env

@@ -85,7 +85,7 @@ def test_smoke_ablation_then_rerun_skips_everything_and_compare_is_right(workdir
         assert table.loc[cell, "seeds"] == 2
     assert "p_value" in table.columns and 0 < table.loc["align-clip", "p_value"] <= 1
     assert (out / "comparison.html").read_text().count("data:image/png;base64") == 2
-    logged = {a.path for a in tracker.client.list_artifacts(parent.run_id, "comparison")}
+    logged = {a for a in tracker.list_artifacts(parent.run_id, "comparison")}
     assert "comparison/comparison.md" in logged
 
 
@@ -140,3 +140,72 @@ def _cells_started(db: Path) -> int:
             return con.execute("select count(*) from tags where key = 'cxrfa.cell'").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def _ablate_proc(store: str, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "cxrfa.cli", "ablate", "--matrix", "smoke", "--tracking-uri", store, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_processes_on_a_fresh_store_run_each_cell_once(workdir: Path) -> None:
+    store = str(workdir / "fresh")  # neither the MLflow store nor the queue exists yet: both create them at once
+    procs = [_ablate_proc(store), _ablate_proc(store)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    runs = Tracker(store, "smoke").search("tags.`cxrfa.cell` != ''")
+    assert sorted((r.tags["cxrfa.cell"], r.status) for r in runs) == [
+        ("align-clip", "FINISHED"), ("visual-clip", "FINISHED")]  # fmt: skip
+    assert len(Tracker(store, "smoke").search("tags.`cxrfa.parent` != ''")) == 1
+
+
+def test_workers_share_the_matrix_with_pinned_threads(workdir: Path) -> None:
+    store = str(workdir / "store")
+    proc = _ablate_proc(store, "--seeds", "0,1", "--workers", "2", "--threads", "1")
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    runs = Tracker(store, "smoke").search("tags.`cxrfa.cell` != ''")
+    assert sorted((r.tags["cxrfa.cell"], r.tags["cxrfa.seed"], r.status) for r in runs) == [
+        ("align-clip", "0", "FINISHED"), ("align-clip", "1", "FINISHED"),
+        ("visual-clip", "0", "FINISHED"), ("visual-clip", "1", "FINISHED")]  # fmt: skip
+    owners = {r.tags["cxrfa.owner"] for r in runs}
+    assert len(owners) == 2 and str(proc.pid) not in {o.split(":")[1] for o in owners}  # the two workers ran them
+    assert {r.tags["cxrfa.threads"] for r in runs} == {"1"}
+    for run in runs:  # final metrics at step 0: one bar per run in MLflow's chart view
+        assert Tracker(store, "smoke").metric_history(run.run_id, "test/macro_auc") == [
+            (0, run.metrics["test/macro_auc"])
+        ]
+        assert "visual" in run.tags["mlflow.note.content"]
+
+
+def test_a_worker_silent_on_another_machine_loses_its_cell_after_the_grace_period(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxrfa import scheduler
+    from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
+    from cxrfa.experiment import run_cell
+
+    monkeypatch.setattr(scheduler, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(scheduler, "GRACE_S", 2)
+    tracker = Tracker(str(workdir / "store"), "smoke")
+    (cfg,) = expand(load_matrix("smoke"), DEMO_BACKBONES, cells=["visual-clip"])
+    storage, _ = scheduler.open_queue(None, tracker)
+    queue = scheduler.Queue(storage, "smoke-queue", tracker)
+    states = queue.enqueue([cfg])
+    # a worker on another machine claims the cell, starts its run, beats once and goes silent
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: heartbeats are meant for optimize()
+        ghost = queue.study.ask()
+    ghost.set_user_attr(scheduler.OWNER, "elsewhere:4242:1")
+    storage.record_heartbeat(ghost._trial_id)
+    lost = tracker.start("visual-clip/seed=0", {"cxrfa.config_hash": cfg.config_hash(), "cxrfa.owner": "elsewhere:4242:1"})
+    queue._add(cfg, 0)  # and a machine that started at the same moment enqueued the cell again
+    started = time.monotonic()
+    worker = scheduler.Worker(lambda c, claim: run_cell(c, tracker, claim=claim, explore=(), progress=False))
+    queue.work(states, worker)
+    assert time.monotonic() - started >= 2  # nothing was taken from a live-looking worker before the grace period
+    assert states[cfg.config_hash()].status == "FINISHED"
+    runs = {r.run_id: r.status for r in tracker.search(f"tags.`cxrfa.config_hash` = '{cfg.config_hash()}'")}
+    assert runs.pop(lost.run_id) == "KILLED" and list(runs.values()) == ["FINISHED"]
+    trials = sorted(queue.units(), key=lambda t: t.number)
+    assert [(t.state.name, t.user_attrs.get(scheduler.OUTCOME)) for t in trials] == [
+        ("FAIL", None), ("PRUNED", "duplicate"), ("COMPLETE", "finished")]  # fmt: skip
+    assert trials[2].system_attrs["failed_trial"] == 0  # Optuna's retry of the silent worker's trial

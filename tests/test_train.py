@@ -43,12 +43,12 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
         k for k in run.metrics if k.startswith("test/auc/")
     ]  # labels with both classes in the test split
     assert len(per_label) >= 3 and len([k for k in run.metrics if k.startswith("test/ap/")]) == len(per_label)
-    history = Tracker(None, "smoke").client.get_metric_history(run.run_id, "val/macro_auc")
-    assert [m.step for m in history] == [0, 1]
-    files = {a.path for a in Tracker(None, "smoke").client.list_artifacts(run.run_id)}
+    history = Tracker(None, "smoke").metric_history(run.run_id, "val/macro_auc")
+    assert [step for step, _ in history] == [0, 1]
+    files = set(Tracker(None, "smoke").list_artifacts(run.run_id))
     assert {"test_predictions.csv", "val_predictions.csv", "test_labels.csv", "config.json", "evaluation", "plots",
             "checkpoint"} <= files  # fmt: skip
-    plots = {a.path for a in Tracker(None, "smoke").client.list_artifacts(run.run_id, "plots")}
+    plots = set(Tracker(None, "smoke").list_artifacts(run.run_id, "plots"))
     assert {"plots/gap_shift.png", "plots/label_similarity.png", "plots/training_curves.png"} <= plots
     ckpt = Tracker(None, "smoke").download(run.run_id, "checkpoint/model.pt", workdir / "dl")
     state = torch.load(ckpt, weights_only=True)

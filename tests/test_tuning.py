@@ -69,7 +69,7 @@ def test_study_counts_resumes_exactly_and_exports_an_overlay_that_changes_the_ce
         assert float(run.params["train.lr"]) == pytest.approx(trial.params["train.lr"])
     best = max(study.trials, key=lambda t: t.value)
     assert parent.metrics["best/val/macro_auc"] == pytest.approx(best.value)
-    plots = {a.path for a in Tracker(None, "smoke").client.list_artifacts(parent.run_id, "optuna")}
+    plots = set(Tracker(None, "smoke").list_artifacts(parent.run_id, "optuna"))
     assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png"} <= plots
 
     again = runner.invoke(app, [*args, "--trials", "6"])
@@ -173,7 +173,7 @@ def test_pruned_trials_stop_early_and_count_as_finished(lab: Path) -> None:
         "pruned" in r.tags["cxrfa.failure"] for r in runs
     )
     for run in runs:
-        assert len(Tracker(None, "prune").client.get_metric_history(run.run_id, "val/macro_auc")) == 2
+        assert len(Tracker(None, "prune").metric_history(run.run_id, "val/macro_auc")) == 2
         assert "test/macro_auc" not in run.metrics
     for trial in _study(
         "prune.visual-clip"

@@ -39,6 +39,11 @@ NoCacheOpt = Annotated[
         "--no-feature-cache", help="Re-encode images with frozen encoders instead of using the cache."
     ),
 ]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", envvar="CXRFA_STORAGE", show_envvar=True,
+                 help="Queue database shared by the workers: sqlite:///…/queue.db (default: beside a local store) or postgresql://…."),
+]  # fmt: skip
 ExperimentOpt = Annotated[
     str | None, typer.Option("--experiment", help="MLflow experiment (default: the matrix name).")
 ]
@@ -144,22 +149,49 @@ def ablate(
             help="Exploration logged per text-branch cell: comma list of gap,similarity,umap; '' for none.",
         ),
     ] = "gap,similarity",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=1, help="Worker processes on this machine (each its own device/threads)."
+        ),
+    ] = 1,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker", help="Join the ablation's queue as one worker (any machine sharing the stores)."
+        ),
+    ] = False,
+    devices: Annotated[
+        str | None, typer.Option("--devices", help="Device per worker, e.g. cuda:0,cuda:1 or cpu (cycled).")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="CPU threads per worker (default: cores / workers)."),
+    ] = None,
+    storage: StorageOpt = None,
 ) -> None:
     """Run every cell x seed of an ablation matrix as MLflow child runs under one parent — resumably.
 
     Re-running the same command skips finished runs and re-runs unfinished ones (from their last epoch
-    checkpoint). One failing cell never stops the others; the exit status is 1 if any failed.
+    checkpoint). One failing cell never stops the others; the exit status is 1 if any failed. Any number of
+    processes share the work through a queue, each cell x seed running exactly once: --workers N here, and the
+    same command with --worker on other machines (with a shared --tracking-uri and --storage).
 
     Examples:
       cxrfa ablate --matrix full                     # the offline demo
       cxrfa ablate --matrix smoke --dry-run
-      cxrfa ablate --matrix full --data nih.csv --backbones real --seeds 0,1,2
+      cxrfa ablate --matrix full --workers 2         # two processes on this machine
+      cxrfa ablate --matrix full --data nih.csv --backbones real --workers 2 --devices cuda:0,cuda:1 \\
+          --tracking-uri http://mlflow:5000 --storage postgresql://cxrfa@db/cxrfa   # on every GPU machine
     """
+    import os
+
     from rich.table import Table
 
+    from cxrfa.ablate import Workers, plan
     from cxrfa.ablate import ablate as run_ablation
-    from cxrfa.ablate import plan
     from cxrfa.config import expand, load_backbones, load_matrix
+    from cxrfa.scheduler import device_env, threads_per_worker
     from cxrfa.tracking import Tracker
 
     m = load_matrix(matrix)
@@ -195,8 +227,31 @@ def ablate(
 
     check_checkpoints(runs, checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any run
     _announce_demo(data)
+    device_list = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else ()
+    args = ["ablate", "--matrix", matrix, "--backbones", backbones, "--experiment", tracker.experiment]
+    args += ["--explore", explore, *(["--data", str(data.resolve())] if data is not None else [])]
+    args += [*(["--seeds", seeds] if seeds else []), *(["--cells", cells] if cells else [])]
+    args += ["--no-feature-cache"] * no_feature_cache + ["--tuned"] * tuned
+    pool = Workers(
+        count=1 if worker else workers,
+        devices=device_list,
+        threads=threads or (threads_per_worker(workers, None) if workers > 1 or worker else None),
+        storage=storage,
+        args=tuple(args),
+        env={"MLFLOW_TRACKING_URI": tracker.uri, **({"CXRFA_STORAGE": storage} if storage else {})},
+        logs=checkpoint_dir(tracker).parent / "workers",
+    )
+    if worker and device_list:
+        os.environ.update(device_env(device_list, 0))
     summary = run_ablation(m, runs, tracker, backbones=backbones, data=str(data) if data else None,
-                           explore=[e for e in explore.split(",") if e])  # fmt: skip
+                           explore=[e for e in explore.split(",") if e], progress=not worker, workers=pool)  # fmt: skip
+    if worker:
+        console.print(
+            f"worker done: ran {len(summary.ran_here)} of {len(summary.results)} runs "
+            f"({len(summary.failed)} failed overall) in {summary.seconds:.0f} s",
+            highlight=False,
+        )
+        raise typer.Exit(1 if summary.failed else 0)
     table = Table(
         title=f"{m.name}: {len(summary.results)} runs in {summary.seconds:.0f} s (parent {summary.parent_id})"
     )
@@ -264,17 +319,20 @@ def compare(
 def ui(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
     tracking_uri: UriOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Server worker processes (default: one per 2 cores)."),
+    ] = None,
 ) -> None:
-    """Start the MLflow UI on the project's store, bound to 127.0.0.1, and print its URL."""
-    import subprocess
-    import sys
+    """Start the MLflow UI on the project's store, bound to 127.0.0.1; print its URL once it answers.
 
+    Ctrl-C or SIGTERM stops the server and every process it started.
+    """
     from cxrfa.tracking import ui_command
+    from cxrfa.uiserver import serve
 
-    cmd = ui_command(tracking_uri, port)
-    cmd[0:1] = [sys.executable, "-m", "mlflow"]
-    console.print(f"MLflow UI: http://127.0.0.1:{port}   (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(cmd))
+    cmd, env = ui_command(tracking_uri, port, workers)
+    raise typer.Exit(serve(cmd, env, port, lambda url: console.print(f"MLflow UI: {url}   (Ctrl-C to stop)")))
 
 
 def register(app: typer.Typer) -> None:

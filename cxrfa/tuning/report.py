@@ -13,7 +13,20 @@ from optuna.trial import TrialState
 
 from cxrfa.config import AblationMatrix, RunConfig, SearchSpace
 from cxrfa.errors import CxrfaError
-from cxrfa.tracking import TAG_PREFIX, TrackedRun, Tracker, redact
+from cxrfa.tracking import (
+    TAG_BEST_RUN,
+    TAG_BEST_TRIAL,
+    TAG_MATRIX,
+    TAG_METRIC,
+    TAG_PRUNER,
+    TAG_SAMPLER,
+    TAG_STORAGE,
+    TAG_STUDY_PARENT,
+    TAG_TUNED_CELL,
+    TrackedRun,
+    Tracker,
+    redact,
+)
 from cxrfa.tuning.overlays import overlay_path, write_overlay
 from cxrfa.tuning.workers import CONFIG, best_trial, count_states, trial_runs
 
@@ -47,23 +60,23 @@ def claim_study(
 def study_parent(tracker: Tracker, name: str, matrix: AblationMatrix, cfg: RunConfig, settings: TuneSettings,
                   storage: str) -> TrackedRun:  # fmt: skip
     """The study's parent run, shared by every worker (the oldest wins if two create one at once)."""
-    key = f"tags.`{TAG_PREFIX}study_parent` = '{name}'"
+    key = f"tags.`{TAG_STUDY_PARENT}` = '{name}'"
     found = tracker.search(key)
     if not found:
         # Not `cxrfa.cell`: that tag marks cell runs, which `compare` gathers.
-        tags = {f"{TAG_PREFIX}study_parent": name, f"{TAG_PREFIX}matrix": matrix.name, f"{TAG_PREFIX}tuned_cell": cfg.cell,
-                f"{TAG_PREFIX}storage": storage, f"{TAG_PREFIX}metric": matrix.tune.metric}  # fmt: skip
+        tags = {TAG_STUDY_PARENT: name, TAG_MATRIX: matrix.name, TAG_TUNED_CELL: cfg.cell,
+                TAG_STORAGE: storage, TAG_METRIC: matrix.tune.metric}  # fmt: skip
         mine = tracker.start(f"tune {name}", tags)
         found = tracker.search(key)
         if len(found) > 1 and found[-1].run_id != mine.run_id:  # search is newest first
-            tracker.client.delete_run(mine.run_id)
+            tracker.delete_run(mine.run_id)
         mine.log_text(
             yaml.safe_dump(matrix.tune.model_dump(mode="json"), sort_keys=False), "search_space.yaml"
         )
     parent = TrackedRun(tracker, tracker.search(key)[-1].run_id)
-    parent.client.update_run(parent.run_id, status="RUNNING")
+    parent.reopen()
     pruner = settings.pruner if isinstance(settings.pruner, str) else type(settings.pruner).__name__
-    parent.set_tags({f"{TAG_PREFIX}sampler": settings.sampler, f"{TAG_PREFIX}pruner": pruner})
+    parent.set_tags({TAG_SAMPLER: settings.sampler, TAG_PRUNER: pruner})
     return parent
 
 
@@ -86,18 +99,17 @@ def finish_study(study: optuna.Study, result: TuneResult, matrix: AblationMatrix
         ]  # fmt: skip
         write_overlay(result.overlay, result.best_config, header)
         parent.log_metrics({f"best/{result.metric}": result.best_value, "best/trial": best.number})
-        parent.set_tags({f"{TAG_PREFIX}best_trial": str(best.number),
+        parent.set_tags({TAG_BEST_TRIAL: str(best.number),
                          **{f"best.{k}": repr(v) for k, v in result.best_config.items()}})  # fmt: skip
         best_runs = trial_runs(parent.tracker, result.study_name, best.number, status="FINISHED")
         if best_runs:
-            parent.set_tags({f"{TAG_PREFIX}best_run": best_runs[0]})
+            parent.set_tags({TAG_BEST_RUN: best_runs[0]})
         parent.log_artifact(result.overlay, "overlay")
     log_plots(study, parent)
     if result.finished >= settings.trials:
         parent.finish()
     else:
-        parent.set_tags({f"{TAG_PREFIX}failure": f"{result.finished}/{settings.trials} trials finished"})
-        parent.client.set_terminated(parent.run_id, status="KILLED")
+        parent.end("KILLED", f"{result.finished}/{settings.trials} trials finished")
 
 
 def _command(matrix: AblationMatrix, cfg: RunConfig, settings: TuneSettings) -> str:

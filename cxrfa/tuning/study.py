@@ -18,7 +18,15 @@ from optuna.trial import FrozenTrial, Trial
 from cxrfa.config import AblationMatrix, RunConfig, SearchSpace
 from cxrfa.errors import CxrfaError
 from cxrfa.experiment import CellResult, StopRun, checkpoint_dir, run_cell
-from cxrfa.tracking import TAG_PREFIX, TrackedRun, Tracker
+from cxrfa.tracking import (
+    TAG_CONFIG_HASH,
+    TAG_STUDY,
+    TAG_TRIAL,
+    TAG_TRIAL_CONFIG_HASH,
+    TAG_TRIAL_STATE,
+    TrackedRun,
+    Tracker,
+)
 from cxrfa.train import NonFiniteLoss
 from cxrfa.tuning.backends import build_pruner, build_sampler, open_storage
 from cxrfa.tuning.report import claim_study, finish_study, study_parent
@@ -190,10 +198,8 @@ def tune(matrix: AblationMatrix, cfg: RunConfig, tracker: Tracker, settings: Tun
                 callbacks=[_StopRule(settings.trials, max_failures, bar)],
             )  # fmt: skip
     except BaseException as err:
-        parent.set_tags({f"{TAG_PREFIX}failure": f"{type(err).__name__}: {err}"[:500]})
-        parent.client.set_terminated(
-            parent.run_id, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        )
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        parent.end(status, f"{type(err).__name__}: {err}"[:500])
         raise
     finally:
         if bar is not None:
@@ -232,10 +238,10 @@ class _Objective:
     def _run(self, trial: Trial, cfg: RunConfig, values: Mapping[str, Any]) -> float:
         name, metric = self.study.study_name, self.space.metric
         tags = {
-            f"{TAG_PREFIX}study": name, f"{TAG_PREFIX}trial": str(trial.number),
-            f"{TAG_PREFIX}trial_state": "RUNNING", f"{TAG_PREFIX}trial_config_hash": cfg.config_hash(),
+            TAG_STUDY: name, TAG_TRIAL: str(trial.number),
+            TAG_TRIAL_STATE: "RUNNING", TAG_TRIAL_CONFIG_HASH: cfg.config_hash(),
             # A trial is not a cell run: keep `ablate` resume (which matches config hashes) from reusing it.
-            f"{TAG_PREFIX}config_hash": f"{cfg.config_hash()}.trial{trial.number}",
+            TAG_CONFIG_HASH: f"{cfg.config_hash()}.trial{trial.number}",
         }  # fmt: skip
         reporter = _PruneCallback(metric, trial.report, trial.should_prune)
         try:
@@ -259,7 +265,7 @@ class _Objective:
         value = objective_value(result, metric)
         if result.run_id is not None:
             run = TrackedRun(self.tracker, result.run_id)
-            run.set_tags({f"{TAG_PREFIX}trial_state": "COMPLETE" if math.isfinite(value) else "FAIL"})
+            run.set_tags({TAG_TRIAL_STATE: "COMPLETE" if math.isfinite(value) else "FAIL"})
             run.log_params({f"optuna.{k}": v for k, v in trial.params.items()})
             run.log_metrics({f"objective/{metric}": value})
         log.info("trial %d: %s %.4f", trial.number, metric, value)
@@ -267,7 +273,7 @@ class _Objective:
 
     def _close(self, number: int, cfg: RunConfig, state: str, values: Mapping[str, Any]) -> None:
         for run_id in trial_runs(self.tracker, self.study.study_name, number):
-            TrackedRun(self.tracker, run_id).set_tags({f"{TAG_PREFIX}trial_state": state})
+            TrackedRun(self.tracker, run_id).set_tags({TAG_TRIAL_STATE: state})
         # A stopped trial's epoch checkpoint must not be resumed by a later run of the same config.
         (checkpoint_dir(self.tracker) / f"{cfg.config_hash()}.pt").unlink(missing_ok=True)
 

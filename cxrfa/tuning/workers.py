@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,8 @@ from collections.abc import Iterator
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from cxrfa.tracking import TAG_PREFIX, TrackedRun, Tracker
+from cxrfa.owners import alive, me
+from cxrfa.tracking import TAG_STUDY, TAG_TRIAL, TAG_TRIAL_STATE, TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +32,9 @@ CONFIG = "cxrfa.config"  # the dotted config values a trial applied (what the ov
 FAILURE = "cxrfa.failure"
 
 
-def _me() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine: only the heartbeat can tell
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_stale(t: FrozenTrial, now: float) -> bool:
     owner = t.user_attrs.get(OWNER)
-    if owner is not None and not _alive(owner):
+    if owner is not None and not alive(owner):
         return True
     beat = t.user_attrs.get(HEARTBEAT)
     if beat is None and t.datetime_start is not None:
@@ -74,7 +56,7 @@ def fail_stale_trials(study: optuna.Study, tracker: Tracker | None) -> list[int]
             )
         if tracker is not None:
             for run in trial_runs(tracker, study.study_name, t.number, status="RUNNING"):
-                TrackedRun(tracker, run).set_tags({f"{TAG_PREFIX}trial_state": "FAIL"})
+                TrackedRun(tracker, run).set_tags({TAG_TRIAL_STATE: "FAIL"})
                 TrackedRun(tracker, run).fail("the worker running this trial stopped")
     return failed
 
@@ -82,7 +64,7 @@ def fail_stale_trials(study: optuna.Study, tracker: Tracker | None) -> list[int]
 @contextlib.contextmanager
 def heartbeat(trial: Trial) -> Iterator[None]:
     """Record the owner and refresh a heartbeat while the trial runs (journal files have no built-in one)."""
-    trial.set_user_attr(OWNER, _me())
+    trial.set_user_attr(OWNER, me())
     trial.set_user_attr(HEARTBEAT, time.time())
     stop = threading.Event()
 
@@ -122,7 +104,7 @@ def holds_slot(study: optuna.Study, number: int, total: int) -> bool:
 
 def trial_runs(tracker: Tracker, study: str, number: int, status: str | None = None) -> list[str]:
     """Ids of the MLflow runs of trial ``number`` of ``study`` (only those with ``status`` when given)."""
-    query = f"tags.`{TAG_PREFIX}study` = '{study}' and tags.`{TAG_PREFIX}trial` = '{number}'"
+    query = f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_TRIAL}` = '{number}'"
     if status:
         query += f" and attributes.status = '{status}'"
     return [r.run_id for r in tracker.search(query)]

@@ -1,0 +1,466 @@
+"""The ablation's work queue: every cell x seed runs exactly once, whichever process or machine runs it.
+
+The engine is Optuna's RDB storage used as a queue (a SQLite file beside a local tracking store, or the team's
+PostgreSQL). One study per ablation; each cell x seed is a *unit*: a trial enqueued WAITING whose user attributes
+carry the resolved config. Optuna does the hard parts: ``ask`` pops a WAITING trial atomically, so exactly one
+worker claims it; a heartbeat thread refreshes the claimed trial every :data:`HEARTBEAT_S` seconds; a trial whose
+heartbeat stopped for :data:`GRACE_S` seconds is failed by the next worker that looks, and
+``RetryHeartbeatStaleTrialCallback`` enqueues a copy, which a free worker claims and resumes from the checkpoint
+the stopped worker kept as a run artifact. A worker whose process is gone on this very machine is noticed at
+once (its owner id names a dead pid) instead of after the grace period.
+
+Two processes may enqueue the same unit at once (machines starting together); the copies are told apart by the
+*canonical* rule: for a unit (config hash, attempt), only the lowest-numbered trial that is not retired may run; a
+copy popped while a lower one is waiting, running or done is dropped (PRUNED, ``cxrfa.outcome`` = duplicate).
+Retired are trials failed for a stopped worker (their copy takes over) and dropped copies. ``attempt`` counts the
+genuine failures of a unit when it was enqueued, so re-running ``ablate`` after a cell failed tries it again
+once, however many processes start together.
+
+Only this module and :mod:`cxrfa.tuning` import optuna.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from cxrfa.config import RunConfig
+from cxrfa.errors import CxrfaError
+from cxrfa.experiment import StopRun
+from cxrfa.owners import alive, me
+from cxrfa.tracking import TAG_CONFIG_HASH, TrackedRun, Tracker, creation_lock, redact, redact_text
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = int(os.environ.get("CXRFA_HEARTBEAT_S", "10"))  # a claimed unit's heartbeat period
+GRACE_S = int(os.environ.get("CXRFA_GRACE_S", "60"))  # silence after which another worker takes the unit over
+POLL_S = 2.0  # how often an idle worker looks for work and for stopped workers
+MAX_RETRY = 3  # a unit whose worker stopped more often than this counts as failed
+QUEUE_DB = "queue.db"
+
+UNIT = "cxrfa.unit"  # config hash of the cell x seed
+ATTEMPT = "cxrfa.attempt"
+CONFIG = "cxrfa.config"  # the resolved RunConfig, as JSON
+LABEL = "cxrfa.label"  # <cell>/seed=<k>, for people reading the study
+OWNER = "cxrfa.owner"  # host:pid:start of the worker that claimed it
+OUTCOME = "cxrfa.outcome"  # finished | skipped | failed | duplicate | idle | interrupted | lost
+FAILURE = "cxrfa.failure"
+RUN_ID = "cxrfa.run_id"
+
+_RETIRED_OUTCOMES = ("duplicate", "idle", "interrupted", "lost")
+
+
+class CellFailed(Exception):
+    """A unit's cell failed (bad config, NaN loss, a bug): the trial ends FAIL and is not retried."""
+
+
+class ClaimLost(StopRun):
+    """The engine gave this unit to another worker (this one missed its heartbeats); the run ends KILLED."""
+
+
+def default_queue_url(tracker: Tracker) -> str:
+    """``queue.db`` beside a local SQLite tracking store, else ``./mlruns/queue.db``."""
+    folder = Path(tracker.uri.removeprefix("sqlite:///")).parent if tracker.is_local else Path("mlruns")
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder.resolve() / QUEUE_DB}"
+
+
+def open_queue(url: str | None, tracker: Tracker) -> tuple[optuna.storages.RDBStorage, str]:
+    """The RDB storage with heartbeats and retries; returns it and its display form (credentials hidden).
+
+    Raises:
+        CxrfaError: not a database URL (a journal file has no heartbeats), or the database cannot be opened.
+    """
+    from cxrfa.tracking import _retry_first_use
+
+    url = url or default_queue_url(tracker)
+    scheme = urlparse(url).scheme.split("+")[0]
+    if scheme not in ("sqlite", "postgresql", "mysql", "mssql"):
+        raise CxrfaError(
+            f"--storage {redact(url)!r}: the ablation queue needs a database with heartbeats; "
+            "use sqlite:///path/queue.db (one machine) or postgresql://user@host/db (several)"
+        )
+    if scheme == "sqlite" and not Path(url.removeprefix("sqlite:///")).parent.is_dir():
+        raise CxrfaError(
+            f"--storage {url!r}: folder {Path(url.removeprefix('sqlite:///')).parent} does not exist"
+        )
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats are marked experimental
+        callback = (retry or optuna.storages.RetryFailedTrialCallback)(max_retry=MAX_RETRY)
+        kwargs: dict[str, Any] = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
+        kwargs["heartbeat_stale_trial_callback" if retry else "failed_trial_callback"] = callback
+        if scheme == "sqlite":  # several local workers write to one file: wait for the lock, don't fail
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+        try:
+            with creation_lock(url):
+                storage = _retry_first_use(lambda: optuna.storages.RDBStorage(url, **kwargs), url)
+        except Exception as err:  # noqa: BLE001 - driver missing, server down, bad credentials
+            first = (redact_text(str(err), url).strip().splitlines() or [type(err).__name__])[0]
+            raise CxrfaError(f"--storage {redact(url)}: cannot open the database ({first[:200]})") from None
+    return storage, redact(url)
+
+
+@dataclass
+class UnitState:
+    """Where one of this worker's units stands."""
+
+    cfg: RunConfig
+    attempt: int
+    status: str = "PENDING"  # PENDING | FINISHED | SKIPPED | FAILED
+    run_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Worker:
+    """How this process runs units: its device, CPU threads and what to log."""
+
+    run: Callable[..., Any]  # run(cfg, claim=...) -> CellResult (``run_cell`` with the ablation's settings)
+    threads: int | None = None
+    progress: bool = True
+    on_change: Callable[[], None] | None = None  # called after each finished unit (progress bars)
+    ran: list[str] = field(default_factory=list)  # labels of the units this process ran
+
+
+class Queue:
+    """The work queue of one ablation (an Optuna study named ``name`` in ``storage``)."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, name: str, tracker: Tracker) -> None:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        self.tracker, self.name = tracker, name
+        self.study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            load_if_exists=True,
+            direction="minimize",  # the value of a unit is its wall time in seconds
+            sampler=optuna.samplers.RandomSampler(),
+        )
+        self._no_live: dict[tuple[str, int], int] = {}
+        self._lost = False
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def units(self) -> list[FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False) if UNIT in t.user_attrs]
+
+    @staticmethod
+    def _retired(t: FrozenTrial) -> bool:
+        outcome = t.user_attrs.get(OUTCOME)
+        if t.state == TrialState.PRUNED or outcome in _RETIRED_OUTCOMES:
+            return True
+        return t.state == TrialState.FAIL and outcome != "failed"  # its worker stopped
+
+    @classmethod
+    def canonical(cls, trials: Sequence[FrozenTrial], unit: str, attempt: int) -> FrozenTrial | None:
+        """The one trial of (unit, attempt) that may run (or ran): the lowest-numbered one not retired."""
+        mine = [
+            t
+            for t in trials
+            if t.user_attrs.get(UNIT) == unit and t.user_attrs.get(ATTEMPT) == attempt and not cls._retired(t)
+        ]
+        return min(mine, key=lambda t: t.number) if mine else None
+
+    # -- enqueueing --------------------------------------------------------------------------------------
+
+    def enqueue(self, runs: Sequence[RunConfig]) -> dict[str, UnitState]:
+        """Put every unit of ``runs`` not yet finished in the queue (once, whoever else enqueues it)."""
+        states: dict[str, UnitState] = {}
+        with creation_lock(
+            self.tracker.uri, "queue"
+        ):  # exact on one machine; the canonical rule does the rest
+            trials = self.units()
+            for cfg in runs:
+                unit = cfg.config_hash()
+                done = self.tracker.finished(unit)
+                if done is not None:
+                    states[unit] = UnitState(cfg, 0, "SKIPPED", done.run_id)
+                    continue
+                mine = [t for t in trials if t.user_attrs.get(UNIT) == unit]
+                live = [t for t in mine if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+                live = [t for t in live if not self._retired(t)]
+                if live:
+                    states[unit] = UnitState(cfg, int(min(live, key=lambda t: t.number).user_attrs[ATTEMPT]))
+                    continue
+                attempt = sum(t.user_attrs.get(OUTCOME) == "failed" for t in mine)
+                self._add(cfg, attempt)
+                states[unit] = UnitState(cfg, attempt)
+        return states
+
+    def _add(self, cfg: RunConfig, attempt: int) -> None:
+        attrs = {
+            UNIT: cfg.config_hash(),
+            ATTEMPT: attempt,
+            LABEL: f"{cfg.cell}/seed={cfg.seed}",
+            CONFIG: json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+        }
+        self.study.enqueue_trial({}, user_attrs=attrs)
+
+    # -- stopped workers ---------------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Fail the units of stopped workers (no heartbeat for the grace period, or a dead local process) and
+        put a copy of each back in the queue."""
+        optuna.storages.fail_stale_trials(self.study)
+        storage = self.study._storage
+        callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get(OWNER)
+            if owner is None or alive(owner):
+                continue
+            try:
+                changed = storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            if changed:
+                log.warning(
+                    "%s: its worker %s stopped; the cell goes back in the queue", t.user_attrs[LABEL], owner
+                )
+                callback(self.study, storage.get_trial(t._trial_id))
+
+    # -- status ------------------------------------------------------------------------------------------
+
+    def refresh(self, states: Mapping[str, UnitState]) -> bool:
+        """Update ``states`` from the queue; True when every unit is final (finished, skipped or failed)."""
+        trials = self.units()
+        pending = False
+        for unit, st in states.items():
+            if st.status != "PENDING":
+                continue
+            top = self.canonical(trials, unit, st.attempt)
+            if top is None:
+                pending |= self._orphan(trials, unit, st)
+                continue
+            self._no_live.pop((unit, st.attempt), None)
+            if top.state == TrialState.COMPLETE:
+                outcome = top.user_attrs.get(OUTCOME)
+                st.status, st.run_id = (
+                    ("SKIPPED" if outcome == "skipped" else "FINISHED"),
+                    top.user_attrs.get(RUN_ID),
+                )
+            elif top.state == TrialState.FAIL:
+                st.status, st.run_id = "FAILED", top.user_attrs.get(RUN_ID)
+                st.reason = top.user_attrs.get(FAILURE, "failed")
+            else:
+                pending = True
+        return not pending
+
+    def _orphan(self, trials: Sequence[FrozenTrial], unit: str, st: UnitState) -> bool:
+        """A unit with no live trial: its worker was interrupted, or a retry is about to appear. Returns
+        whether it is still pending."""
+        stopped = [
+            t
+            for t in trials
+            if t.user_attrs.get(UNIT) == unit
+            and t.user_attrs.get(ATTEMPT) == st.attempt
+            and t.state == TrialState.FAIL
+            and t.user_attrs.get(OUTCOME) is None
+        ]
+        if len(stopped) > MAX_RETRY:
+            st.status, st.reason = (
+                "FAILED",
+                f"its worker stopped {len(stopped)} times (a crash or out of memory?)",
+            )
+            return False
+        key = (unit, st.attempt)
+        self._no_live[key] = self._no_live.get(key, 0) + 1
+        if self._no_live[key] >= 2:  # still nothing after a poll: nobody will put it back, so we do
+            self._add(st.cfg, st.attempt)
+            self._no_live.pop(key)
+        return True
+
+    def waiting(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    # -- working -----------------------------------------------------------------------------------------
+
+    def work(self, states: dict[str, UnitState], worker: Worker) -> None:
+        """Claim and run units until every unit of ``states`` is final (others' included: a stopped worker's
+        unit is taken over here)."""
+        if worker.threads is not None:
+            import torch
+
+            torch.set_num_threads(worker.threads)
+        while True:
+            self.reap()
+            if self.refresh(states):
+                return
+            if self.waiting() == 0:
+                time.sleep(POLL_S)
+                continue
+            self._lost = False
+            try:
+                self.study.optimize(
+                    lambda trial: self._objective(trial, worker),
+                    n_trials=1,
+                    catch=(CellFailed,),
+                    gc_after_trial=False,
+                )
+            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                if not self._lost:
+                    raise
+            if worker.on_change is not None:
+                worker.on_change()
+
+    def _objective(self, trial: Trial, worker: Worker) -> float:
+        from cxrfa.config import validate
+        from cxrfa.train import NonFiniteLoss
+
+        attrs = trial.user_attrs
+        if UNIT not in attrs:  # the queue emptied between our look and the claim: Optuna made a blank trial
+            trial.set_user_attr(OUTCOME, "idle")
+            raise optuna.TrialPruned()
+        unit, attempt, label = attrs[UNIT], attrs[ATTEMPT], attrs[LABEL]
+        trial.set_user_attr(OWNER, me())
+        top = self.canonical(self.units(), unit, attempt)
+        if top is not None and top.number != trial.number:
+            trial.set_user_attr(OUTCOME, "duplicate")
+            raise optuna.TrialPruned()
+        done = self.tracker.finished(unit)
+        if done is not None:
+            trial.set_user_attr(OUTCOME, "skipped")
+            trial.set_user_attr(RUN_ID, done.run_id)
+            return 0.0
+        started = time.monotonic()
+        log.info("%s: running on %s", label, me())
+        try:
+            cfg = validate(RunConfig, json.loads(attrs[CONFIG]), f"queue {self.name} unit {label}")
+            if cfg.config_hash() != unit:  # written by another cxrfa version: it would never count as done
+                raise CxrfaError(
+                    f"queue {self.name}: unit {label} comes from another cxrfa version; delete the queue"
+                )
+            result = worker.run(cfg, claim=_Claim(self, trial, unit))
+        except ClaimLost as lost:
+            self._lost = True
+            log.warning("%s: %s", label, lost.reason)
+            raise optuna.TrialPruned() from None
+        except KeyboardInterrupt:
+            trial.set_user_attr(OUTCOME, "interrupted")
+            raise
+        except Exception as err:  # noqa: BLE001 - one cell never stops the others
+            reason = getattr(err, "reason", None) or str(err) or type(err).__name__
+            if not isinstance(err, (NonFiniteLoss, CxrfaError)):
+                log.exception("%s failed", label)
+                reason = f"{type(err).__name__}: {err}"
+            failed = self.tracker.search(
+                f"tags.`{TAG_CONFIG_HASH}` = '{unit}' and attributes.status = 'FAILED'"
+            )
+            trial.set_user_attr(OUTCOME, "failed")
+            trial.set_user_attr(FAILURE, reason[:2000])
+            if failed:
+                trial.set_user_attr(RUN_ID, failed[0].run_id)
+            log.error("%s failed: %s", label, reason)
+            raise CellFailed(reason) from None
+        trial.set_user_attr(OUTCOME, "finished")
+        trial.set_user_attr(RUN_ID, result.run_id)
+        worker.ran.append(label)
+        return time.monotonic() - started
+
+
+class _Claim:
+    """A held unit, as :func:`cxrfa.experiment.run_cell` sees it (:class:`cxrfa.experiment.CellClaim`)."""
+
+    def __init__(self, queue: Queue, trial: Trial, unit: str) -> None:
+        self.queue, self.trial, self.unit = queue, trial, unit
+
+    def held(self) -> bool:
+        (t,) = [t for t in self.queue.study.get_trials(deepcopy=False) if t.number == self.trial.number]
+        return t.state == TrialState.RUNNING
+
+    def check(self) -> None:
+        if not self.held():
+            raise ClaimLost("another worker took this cell over (this one missed its heartbeats); stopped")
+
+    def fetch_checkpoint(self, tracker: Tracker, checkpoint: Path) -> str | None:
+        """A stopped worker's checkpoint, from its run's artifacts, unless a local copy exists."""
+        if (
+            checkpoint.is_file() or tracker.is_local
+        ):  # a local store keeps checkpoints beside it for every worker
+            return None
+        name = f"resume/{checkpoint.name}"
+        for run in tracker.search(f"tags.`{TAG_CONFIG_HASH}` = '{self.unit}'"):
+            if run.status == "FINISHED" or name not in tracker.list_artifacts(run.run_id, "resume"):
+                continue
+            with tempfile.TemporaryDirectory(prefix="cxrfa-resume-") as tmp:
+                path = tracker.download(run.run_id, name, Path(tmp))
+                if not _loadable(path, f"run {run.run_id} artifact {name}"):
+                    continue
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), checkpoint)
+            return f"checkpoint of run {run.run_id}"
+        return None
+
+    def callbacks(self, run: TrackedRun, checkpoint: Path) -> list[Any]:
+        return [_KeepCheckpoint(self, run, checkpoint)]
+
+
+def _loadable(path: Path, name: str) -> bool:
+    """Whether a downloaded checkpoint holds only tensors and plain values (never unpickles code)."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - refused: the cell starts from scratch instead
+        log.warning(
+            "%s is not a usable checkpoint (%s); not resuming from it", name, str(err).splitlines()[0][:200]
+        )
+        return False
+    return True
+
+
+class _KeepCheckpoint:
+    """After each epoch (the checkpoint is written just before): stop if the claim was lost; on a shared
+    tracking server, upload the checkpoint as the run's ``resume/`` artifact so any worker can resume it."""
+
+    def __init__(self, claim: _Claim, run: TrackedRun, checkpoint: Path) -> None:
+        self.claim, self.run, self.checkpoint = claim, run, checkpoint
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.claim.check()
+        if not self.run.tracker.is_local and self.checkpoint.is_file():
+            self.run.log_artifact(self.checkpoint, "resume")
+
+
+# -- processes ---------------------------------------------------------------------------------------------
+
+
+def threads_per_worker(workers: int, threads: int | None) -> int:
+    """CPU threads for each of ``workers`` processes: the cores shared out, so workers x threads <= cores."""
+    return threads or max(1, (os.cpu_count() or 1) // workers)
+
+
+def device_env(devices: Sequence[str], index: int) -> dict[str, str]:
+    """Environment that gives worker ``index`` its device: ``cuda:N`` -> only GPU N visible, ``cpu`` -> none."""
+    if not devices:
+        return {}
+    device = devices[index % len(devices)]
+    if device == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return {"CUDA_VISIBLE_DEVICES": device[5:]}
+    raise CxrfaError(f"--devices {','.join(devices)}: {device!r} is not cpu or cuda:N")
+
+
+def spawn(args: Sequence[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``cxrfa <args>`` as a worker process; credentials travel in ``env``, never in ``args``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cxrfa.cli", *args], env={**os.environ, **env}, stdout=out, stderr=out
+        )
