@@ -53,7 +53,8 @@ def similarity_panels(
     c = len(names)
     cell = 0.26  # inches per matrix cell
     side = max(2.4, cell * c)
-    margin_l, margin_b, bar = 1.5, 1.5, 1.2  # label space (inches), colour bar + its label
+    margin_l = margin_b = 0.3 + 0.06 * max(map(len, names), default=0)  # tick-label space (inches) at 7 pt
+    bar = 1.2  # colour bar + its label
     top = 0.4 + 0.45  # figure title + two-line panel titles
     width = margin_l + len(stages) * (side + bar) + 0.3
     height = margin_b + side + top + 0.2

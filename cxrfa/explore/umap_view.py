@@ -398,7 +398,7 @@ def umap_plotly(layout: UmapLayout, title: str = "UMAP of image and label-text e
                 text=names,
                 marker={
                     "symbol": "diamond" if three_d else "star",
-                    "size": [s // (3 if three_d else 1) for s in sizes],
+                    "size": [s // (2 if three_d else 1) for s in sizes],
                     "color": fills,
                     "line": {"width": 1.5, "color": "#000"},
                 },
