@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -286,6 +286,30 @@ def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: i
     return float(gap.sum() / count.sum())
 
 
+def calibration_in_the_large(
+    y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str]
+) -> dict[str, float]:
+    """Mean predicted probability against observed prevalence, over known entries.
+
+    Returns ``max_prob`` (a collapsed model predicts ~0 everywhere), ``mean_prob/<label>`` and
+    ``prevalence/<label>``, and the smallest / largest ratio of the two over labels with a positive
+    (``prevalence_ratio_min`` / ``_max``; 1 is calibrated on average).
+    """
+    known = np.isfinite(y_true)
+    out: dict[str, float] = {"max_prob": float(y_prob[known].max()) if known.any() else float("nan")}
+    ratios = []
+    for j, label in enumerate(labels):
+        k = known[:, j]
+        mean_p = float(y_prob[k, j].mean()) if k.any() else float("nan")
+        prev = float(y_true[k, j].mean()) if k.any() else float("nan")
+        out[f"mean_prob/{label}"], out[f"prevalence/{label}"] = mean_p, prev
+        if prev > 0:
+            ratios.append(mean_p / prev)
+    out["prevalence_ratio_min"] = float(min(ratios)) if ratios else float("nan")
+    out["prevalence_ratio_max"] = float(max(ratios)) if ratios else float("nan")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Fairness
 
@@ -492,6 +516,7 @@ def compute_metrics(
     scalars["mse"] = float(np.mean((flat_p - flat_y) ** 2)) if flat_y.size else float("nan")
     scalars["macro_f1"] = _nanmean(per_label["f1"].to_numpy()[evaluable])
     scalars["ece"] = expected_calibration_error(y_true, y_prob)
+    scalars.update(calibration_in_the_large(y_true, y_prob, labels))
     for key in ("auc", "ap", "f1"):
         for label, value in zip(labels, per_label[key], strict=True):
             scalars[f"{key}/{label}"] = float(value)

@@ -221,3 +221,15 @@ def test_non_finite_probabilities_are_refused() -> None:
     p[~np.isfinite(y)] = np.nan  # but NaN where the label is unknown is ignored
     p[np.isfinite(y) & np.isnan(p)] = 0.5
     assert np.isfinite(compute_metrics(y, p, labels, n_boot=0).scalars["macro_auc"])
+
+
+def test_calibration_in_the_large_against_numpy() -> None:
+    from cxrfa.metrics import calibration_in_the_large
+
+    y = np.array([[1, 0], [0, np.nan], [0, 1], [0, 0]], dtype=float)
+    p = np.array([[0.5, 0.1], [0.1, 0.9], [0.2, 0.3], [0.0, 0.2]])
+    out = calibration_in_the_large(y, p, ["A", "B"])
+    assert out["max_prob"] == 0.5  # the 0.9 sits on an unknown entry
+    assert out["mean_prob/A"] == pytest.approx(0.2) and out["prevalence/A"] == pytest.approx(0.25)
+    assert out["mean_prob/B"] == pytest.approx(0.2) and out["prevalence/B"] == pytest.approx(1 / 3)
+    assert out["prevalence_ratio_min"] == pytest.approx(0.6) and out["prevalence_ratio_max"] == pytest.approx(0.8)
