@@ -317,3 +317,22 @@ def test_huge_image_met_in_a_loader_worker_is_still_one_line(tmp_path: Path) -> 
         f"{image.resolve()}: image has 10,000,000,000 pixels, over the 89,478,485-pixel limit "
         "(a decompression bomb?); remove the row or downscale the image"
     )
+
+
+def test_confinement_resolves_symlinked_folders_too(tmp_path: Path) -> None:
+    from cxrfa.data.manifest import confined
+    from cxrfa.errors import CxrfaError
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "real").mkdir(parents=True)
+    outside.mkdir()
+    (root / "inside").symlink_to(root / "real")  # a link that stays inside: fine
+    (root / "away").symlink_to(outside)  # a folder link that leaves: refused, whatever the file
+    folders: dict[str, str] = {}
+    assert confined(root, "inside/a.png", folders=folders) == root / "real" / "a.png"
+    assert confined(root, "real/sub/../a.png", folders=folders) == root / "real" / "a.png"
+    for rel in ("away/a.png", "real/../away/a.png"):
+        with pytest.raises(
+            CxrfaError, match=rf"path '{rel}' leads outside the image root {root} \(a symlink to"
+        ):
+            confined(root, rel, folders=folders)
