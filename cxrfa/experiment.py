@@ -78,6 +78,30 @@ class CellResult:
     fit: FitResult | None = None
 
 
+class WithReports(Dataset):
+    """Adds each row's frozen report embedding (De_t,) as ``report`` to a dataset's items (NaN = none)."""
+
+    def __init__(self, dataset: Dataset, reports: torch.Tensor) -> None:
+        self.dataset, self.reports = dataset, reports
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**self.dataset[i], "report": self.reports[i]}
+
+
+def report_embeddings(cfg: RunConfig, model: Any, manifest: Manifest) -> torch.Tensor | None:
+    """(M, De_t) train-split report embeddings for the report term, or None when it is off or impossible."""
+    if cfg.loss.report <= 0 or model.text_encoder is None:
+        return None
+    reports = manifest.split("train").frame.get("report")
+    if reports is None or not reports.dropna().astype(str).str.strip().ne("").any():
+        log.info("report term skipped: %s has no reports", manifest.source or "the manifest")
+        return None
+    return model.encode_reports(reports.where(reports.notna(), None).tolist())
+
+
 class FeatureDataset(Dataset):
     """Cached encoder outputs as training examples: tokens (M, N, Dv), embedding (M, De), labels (M, C)."""
 
@@ -171,6 +195,9 @@ def _datasets(cfg: RunConfig, model: Any, manifest: Manifest, progress: bool) ->
             out[split] = CXRDataset(
                 part, transform, domains=domain_codes(manifest, part), keep_decoded=fits_in_memory(part)
             )
+    reports = report_embeddings(cfg, model, manifest)
+    if reports is not None:
+        out["train"] = WithReports(out["train"], reports)
     return out
 
 
@@ -256,7 +283,6 @@ def run_cell(
     started = time.monotonic()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.seed)
     manifest = load_data(cfg.data, progress)
     if manifest.label_set != cfg.data.label_set and cfg.data.manifest is not None:
         log.info(
@@ -266,6 +292,7 @@ def run_cell(
         )
     visual = prepare_backbone(cfg.model.visual, manifest)
     text = prepare_backbone(cfg.model.text, manifest)
+    seed_everything(cfg.seed)  # after any stand-in pretraining: a cold and a warm cache train alike
     source = visual.source + (f" | text {text.source}" if text is not None else "")  # type: ignore[union-attr]
     run: TrackedRun | None = None
     ckpt = checkpoint_dir(tracker) / f"{cfg.config_hash()}.pt"
@@ -332,7 +359,8 @@ def _train_and_evaluate(
 
     device = resolve_device(cfg.train.device)
     model_cfg = cfg.model.model_copy(update={"visual": visual, "text": text})
-    model = build_model(model_cfg, manifest.labels, device)
+    prior = list(manifest.prevalence("train").values())
+    model = build_model(model_cfg, manifest.labels, device, prior=prior)
     data = _datasets(cfg, model, manifest, progress)
 
     class _Log:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrfa.config import LossConfig, TrainConfig
 from cxrfa.io import atomic_path
-from cxrfa.losses import compute_terms, weighted_total
+from cxrfa.losses import chance_levels, compute_terms, weighted_total
 from cxrfa.metrics import compute_metrics
 from cxrfa.safeload import load_resume_state
 
@@ -87,10 +87,12 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 
 
 def forward(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-    """Run the model on raw images or on cached encoder outputs, whichever the batch carries."""
+    """Run the model on raw images or on cached encoder outputs, whichever the batch carries (with the
+    batch's report embeddings when it has them)."""
+    report = batch.get("report")
     if "tokens" in batch:
-        return model.forward_features(batch["tokens"].float(), batch["embedding"].float())
-    return model(batch["image"])
+        return model.forward_features(batch["tokens"].float(), batch["embedding"].float(), report)
+    return model(batch["image"], report)
 
 
 def make_loader(
@@ -306,6 +308,7 @@ def _train_epoch(
             out = forward(model, batch)
         out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
         terms = compute_terms(out, batch["labels"].float(), loss_cfg, batch.get("domain"))
+        chance = chance_levels(out, batch["labels"].float(), loss_cfg, batch.get("domain"))
         loss = weighted_total(terms, loss_cfg.weights)
         if not torch.isfinite(loss):
             bad = [name for name, value in terms.items() if not torch.isfinite(value)] or ["total"]
@@ -320,5 +323,7 @@ def _train_epoch(
         sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
         for name, value in terms.items():
             sums[f"train/loss_{name}"] = sums.get(f"train/loss_{name}", 0.0) + value.item()
+        for name, value in chance.items():
+            sums[f"train/chance_{name}"] = sums.get(f"train/chance_{name}", 0.0) + value
         bar.set_postfix(loss=f"{sums['train/loss'] / n_batches:.4f}")
     return {k: v / max(1, n_batches) for k, v in sums.items()}
