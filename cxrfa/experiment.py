@@ -531,7 +531,7 @@ def explore_run(
     """
     import shutil
 
-    from cxrfa.explore import explore_model
+    from cxrfa.explore import explore_model, image_attributes
     from cxrfa.explore.model import run_heads
     from cxrfa.explore.report import save_figure, write_json, write_umap_report
 
@@ -558,8 +558,18 @@ def explore_run(
             run.log_artifact(paths[name], "plots")
     if "umap" in parts:
         heads = run_heads(model.heads, tokens, embedding)
+        rows = manifest.split("test").frame.iloc[: len(y_true)]  # the images _explore_sample encoded
         umap_paths = write_umap_report(
-            heads["pooled"], heads["labels_emb"], y_true, manifest.labels, out, dims=dims, seed=seed
+            heads["pooled"],
+            heads["labels_emb"],
+            y_true,
+            manifest.labels,
+            out,
+            dims=dims,
+            seed=seed,
+            image_ids=rows["path"].astype(str).tolist(),
+            attributes=image_attributes(rows),  # site / view / sex: what domain alignment should blur
+            progress=True,
         )
         for name, path in umap_paths.items():
             paths[f"umap_{name}"] = path

@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrfa.explore import image_attributes, image_groups, label_slots, umap_layout, umap_plotly
+from cxrfa.explore import (
+    image_attributes,
+    image_groups,
+    label_slots,
+    name_positions,
+    umap_layout,
+    umap_plotly,
+)
 from cxrfa.explore.report import write_umap_report
 
 LABELS = ["Atelectasis", "Effusion", "Pleural_Thickening", "Mass"]
@@ -68,10 +75,18 @@ def test_groups_attributes_and_name_slots() -> None:
         "sex": ["F", "M", "M"],
         "age": ["0-20", "80plus", "unknown"],
     }
-    xy = np.array([[0.0, 0.0], [0.01, 0.02], [0.02, -0.01], [5.0, 5.0]])
-    slots = label_slots(xy)
-    assert slots[3] == (0, -1.3)  # a lone star: its name above it
-    assert sorted(slots[:3]) == [(1, 0.0), (1, 1.0), (1, 2.0)] and slots[1] == (1, 0.0)  # top star first
+    names = ["atelectasis", "effusion", "mass", "hernia", "nodule", "pleural thickening", "edema"]
+    xy = np.array([[0, 0], [0.1, 0.2], [0.2, -0.1], [50, 50], [80, 0], [30, 80], [33, 82]], dtype=float)
+    slots = label_slots(xy, names, extent=np.array([100.0, 100.0]))
+    assert slots[3] == slots[4] == (0, -1.3)  # lone stars: the name above
+    assert sorted(slots[:3]) == [(1, 0.0), (1, 1.0), (1, 2.0)] and slots[1] == (1, 0.0)  # a column, top first
+    assert slots[5:] == [(1, 1.0), (1, 0.0)]  # 3 apart, but one name above would cover the other star
+    text, left = name_positions(xy, names, extent=np.array([100.0, 100.0]))
+    step = 0.035 * 100  # one line
+    np.testing.assert_allclose(text[3], xy[3] + [0, 1.3 * step])  # centred above its star
+    assert left.tolist() == [True, True, True, False, False, True, True]
+    np.testing.assert_allclose(text[[1, 0, 2], 1], 0.2 - step * np.arange(3))  # one column, a line apart
+    assert len(set(text[:3, 0])) == 1 and text[0, 0] > xy[:3, 0].max()
 
 
 def test_report_page_is_offline_plotly_with_colourings(tmp_path) -> None:

@@ -200,32 +200,99 @@ def umap_layout(
     return UmapLayout(image_xy, text_xy, image_groups(y, labels), list(labels), ids, y, attrs)
 
 
-def label_slots(xy: np.ndarray, near: float = 0.04) -> list[tuple[int, float]]:
-    """Where to write each label-text name so that names of nearby stars do not overlap.
+def _name_groups(
+    pos: np.ndarray, names: Sequence[str], span: np.ndarray, char: float, line: float
+) -> np.ndarray:
+    """(C,) group id per star: stars whose names, each written just above its star, would overlap one another
+    or cover another star are linked; a group is a connected set of links."""
+    c = pos.shape[0]
+    u = pos / np.maximum(span, 1e-12)  # (C, 2) in plot fractions
+    half = np.array([len(n) for n in names], dtype=np.float64) * char / 2  # (C,) half name widths
+    dx = np.abs(u[:, None, 0] - u[None, :, 0])  # (C, C)
+    rise = u[None, :, 1] - u[:, None, 1]  # [i, j]: how far star j sits above star i
+    boxes_meet = (dx < half[:, None] + half[None, :]) & (np.abs(rise) < line)
+    # i's name over star j (a star marker is about a character wide)
+    covers = (dx < half[:, None] + char) & (rise > -0.2 * line) & (rise < 2.5 * line)
+    linked = boxes_meet | covers | covers.T
+    group = np.arange(c)
+    for _ in range(c):  # label propagation to the smallest index: connected components of `linked`
+        group = np.where(linked, group[None, :], c).min(axis=1)
+    return group
 
-    Stars closer than ``near`` x the layout's extent (single linkage) form a group. A lone star gets its name
-    just above it (``(0, -1.3)``); the names of a group go in a column to its right, from the top star's level
-    downwards, one line apart in the stars' top-to-bottom order (``(1, i)``), so on screen they are at least
-    one line apart.
+
+def label_slots(
+    xy: np.ndarray,
+    names: Sequence[str],
+    extent: np.ndarray | None = None,
+    char: float = 0.014,
+    line: float = 0.035,
+) -> list[tuple[int, float]]:
+    """Where to write each star's name, as offsets from the star (for 3-D views, whose screen scale moves).
+
+    A name goes just above its star (``(0, -1.3)``) unless it would overlap another star's name or cover another
+    star; such stars form a group, whose names go to the right of each star, one line further down per star in
+    the stars' top-to-bottom order (``(1, i)``), so on screen they are at least a line apart.
+
+    Args:
+        xy: (C, >=2) star positions (the first two coordinates count).
+        names: the C names (their lengths set the name widths).
+        extent: (>=2,) data extent of the whole plot in x and y (default: the stars' own).
+        char: width of one character, as a fraction of the x extent.
+        line: height of one text line, as a fraction of the y extent.
 
     Returns:
         Per star ``(side, line)``: side 0 = centred, 1 = to the right; line = vertical offset in text lines,
         positive downwards.
     """
-    c = xy.shape[0]
-    extent = float(np.ptp(xy, axis=0).max()) if c > 1 else 1.0
-    close = np.linalg.norm(xy[:, None, :] - xy[None, :, :], axis=-1) < near * max(extent, 1e-12)  # (C, C)
-    group = np.arange(c)
-    for _ in range(c):  # label propagation to the smallest index: connected components of `close`
-        group = np.where(close, group[None, :], c).min(axis=1)
-    slots: list[tuple[int, float]] = [(0, -1.3)] * c
+    pos = np.asarray(xy, dtype=np.float64)[:, :2]
+    span = np.ptp(pos, axis=0) if extent is None else np.asarray(extent, dtype=np.float64)[:2]
+    group = _name_groups(pos, names, span, char, line)
+    slots: list[tuple[int, float]] = [(0, -1.3)] * pos.shape[0]
     for g in np.unique(group):
         members = np.flatnonzero(group == g)
         if members.size > 1:
-            order = members[np.argsort(-xy[members, 1], kind="stable")]  # top first
+            order = members[np.argsort(-pos[members, 1], kind="stable")]  # top first
             for i, m in enumerate(order):
                 slots[int(m)] = (1, float(i))
     return slots
+
+
+def name_positions(
+    xy: np.ndarray,
+    names: Sequence[str],
+    extent: np.ndarray | None = None,
+    char: float = 0.014,
+    line: float = 0.035,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Data coordinates of each star's name in a 2-D view, so that names do not overlap.
+
+    A lone star's name sits just above it; a group (see :func:`label_slots`) gets one column just right of its
+    rightmost star, from its top star's height downwards, one line apart in the stars' top-to-bottom order,
+    joined to the stars by leader lines.
+
+    Returns:
+        ``(text_xy (C, 2), left (C,))``: where each name goes, and whether it is left-aligned (in a column)
+        rather than centred.
+    """
+    pos = np.asarray(xy, dtype=np.float64)[:, :2]
+    span = np.ptp(pos, axis=0) if extent is None else np.asarray(extent, dtype=np.float64)[:2]
+    step = line * float(np.max(span))  # one text line in data units; equal-aspect plots scale both axes alike
+    group = _name_groups(pos, names, span, char, line)
+    text = pos + np.array([0.0, 1.3 * step])
+    left = np.zeros(pos.shape[0], dtype=bool)
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        if members.size > 1:
+            order = members[np.argsort(-pos[members, 1], kind="stable")]  # top first
+            x0, y0 = pos[members, 0].max() + 2 * char * span[0], pos[members, 1].max()
+            text[order] = np.stack([np.full(order.size, x0), y0 - step * np.arange(order.size)], axis=1)
+            left[order] = True
+    return text, left
+
+
+def _extent(layout: UmapLayout) -> np.ndarray:
+    """(dims,) data extent of images and label texts together: the scale the names are drawn against."""
+    return np.ptp(np.concatenate([layout.image_xy, layout.text_xy]), axis=0)
 
 
 def _group_order(layout: UmapLayout) -> list[str]:
@@ -260,22 +327,23 @@ def umap_figure(layout: UmapLayout, title: str = "UMAP of image and label-text e
         zorder=5,
         label="label text",
     )
-    slots = label_slots(layout.text_xy)
-    for lab, pos, (side, line) in zip(layout.labels, layout.text_xy, slots, strict=True):
-        if three_d:
-            ax.text(*pos, "  " + display_name(lab), fontsize=8, fontweight="bold")
-            continue
-        ax.annotate(
-            display_name(lab),
-            pos,
-            xytext=(28 * side, -11 * line),
-            textcoords="offset points",
-            ha="left" if side else "center",
-            va="center",
-            fontsize=8,
-            fontweight="bold",
-            arrowprops={"arrowstyle": "-", "color": "0.35", "lw": 0.6, "shrinkA": 1, "shrinkB": 5},
-        )
+    names = [display_name(lab) for lab in layout.labels]
+    if three_d:
+        for name, pos in zip(names, layout.text_xy, strict=True):
+            ax.text(*pos, "  " + name, fontsize=8, fontweight="bold")
+    else:
+        text_xy, left = name_positions(layout.text_xy, names, _extent(layout))
+        for name, pos, at, is_left in zip(names, layout.text_xy, text_xy, left, strict=True):
+            ax.annotate(
+                name,
+                pos,
+                xytext=at,
+                ha="left" if is_left else "center",
+                va="center",
+                fontsize=8,
+                fontweight="bold",
+                arrowprops={"arrowstyle": "-", "color": "0.35", "lw": 0.6, "shrinkA": 1, "shrinkB": 5},
+            )
     ax.set_title(title)
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
@@ -389,7 +457,7 @@ def umap_plotly(layout: UmapLayout, title: str = "UMAP of image and label-text e
             visible.append(k)
         sizes = [34 if lab == col.highlight else 22 for lab in layout.labels]
         fills = col.star_colours or [_PRESENT if lab == col.highlight else _STAR for lab in layout.labels]
-        star = go.Scatter3d if three_d else go.Scatter  # SVG on top of WebGL points, with text
+        star = go.Scatter3d if three_d else go.Scatter  # SVG: drawn above WebGL image points
         fig.add_trace(
             star(
                 **coords(layout.text_xy),
@@ -417,22 +485,45 @@ def umap_plotly(layout: UmapLayout, title: str = "UMAP of image and label-text e
         for k, col in enumerate(colourings)
     ]
     axis = {"showgrid": False, "zeroline": False}
-    names_at = [
-        {
-            **dict(zip(("x", "y", "z"), (float(v) for v in pos), strict=False)),
-            "text": f"<b>{html.escape(name)}</b>",
-            "ax": 36 * side,
-            "ay": 16 * line,
-            "xanchor": "left" if side else "center",
-            "showarrow": True,
-            "arrowhead": 0,
-            "arrowwidth": 0.8,
-            "arrowcolor": "#555",
-            "font": {"size": 12, "color": "#111"},
-            "bgcolor": "rgba(255,255,255,0.6)",
-        }
-        for name, pos, (side, line) in zip(names, layout.text_xy, label_slots(layout.text_xy), strict=True)
-    ]
+    common = {
+        "showarrow": True,
+        "arrowhead": 0,
+        "arrowwidth": 0.8,
+        "arrowcolor": "#555",
+        "bgcolor": "rgba(255,255,255,0.6)",
+        "font": {"size": 12, "color": "#111"},
+    }
+    if three_d:  # scene annotations take offsets in pixels only
+        slots = label_slots(layout.text_xy, names, _extent(layout))
+        names_at = [
+            {
+                "x": p[0],
+                "y": p[1],
+                "z": p[2],
+                "text": f"<b>{html.escape(n)}</b>",
+                "ax": 36 * side,
+                "ay": 16 * line,
+                "xanchor": "left" if side else "center",
+                **common,
+            }
+            for n, p, (side, line) in zip(names, layout.text_xy.tolist(), slots, strict=True)
+        ]
+    else:
+        text_xy, left = name_positions(layout.text_xy, names, _extent(layout))
+        names_at = [
+            {
+                "x": p[0],
+                "y": p[1],
+                "ax": t[0],
+                "ay": t[1],
+                "axref": "x",
+                "ayref": "y",
+                "text": f"<b>{html.escape(n)}</b>",
+                "xanchor": "left" if is_left else "center",
+                **common,
+            }
+            for n, p, t, is_left in zip(names, layout.text_xy.tolist(), text_xy.tolist(), left, strict=True)
+        ]
     fig.update_layout(
         title={"text": html.escape(title), "x": 0.5},
         template="plotly_white",
