@@ -200,11 +200,14 @@ def umap_layout(
     return UmapLayout(image_xy, text_xy, image_groups(y, labels), list(labels), ids, y, attrs)
 
 
-def _name_groups(
-    pos: np.ndarray, names: Sequence[str], span: np.ndarray, char: float, line: float
-) -> np.ndarray:
-    """(C,) group id per star: stars whose names, each written just above its star, would overlap one another
-    or cover another star are linked; a group is a connected set of links."""
+def _name_columns(
+    xy: np.ndarray, names: Sequence[str], extent: np.ndarray | None, char: float, line: float
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Star positions (C, 2), the plot extent (2,), and the stars whose names need a column, group by group,
+    top star first: stars whose names, each written just above its star, would overlap one another or cover
+    another star are linked; a group is a connected set of links."""
+    pos = np.asarray(xy, dtype=np.float64)[:, :2]
+    span = np.ptp(pos, axis=0) if extent is None else np.asarray(extent, dtype=np.float64)[:2]
     c = pos.shape[0]
     u = pos / np.maximum(span, 1e-12)  # (C, 2) in plot fractions
     half = np.array([len(n) for n in names], dtype=np.float64) * char / 2  # (C,) half name widths
@@ -217,7 +220,9 @@ def _name_groups(
     group = np.arange(c)
     for _ in range(c):  # label propagation to the smallest index: connected components of `linked`
         group = np.where(linked, group[None, :], c).min(axis=1)
-    return group
+    columns = [np.flatnonzero(group == g) for g in np.unique(group)]
+    columns = [m[np.argsort(-pos[m, 1], kind="stable")] for m in columns if m.size > 1]
+    return pos, span, columns
 
 
 def label_slots(
@@ -244,16 +249,11 @@ def label_slots(
         Per star ``(side, line)``: side 0 = centred, 1 = to the right; line = vertical offset in text lines,
         positive downwards.
     """
-    pos = np.asarray(xy, dtype=np.float64)[:, :2]
-    span = np.ptp(pos, axis=0) if extent is None else np.asarray(extent, dtype=np.float64)[:2]
-    group = _name_groups(pos, names, span, char, line)
+    pos, _, columns = _name_columns(xy, names, extent, char, line)
     slots: list[tuple[int, float]] = [(0, -1.3)] * pos.shape[0]
-    for g in np.unique(group):
-        members = np.flatnonzero(group == g)
-        if members.size > 1:
-            order = members[np.argsort(-pos[members, 1], kind="stable")]  # top first
-            for i, m in enumerate(order):
-                slots[int(m)] = (1, float(i))
+    for order in columns:
+        for i, m in enumerate(order):
+            slots[int(m)] = (1, float(i))
     return slots
 
 
@@ -274,19 +274,14 @@ def name_positions(
         ``(text_xy (C, 2), left (C,))``: where each name goes, and whether it is left-aligned (in a column)
         rather than centred.
     """
-    pos = np.asarray(xy, dtype=np.float64)[:, :2]
-    span = np.ptp(pos, axis=0) if extent is None else np.asarray(extent, dtype=np.float64)[:2]
+    pos, span, columns = _name_columns(xy, names, extent, char, line)
     step = line * float(np.max(span))  # one text line in data units; equal-aspect plots scale both axes alike
-    group = _name_groups(pos, names, span, char, line)
     text = pos + np.array([0.0, 1.3 * step])
     left = np.zeros(pos.shape[0], dtype=bool)
-    for g in np.unique(group):
-        members = np.flatnonzero(group == g)
-        if members.size > 1:
-            order = members[np.argsort(-pos[members, 1], kind="stable")]  # top first
-            x0, y0 = pos[members, 0].max() + 2 * char * span[0], pos[members, 1].max()
-            text[order] = np.stack([np.full(order.size, x0), y0 - step * np.arange(order.size)], axis=1)
-            left[order] = True
+    for order in columns:
+        x0, y0 = pos[order, 0].max() + 2 * char * span[0], pos[order[0], 1]
+        text[order] = np.stack([np.full(order.size, x0), y0 - step * np.arange(order.size)], axis=1)
+        left[order] = True
     return text, left
 
 
