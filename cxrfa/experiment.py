@@ -79,7 +79,7 @@ class CellResult:
 
 
 class WithReports(Dataset):
-    """Adds each row's frozen report embedding (De_t,) as ``report`` to a dataset's items (NaN = none)."""
+    """Adds each row's frozen report embedding (De_t,) as ``report_emb`` to a dataset's items (NaN = none)."""
 
     def __init__(self, dataset: Dataset, reports: torch.Tensor) -> None:
         self.dataset, self.reports = dataset, reports
@@ -88,7 +88,7 @@ class WithReports(Dataset):
         return len(self.reports)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {**self.dataset[i], "report": self.reports[i]}
+        return {**self.dataset[i], "report_emb": self.reports[i]}
 
 
 def report_embeddings(cfg: RunConfig, model: Any, manifest: Manifest) -> torch.Tensor | None:

@@ -89,7 +89,7 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 def forward(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
     """Run the model on raw images or on cached encoder outputs, whichever the batch carries (with the
     batch's report embeddings when it has them)."""
-    report = batch.get("report")
+    report = batch.get("report_emb")
     if "tokens" in batch:
         return model.forward_features(batch["tokens"].float(), batch["embedding"].float(), report)
     return model(batch["image"], report)

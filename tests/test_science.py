@@ -122,3 +122,14 @@ def test_demo_backbones_run_on_data_without_reports(
     messages = [r.getMessage() for r in caplog.records]
     assert any("pretraining on sentences built from the labels" in m for m in messages)
     assert sum("report term skipped" in m for m in messages) == 1
+
+
+def test_trainable_encoder_cell_trains_with_the_report_term() -> None:
+    """Image datasets carry the report text; the report term gets the cached embeddings, not the strings."""
+    from cxrfa.experiment import run_cell
+
+    cfg = _smoke("align-clip", **{"model.visual": "custom", "train.epochs": 1})
+    assert cfg.loss.report > 0 and not cfg.model.visual.frozen
+    result = run_cell(cfg, None, progress=False, explore=())
+    assert result.status == "FINISHED"
+    assert "train/loss_report" in result.fit.history[0] and "train/chance_report" in result.fit.history[0]
