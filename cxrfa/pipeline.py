@@ -467,10 +467,17 @@ def _record_tuning(ctx: _Context, parent_id: str, runs: list[Any], tuning: dict[
         space = ", ".join(ctx.matrix.tune.params) or "?"
         t = ctx.recipe.tune
         how = f"{t.sampler} sampler, {t.pruner} pruning, " if t else ""
-        what = f"{budgets[0]} finished Optuna trials each" if len(budgets) == 1 else "UNEQUAL trial counts"
+        detail = f"({how}objective {ctx.matrix.tune.metric}; search space {space})"
+        if len(budgets) == 1:
+            summary = (
+                f"every compared cell tuned with the same budget: {budgets[0]} finished Optuna trials each"
+            )
+        else:
+            summary = (
+                "UNEQUAL budgets: " + ", ".join(f"{c} {n}" for c, n in tuning.items()) + " finished trials"
+            )
         tags = {
-            TUNING: f"every compared cell tuned with the same budget: {what} ({how}{ctx.matrix.tune.metric} on val; "
-            f"search space {space})",
+            TUNING: f"{summary} {detail}",
             **{TUNED_TRIALS + c: str(n) for c, n in tuning.items()},
         }
     TrackedRun(ctx.tracker, parent_id).set_tags(tags)

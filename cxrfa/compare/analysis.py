@@ -337,7 +337,7 @@ def _methods(
     warnings = []
     standins = [s for s in sources if s.startswith("stand-in:")]
     if data == "demo" or standins:
-        what = "the built-in synthetic chest X-rays" if data == "demo" else f"data {data}"
+        what = "the built-in synthetic chest X-rays" if data == "demo" else data
         warnings.append(
             f"Stand-in weights ({', '.join(standins) or 'none'}) on {what}: small backbones pretrained on the "
             "study's own data. This shows the machinery working; it is not a finding about real chest X-rays."

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+import matplotlib.style
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -9,12 +14,26 @@ from matplotlib.figure import Figure
 from cxrfa.stats import format_p
 
 _GROUP_COLOURS = {"head": "#4c72b0", "medium": "#dd8452", "tail": "#c44e52"}
+_F = TypeVar("_F", bound=Callable[..., Figure])
+
+
+def _default_style(make: _F) -> _F:
+    """Build the figure under matplotlib's default style: another library in the process may have switched
+    the global style (Optuna's plots use ggplot), and a report should look the same whatever ran before."""
+
+    @functools.wraps(make)
+    def wrapper(*args: object, **kwargs: object) -> Figure:
+        with matplotlib.style.context("default"):
+            return make(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _short(metric: str) -> str:
     return metric.removeprefix("test/")
 
 
+@_default_style
 def forest_plot(result: pd.DataFrame, metric: str, baseline: str) -> Figure:
     """Δ of each cell against the baseline: per-seed-pair mean (dot) and seed ensemble (diamond), 95% CIs,
     a zero line, and the Holm-adjusted p-value at the right.
@@ -76,6 +95,7 @@ def forest_plot(result: pd.DataFrame, metric: str, baseline: str) -> Figure:
     return fig
 
 
+@_default_style
 def label_heatmap(
     per_label: pd.DataFrame, label_info: pd.DataFrame, title: str, chance: float = 0.5
 ) -> Figure:
