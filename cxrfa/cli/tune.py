@@ -46,6 +46,8 @@ def tune(
         str | None,
         typer.Option(
             "--storage",
+            envvar="CXRFA_STORAGE",
+            show_envvar=True,
             help="Optuna storage: a journal file (default mlruns/optuna.journal, safe for many workers) or an SQLAlchemy URL (sqlite:///s.db, postgresql://…).",
         ),
     ] = None,
