@@ -119,3 +119,46 @@ def test_metric_bars_and_heatmaps(case, tmp_path: Path) -> None:
     fig = plots.label_heatmap(matrix, "per-label AUROC")
     assert len(fig.axes) == 2 and len(fig.axes[0].texts) == 42  # heatmap + colorbar; every cell annotated
     _saved(fig, tmp_path, "heatmap")
+
+
+def _no_overlap(fig: Figure, texts: list) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    boxes = [t.get_window_extent(renderer) for t in texts if t.get_text()]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+
+
+def test_similarity_panels_scale_each_panel_to_its_off_diagonal_range() -> None:
+    from cxrfa.explore import similarity_matrix, similarity_panels
+
+    rng = np.random.default_rng(0)
+    labels = ["Atelectasis", "Effusion", "Pleural_Thickening", "Mass", "Nodule"]
+    raw = rng.normal(size=(1, 32)) + 0.3 * rng.normal(size=(5, 32))  # cosines ~0.9: one colour on -1..1
+    final = rng.normal(size=(5, 8))
+    fig = similarity_panels({"raw": raw, "final": final}, labels, "Label-embedding cosine similarity")
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert len(heatmaps) == 2
+    for ax, emb in zip(heatmaps, (raw, final), strict=True):
+        off = similarity_matrix(emb)[~np.eye(5, dtype=bool)]
+        assert ax.images[0].get_clim() == pytest.approx((off.min(), off.max()))
+        assert ax.images[0].get_array().mask.diagonal().all()  # the diagonal (1) does not take the top colour
+    assert similarity_matrix(raw)[~np.eye(5, dtype=bool)].min() > 0.5 > 0 > off.min()  # ranges really differ
+    bars = [ax for ax in fig.axes if not ax.images]
+    assert len(bars) == 2 and all("off-diagonal range" in ax.get_ylabel() for ax in bars)
+    _no_overlap(fig, [fig._suptitle, *(ax.title for ax in heatmaps)])
+
+
+def test_gap_shift_plot_has_no_labels_to_collide() -> None:
+    from cxrfa.explore import plot_gap_shift
+
+    deltas = np.linspace(-0.5, 1.0, 31)  # a fine sweep: 31 points
+    frame = pd.DataFrame({"delta": deltas, "gap": 1 - 0.9 * deltas, "macro_auc": 0.7 - 0.01 * deltas})
+    fig = plot_gap_shift(frame)
+    top, bottom = fig.axes
+    assert not top.texts and not bottom.texts  # δ is the x axis: nothing to annotate
+    np.testing.assert_allclose(top.lines[0].get_xdata(), deltas / 1.0)
+    assert "original (δ = 0)" in top.get_legend().get_texts()[0].get_text()
