@@ -119,3 +119,14 @@ def test_serves_the_studies_until_terminated(tmp_path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
     assert not _connects(port)
+
+
+def test_a_port_in_use_is_one_line(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("optuna_dashboard")
+    journal = _journal(tmp_path / "optuna.journal")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _one_error(runner.invoke(app, ["dashboard", "--storage", str(journal), "--port", str(port)]))
+    assert f"port {port} on 127.0.0.1 is in use" in line and "--port" in line
