@@ -240,9 +240,12 @@ def _paired(
     if "p_value" in result.columns:
         result["p_holm"] = holm(result["p_value"].to_numpy(float))
         result["p_holm_floor"] = holm_at_floor(
-            result["p_value"].to_numpy(float), result["p_floor"].fillna(False)
+            result["p_value"].to_numpy(float), result["p_floor"].eq(True).to_numpy()
         )
-    frame = lambda d: pd.DataFrame(d, index=test.labels).T  # noqa: E731 - cells x labels
+
+    def frame(values: dict[str, np.ndarray]) -> pd.DataFrame:
+        return pd.DataFrame(values, index=test.labels).T  # cells x labels
+
     return result, frame(per_label), frame(low), frame(high)
 
 
