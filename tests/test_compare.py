@@ -197,6 +197,9 @@ def test_report_shows_the_result_first_with_its_method_and_provenance(lab: Path)
     assert "Stand-in weights (stand-in:cnn-small)" in md and comp.methods.data_hash in md
     assert all(run_id in md for ids in comp.methods.runs.values() for run_id in ids) and parent in md
     assert "Tuning: not recorded" in md
+    hernia = next(line for line in md.splitlines() if line.startswith("| Hernia |"))  # per-label, with its CI
+    low, high = comp.per_label_low.at["align-clip", "Hernia"], comp.per_label_high.at["align-clip", "Hernia"]
+    assert "| tail |" in hernia and f"[{low:.3f}, {high:.3f}]" in hernia and 0 <= low <= high <= 1
     tex = to_latex(comp)
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"$\Delta$ per seed" in tex
     paths = write_report(comp, lab / "out", tracker)

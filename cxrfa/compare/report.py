@@ -133,6 +133,24 @@ def detail_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
     return ["cell", *metrics], rows
 
 
+def per_label_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Per label (head → tail): group, test positives, and each cell's mean AUROC [95% CI over seeds x patients]."""
+    rows = []
+    for lab in comp.per_label.columns:
+        info = comp.label_info.loc[lab]
+        row = [str(lab), str(info["group"]), str(int(info["n_pos"]))]
+        for cell in comp.per_label.index:
+            row.append(
+                _interval(
+                    comp.per_label.at[cell, lab],
+                    comp.per_label_low.at[cell, lab],
+                    comp.per_label_high.at[cell, lab],
+                )
+            )
+        rows.append(row)
+    return ["label", "group", "test positives", *map(str, comp.per_label.index)], rows
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return out + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -151,6 +169,7 @@ def to_markdown(comp: Comparison, figures: dict[str, str] | None = None) -> str:
         lines += [f"![{name}]({file})", ""]
     lines += ["## Methods and provenance", "", *[f"- {item}" for item in methods_lines(comp)], ""]
     lines += ["## Every metric over seeds", "", *_md_table(*detail_rows(comp)), ""]
+    lines += ["## Test AUROC per label [95% CI]", "", *_md_table(*per_label_rows(comp)), ""]
     return "\n".join(lines)
 
 
@@ -237,6 +256,7 @@ def to_html(comp: Comparison, figs: dict[str, Any]) -> str:
         f"{_html_table(*result_rows(comp), 'result')}<p class='note'>{html.escape(footnote(comp))}</p>"
         f"{images}<h2>Methods and provenance</h2><ul>{methods}</ul>"
         f"<h2>Every metric over seeds</h2><div class='scroll'>{_html_table(*detail_rows(comp), 'detail')}</div>"
+        f"<h2>Test AUROC per label [95% CI]</h2><div class='scroll'>{_html_table(*per_label_rows(comp), 'detail')}</div>"
         "</body></html>"
     )
 
