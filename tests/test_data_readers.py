@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 from pathlib import Path
 
@@ -204,16 +205,24 @@ def test_chexpert_valid_csv_becomes_the_test_split(tmp_path: Path) -> None:
     assert set(frame.loc[~frame["path"].isin(valid_paths), "split"]) == {"train", "val"}
 
 
-def test_generic_csv_mapping_one_label_keeps_the_columns_named_like_the_others(tmp_path: Path) -> None:
+def test_generic_csv_mapping_one_label_keeps_the_columns_named_like_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "site"
     (root / "img").mkdir(parents=True)
     for k in range(4):
         Image.new("L", (16, 16), 40 * k).save(root / "img" / f"{k}.png")
     pd.DataFrame({"file": [f"img/{k}.png" for k in range(4)], "pid": ["a", "b", "c", "d"],
                   "cardio": ["1", "0", "0", "1"], "Mass": ["0", "1", "0", "0"],
-                  "Pleural Effusion": ["1", "1", "0", ""]}).to_csv(root / "labels.csv", index=False)  # fmt: skip
-    result = index_dataset("csv", root, root / "labels.csv", "nih14", blank="unknown",
-                           columns={"path": "file", "patient_id": "pid", "Cardiomegaly": "cardio"})  # fmt: skip
+                  "Pleural Effusion": ["1", "1", "0", ""], "Covid": ["0"] * 4}).to_csv(root / "labels.csv", index=False)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="cxrfa.data.readers"):
+        result = index_dataset("csv", root, root / "labels.csv", "nih14", blank="unknown",
+                               columns={"path": "file", "patient_id": "pid", "Cardiomegaly": "cardio"})  # fmt: skip
+    assert (
+        "label column(s) matched by name besides --columns: Effusion=Pleural Effusion, Mass=Mass"
+        in caplog.text
+    )
+    assert "column(s) ignored (not a label of the label set, not a meta key): Covid" in caplog.text
     frame = result.manifest.frame.set_index("path")
     assert frame["Cardiomegaly"].tolist() == [1, 0, 0, 1]
     assert frame["Mass"].tolist() == [0, 1, 0, 0]  # named like the label: kept, not silently unknown

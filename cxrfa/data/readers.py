@@ -395,6 +395,11 @@ def read_generic(
         log.info("%s: label column(s) matched by name besides --columns: %s", csv_path.name,
                  ", ".join(f"{t}={s}" for t, s in by_name.items()))  # fmt: skip
     label_cols = {t: explicit.get(t) or by_name[t] for t in target if t in explicit or t in by_name}
+    used = {*label_cols.values(), *(meta[k] for k in _META_KEYS)}
+    ignored = [c for c in frame.columns if not c.startswith("_") and c not in used]
+    if ignored:  # e.g. a finding outside the label set: say so rather than drop it unseen
+        log.info("%s: column(s) ignored (not a label of the label set, not a meta key): %s", csv_path.name,
+                 ", ".join(ignored))  # fmt: skip
     if not label_cols:
         raise CxrfaError(
             f"{csv_path}: no label columns found; map them with --columns Label=column (labels: {', '.join(target)})"
