@@ -56,11 +56,14 @@ def _open(
     from cxrfa.explore.report import load_backbone, load_data
     from cxrfa.explore.zeroshot import require_split
 
-    with step("loading the data" + (" (the demo is synthesised once)" if data is None else "")):
+    # no spinners: synthesis and stand-in pretraining log and show bars of their own
+    with step(
+        "loading the data" + (" (the demo is synthesised once)" if data is None else ""), spinner=False
+    ):
         manifest = load_data(data)
     if split is not None:
         require_split(manifest, split)
-    with step(f"preparing backbone {backbone} (a demo stand-in is pretrained once)"):
+    with step(f"preparing backbone {backbone} (a demo stand-in is pretrained once)", spinner=False):
         return manifest, load_backbone(backbone, backbones, manifest, device)
 
 

@@ -68,11 +68,15 @@ def masked_auc(
 
 
 @contextlib.contextmanager
-def step(description: str, enabled: bool = True) -> Iterator[None]:
-    """A spinner with the elapsed time on stderr while a long step with no steps of its own runs (a UMAP fit,
-    a numba compile); the time it took is logged at INFO when it ends. ``enabled=False``: only the log line."""
+def step(description: str, spinner: bool = True) -> Iterator[None]:
+    """Say what a long step is doing, then log how long it took (INFO).
+
+    ``spinner=True``: a spinner with the elapsed time on stderr while it runs, for steps that print nothing
+    of their own (a UMAP fit, a numba compile). ``False``: a log line when it starts instead, for steps that may
+    show their own progress bars or logs (a spinner would fight them for the terminal).
+    """
     start = time.perf_counter()
-    if enabled:
+    if spinner:
         from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -81,5 +85,6 @@ def step(description: str, enabled: bool = True) -> Iterator[None]:
             bar.add_task(description, total=None)
             yield
     else:
+        log.info("%s …", description)
         yield
     log.info("%s: %.1f s", description, time.perf_counter() - start)
