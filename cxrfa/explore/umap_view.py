@@ -560,9 +560,7 @@ def umap_plotly(layout: UmapLayout, title: str = "UMAP of image and label-text e
     return fig
 
 
-def umap_html(
-    layout: UmapLayout, title: str = "UMAP of image and label-text embeddings", note: str = ""
-) -> str:
+def umap_html(layout: UmapLayout, title: str = "UMAP of image and label-text embeddings") -> str:
     """A self-contained interactive HTML page: :func:`umap_plotly` with plotly.js embedded (works offline),
     and a short note on how the layout was made and how to use it."""
     body = umap_plotly(layout, title).to_html(
@@ -578,5 +576,5 @@ def umap_html(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title>"
         "<style>body{font:14px sans-serif;margin:12px 20px;color:#222} p{max-width:70em}</style></head><body>\n"
-        f"<p>{how}{' ' + html.escape(note) if note else ''}</p>\n{body}\n</body></html>\n"
+        f"<p>{how}</p>\n{body}\n</body></html>\n"
     )
