@@ -232,4 +232,6 @@ def test_calibration_in_the_large_against_numpy() -> None:
     assert out["max_prob"] == 0.5  # the 0.9 sits on an unknown entry
     assert out["mean_prob/A"] == pytest.approx(0.2) and out["prevalence/A"] == pytest.approx(0.25)
     assert out["mean_prob/B"] == pytest.approx(0.2) and out["prevalence/B"] == pytest.approx(1 / 3)
-    assert out["prevalence_ratio_min"] == pytest.approx(0.6) and out["prevalence_ratio_max"] == pytest.approx(0.8)
+    assert out["prevalence_ratio_min"] == pytest.approx(0.6) and out["prevalence_ratio_max"] == pytest.approx(
+        0.8
+    )
