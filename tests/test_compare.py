@@ -269,3 +269,21 @@ def test_without_the_manifest_the_bootstrap_says_it_resamples_images(lab: Path) 
     comp = compare(tracker, n_boot=50)
     assert comp.methods.unit.startswith("images: patient ids unavailable")
     assert any("too narrow" in w for w in comp.methods.warnings)
+
+
+def test_a_metric_only_logged_per_run_gets_a_bounded_interval_over_seeds_and_no_test(lab: Path) -> None:
+    tracker = Tracker(str(lab / "store"), "full")
+    _ablation(tracker, lab / "manifest.csv", cells=("visual-clip", "align-clip"))
+    comp = compare(tracker, metric="test/fair/worst_tpr_gap", n_boot=50)
+    gaps = [0.01, 0.02, 0.03]  # logged per seed; a plain t-interval would reach below 0
+    assert comp.result.loc["align-clip", "mean"] == pytest.approx(np.mean(gaps))
+    assert (
+        0
+        < comp.result.loc["align-clip", "ci_low"]
+        < np.mean(gaps)
+        < comp.result.loc["align-clip", "ci_high"]
+        < 1
+    )
+    assert "delta" not in comp.result.columns and not comp.methods.paired
+    md = to_markdown(comp)
+    assert "no paired test" in md.splitlines()[0] and "Bootstrap: none" in md

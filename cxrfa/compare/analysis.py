@@ -164,9 +164,6 @@ def compare(
     else:
         result = _seed_only(sel, detail, metric)
         per_label, low, high, info = _logged_per_label(sel)
-        methods.notes.append(
-            f"{metric} is not recomputable from the logged predictions: no paired test, no Δ."
-        )
     order = sorted(
         info.index, key=lambda lab: (GROUP_ORDER.get(info.at[lab, "group"], 3), -info.at[lab, "n_pos"])
     )

@@ -99,15 +99,23 @@ def methods_lines(comp: Comparison) -> list[str]:
     m = comp.methods
     seeds = "; ".join(f"{c}: {', '.join(map(str, s))}" for c, s in m.seeds.items())
     runs = "; ".join(f"{c}: {', '.join(ids)}" for c, ids in m.runs.items())
+    no_bootstrap = [
+        f"Bootstrap: none: {comp.metric} is not recomputable from the logged predictions (use test/macro_auc or "
+        "test/map for paired tests).",
+        "Intervals: mean ± std and a t-interval over seeds, on the logit scale of each metric's range (AUROC, AP, "
+        "F1, MSE, TPR gaps in [0, 1]; cosine in [−1, 1]; modality gap in [0, 2]) and mapped back.",
+    ]
     lines = [
-        f"Bootstrap: resamples {m.unit or 'seeds only'}; B = {m.n_boot}; seed {m.seed}. A replicate draws seeds "
-        "(or seed pairs) with replacement, then one patient resample shared by every drawn seed (all seeds are "
-        "scored on the same test patients).",
+        f"Bootstrap: resamples {m.unit}; B = {m.n_boot}; seed {m.seed}. A replicate draws seeds (or seed pairs) "
+        "with replacement, then one patient resample shared by every drawn seed (all seeds are scored on the same "
+        "test patients).",
         f"Intervals: {comp.metric} and Δ: percentile intervals of bootstrap replicates, so they stay inside the "
         "metric's range. Metrics only logged per run (detailed table): mean ± std and a t-interval over seeds, "
         "computed on the logit scale of the metric's range (AUROC, AP, F1, MSE, TPR gaps in [0, 1]; cosine in "
         "[−1, 1]; modality gap in [0, 2]) and mapped back.",
         f"Multiple testing: Holm's step-down across the cells tested against {comp.baseline}.",
+    ]
+    lines = (lines if m.paired else no_bootstrap) + [
         f"Seeds: {seeds}.",
         f"Tuning: {m.tuning}.",
         f"Data: {m.data} (data hash {m.data_hash}); backbones: {', '.join(m.backbone_sources) or '?'}.",
@@ -157,6 +165,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _title(comp: Comparison) -> str:
+    if not comp.methods.paired:
+        return f"{comp.metric} by cell (baseline {comp.baseline}; no paired test)"
     return f"{comp.metric} by cell, tested against {comp.baseline}"
 
 
@@ -267,7 +277,10 @@ def console_table(comp: Comparison) -> Any:
 
     header, rows = result_rows(comp)
     table = Table(
-        title=_title(comp), caption=f"B = {comp.methods.n_boot}; unit: {comp.methods.unit or 'seeds'}"
+        title=_title(comp),
+        caption=f"B = {comp.methods.n_boot}; resampled: seeds x {comp.methods.unit}"
+        if comp.methods.paired
+        else None,
     )
     for i, col in enumerate(header):
         table.add_column(col, justify="left" if i == 0 else "right")
