@@ -348,8 +348,10 @@ def chance_levels(
 
     ``cls``/``expression``: a constant predictor of each label's batch prevalence; the contrastive terms
     (``semantic``, ``report``, ``consistency``, ``supcon``): constant scores; ``domain``: log 2 (its contrast
-    part; the gap part can reach 0 without the image); ``orth``: random directions. A trained term below its
-    chance value shows it used the image. ``coral`` has no chance level.
+    part; the gap part can reach 0 without the image). A trained term below its chance value shows it used the
+    image. ``orth`` involves no image: its reference is the penalty of the label text as the text encoder gives
+    it (below it, the branch pushed the diseases apart), or of random directions for learned queries.
+    ``coral`` has no chance level.
     """
     on = _active(out, cfg, domains)
     y, known = _split(targets)
@@ -366,7 +368,8 @@ def chance_levels(
         chance["domain"] = math.log(2.0) if bool(both) else 0.0
     if "orth" in on:
         c, d = out["labels_emb"].shape
-        chance["orth"] = (1 - 1 / c) / d
+        raw = out.get("labels_raw")
+        chance["orth"] = float(orthogonality(raw)) if raw is not None else (1 - 1 / c) / d
     if "consistency" in on:
         b = out["logits_a"].shape[0]
         chance["consistency"] = math.log(b) if b > 1 else 0.0

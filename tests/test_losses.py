@@ -262,3 +262,13 @@ def test_cls_trains_each_head_on_its_own() -> None:
     h0 = -(p * math.log(p) + (1 - p) * math.log(1 - p))
     single = {"logits": out["logits_a"][:, :1], "logits_a": out["logits_a"][:, :1]}
     assert chance_levels(single, targets[:, :1], LossConfig())["cls"] == pytest.approx(h0, rel=1e-5)
+
+
+def test_orth_reference_is_the_raw_label_text() -> None:
+    out = _out()
+    targets = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.float32)
+    raw = torch.ones(3, 5) + 0.1 * torch.randn(3, 5)  # nearly one direction, as small text towers give
+    chance = chance_levels({**out, "labels_raw": raw}, targets, LossConfig(orth=1.0))["orth"]
+    assert chance == pytest.approx(orthogonality(raw).item(), rel=1e-6) and chance > 0.5
+    # learned queries (no raw text): random directions in d dimensions
+    assert chance_levels(out, targets, LossConfig(orth=1.0))["orth"] == pytest.approx((1 - 1 / 3) / 8)

@@ -107,7 +107,7 @@ def test_output_choice_and_forward_features() -> None:
     heads = AlignmentModel(cfg, 16, 7, text, 5).eval()
     out = heads(tokens, emb)
     cos = torch.nn.functional.cosine_similarity(out["features"], out["labels_emb"][None], dim=-1)
-    assert torch.allclose(out["logits_b"], cos / 0.5, atol=1e-5)
+    assert torch.allclose(out["logits_b"], (cos - heads.threshold_b) / 0.5, atol=1e-5)
     assert "label_text" in dict(heads.named_buffers())  # frozen label text is a buffer, not a parameter
 
 
@@ -132,10 +132,12 @@ def test_prior_initialises_calibrated_probabilities() -> None:
     prior = torch.tensor([0.01, 0.05, 0.1, 0.2, 0.5])
     heads.init_prior(prior)
     with torch.no_grad():
-        heads.head_a[1].weight.zero_()
-        heads.logit_scale.fill_(-20.0)  # scale ~0: classifier B is its bias
+        heads.head_a[1].weight.zero_()  # classifier A is its bias
         out = heads(torch.randn(3, 7, 16), torch.randn(3, 12))
-    assert torch.allclose(torch.sigmoid(out["logits"]), prior.expand(3, -1), atol=1e-5)
+        # classifier B at a cosine score of 0 predicts the prior
+        at_zero = -heads.threshold_b * heads.logit_scale.exp()
+    assert torch.allclose(torch.sigmoid(out["logits_a"]), prior.expand(3, -1), atol=1e-5)
+    assert torch.allclose(torch.sigmoid(at_zero), prior, atol=1e-5)
 
 
 def test_learned_queries_need_no_text_and_text_cells_need_prototypes() -> None:
