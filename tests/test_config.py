@@ -24,29 +24,35 @@ def test_shipped_matrices_expand(name: str) -> None:
     assert f"cxrfa ablate --matrix {name}" in Path(m.source).read_text()
 
 
-def test_full_matrix_is_the_six_design_cells_times_three_seeds() -> None:
+def test_full_matrix_is_the_nine_design_cells_times_three_seeds() -> None:
     runs = expand(load_matrix("full"), DEMO_BACKBONES)
-    assert len(runs) == 18
+    assert len(runs) == 27
     cells = {r.cell: r for r in runs}
     assert set(cells) == {
         "visual-clip",
         "visual-biomedclip",
         "visual-custom",
+        "dual-learned",
         "dual-clip",
+        "dual-biomedclip",
         "dual-custom",
         "align-clip",
+        "align-biomedclip",
     }
     assert cells["visual-clip"].model.text is None and not cells["visual-clip"].model.aligner
     assert (
         cells["dual-custom"].model.visual.name == "custom" and cells["dual-custom"].model.text.name == "clip"
     )
-    align = cells["align-clip"]
-    assert (
-        align.model.orthogonal
-        and align.model.aligner
-        and align.loss.domain > 0
-        and align.loss.consistency > 0
-    )
+    # the capacity control is dual-clip without the text: same heads, same losses, learned queries
+    control, dual = cells["dual-learned"], cells["dual-clip"]
+    assert control.model.text is None and control.model.queries == "learned"
+    assert control.model.model_copy(update={"text": dual.model.text, "queries": "text"}) == dual.model
+    assert control.loss == dual.loss
+    for name in ("align-clip", "align-biomedclip"):
+        align = cells[name]
+        assert align.model.orthogonal and align.model.aligner
+        assert align.loss.domain > 0 and align.loss.consistency > 0 and align.loss.report > 0
+    assert cells["dual-biomedclip"].model.text.name == "biomedclip"
 
 
 def test_hash_is_stable_across_processes_and_sensitive_to_config() -> None:
@@ -76,7 +82,7 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
 
 def test_impossible_cell_is_an_error(tmp_path: Path) -> None:
     path = _write(tmp_path, "name: x\ncells:\n  bad:\n    model: {visual: clip, aligner: true}\n")
-    with pytest.raises(CxrfaError, match=r"m\.yaml.*'bad'.*aligner needs a text branch"):
+    with pytest.raises(CxrfaError, match=r"m\.yaml.*'bad'.*aligner needs label prototypes"):
         load_matrix(path)
 
 
