@@ -27,8 +27,10 @@ def main() -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         synthesize(Path(tmp), args.n, args.size, seed=0)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(f"synthesize n={args.n} size={args.size}: {wall:.1f} s wall, {cpu:.1f} s CPU "
-          f"({1000 * cpu / args.n:.1f} ms/image CPU), load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"synthesize n={args.n} size={args.size}: {wall:.1f} s wall, {cpu:.1f} s CPU "
+        f"({1000 * cpu / args.n:.1f} ms/image CPU), load average {os.getloadavg()[0]:.1f}"
+    )
     patients = [_make_patient(0, p) for p in range(1, 101)]
     jobs = []
     for i in range(300):

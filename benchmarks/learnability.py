@@ -35,8 +35,15 @@ def _cnn(n_labels: int) -> nn.Module:
             nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
         )
 
-    return nn.Sequential(block(1, 16), block(16, 32), block(32, 48), block(48, 64),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n_labels))  # fmt: skip
+    return nn.Sequential(
+        block(1, 16),
+        block(16, 32),
+        block(32, 48),
+        block(48, 64),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, n_labels),
+    )
 
 
 def main() -> None:
@@ -79,8 +86,10 @@ def main() -> None:
     }
     for lab, auc in aucs.items():
         print(f"  {lab:20s} AUROC {auc:.3f}  (test positives {int(y[:, manifest.labels.index(lab)].sum())})")
-    print(f"test macro AUROC {np.mean(list(aucs.values())):.3f} over {len(aucs)} labels; "
-          f"train {time.perf_counter() - start:.0f} s ({args.epochs} epochs, {len(x_tr)} images, {args.size} px)")  # fmt: skip
+    print(
+        f"test macro AUROC {np.mean(list(aucs.values())):.3f} over {len(aucs)} labels; "
+        f"train {time.perf_counter() - start:.0f} s ({args.epochs} epochs, {len(x_tr)} images, {args.size} px)"
+    )
 
 
 if __name__ == "__main__":

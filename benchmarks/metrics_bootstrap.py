@@ -25,8 +25,9 @@ def _case(n: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, pd.Dat
     y = (rng.random((n, c)) < np.linspace(0.002, 0.2, c)).astype(float)
     p = np.clip(0.3 * y + rng.random((n, c)) * 0.7, 0, 1).round(4)  # 4 decimals, like a saved CSV: ties
     y[rng.random((n, c)) < 0.05] = np.nan
-    sub = pd.DataFrame({"sex": rng.choice(["M", "F"], n), "age": rng.integers(1, 95, n),
-                        "view": rng.choice(["PA", "AP"], n)})  # fmt: skip
+    sub = pd.DataFrame(
+        {"sex": rng.choice(["M", "F"], n), "age": rng.integers(1, 95, n), "view": rng.choice(["PA", "AP"], n)}
+    )
     return y, p, sub
 
 

@@ -62,12 +62,16 @@ def _aligned_probs(pred: pd.DataFrame, manifest: Manifest, split: str, source: s
         raise CxrfaError(f"{source}: no 'path' column; predictions need 'path' plus one column per label")
     missing = [lab for lab in labels if lab not in pred.columns]
     if missing:
-        raise CxrfaError(f"{source}: missing label column(s) {', '.join(map(repr, missing))}; expected one "
-                         f"probability column per manifest label")  # fmt: skip
+        raise CxrfaError(
+            f"{source}: missing label column(s) {', '.join(map(repr, missing))}; expected one "
+            f"probability column per manifest label"
+        )
     extra = [str(c) for c in pred.columns if c != "path" and c not in labels]
     if extra:
-        raise CxrfaError(f"{source}: unexpected column(s) {', '.join(map(repr, extra))}; "
-                         f"keep only 'path' and the manifest's labels")  # fmt: skip
+        raise CxrfaError(
+            f"{source}: unexpected column(s) {', '.join(map(repr, extra))}; "
+            f"keep only 'path' and the manifest's labels"
+        )
     paths = pred["path"].astype("string")
     dup = paths.duplicated(keep="first")
     if dup.any():
@@ -81,13 +85,17 @@ def _aligned_probs(pred: pd.DataFrame, manifest: Manifest, split: str, source: s
     extra_rows = ~paths.isin(set(wanted))
     if extra_rows.any():
         row = int(np.flatnonzero(extra_rows.to_numpy())[0])
-        raise CxrfaError(f"{source}: line {row + 2}: path {paths.iat[row]!r} is not in the manifest's {split!r} "
-                         f"split ({int(extra_rows.sum())} such row(s)); predict exactly that split")  # fmt: skip
+        raise CxrfaError(
+            f"{source}: line {row + 2}: path {paths.iat[row]!r} is not in the manifest's {split!r} "
+            f"split ({int(extra_rows.sum())} such row(s)); predict exactly that split"
+        )
     absent = ~wanted.isin(set(paths))
     if absent.any():
         first = wanted[absent].iat[0]
-        raise CxrfaError(f"{source}: {int(absent.sum())} {split!r} image(s) have no prediction, e.g. {first!r}; "
-                         f"predict every image of the split")  # fmt: skip
+        raise CxrfaError(
+            f"{source}: {int(absent.sum())} {split!r} image(s) have no prediction, e.g. {first!r}; "
+            f"predict every image of the split"
+        )
     for lab in labels:
         values = pd.to_numeric(pred[lab], errors="coerce")
         bad = values.isna() | (values < 0) | (values > 1)
@@ -95,8 +103,9 @@ def _aligned_probs(pred: pd.DataFrame, manifest: Manifest, split: str, source: s
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raw = pred[lab].iat[row]
             shown = repr(raw) if isinstance(raw, str) else ("empty/NaN" if pd.isna(raw) else str(raw))
-            raise CxrfaError(f"{source}: line {row + 2}, column {lab!r}: {shown} is not a "
-                             f"probability in [0, 1]")  # fmt: skip
+            raise CxrfaError(
+                f"{source}: line {row + 2}, column {lab!r}: {shown} is not a probability in [0, 1]"
+            )
     order = index.get_indexer(wanted)  # (N,) predictions row of each manifest row
     return pred[labels].to_numpy(dtype=np.float64)[order]
 

@@ -416,10 +416,16 @@ def evaluate_model(
     p_test, y_test = predict(model, loaders["test"], device, cfg.train.amp)
     test_part = manifest.split("test")
     test = compute_metrics(
-        y_test, p_test, manifest.labels, thresholds=choose_thresholds(y_val, p_val),
-        subgroups=test_part.frame[["sex", "age", "view"]], label_groups=group_by_prevalence(manifest.prevalence("train")),
-        n_boot=200, seed=cfg.seed, patients=test_part.frame["patient_id"],
-    )  # fmt: skip
+        y_test,
+        p_test,
+        manifest.labels,
+        thresholds=choose_thresholds(y_val, p_val),
+        subgroups=test_part.frame[["sex", "age", "view"]],
+        label_groups=group_by_prevalence(manifest.prevalence("train")),
+        n_boot=200,
+        seed=cfg.seed,
+        patients=test_part.frame["patient_id"],
+    )
     scalars = {f"test/{k}": v for k, v in test.scalars.items()}
     scalars["val/best_" + cfg.train.monitor.removeprefix("val/")] = result.best_value
     scalars["best_epoch"] = result.best_epoch
@@ -444,8 +450,15 @@ def evaluate_model(
             run.log_artifact(tmp / name)
         run.log_figure(training_curves(result.history), "plots/training_curves.png")
         with atomic_path(tmp / "model.pt") as path:
-            torch.save({"config": cfg.model_dump(mode="json"), "labels": manifest.labels, "state_dict": trained_state(model),
-                        "best_epoch": result.best_epoch}, path)  # fmt: skip
+            torch.save(
+                {
+                    "config": cfg.model_dump(mode="json"),
+                    "labels": manifest.labels,
+                    "state_dict": trained_state(model),
+                    "best_epoch": result.best_epoch,
+                },
+                path,
+            )
         run.log_artifact(tmp / "model.pt", "checkpoint")
     return scalars
 
@@ -511,9 +524,10 @@ def load_run(tracker: Tracker, run_id: str, dst: Path) -> tuple[RunConfig, Manif
     )
     model = build_model(model_cfg, manifest.labels, resolve_device(cfg.train.device))
     state = load_state(
-        tracker.download(run_id, "checkpoint/model.pt", dst), name=f"run {run_id} artifact checkpoint/model.pt",
+        tracker.download(run_id, "checkpoint/model.pt", dst),
+        name=f"run {run_id} artifact checkpoint/model.pt",
         fix="the artifact is damaged; re-run the cell to log a new one",
-    )  # fmt: skip
+    )
     load_trained_state(model, state["state_dict"])
     return cfg, manifest, model
 
@@ -592,9 +606,17 @@ def evaluate_run(tracker: Tracker, run_id: str, out: Path, n_boot: int = 200, se
     manifest = load_data(cfg.data, progress=False)
     test = pd.read_csv(tracker.download(run_id, "test_predictions.csv", tmp), dtype={"path": str})
     val = pd.read_csv(tracker.download(run_id, "val_predictions.csv", tmp), dtype={"path": str})
-    result = evaluate_predictions(test, manifest, "test", out, val_pred=val, n_boot=n_boot,
-                                  seed=cfg.seed if seed is None else seed, pred_source=f"run {run_id} test_predictions.csv",
-                                  val_source=f"run {run_id} val_predictions.csv")  # fmt: skip
+    result = evaluate_predictions(
+        test,
+        manifest,
+        "test",
+        out,
+        val_pred=val,
+        n_boot=n_boot,
+        seed=cfg.seed if seed is None else seed,
+        pred_source=f"run {run_id} test_predictions.csv",
+        val_source=f"run {run_id} val_predictions.csv",
+    )
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)

@@ -11,24 +11,68 @@ from collections.abc import Mapping, Sequence
 from cxrfa.errors import CxrfaError
 
 NIH14: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)  # fmt: skip
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
 
 CHEXPERT14: tuple[str, ...] = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
-)  # fmt: skip
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
 
 # CXR-LT 2023 (MIMIC-CXR long-tail challenge) label set.
 CXR_LT26: tuple[str, ...] = (
-    "Atelectasis", "Calcification of the Aorta", "Cardiomegaly", "Consolidation", "Edema", "Emphysema",
-    "Enlarged Cardiomediastinum", "Fibrosis", "Fracture", "Hernia", "Infiltration", "Lung Lesion",
-    "Lung Opacity", "Mass", "No Finding", "Nodule", "Pleural Effusion", "Pleural Other", "Pleural Thickening",
-    "Pneumomediastinum", "Pneumonia", "Pneumoperitoneum", "Pneumothorax", "Subcutaneous Emphysema",
-    "Support Devices", "Tortuous Aorta",
-)  # fmt: skip
+    "Atelectasis",
+    "Calcification of the Aorta",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Enlarged Cardiomediastinum",
+    "Fibrosis",
+    "Fracture",
+    "Hernia",
+    "Infiltration",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Mass",
+    "No Finding",
+    "Nodule",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pleural Thickening",
+    "Pneumomediastinum",
+    "Pneumonia",
+    "Pneumoperitoneum",
+    "Pneumothorax",
+    "Subcutaneous Emphysema",
+    "Support Devices",
+    "Tortuous Aorta",
+)
 
 LABEL_SETS: dict[str, tuple[str, ...]] = {"nih14": NIH14, "chexpert14": CHEXPERT14, "cxr-lt26": CXR_LT26}
 

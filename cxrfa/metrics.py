@@ -382,9 +382,15 @@ def _fairness(
         any_known = np.flatnonzero(codes.notna().to_numpy())
         for g in names:
             rows = rows_of[g]
-            label_auc = np.array([auc_ap(y_true[rows, j][np.isfinite(y_true[rows, j])],
-                                         y_prob[rows, j][np.isfinite(y_true[rows, j])])[0]
-                                  for j in range(y_true.shape[1])])  # fmt: skip
+            label_auc = np.array(
+                [
+                    auc_ap(
+                        y_true[rows, j][np.isfinite(y_true[rows, j])],
+                        y_prob[rows, j][np.isfinite(y_true[rows, j])],
+                    )[0]
+                    for j in range(y_true.shape[1])
+                ]
+            )
             out[f"fair/{attr}/auc/{g}"] = _nanmean(label_auc)
             out[f"fair/{attr}/tpr/{g}"] = _nanmean(tpr_of[g])
             if attr == "sex":
@@ -497,12 +503,19 @@ def compute_metrics(
                 group,
             )
         )
-    per_label = pd.DataFrame(rows, columns=["label", "n_pos", "n_neg", "auc", "ap", "f1", "threshold",
-                                            "tp", "fp", "fn", "tn", "group"])  # fmt: skip
+    per_label = pd.DataFrame(
+        rows,
+        columns=["label", "n_pos", "n_neg", "auc", "ap", "f1", "threshold", "tp", "fp", "fn", "tn", "group"],
+    )
     evaluable = per_label["auc"].notna().to_numpy()
     if not evaluable.all():
-        single = [f"{lab} ({p}+/{q}-)" for lab, p, q, ok in
-                  zip(per_label["label"], per_label["n_pos"], per_label["n_neg"], evaluable, strict=True) if not ok]  # fmt: skip
+        single = [
+            f"{lab} ({p}+/{q}-)"
+            for lab, p, q, ok in zip(
+                per_label["label"], per_label["n_pos"], per_label["n_neg"], evaluable, strict=True
+            )
+            if not ok
+        ]
         log.warning(
             "label(s) with one class present, AUROC/AP undefined and left out of macros: %s",
             ", ".join(single),

@@ -245,9 +245,16 @@ def run_pipeline(recipe: Recipe, progress: bool = True, command: str | None = No
     tuned = recipe.tuned_cells(matrix)  # before anything runs: a recipe that tunes only some cells is refused
     where = recipe.source or recipe.name
     tracker = Tracker(recipe.tracking_uri, recipe.experiment or recipe.name)
-    ctx = _Context(recipe, matrix, load_backbones(recipe.backbones), recipe.backbones, tracker,
-                   recipe.data.manifest if recipe.data else None, progress,
-                   command or f"cxrfa pipeline run {where}")  # fmt: skip
+    ctx = _Context(
+        recipe,
+        matrix,
+        load_backbones(recipe.backbones),
+        recipe.backbones,
+        tracker,
+        recipe.data.manifest if recipe.data else None,
+        progress,
+        command or f"cxrfa pipeline run {where}",
+    )
     result = PipelineResult(recipe.name, tracker.experiment)
     stages: list[tuple[str, Callable[[_Context, PipelineResult], StageResult]]] = []
     if recipe.data is not None:
@@ -291,8 +298,18 @@ def _data(ctx: _Context, result: PipelineResult) -> StageResult:
 
         i = stage.index
         assert i is not None
-        built = index_dataset(i.format, Path(i.root), Path(i.csv) if i.csv else None, i.label_set, i.uncertain, i.blank,
-                              i.frontal_only, i.split_seed, i.skip_bad, i.columns)  # fmt: skip
+        built = index_dataset(
+            i.format,
+            Path(i.root),
+            Path(i.csv) if i.csv else None,
+            i.label_set,
+            i.uncertain,
+            i.blank,
+            i.frontal_only,
+            i.split_seed,
+            i.skip_bad,
+            i.columns,
+        )
         write_manifest(built.manifest, ctx.manifest)
     ctx.changed = True
     return StageResult("data", "ran", f"wrote {ctx.manifest}")
@@ -341,10 +358,18 @@ def _data_config(ctx: _Context) -> Any:
 
 def _log_pretrain(ctx: _Context, stage: PretrainStage, trained: Any) -> None:
     """One MLflow run for the pretraining, so the study's experiment shows where its weights came from."""
-    run = ctx.tracker.start(f"pretrain {stage.backbone}", {f"{TAG_PREFIX}pretrain": stage.backbone,
-                                                          f"{TAG_PREFIX}pipeline": ctx.recipe.name})  # fmt: skip
-    run.log_params({"arch": stage.arch or ctx.backbones.backbones[stage.backbone].arch, "epochs": stage.epochs,
-                    "init": stage.init or "scratch", "out": stage.out})  # fmt: skip
+    run = ctx.tracker.start(
+        f"pretrain {stage.backbone}",
+        {f"{TAG_PREFIX}pretrain": stage.backbone, f"{TAG_PREFIX}pipeline": ctx.recipe.name},
+    )
+    run.log_params(
+        {
+            "arch": stage.arch or ctx.backbones.backbones[stage.backbone].arch,
+            "epochs": stage.epochs,
+            "init": stage.init or "scratch",
+            "out": stage.out,
+        }
+    )
     numbers = {
         k: v for k, v in vars(trained).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
@@ -362,9 +387,16 @@ def _tune_stage(cell: str) -> Callable[[_Context, PipelineResult], StageResult]:
         assert t is not None
         cfg = select_cell(ctx.matrix, ctx.backbones, cell, t.seed, {**ctx.data_overrides, **t.overrides})
         settings = TuneSettings(
-            trials=t.trials, storage=t.storage, sampler=t.sampler, pruner=t.pruner, n_jobs=t.n_jobs,
-            timeout=t.timeout, sampler_seed=t.sampler_seed, command=ctx.command, progress=ctx.progress,
-        )  # fmt: skip
+            trials=t.trials,
+            storage=t.storage,
+            sampler=t.sampler,
+            pruner=t.pruner,
+            n_jobs=t.n_jobs,
+            timeout=t.timeout,
+            sampler_seed=t.sampler_seed,
+            command=ctx.command,
+            progress=ctx.progress,
+        )
         overlay = overlay_path(ctx.matrix.name, cfg.cell)
         name = f"{ctx.matrix.name}.{cfg.cell}"
         done = study_progress(name, settings.storage, ctx.tracker)
@@ -407,8 +439,15 @@ def _ablate(ctx: _Context, result: PipelineResult) -> StageResult:
         result.ablation_parent = parent[0].run_id
         _record_tuning(ctx, parent[0].run_id, runs, tuning)
         return StageResult("ablate", "skipped", f"all {len(runs)} runs finished (parent {parent[0].run_id})")
-    summary = ablate(ctx.matrix, runs, ctx.tracker, backbones=ctx.backbones_label, data=data_label, explore=a.explore,
-                     progress=ctx.progress)  # fmt: skip
+    summary = ablate(
+        ctx.matrix,
+        runs,
+        ctx.tracker,
+        backbones=ctx.backbones_label,
+        data=data_label,
+        explore=a.explore,
+        progress=ctx.progress,
+    )
     result.ablation_parent = summary.parent_id
     if summary.parent_id is not None:
         _record_tuning(ctx, summary.parent_id, runs, tuning)

@@ -99,8 +99,15 @@ def finding_keys(part: Manifest) -> list[tuple[float, ...]]:
 
 
 @torch.no_grad()
-def _embed(model: torch.nn.Module, part: Manifest, tokens: Tensor, preprocess: object, memo: dict[int, Tensor],
-           batch_size: int, device: torch.device) -> tuple[Tensor, Tensor]:  # fmt: skip
+def _embed(
+    model: torch.nn.Module,
+    part: Manifest,
+    tokens: Tensor,
+    preprocess: object,
+    memo: dict[int, Tensor],
+    batch_size: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
     imgs, txts = [], []
     for start in range(0, len(part), batch_size):
         rows = np.arange(start, min(start + batch_size, len(part)))
@@ -188,8 +195,13 @@ def _pretrain(
         model.train()
         order = rng.permutation(len(train))
         total, count = 0.0, 0
-        bar = tqdm(range(0, len(order) - 1, batch_size), desc=f"pretrain {arch} epoch {epoch + 1}/{epochs}",
-                   leave=False, disable=None, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            range(0, len(order) - 1, batch_size),
+            desc=f"pretrain {arch} epoch {epoch + 1}/{epochs}",
+            leave=False,
+            disable=None,
+            dynamic_ncols=True,
+        )
         for start in bar:
             rows = order[start : start + batch_size]
             if len(rows) < 2:
@@ -217,8 +229,13 @@ def _pretrain(
         keys = finding_keys(val)
         result.recall_at_1, result.recall_at_5 = (retrieval_recall(img_emb, txt_emb, keys, k) for k in (1, 5))
         result.chance_at_1, result.chance_at_5 = (chance_recall(keys, k) for k in (1, 5))
-        log.info("val retrieval R@1 %.3f (chance %.3f), R@5 %.3f (chance %.3f)", result.recall_at_1,
-                 result.chance_at_1, result.recall_at_5, result.chance_at_5)  # fmt: skip
+        log.info(
+            "val retrieval R@1 %.3f (chance %.3f), R@5 %.3f (chance %.3f)",
+            result.recall_at_1,
+            result.chance_at_1,
+            result.recall_at_5,
+            result.chance_at_5,
+        )
     with atomic_path(out) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     return result

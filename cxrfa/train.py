@@ -31,8 +31,18 @@ from cxrfa.safeload import load_resume_state
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
-RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best_value", "best_epoch", "bad_epochs", "history",
-               "best_state")  # fmt: skip
+RESUME_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "epoch",
+    "best_value",
+    "best_epoch",
+    "bad_epochs",
+    "history",
+    "best_state",
+)
 
 
 class Callback(Protocol):
@@ -236,8 +246,15 @@ def fit(
 
     stopped_early = False
     epoch = start_epoch - 1
-    bar = tqdm(range(start_epoch, train_cfg.epochs), desc="epochs", initial=start_epoch, total=train_cfg.epochs,
-               disable=not progress, dynamic_ncols=True, leave=False)  # fmt: skip
+    bar = tqdm(
+        range(start_epoch, train_cfg.epochs),
+        desc="epochs",
+        initial=start_epoch,
+        total=train_cfg.epochs,
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=False,
+    )
     for epoch in bar:
         if bad_epochs >= train_cfg.patience:
             stopped_early = True
@@ -271,12 +288,21 @@ def fit(
         )
         log.debug("epoch %d  train/loss %.4f  val/%s %.4f", epoch, metrics["train/loss"], monitor, value)
         if checkpoint is not None:
-            _save(checkpoint, {
-                "model": trained_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
-                "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "history": history, "best_state": best_state,
-            })  # fmt: skip
+            _save(
+                checkpoint,
+                {
+                    "model": trained_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "epoch": epoch,
+                    "best_value": best_value,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "best_state": best_state,
+                },
+            )
         for callback in callbacks:
             callback.on_epoch_end(epoch, metrics)
 

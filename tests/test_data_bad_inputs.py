@@ -123,15 +123,15 @@ def test_frontal_only_can_empty_a_generic_dataset(tmp_path: Path) -> None:
     Image.new("L", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / "l.csv").write_text("path,patient_id,view,Mass\na.png,p1,LL,1\n")
     out = tmp_path / "m.csv"
-    result = runner.invoke(app, ["data", "index", "--format", "csv", "--root", str(tmp_path), "--csv", str(tmp_path / "l.csv"),
-                                 "--out", str(out), "--frontal-only"])  # fmt: skip
+    args = ["data", "index", "--format", "csv", "--root", str(tmp_path), "--csv", str(tmp_path / "l.csv")]
+    result = runner.invoke(app, [*args, "--out", str(out), "--frontal-only"])
     assert result.exit_code == 2 and "1 non-frontal view" in result.output and not out.exists()
 
 
 def test_generic_csv_unknown_label_in_mapping(tmp_path: Path) -> None:
     (tmp_path / "l.csv").write_text("path,patient_id,x\na.png,p1,1\n")
-    result = runner.invoke(app, ["data", "index", "--format", "csv", "--root", str(tmp_path), "--csv", str(tmp_path / "l.csv"),
-                                 "--out", str(tmp_path / "m.csv"), "--columns", "Pneumonitis=x"])  # fmt: skip
+    args = ["data", "index", "--format", "csv", "--root", str(tmp_path), "--csv", str(tmp_path / "l.csv")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "m.csv"), "--columns", "Pneumonitis=x"])
     assert result.exit_code == 2 and "unknown label 'Pneumonitis'" in result.output
     assert len(result.output.strip().splitlines()) == 1
 

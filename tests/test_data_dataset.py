@@ -75,9 +75,17 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
 def _manifest(tmp_path: Path) -> object:
     for k in range(3):
         Image.new("L", (20, 20), 50 * k).save(tmp_path / f"{k}.png")
-    frame = pd.DataFrame({"path": [f"{k}.png" for k in range(3)], "patient_id": ["a", "b", "c"],
-                          "split": ["train"] * 3, "domain": ["site-b", "site-a", pd.NA],
-                          "report": ["Cardiomegaly.", pd.NA, "Clear."], "Mass": [1, 0, None], "Nodule": [0, 0, 1]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "path": [f"{k}.png" for k in range(3)],
+            "patient_id": ["a", "b", "c"],
+            "split": ["train"] * 3,
+            "domain": ["site-b", "site-a", pd.NA],
+            "report": ["Cardiomegaly.", pd.NA, "Clear."],
+            "Mass": [1, 0, None],
+            "Nodule": [0, 0, 1],
+        }
+    )
     return make_manifest(frame, tmp_path, ["Mass", "Nodule"], "custom")
 
 

@@ -147,8 +147,12 @@ def test_split_is_by_patient_seeded_and_stratified() -> None:
 def test_mimic_reader_joins_the_three_files(tmp_path: Path) -> None:
     root = tmp_path / "mimic"
     root.mkdir()
-    rows = [("d1", "10000032", "50414267", "PA", "train"), ("d2", "10000032", "50414267", "LATERAL", "train"),
-            ("d3", "10000764", "57375967", "AP", "validate"), ("d4", "10000898", "50771383", "PA", "test")]  # fmt: skip
+    rows = [
+        ("d1", "10000032", "50414267", "PA", "train"),
+        ("d2", "10000032", "50414267", "LATERAL", "train"),
+        ("d3", "10000764", "57375967", "AP", "validate"),
+        ("d4", "10000898", "50771383", "PA", "test"),
+    ]
     pd.DataFrame(
         [(d, s, t, v) for d, s, t, v, _ in rows],
         columns=["dicom_id", "subject_id", "study_id", "ViewPosition"],
@@ -180,10 +184,23 @@ def test_generic_csv_with_a_column_mapping(tmp_path: Path) -> None:
     (root / "img").mkdir(parents=True)
     for k in range(6):
         Image.new("L", (16, 16), 40 * k).save(root / "img" / f"{k}.png")
-    pd.DataFrame({"file": [f"img/{k}.png" for k in range(6)], "pid": ["a", "a", "b", "c", "d", "e"],
-                  "cardio": ["1", "0", "yes", "", "-1", "0"], "Mass": ["0"] * 6}).to_csv(root / "labels.csv", index=False)  # fmt: skip
-    result = index_dataset("csv", root, root / "labels.csv", "nih14", uncertain="zeros", blank="unknown",
-                           columns={"path": "file", "patient_id": "pid", "Cardiomegaly": "cardio", "Mass": "Mass"})  # fmt: skip
+    pd.DataFrame(
+        {
+            "file": [f"img/{k}.png" for k in range(6)],
+            "pid": ["a", "a", "b", "c", "d", "e"],
+            "cardio": ["1", "0", "yes", "", "-1", "0"],
+            "Mass": ["0"] * 6,
+        }
+    ).to_csv(root / "labels.csv", index=False)
+    result = index_dataset(
+        "csv",
+        root,
+        root / "labels.csv",
+        "nih14",
+        uncertain="zeros",
+        blank="unknown",
+        columns={"path": "file", "patient_id": "pid", "Cardiomegaly": "cardio", "Mass": "Mass"},
+    )
     frame = result.manifest.frame
     assert frame["Cardiomegaly"].tolist()[:3] == [1, 0, 1] and np.isnan(frame["Cardiomegaly"].iat[3])
     assert frame["Cardiomegaly"].iat[4] == 0 and frame["Effusion"].isna().all() and (frame["Mass"] == 0).all()
@@ -212,12 +229,25 @@ def test_generic_csv_mapping_one_label_keeps_the_columns_named_like_the_others(
     (root / "img").mkdir(parents=True)
     for k in range(4):
         Image.new("L", (16, 16), 40 * k).save(root / "img" / f"{k}.png")
-    pd.DataFrame({"file": [f"img/{k}.png" for k in range(4)], "pid": ["a", "b", "c", "d"],
-                  "cardio": ["1", "0", "0", "1"], "Mass": ["0", "1", "0", "0"],
-                  "Pleural Effusion": ["1", "1", "0", ""], "Covid": ["0"] * 4}).to_csv(root / "labels.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "file": [f"img/{k}.png" for k in range(4)],
+            "pid": ["a", "b", "c", "d"],
+            "cardio": ["1", "0", "0", "1"],
+            "Mass": ["0", "1", "0", "0"],
+            "Pleural Effusion": ["1", "1", "0", ""],
+            "Covid": ["0"] * 4,
+        }
+    ).to_csv(root / "labels.csv", index=False)
     with caplog.at_level(logging.INFO, logger="cxrfa.data.readers"):
-        result = index_dataset("csv", root, root / "labels.csv", "nih14", blank="unknown",
-                               columns={"path": "file", "patient_id": "pid", "Cardiomegaly": "cardio"})  # fmt: skip
+        result = index_dataset(
+            "csv",
+            root,
+            root / "labels.csv",
+            "nih14",
+            blank="unknown",
+            columns={"path": "file", "patient_id": "pid", "Cardiomegaly": "cardio"},
+        )
     assert (
         "label column(s) matched by name besides --columns: Effusion=Pleural Effusion, Mass=Mass"
         in caplog.text

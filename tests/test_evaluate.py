@@ -25,14 +25,16 @@ FILES = ("metrics.json", "per_label.csv", *PLOT_FILES)
 def manifest(tmp_path: Path) -> Manifest:
     rng = np.random.default_rng(0)
     n = 90
-    frame = pd.DataFrame({
-        "path": [f"img/{i:04d}.png" for i in range(n)],
-        "patient_id": [f"p{i // 2}" for i in range(n)],
-        "split": ["train"] * 30 + ["val"] * 25 + ["test"] * 35,
-        "sex": rng.choice(["M", "F"], n),
-        "age": rng.integers(10, 95, n),
-        "view": rng.choice(["PA", "AP"], n),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "path": [f"img/{i:04d}.png" for i in range(n)],
+            "patient_id": [f"p{i // 2}" for i in range(n)],
+            "split": ["train"] * 30 + ["val"] * 25 + ["test"] * 35,
+            "sex": rng.choice(["M", "F"], n),
+            "age": rng.integers(10, 95, n),
+            "view": rng.choice(["PA", "AP"], n),
+        }
+    )
     y = (rng.random((n, 3)) < [0.4, 0.3, 0.03]).astype(float)
     y[rng.random((n, 3)) < 0.1] = np.nan
     for j, lab in enumerate(LABELS):
@@ -111,8 +113,8 @@ def test_cli_evaluate(manifest: Manifest, tmp_path: Path) -> None:
     val_path = tmp_path / "val_predictions.csv"
     _preds(manifest, "val").to_csv(val_path, index=False)
     out = tmp_path / "out"
-    args = ["evaluate", "--predictions", str(pred_path), "--manifest", str(man_path), "--out", str(out),
-            "--val-predictions", str(val_path), "--n-boot", "20"]  # fmt: skip
+    args = ["evaluate", "--predictions", str(pred_path), "--manifest", str(man_path), "--out", str(out)]
+    args += ["--val-predictions", str(val_path), "--n-boot", "20"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "macro_auc" in result.stdout and "val-chosen" in result.stdout
@@ -166,8 +168,14 @@ def test_cli_bad_predictions_exit_2_one_line_nothing_written(
 
 def test_bad_val_predictions_and_missing_files(manifest: Manifest, tmp_path: Path) -> None:
     with pytest.raises(CxrfaError, match="val.csv.*not in the manifest's 'val' split"):
-        evaluate_predictions(_preds(manifest, "test"), manifest, "test", tmp_path / "o",
-                             val_pred=_preds(manifest, "test"), val_source="val.csv")  # fmt: skip
+        evaluate_predictions(
+            _preds(manifest, "test"),
+            manifest,
+            "test",
+            tmp_path / "o",
+            val_pred=_preds(manifest, "test"),
+            val_source="val.csv",
+        )
     assert not (tmp_path / "o").exists()
     man_path, _ = _cli_files(manifest, tmp_path, _preds(manifest, "test"))
     args = [

@@ -119,7 +119,9 @@ def test_gap_shift_experiment_remeasures_gap_and_metric() -> None:
     assert df["gap"].iloc[2] < df["gap"].iloc[1] < df["gap"].iloc[0]
     assert 0.5 < df["macro_auc"].iloc[1] <= 1.0  # positives lean towards their label: above chance
     fig = plot_gap_shift(df)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2  # AUROC and gap against δ, no text labels to overlap
+    assert (
+        isinstance(fig, Figure) and len(fig.axes) == 2
+    )  # AUROC and gap against δ, no text labels to overlap
     np.testing.assert_allclose(fig.axes[0].lines[0].get_xdata(), np.array(deltas) / gap)
     np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), df["gap"])
 
@@ -140,8 +142,11 @@ def test_gap_shift_on_per_disease_features_measures_the_class_balanced_gap() -> 
     aligned = np.repeat(txt[None], 12, axis=0) * 2.0
     assert balanced_gap(aligned, txt, y_skewed).norm == pytest.approx(0.0, abs=1e-12)
     assert modality_gap(aligned[y_skewed == 1], txt).norm > 0.1  # the frequency-weighted centroid is biased
-    expected = np.einsum("ncd,cd->nc", feats / np.linalg.norm(feats, axis=-1, keepdims=True),
-                         txt / np.linalg.norm(txt, axis=-1, keepdims=True))  # fmt: skip
+    expected = np.einsum(
+        "ncd,cd->nc",
+        feats / np.linalg.norm(feats, axis=-1, keepdims=True),
+        txt / np.linalg.norm(txt, axis=-1, keepdims=True),
+    )
     np.testing.assert_allclose(cosine_scores(feats, txt), expected, atol=1e-12)
 
 

@@ -61,8 +61,13 @@ def test_explore_model_measures_gap_and_stage_similarities() -> None:
     assert s["embed/mean_offdiag_sim/final"] == pytest.approx(
         mean_offdiag(similarity_matrix(final)), abs=1e-6
     )
-    assert {"embed/mean_offdiag_sim/centred", "embed/mean_offdiag_sim/projected", "embed/mean_offdiag_sim/t2", "embed/mean_offdiag_sim/orth",
-            "embed/align_macro_auc"} <= set(s)  # fmt: skip
+    assert {
+        "embed/mean_offdiag_sim/centred",
+        "embed/mean_offdiag_sim/projected",
+        "embed/mean_offdiag_sim/t2",
+        "embed/mean_offdiag_sim/orth",
+        "embed/align_macro_auc",
+    } <= set(s)
     assert all(np.isfinite(v) for v in s.values())
 
     panels = [ax for ax in result.figures["label_similarity"].axes if ax.images and ax.get_title()]

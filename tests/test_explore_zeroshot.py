@@ -46,8 +46,16 @@ def _toy_dataset(root: Path, n: int = 80) -> Path:
             for lab, on in zip(LABELS, (mass, effusion), strict=True)
         )
         split = "train" if i < 0.7 * n else ("val" if i < 0.8 * n else "test")
-        rows.append({"path": f"images/{i}.png", "patient_id": f"p{i}", "split": split, "report": report,
-                     "Mass": int(mass), "Effusion": int(effusion)})  # fmt: skip
+        rows.append(
+            {
+                "path": f"images/{i}.png",
+                "patient_id": f"p{i}",
+                "split": split,
+                "report": report,
+                "Mass": int(mass),
+                "Effusion": int(effusion),
+            }
+        )
     rows[-1]["Mass"] = None  # an unknown label must be masked, not scored
     return write_manifest(make_manifest(pd.DataFrame(rows), root, LABELS, "custom"), root / "manifest.csv")
 

@@ -134,9 +134,15 @@ def _noise_training(term: str, steps: int = 150, informative: bool = False) -> t
     torch.manual_seed(0)
     b, c, n, dv = 32, 5, 16, 24
     cfg = ModelConfig(
-        visual=BackboneConfig(name="clip", arch="x"), text=BackboneConfig(name="clip", arch="x"),
-        width=32, heads=2, t2_layers=1, aligner=True, output="mean", dropout=0.0,
-    )  # fmt: skip
+        visual=BackboneConfig(name="clip", arch="x"),
+        text=BackboneConfig(name="clip", arch="x"),
+        width=32,
+        heads=2,
+        t2_layers=1,
+        aligner=True,
+        output="mean",
+        dropout=0.0,
+    )
     heads = AlignmentModel(cfg, dv, n, torch.randn(c, 12), c)
     loss_cfg = LossConfig(**{term: 1.0})
     opt = torch.optim.Adam(heads.parameters(), lr=3e-3)
@@ -219,9 +225,14 @@ def _out(b: int = 4, c: int = 3, d: int = 8) -> dict[str, torch.Tensor]:
     feats = torch.randn(b, c, d, generator=g)
     labels = F.normalize(torch.randn(c, d, generator=g), dim=-1)
     return {
-        "logits": la, "logits_a": la, "logits_b": lb, "features": feats, "labels_emb": labels,
-        "scores": (F.normalize(feats, dim=-1) * labels).sum(-1), "pooled": torch.randn(b, d, generator=g),
-    }  # fmt: skip
+        "logits": la,
+        "logits_a": la,
+        "logits_b": lb,
+        "features": feats,
+        "labels_emb": labels,
+        "scores": (F.normalize(feats, dim=-1) * labels).sum(-1),
+        "pooled": torch.randn(b, d, generator=g),
+    }
 
 
 def test_compute_terms_only_weighted_terms_and_total() -> None:

@@ -26,7 +26,7 @@ TINY = {
     "tune": {"trials": 2, "sampler": "random", "pruner": "none", "overrides": {"train.epochs": 1}},
     "ablate": {"seeds": [0], "tuned": True, "explore": []},
     "compare": {"out": "out/tiny", "baseline": "visual-clip", "n_boot": 50},
-}  # fmt: skip
+}
 
 
 def _all_runs(experiment: str) -> list:
@@ -65,8 +65,12 @@ def test_tiny_recipe_runs_every_stage_then_skips_every_stage(lab: Path) -> None:
 
     second = run_pipeline(load_recipe(lab / "tiny.yaml"), progress=False)
     assert [(s.name, s.status) for s in second.stages] == [
-        ("data", "skipped"), ("tune visual-clip", "skipped"), ("tune align-clip", "skipped"), ("ablate", "skipped"),
-        ("compare", "skipped")]  # fmt: skip
+        ("data", "skipped"),
+        ("tune visual-clip", "skipped"),
+        ("tune align-clip", "skipped"),
+        ("ablate", "skipped"),
+        ("compare", "skipped"),
+    ]
     assert len(_all_runs("tiny")) == len(runs)  # nothing new was tracked
 
 

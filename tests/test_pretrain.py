@@ -86,8 +86,10 @@ def test_cli_pretrain_and_offline_error(
 ) -> None:
     runner = CliRunner()
     out = tmp_path / "cli.pt"
-    res = runner.invoke(app, ["pretrain", "--data", str(manifest_path), "--arch", "cxrfa-tiny-clip", "--out", str(out),
-                              "--epochs", "1", "--batch-size", "32"])  # fmt: skip
+    data = ["pretrain", "--data", str(manifest_path)]
+    res = runner.invoke(
+        app, [*data, "--arch", "cxrfa-tiny-clip", "--out", str(out), "--epochs", "1", "--batch-size", "32"]
+    )
     assert res.exit_code == 0, res.output
     assert out.is_file() and "R@5" in res.output and "chance" in res.output
     import huggingface_hub.constants as hf_constants
@@ -95,8 +97,9 @@ def test_cli_pretrain_and_offline_error(
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     start = time.perf_counter()
-    res = runner.invoke(app, ["pretrain", "--data", str(manifest_path), "--arch", "ViT-B-16", "--init", "openai",
-                              "--out", str(tmp_path / "vit.pt")])  # fmt: skip
+    res = runner.invoke(
+        app, [*data, "--arch", "ViT-B-16", "--init", "openai", "--out", str(tmp_path / "vit.pt")]
+    )
     assert time.perf_counter() - start < 5
     assert res.exit_code == 2
     assert "error:" in res.output and "ViT-B-16/openai" in res.output and "Traceback" not in res.output

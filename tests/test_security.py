@@ -110,10 +110,17 @@ def test_crafted_checkpoint_in_the_store_stops_the_command_before_any_run(
 
 def test_crafted_run_artifact_is_refused(workdir: Path) -> None:
     """A checkpoint/model.pt uploaded to a shared server is never unpickled by `explore --run`."""
-    cfg = RunConfig.model_validate({
-        "cell": "cnn", "data": {"demo_n": 24, "demo_size": 32},
-        "model": {"visual": {"name": "custom", "arch": "cxrfa-cnn-small", "frozen": False}, "width": 16, "heads": 2},
-    })  # fmt: skip
+    cfg = RunConfig.model_validate(
+        {
+            "cell": "cnn",
+            "data": {"demo_n": 24, "demo_size": 32},
+            "model": {
+                "visual": {"name": "custom", "arch": "cxrfa-cnn-small", "frozen": False},
+                "width": 16,
+                "heads": 2,
+            },
+        }
+    )
     tracker = _store("shared")
     run = tracker.start("cnn/seed=0", {"cxrfa.cell": "cnn"})
     (workdir / "config.json").write_text(cfg.model_dump_json())
@@ -217,8 +224,10 @@ def test_unwritable_store_is_one_line_without_retries(workdir: Path, uri: str, n
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
-                    reason="root writes through chmod")  # fmt: skip
+@pytest.mark.skipif(
+    not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+    reason="root writes through chmod",
+)
 def test_chmod_555_store_is_one_line(workdir: Path) -> None:
     runner.invoke(app, ["ablate", "-m", "smoke", "--dry-run"])  # creates ./mlruns
     store = workdir / "mlruns"

@@ -36,8 +36,18 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
     ):
         assert run.tags[tag]
     assert run.tags["cxrfa.backbone.source"].startswith("stand-in:")
-    for key in ("test/macro_auc", "test/micro_auc", "test/map", "test/mse", "test/macro_f1", "test/macro_auc_head",
-                "embed/modality_gap", "val/macro_auc", "train/loss", "train/loss_semantic"):  # fmt: skip
+    for key in (
+        "test/macro_auc",
+        "test/micro_auc",
+        "test/map",
+        "test/mse",
+        "test/macro_f1",
+        "test/macro_auc_head",
+        "embed/modality_gap",
+        "val/macro_auc",
+        "train/loss",
+        "train/loss_semantic",
+    ):
         assert key in run.metrics, key
     per_label = [
         k for k in run.metrics if k.startswith("test/auc/")
@@ -46,8 +56,15 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
     history = Tracker(None, "smoke").metric_history(run.run_id, "val/macro_auc")
     assert [step for step, _ in history] == [0, 1]
     files = set(Tracker(None, "smoke").list_artifacts(run.run_id))
-    assert {"test_predictions.csv", "val_predictions.csv", "test_labels.csv", "config.json", "evaluation", "plots",
-            "checkpoint"} <= files  # fmt: skip
+    assert {
+        "test_predictions.csv",
+        "val_predictions.csv",
+        "test_labels.csv",
+        "config.json",
+        "evaluation",
+        "plots",
+        "checkpoint",
+    } <= files
     plots = set(Tracker(None, "smoke").list_artifacts(run.run_id, "plots"))
     assert {"plots/gap_shift.png", "plots/label_similarity.png", "plots/training_curves.png"} <= plots
     ckpt = Tracker(None, "smoke").download(run.run_id, "checkpoint/model.pt", workdir / "dl")

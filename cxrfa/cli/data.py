@@ -68,8 +68,18 @@ def index(
     from cxrfa.data.manifest import write_manifest
     from cxrfa.data.readers import parse_columns
 
-    result = index_dataset(fmt, root, csv, label_set, uncertain, blank, frontal_only, split_seed, skip_bad,
-                           parse_columns(columns))  # fmt: skip
+    result = index_dataset(
+        fmt,
+        root,
+        csv,
+        label_set,
+        uncertain,
+        blank,
+        frontal_only,
+        split_seed,
+        skip_bad,
+        parse_columns(columns),
+    )
     write_manifest(result.manifest, out)
     frame = result.manifest.frame
     counts = ", ".join(f"{s} {int((frame['split'] == s).sum())}" for s in ("train", "val", "test"))
@@ -132,8 +142,12 @@ def stats(manifest: Annotated[Path, typer.Argument(help="Manifest CSV.")]) -> No
         out.print(sub)
     if st.overlap:
         first = next(iter(st.overlap))
-        out.print(f"[bold red]leakage:[/] {len(st.overlap)} patient(s) appear in more than one split "
-                  f"(e.g. {first} in {'+'.join(st.overlap[first])})", highlight=False, soft_wrap=True)  # fmt: skip
+        out.print(
+            f"[bold red]leakage:[/] {len(st.overlap)} patient(s) appear in more than one split "
+            f"(e.g. {first} in {'+'.join(st.overlap[first])})",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         out.print("leakage check: no patient appears in more than one split", highlight=False, soft_wrap=True)
 

@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
                 "--val-predictions",
                 help="Predictions on the val split; per-label F1-optimal thresholds "
                 "are chosen on them (default: 0.5).",
-            ),  # fmt: skip
+            ),
         ] = None,
         n_boot: Annotated[
             int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the 95% CIs.")

@@ -114,16 +114,35 @@ def tune(
         open_storage(storage)
     tracker = Tracker(tracking_uri, experiment or m.name)
     settings = TuneSettings(
-        trials=trials, study_name=study, storage=storage, sampler=sampler, pruner=pruner, n_jobs=n_jobs,
-        timeout=timeout, sampler_seed=sampler_seed, pruner_startup=pruner_startup,
+        trials=trials,
+        study_name=study,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        n_jobs=n_jobs,
+        timeout=timeout,
+        sampler_seed=sampler_seed,
+        pruner_startup=pruner_startup,
         command=_command_line(
-            "tune", matrix=matrix, cell=cell, trials=trials, storage=redact(storage) if storage else None, study=study,
-            timeout=timeout, sampler=sampler if sampler != "tpe" else None, pruner=pruner if pruner != "median" else None,
-            pruner_startup=pruner_startup if pruner_startup != 2 else None, n_jobs=n_jobs if n_jobs != 1 else None,
-            data=data, backbones=backbones if backbones != "demo" else None, experiment=experiment,
-            tracking_uri=redact(tracking_uri) if tracking_uri else None, seed=seed, sampler_seed=sampler_seed,
+            "tune",
+            matrix=matrix,
+            cell=cell,
+            trials=trials,
+            storage=redact(storage) if storage else None,
+            study=study,
+            timeout=timeout,
+            sampler=sampler if sampler != "tpe" else None,
+            pruner=pruner if pruner != "median" else None,
+            pruner_startup=pruner_startup if pruner_startup != 2 else None,
+            n_jobs=n_jobs if n_jobs != 1 else None,
+            data=data,
+            backbones=backbones if backbones != "demo" else None,
+            experiment=experiment,
+            tracking_uri=redact(tracking_uri) if tracking_uri else None,
+            seed=seed,
+            sampler_seed=sampler_seed,
         ),
-    )  # fmt: skip
+    )
     from cxrfa.experiment import checkpoint_dir
 
     check_checkpoints([cfg], checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any trial

@@ -57,10 +57,16 @@ class IndexResult:
 
 def reason(problem: str) -> str:
     """Short category of a problem line, for the dropped-rows summary."""
-    for key, name in (("unknown label", "unknown label"), ("not found", "missing image"),
-                      ("cannot decode", "corrupt image"), ("pixel limit", "image too large"),
-                      ("duplicate", "duplicate row"), ("escapes", "path escapes root"),
-                      ("patient", "no patient id"), ("split", "no split")):  # fmt: skip
+    for key, name in (
+        ("unknown label", "unknown label"),
+        ("not found", "missing image"),
+        ("cannot decode", "corrupt image"),
+        ("pixel limit", "image too large"),
+        ("duplicate", "duplicate row"),
+        ("escapes", "path escapes root"),
+        ("patient", "no patient id"),
+        ("split", "no split"),
+    ):
         if key in problem:
             return name
     return "bad value"

@@ -27,8 +27,16 @@ from cxrfa.io import atomic_write_text
 
 HEADER = "#cxrfa-manifest "
 META_COLUMNS: tuple[str, ...] = (
-    "path", "patient_id", "study_id", "split", "sex", "age", "view", "domain", "report",
-)  # fmt: skip
+    "path",
+    "patient_id",
+    "study_id",
+    "split",
+    "sex",
+    "age",
+    "view",
+    "domain",
+    "report",
+)
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "patient_id", "split")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -88,8 +96,10 @@ class Manifest:
         """Fraction positive among known labels, per label, on one split."""
         y = self.split(split).label_matrix()
         with np.errstate(invalid="ignore"):
-            return {lab: float(np.nanmean(y[:, j])) if np.isfinite(y[:, j]).any() else 0.0
-                    for j, lab in enumerate(self.labels)}  # fmt: skip
+            return {
+                lab: float(np.nanmean(y[:, j])) if np.isfinite(y[:, j]).any() else 0.0
+                for j, lab in enumerate(self.labels)
+            }
 
 
 def path_escapes(rel: str) -> bool:
@@ -111,8 +121,10 @@ def confined(root: Path, rel: str, source: Path | None = None, folders: dict[str
     """
     where = f"{source}: " if source is not None else ""
     if path_escapes(rel):
-        raise CxrfaError(f"{where}path {rel!r} is outside the image root {root} (absolute or '..'); "
-                         "manifest paths must be relative and inside the root")  # fmt: skip
+        raise CxrfaError(
+            f"{where}path {rel!r} is outside the image root {root} (absolute or '..'); "
+            "manifest paths must be relative and inside the root"
+        )
     parent, _, name = rel.rpartition("/")
     folders = {} if folders is None else folders
     if (folder := folders.get(parent)) is None:
@@ -122,8 +134,10 @@ def confined(root: Path, rel: str, source: Path | None = None, folders: dict[str
         real = os.path.realpath(real)
     inside = str(root).rstrip(os.sep) + os.sep
     if real != str(root) and not real.startswith(inside):
-        raise CxrfaError(f"{where}path {rel!r} leads outside the image root {root} (a symlink to {real}); "
-                         "point the manifest root at the real folder or copy the image inside it")  # fmt: skip
+        raise CxrfaError(
+            f"{where}path {rel!r} leads outside the image root {root} (a symlink to {real}); "
+            "point the manifest root at the real folder or copy the image inside it"
+        )
     return Path(real)
 
 
@@ -203,8 +217,10 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise CxrfaError(f"{path}: line 1: header 'labels': {what}")
     root = (root if root.is_absolute() else path.parent / root).resolve()
     if root == Path(root.anchor):
-        raise CxrfaError(f"{path}: line 1: header root {header.get('root')!r} is the file-system root {root}; "
-                         "set it to the folder that holds the images")  # fmt: skip
+        raise CxrfaError(
+            f"{path}: line 1: header root {header.get('root')!r} is the file-system root {root}; "
+            "set it to the folder that holds the images"
+        )
     try:
         frame = pd.read_csv(
             io.StringIO(rest), dtype={"path": str, "patient_id": str, "study_id": str}, keep_default_na=True
@@ -238,18 +254,29 @@ def _row_problems(frame: pd.DataFrame, raw: pd.DataFrame, labels: list[str]) -> 
         out.extend((int(i), what(int(i))) for i in np.flatnonzero(np.asarray(mask, dtype=bool)))
 
     paths = raw["path"].astype(str).str.strip()
-    add(paths.map(path_escapes), lambda i: f"column 'path' has {paths.iat[i]!r}: absolute, empty or '..' "
-        "(paths must be relative and inside the root)")  # fmt: skip
+    add(
+        paths.map(path_escapes),
+        lambda i: (
+            f"column 'path' has {paths.iat[i]!r}: absolute, empty or '..' "
+            "(paths must be relative and inside the root)"
+        ),
+    )
     dup = paths.duplicated(keep="first") & ~paths.map(path_escapes)
     add(dup, lambda i: f"column 'path' repeats {paths.iat[i]!r} (each image once)")
     pid = frame["patient_id"].astype("string").str.strip()
     add(pid.isna() | (pid == ""), lambda i: "column 'patient_id' is blank (splits are by patient)")
     split = frame["split"].astype("string").str.strip()
-    add(~split.isin(SPLITS).fillna(False), lambda i: f"column 'split' has {split.iat[i]!r}; expected one of "
-        f"{', '.join(SPLITS)}")  # fmt: skip
+    add(
+        ~split.isin(SPLITS).fillna(False),
+        lambda i: f"column 'split' has {split.iat[i]!r}; expected one of {', '.join(SPLITS)}",
+    )
     for lab in labels:
         values = raw[lab].astype(str).str.strip()
-        add(~values.isin(_LABEL_VALUES), lambda i, lab=lab, values=values: f"column {lab!r} has "
-            f"{values.iat[i]!r}; labels must be 1, 0 or blank (unknown)")  # fmt: skip
+        add(
+            ~values.isin(_LABEL_VALUES),
+            lambda i, lab=lab, values=values: (
+                f"column {lab!r} has {values.iat[i]!r}; labels must be 1, 0 or blank (unknown)"
+            ),
+        )
     out.sort(key=lambda item: item[0])
     return [f"row {i + 1} (line {i + 3}): {what}" for i, what in out]

@@ -146,8 +146,13 @@ def read_nih(root: Path, csv_path: Path | None, target: list[str]) -> RawTable:
         unknown = [t for t in tokens if t.lower() not in known]
         if unknown or not tokens:
             what = f"unknown label {unknown[0]!r}" if unknown else "empty 'Finding Labels'"
-            bad.append(BadRow(path.name, int(frame["_line"].iat[i]),
-                              f"{what} in 'Finding Labels'; known: {', '.join(NIH14)}, No Finding"))  # fmt: skip
+            bad.append(
+                BadRow(
+                    path.name,
+                    int(frame["_line"].iat[i]),
+                    f"{what} in 'Finding Labels'; known: {', '.join(NIH14)}, No Finding",
+                )
+            )
             continue
         for t in tokens:
             source.iat[i, source.columns.get_loc(known[t.lower()])] = 1.0
@@ -155,13 +160,21 @@ def read_nih(root: Path, csv_path: Path | None, target: list[str]) -> RawTable:
             bad.append(BadRow(path.name, int(frame["_line"].iat[i]), "'No Finding' together with findings"))
     names = frame["Image Index"].astype(str).str.strip()
     paths = _nih_image_paths(root, names)
-    out = pd.DataFrame({
-        "path": names.map(paths), "patient_id": frame["Patient ID"].astype(str).str.strip().str.lstrip("0").replace("", "0"),
-        "study_id": names.str.rsplit(".", n=1).str[0], "sex": frame.get("Patient Gender", pd.Series(pd.NA, index=frame.index)),
-        "age": frame.get("Patient Age", pd.Series(pd.NA, index=frame.index)).map(_age),
-        "view": frame.get("View Position", pd.Series(pd.NA, index=frame.index)), "domain": "nih", "report": pd.NA,
-        "split": pd.NA, "_file": frame["_file"], "_line": frame["_line"],
-    })  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "path": names.map(paths),
+            "patient_id": frame["Patient ID"].astype(str).str.strip().str.lstrip("0").replace("", "0"),
+            "study_id": names.str.rsplit(".", n=1).str[0],
+            "sex": frame.get("Patient Gender", pd.Series(pd.NA, index=frame.index)),
+            "age": frame.get("Patient Age", pd.Series(pd.NA, index=frame.index)).map(_age),
+            "view": frame.get("View Position", pd.Series(pd.NA, index=frame.index)),
+            "domain": "nih",
+            "report": pd.NA,
+            "split": pd.NA,
+            "_file": frame["_file"],
+            "_line": frame["_line"],
+        }
+    )
     out = pd.concat([out, _to_target(source, [*NIH14, NIH_NO_FINDING], target)], axis=1)
     table = RawTable(out, target, bad)
     lists = [_find_first(folder, ("train_val_list.txt",)) for folder in (root, path.parent)]
@@ -264,13 +277,22 @@ def read_chexpert(
             frame.get("AP/PA", pd.Series("", index=frame.index)).replace("", pd.NA).where(~lateral, "LATERAL")
         )
         sex = frame.get("Sex", pd.Series("", index=frame.index)).map({"Female": "F", "Male": "M"})
-        part = pd.DataFrame({
-            "path": rel, "patient_id": pid, "study_id": study, "sex": sex,
-            "age": pd.to_numeric(frame.get("Age", pd.Series(pd.NA, index=frame.index)), errors="coerce"),
-            "view": view, "domain": "chexpert", "report": pd.NA,
-            "split": ("test" if path.name.startswith("valid") else "trainval") if len(files) > 1 else pd.NA,
-            "_file": frame["_file"], "_line": frame["_line"],
-        })  # fmt: skip
+        split = ("test" if path.name.startswith("valid") else "trainval") if len(files) > 1 else pd.NA
+        part = pd.DataFrame(
+            {
+                "path": rel,
+                "patient_id": pid,
+                "study_id": study,
+                "sex": sex,
+                "age": pd.to_numeric(frame.get("Age", pd.Series(pd.NA, index=frame.index)), errors="coerce"),
+                "view": view,
+                "domain": "chexpert",
+                "report": pd.NA,
+                "split": split,
+                "_file": frame["_file"],
+                "_line": frame["_line"],
+            }
+        )
         part = pd.concat([part, _to_target(labels, list(labels.columns), target)], axis=1)
         if frontal_only:
             filtered["lateral view"] = filtered.get("lateral view", 0) + int(lateral.sum())
@@ -306,8 +328,14 @@ def read_mimic(
     meta_df = _lines(meta_df, meta_path)
     frame = meta_df.merge(split_df[["dicom_id", "split"]], on="dicom_id", how="left")
     frame = frame.merge(labels_df, on=["subject_id", "study_id"], how="left", indicator=True)
-    bad = [BadRow(meta_path.name, int(frame["_line"].iat[i]), f"study {frame['study_id'].iat[i]} has no row in {lab_path.name}")
-           for i in np.flatnonzero((frame["_merge"] == "left_only").to_numpy())]  # fmt: skip
+    bad = [
+        BadRow(
+            meta_path.name,
+            int(frame["_line"].iat[i]),
+            f"study {frame['study_id'].iat[i]} has no row in {lab_path.name}",
+        )
+        for i in np.flatnonzero((frame["_merge"] == "left_only").to_numpy())
+    ]
     frame = frame.drop(columns="_merge").fillna({c: "" for c in CHEXPERT14 if c in frame.columns})
     labels, problems = chexpert_labels(frame, meta_path, uncertain, blank)
     subject = frame["subject_id"].astype(str)
@@ -324,9 +352,21 @@ def read_mimic(
     )
     view = frame.get("ViewPosition", pd.Series("", index=frame.index)).replace("", pd.NA)
     split = frame["split"].map({"train": "train", "validate": "val", "val": "val", "test": "test"})
-    out = pd.DataFrame({"path": path, "patient_id": subject, "study_id": frame["study_id"], "sex": pd.NA, "age": np.nan,
-                        "view": view, "domain": "mimic", "report": pd.NA, "split": split,
-                        "_file": frame["_file"], "_line": frame["_line"]})  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "path": path,
+            "patient_id": subject,
+            "study_id": frame["study_id"],
+            "sex": pd.NA,
+            "age": np.nan,
+            "view": view,
+            "domain": "mimic",
+            "report": pd.NA,
+            "split": split,
+            "_file": frame["_file"],
+            "_line": frame["_line"],
+        }
+    )
     for i in np.flatnonzero(split.isna().to_numpy()):
         bad.append(
             BadRow(
@@ -384,22 +424,30 @@ def read_generic(
     frame = _lines(read_csv(csv_path, dtype=str, keep_default_na=False), csv_path)
     unknown = [k for k in columns if k not in _META_KEYS and k not in target]
     if unknown:
-        raise CxrfaError(f"--columns: unknown label {unknown[0]!r} for this label set; known: {', '.join(target)} "
-                         f"(and meta keys {', '.join(_META_KEYS)})")  # fmt: skip
+        raise CxrfaError(
+            f"--columns: unknown label {unknown[0]!r} for this label set; known: {', '.join(target)} "
+            f"(and meta keys {', '.join(_META_KEYS)})"
+        )
     meta = {k: columns.get(k, k) for k in _META_KEYS}
     require_columns(frame, csv_path, [meta["path"], meta["patient_id"], *[columns[k] for k in columns]])
     explicit = {lab: columns[lab] for lab in target if lab in columns}
     spare = [c for c in frame.columns if not c.startswith("_") and c not in set(columns.values())]
     by_name = {t: s for t, s in harmonise(spare, target).items() if s and t not in explicit}
     if explicit and by_name:  # mapping one label must not silently drop the columns named like the others
-        log.info("%s: label column(s) matched by name besides --columns: %s", csv_path.name,
-                 ", ".join(f"{t}={s}" for t, s in by_name.items()))  # fmt: skip
+        log.info(
+            "%s: label column(s) matched by name besides --columns: %s",
+            csv_path.name,
+            ", ".join(f"{t}={s}" for t, s in by_name.items()),
+        )
     label_cols = {t: explicit.get(t) or by_name[t] for t in target if t in explicit or t in by_name}
     used = {*label_cols.values(), *(meta[k] for k in _META_KEYS)}
     ignored = [c for c in frame.columns if not c.startswith("_") and c not in used]
     if ignored:  # e.g. a finding outside the label set: say so rather than drop it unseen
-        log.info("%s: column(s) ignored (not a label of the label set, not a meta key): %s", csv_path.name,
-                 ", ".join(ignored))  # fmt: skip
+        log.info(
+            "%s: column(s) ignored (not a label of the label set, not a meta key): %s",
+            csv_path.name,
+            ", ".join(ignored),
+        )
     if not label_cols:
         raise CxrfaError(
             f"{csv_path}: no label columns found; map them with --columns Label=column (labels: {', '.join(target)})"

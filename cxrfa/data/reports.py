@@ -14,37 +14,77 @@ _SIZE = ("small", "moderate", "large")
 _ZONE = ("upper", "mid", "lower")
 
 _PRESENT: dict[str, tuple[str, ...]] = {
-    "Atelectasis": ("Linear opacity in the {side} lung base consistent with atelectasis.",
-                    "{Side} basilar atelectasis with mild volume loss.",
-                    "Plate-like atelectasis at the {side} base."),
-    "Cardiomegaly": ("The heart is enlarged, consistent with cardiomegaly.",
-                     "Cardiomegaly.", "Stable cardiomegaly. Enlarged cardiac silhouette."),
-    "Effusion": ("{Size} {side} pleural effusion with blunting of the costophrenic angle.",
-                 "There is a {size} {side} pleural effusion.", "{Size} {side} effusion."),
-    "Infiltration": ("Patchy bilateral infiltration.", "Diffuse interstitial infiltration in both lungs.",
-                     "Scattered infiltration in the lungs."),
-    "Mass": ("{Size} {side} {zone} lung mass.", "There is a mass in the {side} {zone} lung zone.",
-             "Lobulated {side} lung mass, recommend CT for further evaluation."),
-    "Nodule": ("{Side} {zone} lung nodule.", "There is a small nodule in the {side} {zone} lung zone.",
-               "Rounded nodule projects over the {side} lung."),
-    "Pneumonia": ("Airspace opacity in the {side} {zone} lung compatible with pneumonia.",
-                  "{Side} {zone} lobe pneumonia.", "Patchy opacity concerning for pneumonia."),
-    "Pneumothorax": ("{Size} {side} pneumothorax.", "There is a {size} {side} apical pneumothorax.",
-                     "{Side} pneumothorax with visible pleural line."),
-    "Consolidation": ("Focal consolidation in the {side} {zone} lung.", "{Side} {zone} lobe consolidation.",
-                      "Dense airspace consolidation in the {side} lung."),
-    "Edema": ("Bilateral perihilar haziness consistent with pulmonary edema.",
-              "Interstitial edema with Kerley B lines.", "Pulmonary vascular congestion and edema."),
-    "Emphysema": ("The lungs are hyperlucent and hyperinflated compatible with emphysema.",
-                  "Hyperexpanded lungs with flattening of the hemidiaphragms, consistent with emphysema.",
-                  "Emphysema."),
-    "Fibrosis": ("Reticular interstitial markings at the lung bases consistent with fibrosis.",
-                 "Chronic interstitial fibrosis.", "Coarse reticular opacities compatible with fibrosis."),
-    "Pleural_Thickening": ("{Side} pleural thickening.", "Apical pleural thickening, unchanged.",
-                           "There is {side} lateral pleural thickening."),
-    "Hernia": ("Retrocardiac air-fluid level consistent with hiatal hernia.", "Hiatal hernia.",
-               "Large hiatal hernia projecting behind the heart."),
-}  # fmt: skip
+    "Atelectasis": (
+        "Linear opacity in the {side} lung base consistent with atelectasis.",
+        "{Side} basilar atelectasis with mild volume loss.",
+        "Plate-like atelectasis at the {side} base.",
+    ),
+    "Cardiomegaly": (
+        "The heart is enlarged, consistent with cardiomegaly.",
+        "Cardiomegaly.",
+        "Stable cardiomegaly. Enlarged cardiac silhouette.",
+    ),
+    "Effusion": (
+        "{Size} {side} pleural effusion with blunting of the costophrenic angle.",
+        "There is a {size} {side} pleural effusion.",
+        "{Size} {side} effusion.",
+    ),
+    "Infiltration": (
+        "Patchy bilateral infiltration.",
+        "Diffuse interstitial infiltration in both lungs.",
+        "Scattered infiltration in the lungs.",
+    ),
+    "Mass": (
+        "{Size} {side} {zone} lung mass.",
+        "There is a mass in the {side} {zone} lung zone.",
+        "Lobulated {side} lung mass, recommend CT for further evaluation.",
+    ),
+    "Nodule": (
+        "{Side} {zone} lung nodule.",
+        "There is a small nodule in the {side} {zone} lung zone.",
+        "Rounded nodule projects over the {side} lung.",
+    ),
+    "Pneumonia": (
+        "Airspace opacity in the {side} {zone} lung compatible with pneumonia.",
+        "{Side} {zone} lobe pneumonia.",
+        "Patchy opacity concerning for pneumonia.",
+    ),
+    "Pneumothorax": (
+        "{Size} {side} pneumothorax.",
+        "There is a {size} {side} apical pneumothorax.",
+        "{Side} pneumothorax with visible pleural line.",
+    ),
+    "Consolidation": (
+        "Focal consolidation in the {side} {zone} lung.",
+        "{Side} {zone} lobe consolidation.",
+        "Dense airspace consolidation in the {side} lung.",
+    ),
+    "Edema": (
+        "Bilateral perihilar haziness consistent with pulmonary edema.",
+        "Interstitial edema with Kerley B lines.",
+        "Pulmonary vascular congestion and edema.",
+    ),
+    "Emphysema": (
+        "The lungs are hyperlucent and hyperinflated compatible with emphysema.",
+        "Hyperexpanded lungs with flattening of the hemidiaphragms, consistent with emphysema.",
+        "Emphysema.",
+    ),
+    "Fibrosis": (
+        "Reticular interstitial markings at the lung bases consistent with fibrosis.",
+        "Chronic interstitial fibrosis.",
+        "Coarse reticular opacities compatible with fibrosis.",
+    ),
+    "Pleural_Thickening": (
+        "{Side} pleural thickening.",
+        "Apical pleural thickening, unchanged.",
+        "There is {side} lateral pleural thickening.",
+    ),
+    "Hernia": (
+        "Retrocardiac air-fluid level consistent with hiatal hernia.",
+        "Hiatal hernia.",
+        "Large hiatal hernia projecting behind the heart.",
+    ),
+}
 
 _NEGATED: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("No pneumothorax.", "There is no evidence of pneumothorax."),
@@ -78,8 +118,9 @@ def _fill(template: str, side: int, severity: float, zone: float) -> str:
     size = _SIZE[min(2, int(severity * 3))]
     zone_word = _ZONE[min(2, int((zone + 1.0) * 1.5))]
     side_word = _SIDE[side]
-    text = template.format(side=side_word, Side=side_word.capitalize(), size=size, Size=size.capitalize(),
-                           zone=zone_word)  # fmt: skip
+    text = template.format(
+        side=side_word, Side=side_word.capitalize(), size=size, Size=size.capitalize(), zone=zone_word
+    )
     return text.replace("bilateral apical", "bilateral").replace(
         "bilateral pleural effusion", "bilateral pleural effusions"
     )

@@ -124,6 +124,9 @@ def warn_overlap(frame: pd.DataFrame, where: str) -> dict[str, list[str]]:
         first = next(iter(overlap))
         log.warning(
             "%s: %d patient(s) appear in more than one split (e.g. %s in %s); metrics may be optimistic",
-            where, len(overlap), first, "+".join(overlap[first]),
-        )  # fmt: skip
+            where,
+            len(overlap),
+            first,
+            "+".join(overlap[first]),
+        )
     return overlap

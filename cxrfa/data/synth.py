@@ -40,15 +40,25 @@ COMPLETE = ".complete"
 
 # Per-patient probability of a chronic finding; each of the patient's films shows it with PERSIST.
 CHRONIC: dict[str, float] = {
-    "Cardiomegaly": 0.030, "Emphysema": 0.026, "Fibrosis": 0.018, "Pleural_Thickening": 0.035,
-    "Hernia": 0.012, "Mass": 0.058, "Nodule": 0.060,
-}  # fmt: skip
+    "Cardiomegaly": 0.030,
+    "Emphysema": 0.026,
+    "Fibrosis": 0.018,
+    "Pleural_Thickening": 0.035,
+    "Hernia": 0.012,
+    "Mass": 0.058,
+    "Nodule": 0.060,
+}
 PERSIST = 0.85
 # Per-image base probability of an acute finding (before the co-occurrence boosts below).
 ACUTE: dict[str, float] = {
-    "Edema": 0.019, "Pneumonia": 0.013, "Pneumothorax": 0.047, "Effusion": 0.100,
-    "Consolidation": 0.036, "Infiltration": 0.171, "Atelectasis": 0.078,
-}  # fmt: skip
+    "Edema": 0.019,
+    "Pneumonia": 0.013,
+    "Pneumothorax": 0.047,
+    "Effusion": 0.100,
+    "Consolidation": 0.036,
+    "Infiltration": 0.171,
+    "Atelectasis": 0.078,
+}
 
 
 @dataclass(frozen=True)
@@ -84,18 +94,35 @@ def _make_patient(seed: int, pid: int) -> _Patient:
     site = str(rng.choice(SITE_NAMES, p=SITE_P))
     u = rng.uniform(-1, 1, size=12)
     build = Anatomy(
-        body_w=(0.82 if female else 0.9) + 0.04 * u[0], lung_w=0.3 + 0.02 * u[1], lung_h=0.58 + 0.04 * u[2],
-        lung_cx=0.38 + 0.02 * u[3], lung_cy=-0.08 + 0.03 * u[4],
-        dome_y=(0.5 + 0.03 * u[5], 0.54 + 0.03 * u[5]), dome_h=0.1 + 0.02 * u[6],
-        heart_w=0.35 + 0.025 * u[7], heart_h=0.22 + 0.02 * u[8], heart_cx=0.08 + 0.02 * u[9],
-        rib_gap=0.11 + 0.01 * u[10], bone=1.0 - 0.4 * float(np.clip((age - 30) / 60, 0, 1)), female=female,
-        aortic_knob=float(np.clip((age - 40) / 40, 0, 1)), ap=False, rotate=0.0, shift=(0.0, 0.0), site=site,
-    )  # fmt: skip
+        body_w=(0.82 if female else 0.9) + 0.04 * u[0],
+        lung_w=0.3 + 0.02 * u[1],
+        lung_h=0.58 + 0.04 * u[2],
+        lung_cx=0.38 + 0.02 * u[3],
+        lung_cy=-0.08 + 0.03 * u[4],
+        dome_y=(0.5 + 0.03 * u[5], 0.54 + 0.03 * u[5]),
+        dome_h=0.1 + 0.02 * u[6],
+        heart_w=0.35 + 0.025 * u[7],
+        heart_h=0.22 + 0.02 * u[8],
+        heart_cx=0.08 + 0.02 * u[9],
+        rib_gap=0.11 + 0.01 * u[10],
+        bone=1.0 - 0.4 * float(np.clip((age - 30) / 60, 0, 1)),
+        female=female,
+        aortic_knob=float(np.clip((age - 40) / 40, 0, 1)),
+        ap=False,
+        rotate=0.0,
+        shift=(0.0, 0.0),
+        site=site,
+    )
     risk = _risk(age, site)
     chronic = {lab: _finding(rng, lab) for lab, p in CHRONIC.items() if rng.random() < p * risk}
     if "Emphysema" in chronic:  # over-inflated lungs, flat low diaphragm, narrow vertical heart
-        build = replace(build, lung_h=build.lung_h * 1.1, dome_y=(build.dome_y[0] + 0.06, build.dome_y[1] + 0.06),
-                        dome_h=build.dome_h * 0.35, heart_w=build.heart_w * 0.88)  # fmt: skip
+        build = replace(
+            build,
+            lung_h=build.lung_h * 1.1,
+            dome_y=(build.dome_y[0] + 0.06, build.dome_y[1] + 0.06),
+            dome_h=build.dome_h * 0.35,
+            heart_w=build.heart_w * 0.88,
+        )
     return _Patient(pid, "F" if female else "M", age, site, build, chronic)
 
 
@@ -118,8 +145,9 @@ def _image_findings(rng: np.random.Generator, patient: _Patient) -> dict[str, Fi
         if has[lab]:
             found[lab] = params[lab]
     if "Consolidation" in found and "Pneumonia" in found:  # same lobe
-        found["Consolidation"] = replace(found["Consolidation"], side=found["Pneumonia"].side,
-                                         spot=found["Pneumonia"].spot)  # fmt: skip
+        found["Consolidation"] = replace(
+            found["Consolidation"], side=found["Pneumonia"].side, spot=found["Pneumonia"].spot
+        )
     return {lab: found[lab] for lab in NIH14 if lab in found}
 
 
@@ -130,9 +158,13 @@ def _film(rng: np.random.Generator, patient: _Patient, findings: dict[str, Findi
     breath = float(rng.uniform(0.95, 1.03)) * (0.94 if ap else 1.0)
     lift = -0.04 if ap else 0.0
     film = replace(
-        b, ap=ap, lung_h=b.lung_h * breath, dome_y=(b.dome_y[0] + lift, b.dome_y[1] + lift),
-        rotate=float(rng.uniform(-0.05, 0.05)), shift=(float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04))),
-    )  # fmt: skip
+        b,
+        ap=ap,
+        lung_h=b.lung_h * breath,
+        dome_y=(b.dome_y[0] + lift, b.dome_y[1] + lift),
+        rotate=float(rng.uniform(-0.05, 0.05)),
+        shift=(float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04))),
+    )
     return film, "AP" if ap else "PA"
 
 
@@ -187,9 +219,16 @@ def synthesize(
         name = f"{pid:08d}_{follow:03d}.png"
         Image.fromarray(pixels, mode="L").save(out / "images" / name, compress_level=1)
         report = write_report({k: (f.severity, f.side, f.spot[1]) for k, f in findings.items()}, view, rng)
-        row = {"path": f"images/{name}", "patient_id": f"{pid:08d}", "study_id": f"{pid:08d}_{follow:03d}",
-               "sex": patient.sex, "age": patient.age + follow // 2, "view": view, "domain": patient.site,
-               "report": report}  # fmt: skip
+        row = {
+            "path": f"images/{name}",
+            "patient_id": f"{pid:08d}",
+            "study_id": f"{pid:08d}_{follow:03d}",
+            "sex": patient.sex,
+            "age": patient.age + follow // 2,
+            "view": view,
+            "domain": patient.site,
+            "report": report,
+        }
         row.update({lab: int(lab in findings) for lab in NIH14})
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -203,16 +242,29 @@ def synthesize(
 
 def _write_nih_files(out: Path, frame: pd.DataFrame) -> None:
     """``Data_Entry_2017_v2020.csv`` + ``train_val_list.txt``/``test_list.txt`` as NIH distributes them."""
-    header = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
-              "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]  # fmt: skip
+    header = [
+        "Image Index",
+        "Finding Labels",
+        "Follow-up #",
+        "Patient ID",
+        "Patient Age",
+        "Patient Gender",
+        "View Position",
+        "OriginalImage[Width",
+        "Height]",
+        "OriginalImagePixelSpacing[x",
+        "y]",
+    ]
     lines = [",".join(header)]
     names = frame["path"].str.removeprefix("images/")
     for name, (_, row) in zip(names, frame.iterrows(), strict=True):
         present = [lab for lab in NIH14 if row[lab] == 1]
         labels = "|".join(present) if present else "No Finding"
         follow = int(name.split("_")[1].split(".")[0])
-        lines.append(f"{name},{labels},{follow},{int(row['patient_id'])},{int(row['age'])},{row['sex']},"
-                     f"{row['view']},2500,2048,0.168,0.168")  # fmt: skip
+        lines.append(
+            f"{name},{labels},{follow},{int(row['patient_id'])},{int(row['age'])},{row['sex']},"
+            f"{row['view']},2500,2048,0.168,0.168"
+        )
     atomic_write_text(out / "Data_Entry_2017_v2020.csv", "\n".join(lines) + "\n")
     test = frame["split"] == "test"
     atomic_write_text(out / "test_list.txt", "\n".join(names[test]) + "\n")

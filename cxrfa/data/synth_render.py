@@ -225,8 +225,8 @@ def _spot_xy(sc: _Scene, f: Finding, side: int) -> tuple[float, float]:
 def _cardiomegaly(sc, f, lungs, heart, air, mk, extra, rng) -> Arrays:
     # heart widened: redraw a larger silhouette and remove the air it covers
     a = sc.a
-    big = _soft(1.0 - _ellipse_r(sc.x, sc.y, a.heart_cx + 0.03, sc.heart_cy - 0.02,
-                                 sc.heart_w * (1.3 + 0.25 * f.severity), sc.heart_h * 1.12), sc.edge * 2)  # fmt: skip
+    w, h = sc.heart_w * (1.3 + 0.25 * f.severity), sc.heart_h * 1.12
+    big = _soft(1.0 - _ellipse_r(sc.x, sc.y, a.heart_cx + 0.03, sc.heart_cy - 0.02, w, h), sc.edge * 2)
     keep = 1.0 - big
     return air * keep, mk * keep, extra
 
@@ -363,12 +363,21 @@ def _hernia(sc, f, lungs, heart, air, mk, extra, rng) -> Arrays:
 
 
 _FINDINGS = {
-    "Atelectasis": _atelectasis, "Cardiomegaly": _cardiomegaly, "Effusion": _effusion,
-    "Infiltration": _infiltration, "Mass": _mass, "Nodule": _nodule, "Pneumonia": _pneumonia,
-    "Pneumothorax": _pneumothorax, "Consolidation": _consolidation, "Edema": _edema,
-    "Emphysema": _emphysema, "Fibrosis": _fibrosis, "Pleural_Thickening": _pleural_thickening,
+    "Atelectasis": _atelectasis,
+    "Cardiomegaly": _cardiomegaly,
+    "Effusion": _effusion,
+    "Infiltration": _infiltration,
+    "Mass": _mass,
+    "Nodule": _nodule,
+    "Pneumonia": _pneumonia,
+    "Pneumothorax": _pneumothorax,
+    "Consolidation": _consolidation,
+    "Edema": _edema,
+    "Emphysema": _emphysema,
+    "Fibrosis": _fibrosis,
+    "Pleural_Thickening": _pleural_thickening,
     "Hernia": _hernia,
-}  # fmt: skip
+}
 
 
 def expose(dens: np.ndarray, a: Anatomy, rng: np.random.Generator) -> np.ndarray:

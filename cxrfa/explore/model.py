@@ -166,8 +166,9 @@ def explore_model(
         result.scalars["embed/modality_gap_pooled"] = modality_gap(out["pooled"], text).norm
     image = out.get("features", out.get("pooled"))  # (M, C, d) or (M, d)
     if image is not None and "umap" in parts:
-        result.figures["umap"] = umap_figure(_feature_layout(image, text, y, labels, seed), "UMAP of image-side "
-                                             "features and label embeddings")  # fmt: skip
+        result.figures["umap"] = umap_figure(
+            _feature_layout(image, text, y, labels, seed), "UMAP of image-side features and label embeddings"
+        )
     if image is not None and "gap" in parts:
         result.scalars["embed/modality_gap"] = measured_gap(image, text, y).norm
         _, result.scalars["embed/align_macro_auc"] = masked_auc(y, cosine_scores(image, text), labels)

@@ -9,6 +9,14 @@ from cxrfa.models.registry import EncoderInfo, build_encoder, list_encoders, reg
 from cxrfa.models.standin import ensure_standin
 
 __all__ = [
-    "AlignmentModel", "CXRModel", "Encoder", "EncoderInfo", "FeatureCache",
-    "build_encoder", "build_model", "ensure_standin", "list_encoders", "register_encoder",
-]  # fmt: skip
+    "AlignmentModel",
+    "CXRModel",
+    "Encoder",
+    "EncoderInfo",
+    "FeatureCache",
+    "build_encoder",
+    "build_model",
+    "ensure_standin",
+    "list_encoders",
+    "register_encoder",
+]

@@ -250,9 +250,14 @@ def _cnn_small() -> tuple[nn.Module, int]:
     Downsampling by 4 before the first block keeps it fast on a CPU (about 25M multiply-adds per image).
     """
     net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # /4
-        _Block(32, 32, 1), _Block(32, 64, 2), _Block(64, 128, 1),  # /8
-    )  # fmt: skip
+        nn.Conv2d(3, 32, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # /4
+        _Block(32, 32, 1),
+        _Block(32, 64, 2),
+        _Block(64, 128, 1),  # /8
+    )
     return net, 128
 
 

@@ -218,8 +218,15 @@ def _resolve(arch: str, pretrained: str | None) -> _Resolved:
             raise CxrfaError(
                 f"{local_dir}: no weights file (open_clip_pytorch_model.bin / *.safetensors / *.pth)"
             )
-        return _Resolved(f"local-dir:{local_dir}", raw.get("model_cfg", raw), local_dir, Path(found),
-                         {k: v for k, v in pre.items() if k != "size"}, False, tag)  # fmt: skip
+        return _Resolved(
+            f"local-dir:{local_dir}",
+            raw.get("model_cfg", raw),
+            local_dir,
+            Path(found),
+            {k: v for k, v in pre.items() if k != "size"},
+            False,
+            tag,
+        )
     model_cfg = get_model_config(arch)
     if model_cfg is None:
         raise CxrfaError(
