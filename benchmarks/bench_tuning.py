@@ -32,16 +32,26 @@ def _arm(pruner: str, args: argparse.Namespace, root: Path) -> dict[str, float |
     work.mkdir()
     tracker = Tracker(str(work / "mlruns"), f"bench-{pruner}")
     settings = TuneSettings(
-        trials=args.trials, storage=str(work / "optuna.journal"), sampler="random", sampler_seed=args.seed,
-        pruner=pruner, pruner_startup=args.startup, overlay_root=work / "ablations", progress=False,
-    )  # fmt: skip
+        trials=args.trials,
+        storage=str(work / "optuna.journal"),
+        sampler="random",
+        sampler_seed=args.seed,
+        pruner=pruner,
+        pruner_startup=args.startup,
+        overlay_root=work / "ablations",
+        progress=False,
+    )
     started = time.perf_counter()
     result = tune(matrix, cfg, tracker, settings)
     seconds = time.perf_counter() - started
     return {
-        "pruner": pruner, "trials": result.finished, "pruned": result.counts["PRUNED"], "seconds": seconds,
-        "trials_per_hour": 3600 * result.finished / seconds, "best": result.best_value or float("nan"),
-    }  # fmt: skip
+        "pruner": pruner,
+        "trials": result.finished,
+        "pruned": result.counts["PRUNED"],
+        "seconds": seconds,
+        "trials_per_hour": 3600 * result.finished / seconds,
+        "best": result.best_value or float("nan"),
+    }
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
