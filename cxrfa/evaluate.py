@@ -146,11 +146,37 @@ def evaluate_predictions(
         CxrfaError: the predictions do not match the manifest (nothing is written then).
     """
     probs = _aligned_probs(pred, manifest, split, pred_source)  # (N, C)
+    val_probs = None if val_pred is None else _aligned_probs(val_pred, manifest, "val", val_source)  # (Nv, C)
+    result = score_split(manifest, split, probs, val_probs, n_boot=n_boot, seed=seed)
+    write_evaluation(result, out)
+    return result
+
+
+def score_split(
+    manifest: Manifest,
+    split: str,
+    probs: np.ndarray,
+    val_probs: np.ndarray | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> MetricsResult:
+    """Metrics of one split: thresholds chosen on val, long-tail groups, subgroups, patient-bootstrap CIs.
+
+    The one place where "val picks thresholds, test reports" happens, for a run being trained and for
+    predictions scored afterwards alike.
+
+    Args:
+        manifest: the whole manifest (val rows choose thresholds, train rows give label prevalence).
+        split: the split being scored (normally ``test``).
+        probs: (N, C) probabilities in the order of the split's manifest rows.
+        val_probs: (Nv, C) probabilities of the ``val`` rows, in their order; None = threshold 0.5 (logged).
+        n_boot: patient bootstrap resamples for the CIs.
+        seed: bootstrap seed.
+    """
     thresholds = None
-    if val_pred is None:
+    if val_probs is None:
         log.info("no validation predictions: decision threshold 0.5 for every label (F1, confusion, TPR)")
     else:
-        val_probs = _aligned_probs(val_pred, manifest, "val", val_source)  # (Nv, C)
         thresholds = choose_thresholds(manifest.split("val").label_matrix(), val_probs)
     part = manifest.split(split)
     label_groups = None
@@ -158,7 +184,7 @@ def evaluate_predictions(
         label_groups = group_by_prevalence(manifest.prevalence("train"))
     else:
         log.warning("manifest has no train rows: long-tail (head/medium/tail) metrics skipped")
-    result = compute_metrics(
+    return compute_metrics(
         part.label_matrix(),
         probs,
         list(manifest.labels),
@@ -169,8 +195,6 @@ def evaluate_predictions(
         seed=seed,
         patients=part.frame["patient_id"],
     )
-    write_evaluation(result, out)
-    return result
 
 
 def _json_value(value: float) -> float | None:

@@ -403,29 +403,17 @@ def evaluate_model(
     device: torch.device,
 ) -> dict[str, float]:
     """Val picks thresholds, test reports; every number and file is logged on the run."""
-    from cxrfa.evaluate import predictions_frame, write_evaluation
-    from cxrfa.labels import group_by_prevalence
-    from cxrfa.metrics import choose_thresholds, compute_metrics
+    from cxrfa.evaluate import predictions_frame, score_split, write_evaluation
     from cxrfa.plots import training_curves
 
     loaders = {
         s: make_loader(data[s], cfg.train.batch_size * 2, shuffle=False, cfg=cfg.train, device=device)
         for s in ("val", "test")
     }
-    p_val, y_val = predict(model, loaders["val"], device, cfg.train.amp)
-    p_test, y_test = predict(model, loaders["test"], device, cfg.train.amp)
+    p_val, _ = predict(model, loaders["val"], device, cfg.train.amp)  # (Nv, C), in manifest row order
+    p_test, _ = predict(model, loaders["test"], device, cfg.train.amp)  # (N, C)
     test_part = manifest.split("test")
-    test = compute_metrics(
-        y_test,
-        p_test,
-        manifest.labels,
-        thresholds=choose_thresholds(y_val, p_val),
-        subgroups=test_part.frame[["sex", "age", "view"]],
-        label_groups=group_by_prevalence(manifest.prevalence("train")),
-        n_boot=200,
-        seed=cfg.seed,
-        patients=test_part.frame["patient_id"],
-    )
+    test = score_split(manifest, "test", p_test, p_val, n_boot=200, seed=cfg.seed)
     scalars = {f"test/{k}": v for k, v in test.scalars.items()}
     scalars["val/best_" + cfg.train.monitor.removeprefix("val/")] = result.best_value
     scalars["best_epoch"] = result.best_epoch

@@ -117,6 +117,51 @@ def auc_ap(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
     return float(auc[0]), float(ap[0])
 
 
+def per_label_auc_ap(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and AP of each label over the rows where it is known.
+
+    Args:
+        y_true: (N, C) with 1, 0 or NaN (unknown, masked out).
+        scores: (N, C) higher = more likely positive.
+
+    Returns:
+        auc, ap: (C,) each; NaN for a label without both classes among its known rows.
+
+    Raises:
+        ValueError: the shapes differ or are not (N, C).
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if y_true.shape != scores.shape or y_true.ndim != 2:
+        raise ValueError(f"y_true {y_true.shape} and scores {scores.shape} must both be (N, C)")
+    auc, ap = np.full(y_true.shape[1], np.nan), np.full(y_true.shape[1], np.nan)
+    for j in range(y_true.shape[1]):
+        known = np.isfinite(y_true[:, j])
+        auc[j], ap[j] = auc_ap(y_true[known, j], scores[known, j])
+    return auc, ap
+
+
+def masked_auc(
+    y_true: np.ndarray, scores: np.ndarray, labels: Sequence[str] | None = None
+) -> tuple[dict[str, float], float]:
+    """Per-label AUROC on known entries (:func:`per_label_auc_ap`) and their macro mean.
+
+    Args:
+        y_true: (N, C) with 1, 0 or NaN (unknown, masked out).
+        scores: (N, C) higher = more likely positive (cosines, logits or probabilities).
+        labels: C names for the result keys (default ``"0"``, ``"1"``, ...).
+
+    Returns:
+        ``({label: auc}, macro)``; a label without both classes among its known rows gets NaN and is left out
+        of the macro mean; the macro is NaN when no label qualifies.
+    """
+    auc, _ = per_label_auc_ap(y_true, scores)
+    names = list(labels) if labels is not None else [str(j) for j in range(auc.size)]
+    if len(names) != auc.size:
+        raise ValueError(f"{len(names)} label names for {auc.size} columns")
+    return {name: float(v) for name, v in zip(names, auc, strict=True)}, _nanmean(auc)
+
+
 def cluster_codes(groups: np.ndarray | pd.Series | list | None, n: int) -> np.ndarray:
     """(N,) integer cluster code per row: the index of the row's id among the sorted unique ids.
 
@@ -382,16 +427,7 @@ def _fairness(
         any_known = np.flatnonzero(codes.notna().to_numpy())
         for g in names:
             rows = rows_of[g]
-            label_auc = np.array(
-                [
-                    auc_ap(
-                        y_true[rows, j][np.isfinite(y_true[rows, j])],
-                        y_prob[rows, j][np.isfinite(y_true[rows, j])],
-                    )[0]
-                    for j in range(y_true.shape[1])
-                ]
-            )
-            out[f"fair/{attr}/auc/{g}"] = _nanmean(label_auc)
+            out[f"fair/{attr}/auc/{g}"] = _nanmean(per_label_auc_ap(y_true[rows], y_prob[rows])[0])
             out[f"fair/{attr}/tpr/{g}"] = _nanmean(tpr_of[g])
             if attr == "sex":
                 reference = _tpr(y_true, pred, np.setdiff1d(any_known, rows)) if len(names) > 1 else None
@@ -480,9 +516,10 @@ def compute_metrics(
         )
     pred = (y_prob >= thresholds[None, :]) & known  # (N, C) decisions on known entries
     rows, confusion = [], {}
+    aucs, aps = per_label_auc_ap(y_true, y_prob)  # (C,) each
     for j, label in enumerate(labels):
         y, p = y_true[known[:, j], j], y_prob[known[:, j], j]
-        auc, ap = auc_ap(y, p)
+        auc, ap = float(aucs[j]), float(aps[j])
         tp, fp, fn, tn = _confusion(y, p, thresholds[j])
         confusion[label] = np.array([[tn, fp], [fn, tp]])
         f1 = _f1(tp, fp, fn) if y.size else float("nan")

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats as sps
 
-from cxrfa.metrics import auc_ap, bootstrap_per_label, macro_over_labels, percentile_ci
+from cxrfa.metrics import bootstrap_per_label, macro_over_labels, per_label_auc_ap, percentile_ci
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,7 @@ def label_boot(
     prob = np.asarray(prob, dtype=np.float64)
     if not (y_true.ndim == 2 and y_true.shape == prob.shape):
         raise ValueError(f"shapes differ: y_true {y_true.shape}, prob {prob.shape}")
-    auc, ap = np.full(y_true.shape[1], np.nan), np.full(y_true.shape[1], np.nan)
-    for j in range(y_true.shape[1]):
-        known = np.isfinite(y_true[:, j])
-        auc[j], ap[j] = auc_ap(y_true[known, j], prob[known, j])
+    auc, ap = per_label_auc_ap(y_true, prob)
     boot_auc, boot_ap = bootstrap_per_label(y_true, prob, n_boot, seed, patients)
     return LabelBoot(auc, ap, boot_auc, boot_ap)
 

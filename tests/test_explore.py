@@ -12,7 +12,6 @@ from cxrfa.explore import (
     balanced_gap,
     cosine_scores,
     gap_shift_experiment,
-    masked_auc,
     mean_offdiag,
     modality_gap,
     plot_gap_shift,
@@ -21,6 +20,7 @@ from cxrfa.explore import (
     similarity_panels,
     zero_shot_probs,
 )
+from cxrfa.metrics import masked_auc
 
 D = 6
 

@@ -80,3 +80,26 @@ def test_zero_shot_beats_chance_after_a_short_pretrain(tmp_path: Path, micro_cli
     assert all(auc > 0.6 for auc in per_label.values()), per_label
     assert macro == pytest.approx(np.mean(list(per_label.values())))
     assert macro > 0.75
+
+
+def test_prompt_embeddings_are_the_encoders_label_embeddings(micro_clip: str) -> None:
+    """One path for prompt embeddings: zero-shot reads the encoder's (cached) label embeddings, and those equal
+    an explicit per-prompt reference (each prompt encoded alone, normalised, averaged, renormalised)."""
+    import torch
+
+    from cxrfa.explore import prompt_embeddings
+
+    torch.manual_seed(0)
+    encoder = build_encoder(BackboneConfig(name="clip", arch=micro_clip, pretrained=None))
+    for negative in (False, True):
+        got = prompt_embeddings(encoder, LABELS, negative=negative)  # (C, De)
+        rows = []
+        with torch.inference_mode():
+            for lab in LABELS:
+                emb = torch.cat([encoder.encode_text([p]).double() for p in prompts_for(lab, negative)])
+                mean = torch.nn.functional.normalize(emb, dim=-1).mean(0)
+                rows.append(torch.nn.functional.normalize(mean, dim=-1).numpy())
+        np.testing.assert_allclose(got, np.stack(rows), atol=1e-5)
+    assert not np.allclose(
+        prompt_embeddings(encoder, LABELS), prompt_embeddings(encoder, LABELS, negative=True)
+    )

@@ -235,3 +235,27 @@ def test_calibration_in_the_large_against_numpy() -> None:
     assert out["prevalence_ratio_min"] == pytest.approx(0.6) and out["prevalence_ratio_max"] == pytest.approx(
         0.8
     )
+
+
+def test_masked_per_label_auroc_has_one_owner_whoever_asks() -> None:
+    """compute_metrics (overall and per subgroup), masked_auc (exploration) and label_boot (comparison) all score
+    AUROC through per_label_auc_ap, and each equals scikit-learn on the label's known rows."""
+    from cxrfa.metrics import masked_auc
+    from cxrfa.stats import label_boot
+
+    y, p, labels = _random_case(seed=3)
+    expected = np.array(
+        [roc_auc_score(y[np.isfinite(y[:, j]), j], p[np.isfinite(y[:, j]), j]) for j in range(len(labels))]
+    )
+    sex = pd.DataFrame({"sex": np.where(np.arange(len(y)) < 150, "M", "F")})
+    result = compute_metrics(y, p, labels, subgroups=sex, n_boot=0)
+    per_label, macro = masked_auc(y, p, labels)
+    np.testing.assert_allclose(result.per_label["auc"], expected, atol=TOL)
+    np.testing.assert_allclose([per_label[lab] for lab in labels], expected, atol=TOL)
+    np.testing.assert_allclose(label_boot(y, p, n_boot=0).auc, expected, atol=TOL)
+    assert macro == pytest.approx(result.scalars["macro_auc"], abs=TOL)
+    men = [
+        roc_auc_score(y[:150][np.isfinite(y[:150, j]), j], p[:150][np.isfinite(y[:150, j]), j])
+        for j in range(len(labels))
+    ]
+    assert result.scalars["fair/sex/auc/M"] == pytest.approx(np.mean(men), abs=TOL)

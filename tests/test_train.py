@@ -49,9 +49,7 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
         "train/loss_semantic",
     ):
         assert key in run.metrics, key
-    per_label = [
-        k for k in run.metrics if k.startswith("test/auc/")
-    ]  # labels with both classes in the test split
+    per_label = [k for k in run.metrics if k.startswith("test/auc/")]  # labels with both classes in test
     assert len(per_label) >= 3 and len([k for k in run.metrics if k.startswith("test/ap/")]) == len(per_label)
     history = Tracker(None, "smoke").metric_history(run.run_id, "val/macro_auc")
     assert [step for step, _ in history] == [0, 1]

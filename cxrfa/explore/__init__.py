@@ -6,7 +6,7 @@ Pure functions on numpy arrays or torch tensors; figures are returned, never sho
 
 from __future__ import annotations
 
-from cxrfa.explore._common import l2_normalise, masked_auc
+from cxrfa.explore._common import l2_normalise
 from cxrfa.explore.gap import (
     GapResult,
     balanced_gap,
@@ -48,7 +48,6 @@ __all__ = [
     "image_groups",
     "l2_normalise",
     "label_slots",
-    "masked_auc",
     "mean_offdiag",
     "modality_gap",
     "name_positions",

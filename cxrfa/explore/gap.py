@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrfa.explore._common import ArrayLike, l2_normalise, masked_auc, to_numpy
+from cxrfa.explore._common import ArrayLike, l2_normalise, to_numpy
+from cxrfa.metrics import masked_auc
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxrfa.errors import CxrfaError
-from cxrfa.explore._common import ArrayLike, l2_normalise, masked_auc, to_numpy
+from cxrfa.explore._common import ArrayLike, l2_normalise, to_numpy
 from cxrfa.explore.gap import (
     cosine_scores,
     default_deltas,
@@ -26,6 +26,7 @@ from cxrfa.explore.gap import (
 )
 from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
 from cxrfa.explore.umap_view import UmapLayout, image_groups, umap_figure, umap_place
+from cxrfa.metrics import masked_auc
 
 log = logging.getLogger(__name__)
 

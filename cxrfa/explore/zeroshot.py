@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxrfa.errors import CxrfaError
-from cxrfa.explore._common import ArrayLike, l2_normalise, masked_auc, to_numpy
-from cxrfa.labels import prompts_for
+from cxrfa.explore._common import ArrayLike, l2_normalise, to_numpy
+from cxrfa.metrics import masked_auc
 
 if TYPE_CHECKING:
     from cxrfa.data.manifest import Manifest
@@ -45,18 +45,8 @@ def prompt_embeddings(encoder: Encoder, labels: Sequence[str], negative: bool = 
     Raises:
         CxrfaError: the encoder has no text tower.
     """
-    import torch
-
     _require_text(encoder)
-    prompts = [prompts_for(lab, negative=negative) for lab in labels]
-    flat = [p for group in prompts for p in group]
-    with torch.inference_mode():
-        emb = l2_normalise(to_numpy(encoder.encode_text(flat)))  # (C*T, De)
-    out, start = [], 0
-    for group in prompts:
-        out.append(emb[start : start + len(group)].mean(0))
-        start += len(group)
-    return l2_normalise(np.stack(out))  # (C, De)
+    return to_numpy(encoder.label_embeddings(list(labels), negative=negative))  # (C, De), cached on disk
 
 
 def require_split(manifest: Manifest, split: str | None) -> Manifest:

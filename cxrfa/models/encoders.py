@@ -105,14 +105,15 @@ class Encoder(nn.Module, abc.ABC):
             f"encoder {type(self).__name__} has no text tower; set model.text to a clip/biomedclip backbone"
         )
 
-    def label_embeddings(self, labels: list[str]) -> Tensor:
+    def label_embeddings(self, labels: list[str], negative: bool = False) -> Tensor:
         """(C, De): per label, its prompts encoded, L2-normalised, averaged and renormalised.
 
-        Computed once per (encoder identity, labels, prompts) and cached on disk next to the feature cache.
+        ``negative`` uses the negated prompts ("no evidence of ...") instead, for zero-shot. Computed once per
+        (encoder identity, labels, prompts) and cached on disk next to the feature cache.
         """
         from cxrfa.models.cache import cached_tensor
 
-        prompts = [prompts_for(label) for label in labels]
+        prompts = [prompts_for(label, negative=negative) for label in labels]
         key = json.dumps([self.identity, labels, prompts])
 
         def compute() -> Tensor:
