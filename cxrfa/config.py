@@ -41,7 +41,7 @@ class DataConfig(_Frozen):
 class BackboneConfig(_Frozen):
     """A concrete encoder: registry entry + architecture + weights."""
 
-    name: Literal["clip", "biomedclip", "custom"]  # registry entry (``cxrfa models list``)
+    name: str  # registry entry (``cxrfa models list``); checked by cxrfa.models.registry.check_encoder_name
     arch: str  # open_clip model name (e.g. ViT-B-16, hf-hub:...) or custom CNN architecture
     pretrained: str | None = None  # open_clip tag, local checkpoint file/dir, "demo", or None (random init)
     frozen: bool = True  # frozen encoders run once per image and are cached
@@ -82,7 +82,11 @@ class ModelConfig(_Frozen):
     def _possible(self) -> ModelConfig:
         if self.queries == "learned" and self.text is not None:
             raise ValueError("model.queries=learned uses no text; remove model.text (or use queries: text)")
-        needs_labels = {"t2_layers": self.t2_layers > 0, "orthogonal": self.orthogonal, "aligner": self.aligner}
+        needs_labels = {
+            "t2_layers": self.t2_layers > 0,
+            "orthogonal": self.orthogonal,
+            "aligner": self.aligner,
+        }
         for key, used in needs_labels.items():
             if used and self.text is None and self.queries == "text":
                 raise ValueError(
@@ -356,7 +360,12 @@ def load_backbones(spec: str) -> BackboneSet:
     if not path.is_file():
         raise CxrfaError(f"--backbones {spec!r}: expected 'real', 'demo' or a YAML file that exists")
     raw = read_yaml(path) or {}
-    return validate(BackboneSet, {"name": path.stem, "backbones": raw}, str(path))
+    bset = validate(BackboneSet, {"name": path.stem, "backbones": raw}, str(path))
+    from cxrfa.models.registry import check_encoder_name  # torch-heavy: only for a user's backbone file
+
+    for key, backbone in bset.backbones.items():
+        check_encoder_name(backbone.name, f"{path}: {key}.name: ")
+    return bset
 
 
 def _resolve_backbones(tree: dict[str, Any], backbones: BackboneSet) -> dict[str, Any]:

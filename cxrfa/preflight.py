@@ -28,6 +28,9 @@ def check_backbone(cfg: BackboneConfig) -> None:
     Raises:
         CxrfaError: one line naming what is missing and how to provide it.
     """
+    from cxrfa.models.registry import check_encoder_name
+
+    check_encoder_name(cfg.name)
     if cfg.standin or cfg.pretrained == "demo":
         return
     if cfg.name == "custom":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrfa.config import DEMO_BACKBONES, REAL_BACKBONES, expand, load_backbones, load_matrix
+from cxrfa.config import DEMO_BACKBONES, REAL_BACKBONES, BackboneConfig, expand, load_backbones, load_matrix
 from cxrfa.errors import CxrfaError
 
 SHIPPED = ["full", "smoke", "visual-only", "dual-branch", "alignment"]
@@ -111,3 +111,25 @@ def test_backbone_file(tmp_path: Path) -> None:
     with pytest.raises(CxrfaError, match="backbone 'clip' is not in backbone set"):
         (tmp_path / "empty.yaml").write_text("custom: {name: custom, arch: cxrfa-cnn-small}\n")
         expand(load_matrix("smoke"), load_backbones(str(tmp_path / "empty.yaml")))
+
+
+def test_backbone_names_come_from_the_encoder_registry(tmp_path: Path) -> None:
+    """No second list of encoder names in the config: a newly registered entry is accepted, a typo is one
+    error naming the file, the key and the registered names."""
+    from cxrfa.models.registry import _REGISTRY, register_encoder
+    from cxrfa.preflight import check_backbone
+
+    path = tmp_path / "bb.yaml"
+    path.write_text("clip: {name: clipp, arch: ViT-B-32}\n")
+    with pytest.raises(
+        CxrfaError, match=r"bb.yaml: clip.name: unknown encoder 'clipp'; known: biomedclip, clip, custom"
+    ):
+        load_backbones(str(path))
+    with pytest.raises(CxrfaError, match="unknown encoder 'clipp'"):  # an inline backbone of a matrix
+        check_backbone(BackboneConfig(name="clipp", arch="x"))
+    register_encoder("mine", has_text=False)(lambda cfg, device: None)  # type: ignore[arg-type,return-value]
+    try:
+        path.write_text("custom: {name: mine, arch: anything, pretrained: demo}\n")
+        assert load_backbones(str(path)).backbones["custom"].name == "mine"
+    finally:
+        del _REGISTRY["mine"]

@@ -50,16 +50,28 @@ def list_encoders() -> list[EncoderInfo]:
     return [info for _, (_, info) in sorted(_REGISTRY.items())]
 
 
+def check_encoder_name(name: str, where: str = "") -> None:
+    """The one check of a :attr:`BackboneConfig.name` against the registry (the names live only here).
+
+    Args:
+        name: the registry entry a backbone config names.
+        where: prefix for the error (``"bb.yaml: clip.name: "``), naming the file and key.
+
+    Raises:
+        CxrfaError: unknown name; the message lists the registered ones.
+    """
+    known = [info.name for info in list_encoders()]
+    if name not in known:
+        raise CxrfaError(f"{where}unknown encoder {name!r}; known: {', '.join(known)} (cxrfa models list)")
+
+
 def build_encoder(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Encoder:
     """Build the encoder a :class:`BackboneConfig` names.
 
     Raises:
         CxrfaError: unknown registry name (lists the known ones) or unavailable weights.
     """
-    import cxrfa.models.encoders  # noqa: F401
-
-    if cfg.name not in _REGISTRY:
-        raise CxrfaError(f"unknown encoder {cfg.name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    check_encoder_name(cfg.name)
     encoder = _REGISTRY[cfg.name][0](cfg, torch.device(device))
     if cfg.frozen:
         encoder.requires_grad_(False)
