@@ -7,8 +7,13 @@ mapped onto a chosen set through :data:`SYNONYMS`; a label that a source lacks i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from cxrfa.errors import CxrfaError
+
+# What an uncertain (-1) label becomes, and what a blank cell means (CheXpert-style sources, generic CSVs).
+Uncertain = Literal["ones", "zeros", "ignore"]  # ignore = unknown (NaN)
+Blank = Literal["zero", "unknown"]  # zero = the labeller's "not mentioned"
 
 NIH14: tuple[str, ...] = (
     "Atelectasis",

@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cxrfa.config import AblationMatrix, BackboneSet, load_backbones, load_matrix, read_yaml, validate
+from cxrfa.data.readers import get_reader
 from cxrfa.errors import CxrfaError
+from cxrfa.labels import Blank, Uncertain
 from cxrfa.tracking import TAG_PREFIX, Tracker
 
 log = logging.getLogger(__name__)
@@ -51,17 +53,26 @@ class SynthStage(_Stage):
 class IndexStage(_Stage):
     """Index a dataset on disk (``cxrfa data index``)."""
 
-    format: Literal["nih", "chexpert", "mimic", "csv"]
+    format: str  # a registered reader (``cxrfa data formats``)
     root: str  # dataset folder
     out: str  # manifest file to write
     csv: str | None = None
     label_set: str = "nih14"
-    uncertain: Literal["ones", "zeros", "ignore"] = "ignore"
-    blank: Literal["zero", "unknown"] = "zero"
+    uncertain: Uncertain = "ignore"
+    blank: Blank = "zero"
     frontal_only: bool = False
     split_seed: int = 0
     skip_bad: bool = False
     columns: dict[str, str] | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        try:
+            get_reader(value)
+        except CxrfaError as err:
+            raise ValueError(str(err)) from None
+        return value
 
 
 class DataStage(_Stage):

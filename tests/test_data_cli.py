@@ -64,3 +64,51 @@ def test_stats_reports_patient_leakage(tmp_path: Path) -> None:
 def test_stats_on_a_missing_manifest_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "stats", str(tmp_path / "none.csv")])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+def test_formats_come_from_the_reader_registry(tmp_path: Path) -> None:
+    """One list of --format names: `data formats` shows the registry, an unknown name is one line (CLI and
+    pipeline recipe alike), and a newly registered reader is indexable at once."""
+    import pandas as pd
+    import pytest
+
+    from cxrfa.data.indexing import index_dataset
+    from cxrfa.data.readers import _READERS, ReadOptions, list_readers, read_generic, register_reader
+    from cxrfa.errors import CxrfaError
+    from cxrfa.pipeline import load_recipe
+
+    names = [info.name for info in list_readers()]
+    assert names == ["nih", "chexpert", "mimic", "csv"]
+    shown = runner.invoke(app, ["data", "formats"])
+    assert shown.exit_code == 0 and all(name in shown.output for name in names)
+    bad = runner.invoke(
+        app, ["data", "index", "--format", "dicom", "--root", str(tmp_path), "--out", "m.csv"]
+    )
+    assert bad.exit_code == 2 and "unknown --format 'dicom'; known: nih, chexpert, mimic, csv" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmatrix: smoke\ndata: {index: {format: dicom, root: x, out: m.csv}}\n")
+    with pytest.raises(CxrfaError, match=r"data.index.format: unknown --format 'dicom'"):
+        load_recipe(recipe)
+
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    pd.DataFrame({"file": ["a.png"], "pid": ["p1"], "Mass": [1]}).to_csv(
+        tmp_path / "l.tsv", sep="\t", index=False
+    )
+
+    @register_reader("tsv")
+    def _tsv(o: ReadOptions) -> object:
+        """Tab-separated labels."""
+        frame = pd.read_csv(o.csv, sep="\t")
+        frame.to_csv(tmp_path / "as.csv", index=False)
+        return read_generic(
+            o.root, tmp_path / "as.csv", o.target, {"path": "file", "patient_id": "pid"}, "ignore", "zero"
+        )
+
+    try:
+        result = index_dataset("tsv", tmp_path, tmp_path / "l.tsv", check_images=False)
+        assert result.manifest.frame["Mass"].tolist() == [1.0]
+    finally:
+        del _READERS["tsv"]

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
 from cxrfa.cli._common import console, user_errors
+from cxrfa.labels import Blank, Uncertain
 
 data_app = typer.Typer(
     help="Datasets: synthesise, index real formats into a manifest, summarise.", no_args_is_help=True
 )
-
-FormatOpt = Literal["nih", "chexpert", "mimic", "csv"]
 
 
 @data_app.command("synth")
@@ -35,10 +34,26 @@ def synth(
     console.print(f"wrote {n} images and {path}", highlight=False, soft_wrap=True)
 
 
+@data_app.command("formats")
+@user_errors
+def formats() -> None:
+    """List the dataset formats ``cxrfa data index --format`` reads."""
+    from rich.table import Table
+
+    from cxrfa.data.readers import list_readers
+
+    table = Table(title="formats (--format)")
+    for col in ("name", "reads"):
+        table.add_column(col, overflow="fold")
+    for info in list_readers():
+        table.add_row(info.name, info.description)
+    console.print(table)
+
+
 @data_app.command("index")
 @user_errors
 def index(
-    fmt: Annotated[FormatOpt, typer.Option("--format", help="Source format.")],
+    fmt: Annotated[str, typer.Option("--format", help="Source format (`cxrfa data formats` lists them).")],
     root: Annotated[Path, typer.Option("--root", help="Dataset folder; manifest paths are relative to it.")],
     out: Annotated[Path, typer.Option("--out", help="Manifest file to write.")],
     csv: Annotated[
@@ -46,11 +61,11 @@ def index(
     ] = None,
     label_set: Annotated[str, typer.Option("--label-set", help="nih14 | chexpert14 | cxr-lt26")] = "nih14",
     uncertain: Annotated[
-        Literal["ones", "zeros", "ignore"],
+        Uncertain,
         typer.Option("--uncertain", help="CheXpert -1.0: ones, zeros or ignore (= unknown)."),
     ] = "ignore",
     blank: Annotated[
-        Literal["zero", "unknown"],
+        Blank,
         typer.Option("--blank", help="A blank CheXpert cell: zero (default) or unknown."),
     ] = "zero",
     frontal_only: Annotated[bool, typer.Option("--frontal-only", help="Keep PA/AP views only.")] = False,

@@ -14,7 +14,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -22,23 +21,13 @@ from PIL import Image, UnidentifiedImageError
 
 from cxrfa.data.image_limits import bomb_problem, oversized
 from cxrfa.data.manifest import META_COLUMNS, Manifest, confined, make_manifest, path_escapes
-from cxrfa.data.readers import (
-    BadRow,
-    Blank,
-    RawTable,
-    Uncertain,
-    read_chexpert,
-    read_generic,
-    read_mimic,
-    read_nih,
-)
+from cxrfa.data.readers import BadRow, RawTable, ReadOptions, get_reader
 from cxrfa.data.splits import carve_validation, stratified_patient_split, warn_overlap
 from cxrfa.errors import CxrfaError
-from cxrfa.labels import get_label_set
+from cxrfa.labels import Blank, Uncertain, get_label_set
 
 log = logging.getLogger(__name__)
 
-Format = Literal["nih", "chexpert", "mimic", "csv"]
 VAL_FRACTION_OF_TRAINVAL = (
     0.125  # of a given train+val pool (NIH lists, CheXpert train.csv): ~10% of all images
 )
@@ -159,7 +148,7 @@ def _assign_splits(
 
 
 def index_dataset(
-    fmt: Format,
+    fmt: str,
     root: Path,
     csv: Path | None = None,
     label_set: str = "nih14",
@@ -174,7 +163,8 @@ def index_dataset(
     """Build a manifest from a dataset on disk.
 
     Args:
-        fmt: ``nih``, ``chexpert``, ``mimic`` or ``csv`` (generic, with ``columns``).
+        fmt: a registered format (:func:`cxrfa.data.readers.list_readers`; ``csv`` is generic, with
+            ``columns``).
         root: dataset folder; manifest paths are relative to it.
         csv: the label CSV, when not at its standard place under ``root`` (required for ``csv``).
         label_set: target label set; labels the source lacks become unknown.
@@ -193,21 +183,13 @@ def index_dataset(
         CxrfaError: a bad row without ``skip_bad`` (file, row, problem), a malformed or incomplete CSV, or an
             empty dataset after filtering.
     """
+    reader = get_reader(fmt)
     root = Path(root)
     if not root.is_dir():
         raise CxrfaError(f"--root {root}: not a folder")
     target = list(get_label_set(label_set))
-    if fmt == "nih":
-        raw = read_nih(root, csv, target)
-    elif fmt == "chexpert":
-        raw = read_chexpert(root, csv, target, uncertain, blank, frontal_only)
-    elif fmt == "mimic":
-        raw = read_mimic(root, target, uncertain, blank, frontal_only)
-    elif fmt == "csv":
-        raw = read_generic(root, csv, target, columns or {}, uncertain, blank)
-    else:
-        raise CxrfaError(f"unknown --format {fmt!r}; known: nih, chexpert, mimic, csv")
-    if frontal_only and fmt in ("nih", "csv"):
+    raw = reader.read(ReadOptions(root, csv, target, uncertain, blank, frontal_only, columns or {}))
+    if frontal_only and not reader.filters_views:
         views = raw.frame["view"].astype(str).str.upper()
         keep = views.isin(["PA", "AP", "NAN", "<NA>", ""]).to_numpy()
         raw.filtered["non-frontal view"] = int((~keep).sum())

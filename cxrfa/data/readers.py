@@ -12,18 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from cxrfa.errors import CxrfaError
-from cxrfa.labels import CHEXPERT14, NIH14, harmonise
+from cxrfa.labels import CHEXPERT14, NIH14, Blank, Uncertain, harmonise
 
-Uncertain = Literal["ones", "zeros", "ignore"]
-Blank = Literal["zero", "unknown"]
 NIH_NO_FINDING = "No Finding"
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,66 @@ class RawTable:
     bad: list[BadRow] = field(default_factory=list)
     filtered: dict[str, int] = field(default_factory=dict)  # rows left out on purpose (e.g. lateral views)
     split_given: bool = False  # the source fixes the split (e.g. NIH lists, MIMIC split.csv)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry: ``--format`` names (CLI, pipeline recipes) come from here and nowhere else
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """Everything ``cxrfa data index`` passes to a reader; each reader uses what its format needs."""
+
+    root: Path  # dataset folder; manifest paths are relative to it
+    csv: Path | None  # the label CSV when not at its standard place
+    target: list[str]  # the label set's names, in order
+    uncertain: Uncertain = "ignore"
+    blank: Blank = "zero"
+    frontal_only: bool = False
+    columns: dict[str, str] = field(default_factory=dict)  # generic CSV: manifest key -> CSV column
+
+
+Reader = Callable[[ReadOptions], RawTable]
+
+
+@dataclass(frozen=True)
+class ReaderInfo:
+    """One registered format."""
+
+    name: str  # the --format value
+    description: str  # first line of the reader's docstring
+    read: Reader
+    filters_views: bool  # applies --frontal-only itself (from its own view columns)
+
+
+_READERS: dict[str, ReaderInfo] = {}
+
+
+def register_reader(name: str, filters_views: bool = False) -> Callable[[Reader], Reader]:
+    """Decorator registering ``fn(options) -> RawTable`` as ``--format name``."""
+
+    def wrap(fn: Reader) -> Reader:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _READERS[name] = ReaderInfo(name, doc[0] if doc else "", fn, filters_views)
+        return fn
+
+    return wrap
+
+
+def list_readers() -> list[ReaderInfo]:
+    """Every registered format, in registration order."""
+    return list(_READERS.values())
+
+
+def get_reader(name: str) -> ReaderInfo:
+    """The reader of ``--format name``.
+
+    Raises:
+        CxrfaError: unknown format; the message lists the registered ones.
+    """
+    if name not in _READERS:
+        raise CxrfaError(f"unknown --format {name!r}; known: {', '.join(_READERS)}")
+    return _READERS[name]
 
 
 def read_csv(path: Path, **kwargs: object) -> pd.DataFrame:
@@ -497,3 +555,27 @@ def _generic_values(
     out = values.mask(values == -1.0, unc)
     out = out.mask(is_blank, 0.0 if blank == "zero" else np.nan)
     return out.astype("float32"), bad
+
+
+@register_reader("nih")
+def _nih(o: ReadOptions) -> RawTable:
+    """NIH ChestX-ray14: Data_Entry_2017*.csv and the image folders (official split lists kept)."""
+    return read_nih(o.root, o.csv, o.target)
+
+
+@register_reader("chexpert", filters_views=True)
+def _chexpert(o: ReadOptions) -> RawTable:
+    """CheXpert: train.csv / valid.csv (uncertain and blank label policies apply)."""
+    return read_chexpert(o.root, o.csv, o.target, o.uncertain, o.blank, o.frontal_only)
+
+
+@register_reader("mimic", filters_views=True)
+def _mimic(o: ReadOptions) -> RawTable:
+    """MIMIC-CXR-JPG: the chexpert, split and metadata CSVs joined (official split kept)."""
+    return read_mimic(o.root, o.target, o.uncertain, o.blank, o.frontal_only)
+
+
+@register_reader("csv")
+def _generic(o: ReadOptions) -> RawTable:
+    """Any CSV: --csv FILE with --columns mapping manifest keys to its columns."""
+    return read_generic(o.root, o.csv, o.target, o.columns, o.uncertain, o.blank)
