@@ -99,18 +99,27 @@ class ModelConfig(_Frozen):
         return self
 
 
+def _term_weight() -> Any:
+    """A loss-term weight: the field's name is the term's name (the one list of terms, see LossConfig)."""
+    return Field(0.0, ge=0.0, json_schema_extra={"loss_term": True})
+
+
 class LossConfig(_Frozen):
-    """Loss terms and their weights. Terms are computed unweighted; weights are applied in one place."""
+    """Loss terms and their weights. Terms are computed unweighted; weights are applied in one place.
+
+    The weight fields are the list of loss terms: :meth:`term_names` reads them, :mod:`cxrfa.losses` computes
+    a term of each name, and a weight of 0 switches its term off.
+    """
 
     cls: Literal["bce", "asl", "focal"] = "bce"  # classification loss on the output logits
-    semantic: float = Field(0.0, ge=0.0)  # weight: per-label contrast of images with vs without the label
-    report: float = Field(0.0, ge=0.0)  # weight: image-report CLIP loss (manifests with reports)
-    domain: float = Field(0.0, ge=0.0)  # weight: class-balanced modality gap + class-centroid contrast
-    orth: float = Field(0.0, ge=0.0)  # weight: ||L L^T - I||^2 on normalised label embeddings
-    consistency: float = Field(0.0, ge=0.0)  # weight: contrastive between classifier A and B outputs
-    expression: float = Field(0.0, ge=0.0)  # weight: MSE of probabilities vs labels
-    supcon: float = Field(0.0, ge=0.0)  # weight: multi-label supervised contrastive (image branch)
-    coral: float = Field(0.0, ge=0.0)  # weight: CORAL across `domain` groups (part of the domain term)
+    semantic: float = _term_weight()  # per-label contrast of images with vs without the label
+    report: float = _term_weight()  # image-report CLIP loss (manifests with reports)
+    domain: float = _term_weight()  # class-balanced modality gap + class-centroid contrast
+    orth: float = _term_weight()  # ||L L^T - I||^2 on normalised label embeddings
+    consistency: float = _term_weight()  # contrastive between classifier A and B outputs
+    expression: float = _term_weight()  # MSE of probabilities vs labels
+    supcon: float = _term_weight()  # multi-label supervised contrastive (image branch)
+    coral: float = _term_weight()  # CORAL across `domain` groups (part of domain alignment)
     domain_kind: Literal["centroid", "mmd"] = "centroid"  # gap part: class-balanced centroid gap² or MMD²
     tau: float = Field(0.1, gt=0.0)  # temperature of the contrastive terms
     focal_gamma: float = Field(2.0, ge=0.0)
@@ -118,20 +127,19 @@ class LossConfig(_Frozen):
     asl_gamma_pos: float = Field(0.0, ge=0.0)
     asl_clip: float = Field(0.05, ge=0.0, lt=1.0)
 
+    @classmethod
+    def term_names(cls) -> tuple[str, ...]:
+        """Every loss term: ``cls`` and one per weight field, in field order."""
+        extras = {name: f.json_schema_extra for name, f in cls.model_fields.items()}
+        return (
+            "cls",
+            *(n for n, extra in extras.items() if isinstance(extra, dict) and extra.get("loss_term")),
+        )
+
     @property
     def weights(self) -> dict[str, float]:
         """Weight per term name; ``cls`` is the fixed unit weight every other term is relative to."""
-        return {
-            "cls": 1.0,
-            "semantic": self.semantic,
-            "report": self.report,
-            "domain": self.domain,
-            "orth": self.orth,
-            "consistency": self.consistency,
-            "expression": self.expression,
-            "supcon": self.supcon,
-            "coral": self.coral,
-        }
+        return {"cls": 1.0, **{name: float(getattr(self, name)) for name in self.term_names()[1:]}}
 
 
 class TrainConfig(_Frozen):

@@ -278,7 +278,7 @@ def _active(out: Mapping[str, Tensor], cfg: LossConfig, domains: Tensor | None) 
         on.add("report")
     if w["domain"] > 0 and "features" in out:
         on.add("domain")
-    if cfg.coral > 0 and domains is not None:
+    if w["coral"] > 0 and domains is not None:
         on.add("coral")
     if w["orth"] > 0 and "labels_emb" in out:
         on.add("orth")
@@ -380,23 +380,18 @@ def chance_levels(
     return chance
 
 
-def loss_weights(cfg: LossConfig) -> dict[str, float]:
-    """Weight per term name, including ``coral`` (the CORAL part of domain alignment)."""
-    return {**cfg.weights, "coral": cfg.coral}
-
-
 def weighted_total(terms: Mapping[str, Tensor], weights: Mapping[str, float] | LossConfig) -> Tensor:
     """Σ weight[name] · term — the one place weights are applied.
 
     Args:
         terms: from :func:`compute_terms`.
-        weights: weight per term name, or a :class:`LossConfig` (then :func:`loss_weights`).
+        weights: weight per term name, or a :class:`LossConfig` (then :attr:`LossConfig.weights`).
 
     Raises:
         KeyError: a term without a weight (a bug: every term must be tunable).
     """
     if isinstance(weights, LossConfig):
-        weights = loss_weights(weights)
+        weights = weights.weights
     missing = [name for name in terms if name not in weights]
     if missing:
         raise KeyError(f"no weight for loss term(s) {missing}; weights: {sorted(weights)}")

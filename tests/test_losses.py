@@ -242,13 +242,16 @@ def test_compute_terms_only_weighted_terms_and_total() -> None:
         semantic=0.5, domain=0.2, orth=1.0, consistency=0.1, expression=2.0, supcon=0.3, coral=0.4, report=1.0
     )
     terms = compute_terms(_out(), targets, cfg, domains=torch.tensor([0, 0, 1, 1]))
-    # no report embeddings in the output: the report term is skipped, not faked
-    assert set(terms) == {"cls", "semantic", "domain", "orth", "consistency", "expression", "supcon", "coral"}
+    # every weight field is a term compute_terms knows (one list of names); with no report embeddings in the
+    # output the report term is skipped, not faked
+    assert set(LossConfig.term_names()) == set(cfg.weights) and len(cfg.weights) == 9
+    assert set(terms) == set(LossConfig.term_names()) - {"report"}
     assert all(torch.isfinite(t) for t in terms.values())
     chance = chance_levels(_out(), targets, cfg, domains=torch.tensor([0, 0, 1, 1]))
     assert set(chance) == set(terms) - {"coral"}
     total = weighted_total(terms, cfg)
-    w = {**cfg.weights, "coral": 0.4}
+    w = cfg.weights
+    assert w["coral"] == 0.4 and w["cls"] == 1.0
     assert total.item() == pytest.approx(sum(w[k] * v.item() for k, v in terms.items()), rel=1e-5)
     # visual-only output: alignment terms are skipped even with weights on
     vis = {k: v for k, v in _out().items() if k in ("logits", "logits_a", "pooled")}
