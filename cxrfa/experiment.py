@@ -23,6 +23,7 @@ from cxrfa.data.manifest import Manifest, read_manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.io import atomic_path, cxrfa_home
 from cxrfa.safeload import load_state
+from cxrfa.standins import prepare_backbone
 from cxrfa.tracking import (
     TAG_AXIS_PREFIX,
     TAG_BACKBONE_SOURCE,
@@ -135,15 +136,6 @@ def load_data(cfg: DataConfig, progress: bool = True) -> Manifest:
     from cxrfa.data.synth import demo_manifest
 
     return read_manifest(demo_manifest(cfg))
-
-
-def prepare_backbone(cfg: BackboneConfig | None, manifest: Manifest) -> BackboneConfig | None:
-    """Resolve ``pretrained="demo"`` to stand-in weights pretrained on the demo data (once, cached)."""
-    if cfg is None or cfg.pretrained != "demo":
-        return cfg
-    from cxrfa.models.standin import ensure_standin
-
-    return ensure_standin(cfg, manifest)
 
 
 def domain_codes(manifest: Manifest, split: Manifest) -> np.ndarray:

@@ -15,8 +15,8 @@ from cxrfa.config import BackboneConfig
 from cxrfa.data.manifest import read_manifest, write_manifest
 from cxrfa.data.synth import synthesize
 from cxrfa.models import build_encoder
-from cxrfa.models.standin import ensure_standin, standin_path
 from cxrfa.pretrain import chance_recall, finding_keys, pretrain, retrieval_recall
+from cxrfa.standins import ensure_standin, standin_path
 
 
 @pytest.fixture(autouse=True)

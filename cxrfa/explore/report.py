@@ -78,7 +78,7 @@ def load_backbone(name: str, backbones: str, manifest: Manifest, device: str = "
         raise CxrfaError(
             f"--backbone {name!r} is not in backbone set {bset.name!r}; known: {', '.join(bset.backbones)}"
         )
-    from cxrfa.experiment import prepare_backbone
+    from cxrfa.standins import prepare_backbone
     from cxrfa.train import resolve_device
 
     return build_encoder(prepare_backbone(bset.backbones[name], manifest), resolve_device(device))

@@ -6,7 +6,6 @@ from cxrfa.models.cache import FeatureCache
 from cxrfa.models.encoders import Encoder
 from cxrfa.models.model import CXRModel, build_model
 from cxrfa.models.registry import EncoderInfo, build_encoder, list_encoders, register_encoder
-from cxrfa.models.standin import ensure_standin
 
 __all__ = [
     "AlignmentModel",
@@ -16,7 +15,6 @@ __all__ = [
     "FeatureCache",
     "build_encoder",
     "build_model",
-    "ensure_standin",
     "list_encoders",
     "register_encoder",
 ]

@@ -25,13 +25,12 @@ from cxrfa.errors import CxrfaError
 from cxrfa.io import file_sha256
 from cxrfa.labels import prompts_for
 from cxrfa.models.registry import register_encoder
-from cxrfa.models.standin import ensure_standin
 from cxrfa.models.weights import OpenClipBundle, create_open_clip
 from cxrfa.safeload import load_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CustomCNNEncoder", "Encoder", "OpenClipEncoder", "ensure_standin", "state_hash", "weights_hash"]
+__all__ = ["CustomCNNEncoder", "Encoder", "OpenClipEncoder", "state_hash", "weights_hash"]
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 

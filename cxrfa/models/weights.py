@@ -241,7 +241,7 @@ def _resolve(arch: str, pretrained: str | None) -> _Resolved:
     elif pretrained == "demo":
         raise CxrfaError(
             f"{arch}: pretrained='demo' is unresolved; pretrain the stand-in first "
-            "(cxrfa.models.ensure_standin, or `cxrfa pretrain --data MANIFEST --arch "
+            "(cxrfa.standins.ensure_standin, or `cxrfa pretrain --data MANIFEST --arch "
             f"{arch} --out FILE` and set pretrained to FILE)"
         )
     elif "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):

@@ -1,4 +1,9 @@
-"""Demo stand-ins: small architectures of the real families, pretrained once on the demo data."""
+"""Demo stand-ins: small architectures of the real families, pretrained once on the demo data.
+
+Application layer: it runs :func:`cxrfa.pretrain.pretrain`, so it lives beside it rather than in
+:mod:`cxrfa.models` (the model library never imports the pretraining app). Runs resolve their backbones through
+:func:`prepare_backbone`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 from cxrfa.config import BackboneConfig
 from cxrfa.data.manifest import Manifest
 from cxrfa.io import cxrfa_home
+from cxrfa.pretrain import pretrain
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,6 @@ def ensure_standin(cfg: BackboneConfig, manifest: Manifest, epochs: int = STANDI
     """
     if cfg.pretrained != "demo":
         return cfg
-    from cxrfa.pretrain import pretrain
-
     path = standin_path(cfg.arch, manifest)
     with _lock(path.with_suffix(".lock")):
         if not path.is_file():
@@ -56,3 +60,8 @@ def ensure_standin(cfg: BackboneConfig, manifest: Manifest, epochs: int = STANDI
                 "stand-in %s: val R@5 %.3f (chance %.3f)", cfg.arch, result.recall_at_5, result.chance_at_5
             )
     return cfg.model_copy(update={"pretrained": str(path)})
+
+
+def prepare_backbone(cfg: BackboneConfig | None, manifest: Manifest) -> BackboneConfig | None:
+    """Resolve ``pretrained="demo"`` to stand-in weights pretrained on the demo data (once, cached)."""
+    return None if cfg is None else ensure_standin(cfg, manifest)
