@@ -12,9 +12,9 @@ once (its owner id names a dead pid) instead of after the grace period.
 Two processes may enqueue the same unit at once (machines starting together); the copies are told apart by the
 *canonical* rule: for a unit (config hash, attempt), only the lowest-numbered trial that is not retired may run; a
 copy popped while a lower one is waiting, running or done is dropped (PRUNED, ``cxrfa.outcome`` = duplicate).
-Retired are trials failed for a stopped worker (their copy takes over) and dropped copies. ``attempt`` counts the
-genuine failures of a unit when it was enqueued, so re-running ``ablate`` after a cell failed tries it again
-once, however many processes start together.
+Retired are trials failed for a stopped worker (their copy takes over) and dropped copies. A unit with nothing
+waiting or running is enqueued as a new ``attempt`` (one past its earlier ones), so re-running ``ablate`` after a
+cell failed tries it again once, however many processes start together.
 
 Only this module and :mod:`cxrfa.tuning` import optuna.
 """
@@ -43,7 +43,15 @@ from cxrfa.config import RunConfig
 from cxrfa.errors import CxrfaError
 from cxrfa.experiment import StopRun
 from cxrfa.owners import alive, me
-from cxrfa.tracking import TAG_CONFIG_HASH, TrackedRun, Tracker, creation_lock, redact, redact_text
+from cxrfa.tracking import (
+    TAG_CONFIG_HASH,
+    TrackedRun,
+    Tracker,
+    check_reachable,
+    creation_lock,
+    redact,
+    redact_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +115,7 @@ def open_queue(url: str | None, tracker: Tracker) -> tuple[optuna.storages.RDBSt
         kwargs["heartbeat_stale_trial_callback" if retry else "failed_trial_callback"] = callback
         if scheme == "sqlite":  # several local workers write to one file: wait for the lock, don't fail
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+        check_reachable(url)
         try:
             with creation_lock(url):
                 storage = _retry_first_use(lambda: optuna.storages.RDBStorage(url, **kwargs), url)
@@ -198,7 +207,9 @@ class Queue:
                 if live:
                     states[unit] = UnitState(cfg, int(min(live, key=lambda t: t.number).user_attrs[ATTEMPT]))
                     continue
-                attempt = sum(t.user_attrs.get(OUTCOME) == "failed" for t in mine)
+                # a new attempt past every earlier one (failed, or finished but its run deleted since); processes
+                # enqueueing at the same moment see the same history, so they agree on the number
+                attempt = 1 + max((int(t.user_attrs[ATTEMPT]) for t in mine), default=-1)
                 self._add(cfg, attempt)
                 states[unit] = UnitState(cfg, attempt)
         return states

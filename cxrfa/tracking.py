@@ -215,6 +215,7 @@ class Tracker:
         check_writable(self.uri)
         try:
             # A new store is created (schema migrations) on first use: serialise that across processes.
+            check_reachable(self.uri)
             with creation_lock(self.uri):
                 self._client = _retry_first_use(lambda: MlflowClient(tracking_uri=self.uri), self.uri)
                 self.experiment_id = _retry_first_use(lambda: self._experiment(experiment), self.uri)
@@ -496,17 +497,44 @@ def creation_lock(uri: str, what: str = "store") -> Iterator[None]:
         yield
 
 
+_RACE = re.compile(r"already exists|duplicate|unique|deadlock|could not serialize", re.IGNORECASE)
+
+
 def _retry_first_use(fn: Any, uri: str, attempts: int = 4) -> Any:
-    """Call ``fn``; on a server database, retry a few times (another process may be migrating its schema)."""
+    """Call ``fn``; on a server database, retry when another process was creating the same schema at once."""
     scheme = urlparse(uri).scheme.split("+")[0]
     for attempt in range(attempts):
         try:
             return fn()
-        except Exception:  # noqa: BLE001 - re-raised after the last attempt
-            if scheme not in _DB_SCHEMES or attempt == attempts - 1:
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is a creation race
+            if scheme not in _DB_SCHEMES or attempt == attempts - 1 or not _RACE.search(str(err)):
                 raise
             time.sleep(0.5 + random.random() * 1.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def check_reachable(uri: str, timeout: int = 10) -> None:
+    """Connect once to a server database, so a wrong host, port or password fails in seconds (MLflow itself
+    retries for about two minutes before it gives up).
+
+    Raises:
+        CxrfaError: one line naming the database (credentials hidden) and the driver's reason.
+    """
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in _DB_SCHEMES:
+        return
+    import sqlalchemy
+
+    args = {"connect_timeout": timeout} if scheme in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=args, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except Exception as err:  # noqa: BLE001 - no driver, refused, bad credentials: all the user's to fix
+        lines = redact_text(str(getattr(err, "orig", None) or err), uri).strip().splitlines() or [
+            type(err).__name__
+        ]
+        raise CxrfaError(f"cannot reach database {redact(uri)}: {lines[0][:200]}") from None
 
 
 def _finite(v: Any) -> bool:

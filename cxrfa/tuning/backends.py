@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import optuna
 
 from cxrfa.errors import CxrfaError
-from cxrfa.tracking import Tracker, redact
+from cxrfa.tracking import Tracker, check_reachable, creation_lock, redact
 from cxrfa.tuning.workers import count_states
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,10 @@ def open_storage(url: str | None, tracker: Tracker | None = None) -> tuple[optun
                 raise CxrfaError(
                     f"--storage {url!r}: folder {Path(url.removeprefix('sqlite:///')).parent} does not exist"
                 )
+            check_reachable(url)  # a wrong host or password fails in seconds, not after minutes of retries
             try:
-                return RDBStorage(url), redact(url)
+                with creation_lock(url):  # two workers creating a new SQLite study database at once
+                    return RDBStorage(url), redact(url)
             except Exception as err:  # noqa: BLE001 - driver missing, server down, bad credentials
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise CxrfaError(

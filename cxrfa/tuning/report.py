@@ -66,7 +66,12 @@ def study_parent(tracker: Tracker, name: str, matrix: AblationMatrix, cfg: RunCo
         # Not `cxrfa.cell`: that tag marks cell runs, which `compare` gathers.
         tags = {TAG_STUDY_PARENT: name, TAG_MATRIX: matrix.name, TAG_TUNED_CELL: cfg.cell,
                 TAG_STORAGE: storage, TAG_METRIC: matrix.tune.metric}  # fmt: skip
-        mine = tracker.start(f"tune {name}", tags)
+        about = (
+            f"Optuna study **{name}**: tunes cell `{cfg.cell}` of matrix `{matrix.name}` on `{matrix.tune.metric}` "
+            f"(validation split; test never drives tuning). Each child run is one trial; the best values are in "
+            f"the `best.*` tags and the overlay artifact."
+        )
+        mine = tracker.start(f"tune {name}", tags, description=about)
         found = tracker.search(key)
         if len(found) > 1 and found[-1].run_id != mine.run_id:  # search is newest first
             tracker.delete_run(mine.run_id)
