@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxrfa.config import BackboneConfig, DataConfig, RunConfig
-from cxrfa.data.manifest import Manifest, read_manifest
+from cxrfa.config import BackboneConfig, RunConfig
+from cxrfa.data.load import load_data
+from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.io import atomic_path, cxrfa_home
-from cxrfa.safeload import load_state
 from cxrfa.standins import prepare_backbone
 from cxrfa.tracking import (
     TAG_AXIS_PREFIX,
@@ -41,7 +41,6 @@ from cxrfa.train import (
     FitResult,
     NonFiniteLoss,
     fit,
-    load_trained_state,
     make_loader,
     predict,
     resolve_device,
@@ -129,15 +128,6 @@ class FeatureDataset(Dataset):
 # data + backbones
 
 
-def load_data(cfg: DataConfig, progress: bool = True) -> Manifest:
-    """The manifest a config names, or the built-in synthetic demo (synthesised once, then cached)."""
-    if cfg.manifest is not None:
-        return read_manifest(cfg.manifest)
-    from cxrfa.data.synth import demo_manifest
-
-    return read_manifest(demo_manifest(cfg))
-
-
 def domain_codes(manifest: Manifest, split: Manifest) -> np.ndarray:
     """Integer domain code per row of ``split``, stable across splits of the same manifest."""
     values = sorted(manifest.frame["domain"].fillna("").astype(str).unique())
@@ -163,7 +153,8 @@ def encoded_split(
     return _FEATURES[key]
 
 
-def _datasets(cfg: RunConfig, model: Any, manifest: Manifest, progress: bool) -> dict[str, Dataset]:
+def run_datasets(cfg: RunConfig, model: Any, manifest: Manifest, progress: bool) -> dict[str, Dataset]:
+    """The train/val/test datasets a run trains and evaluates on: cached frozen features or images."""
     out: dict[str, Dataset] = {}
     encoder = model.encoder
     for split in ("train", "val", "test"):
@@ -353,7 +344,7 @@ def _train_and_evaluate(
     model_cfg = cfg.model.model_copy(update={"visual": visual, "text": text})
     prior = list(manifest.prevalence("train").values())
     model = build_model(model_cfg, manifest.labels, device, prior=prior)
-    data = _datasets(cfg, model, manifest, progress)
+    data = run_datasets(cfg, model, manifest, progress)
 
     class _Log:
         def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
@@ -454,7 +445,7 @@ def _explore(
     """Modality gap and label-similarity metrics (and plots, logged on the run) on a sample of the test set."""
     from cxrfa.explore import explore_model
 
-    tokens, embedding, y_true = _explore_sample(model, test_set, device)
+    tokens, embedding, y_true = explore_sample(model, test_set, device)
     result = explore_model(model.heads, tokens, embedding, y_true, labels, parts=tuple(parts))
     if run is not None:
         for name, figure in result.figures.items():
@@ -462,7 +453,7 @@ def _explore(
     return result.scalars
 
 
-def _explore_sample(
+def explore_sample(
     model: Any, test_set: Dataset, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Encoder tokens (M, N, Dv), embeddings (M, De) and labels (M, C) of the first EXPLORE_SAMPLE test images."""
@@ -477,127 +468,3 @@ def _explore_sample(
             images = torch.stack([it["image"] for it in items]).to(device)
             tokens, embedding = model.encoder.encode_image(images)
     return tokens, embedding, torch.stack([it["labels"] for it in items]).numpy()
-
-
-def run_config(tracker: Tracker, run_id: str, dst: Path) -> RunConfig:
-    """The resolved config a run logged (``config.json``)."""
-    from cxrfa.config import validate
-
-    return validate(
-        RunConfig,
-        json.loads(tracker.download(run_id, "config.json", dst).read_text()),
-        f"run {run_id} config.json",
-    )
-
-
-def load_run(tracker: Tracker, run_id: str, dst: Path) -> tuple[RunConfig, Manifest, Any]:
-    """The config, data and trained model of a logged run (from its ``config.json`` and checkpoint)."""
-    from cxrfa.models import build_model
-
-    cfg = run_config(tracker, run_id, dst)
-    manifest = load_data(cfg.data, progress=False)
-    model_cfg = cfg.model.model_copy(
-        update={
-            "visual": prepare_backbone(cfg.model.visual, manifest),
-            "text": prepare_backbone(cfg.model.text, manifest),
-        }
-    )
-    model = build_model(model_cfg, manifest.labels, resolve_device(cfg.train.device))
-    state = load_state(
-        tracker.download(run_id, "checkpoint/model.pt", dst),
-        name=f"run {run_id} artifact checkpoint/model.pt",
-        fix="the artifact is damaged; re-run the cell to log a new one",
-    )
-    load_trained_state(model, state["state_dict"])
-    return cfg, manifest, model
-
-
-def explore_run(
-    tracker: Tracker, run_id: str, parts: Sequence[str], out: Path, seed: int = 0, dims: int = 2
-) -> dict[str, Path]:
-    """Embedding diagnostics of a trained run: written to ``out`` and logged on the run (metrics + plots).
-
-    ``parts``: any of ``gap``, ``similarity`` (via :func:`cxrfa.explore.explore_model`) and ``umap`` (pooled
-    image features and the label embeddings in one UMAP space: PNG + interactive HTML).
-
-    Raises:
-        CxrfaError: the run has no text branch (nothing to align) or its artifacts are missing.
-    """
-    import shutil
-
-    from cxrfa.explore import explore_model, image_attributes
-    from cxrfa.explore.model import run_heads
-    from cxrfa.explore.report import save_figure, write_json, write_umap_report
-
-    cfg, manifest, model = load_run(tracker, run_id, out / ".download")
-    shutil.rmtree(out / ".download", ignore_errors=True)
-    if cfg.model.text is None:
-        raise CxrfaError(
-            f"run {run_id} ({cfg.cell}) has no text branch: there are no label embeddings to explore"
-        )
-    device = resolve_device(cfg.train.device)
-    data = _datasets(cfg, model, manifest, progress=True)
-    tokens, embedding, y_true = _explore_sample(model, data["test"], device)
-    run = TrackedRun(tracker, run_id)
-    paths: dict[str, Path] = {}
-    basic = [p for p in parts if p != "umap"]
-    if basic:
-        result = explore_model(
-            model.heads, tokens, embedding, y_true, manifest.labels, parts=tuple(basic), seed=seed
-        )
-        run.log_metrics(result.scalars)
-        paths["json"] = write_json(result.scalars, out / "explore.json")
-        for name, figure in result.figures.items():
-            paths[name] = save_figure(figure, out / f"{name}.png")
-            run.log_artifact(paths[name], "plots")
-    if "umap" in parts:
-        heads = run_heads(model.heads, tokens, embedding)
-        rows = manifest.split("test").frame.iloc[: len(y_true)]  # the images _explore_sample encoded
-        umap_paths = write_umap_report(
-            heads["pooled"],
-            heads["labels_emb"],
-            y_true,
-            manifest.labels,
-            out,
-            dims=dims,
-            seed=seed,
-            image_ids=rows["path"].astype(str).tolist(),
-            attributes=image_attributes(rows),  # site / view / sex: what domain alignment should blur
-            progress=True,
-        )
-        for name, path in umap_paths.items():
-            paths[f"umap_{name}"] = path
-            run.log_artifact(path, "plots")
-    return paths
-
-
-def evaluate_run(tracker: Tracker, run_id: str, out: Path, n_boot: int = 200, seed: int | None = None) -> Any:
-    """Re-evaluate a logged run from its logged val/test predictions, against the manifest it was trained on.
-
-    Returns the :class:`cxrfa.metrics.MetricsResult`; writes ``metrics.json``, ``per_label.csv`` and plots to
-    ``out``. With the run's seed and the same ``n_boot`` the numbers equal the run's logged ``test/...`` metrics.
-    """
-    import pandas as pd
-
-    from cxrfa.evaluate import evaluate_predictions
-
-    tmp = out / ".download"
-    cfg = run_config(tracker, run_id, tmp)
-    manifest = load_data(cfg.data, progress=False)
-    test = pd.read_csv(tracker.download(run_id, "test_predictions.csv", tmp), dtype={"path": str})
-    val = pd.read_csv(tracker.download(run_id, "val_predictions.csv", tmp), dtype={"path": str})
-    result = evaluate_predictions(
-        test,
-        manifest,
-        "test",
-        out,
-        val_pred=val,
-        n_boot=n_boot,
-        seed=cfg.seed if seed is None else seed,
-        pred_source=f"run {run_id} test_predictions.csv",
-        val_source=f"run {run_id} val_predictions.csv",
-    )
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    return result

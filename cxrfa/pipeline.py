@@ -337,7 +337,7 @@ def _pretrain(ctx: _Context, result: PipelineResult) -> StageResult:
         )
     status, detail = "skipped", f"{out} exists"
     if not out.is_file():
-        from cxrfa.experiment import load_data
+        from cxrfa.data.load import load_data
         from cxrfa.pretrain import pretrain
 
         data_cfg = _data_config(ctx)

@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         if run is not None:
             if predictions is not None or manifest is not None:
                 raise CxrfaError("give either --run or --predictions with --manifest, not both")
-            from cxrfa.experiment import evaluate_run
+            from cxrfa.postrun import evaluate_run
             from cxrfa.tracking import Tracker
 
             result = evaluate_run(Tracker(tracking_uri, "Default"), run, out, n_boot=n_boot)

@@ -80,7 +80,7 @@ def _encode(
 
 
 def _explore_run(run: str, tracking_uri: str | None, part: str, out: Path, **kwargs: int) -> None:
-    from cxrfa.experiment import explore_run
+    from cxrfa.postrun import explore_run
     from cxrfa.tracking import Tracker
 
     _wrote(explore_run(Tracker(tracking_uri, "Default"), run, [part], out, **kwargs))

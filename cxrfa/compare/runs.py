@@ -204,7 +204,8 @@ def _patients(
     tracker: Tracker, run: RunInfo, data_hash: str, paths: list[str], tmp: Path
 ) -> tuple[np.ndarray | None, str]:
     """Patient id of each test image, from the manifest the runs used, checked against their data hash."""
-    from cxrfa.experiment import load_data, run_config
+    from cxrfa.data.load import load_data
+    from cxrfa.postrun import run_config
 
     try:
         manifest = load_data(run_config(tracker, run.run_id, tmp / "config").data, progress=False)

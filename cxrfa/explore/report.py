@@ -57,7 +57,7 @@ def write_json(obj: Any, path: Path) -> Path:
 def load_data(data: Path | None) -> Manifest:
     """The manifest at ``data``, or the built-in demo dataset (generated once) when None."""
     from cxrfa.config import DataConfig
-    from cxrfa.experiment import load_data as load_run_data
+    from cxrfa.data.load import load_data as load_run_data
 
     return load_run_data(DataConfig(manifest=None if data is None else str(data)))
 
