@@ -1,4 +1,10 @@
-"""Shared CLI plumbing: one-line user errors with exit status 2, logging, the console."""
+"""Shared CLI plumbing: the options several commands take, one-line user errors with exit status 2,
+logging, the console.
+
+Style of every command module: commands are module-level functions decorated with :func:`user_errors`, a
+command group is a module-level ``typer.Typer``, and the module's ``register(app)`` only attaches them. An
+option that more than one command takes is declared here, once.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import errno
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +22,41 @@ from cxrfa.errors import CxrfaError
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        show_envvar=True,
+        help="MLflow store: a folder (SQLite inside), sqlite:///…, http://host:port, postgresql://…. "
+        "Default ./mlruns.",
+    ),
+]
+MatrixOpt = Annotated[
+    str,
+    typer.Option("--matrix", "-m", help="Matrix name (ablations/NAME.yaml, a path, or a packaged matrix)."),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Manifest CSV (from `cxrfa data index`). Omit for the built-in synthetic demo.",
+        dir_okay=False,
+    ),
+]
+BackbonesOpt = Annotated[
+    str,
+    typer.Option(
+        "--backbones", help="'demo' (stand-ins), 'real' (CLIP ViT-B-16/openai, BiomedCLIP) or a YAML file."
+    ),
+]
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-feature-cache", help="Encode images afresh: neither read nor write the feature cache."
+    ),
+]
 
 
 def user_errors(fn: F) -> F:

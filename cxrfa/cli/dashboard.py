@@ -10,8 +10,7 @@ from urllib.parse import urlparse
 
 import typer
 
-from cxrfa.cli._common import console, user_errors
-from cxrfa.cli.run import UriOpt
+from cxrfa.cli._common import TrackingUriOpt, console, user_errors
 from cxrfa.errors import CxrfaError
 
 HOST = "127.0.0.1"  # never all interfaces: the dashboard can edit studies and has no authentication
@@ -71,7 +70,7 @@ def dashboard(
         ),
     ] = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1.")] = 8080,
-    tracking_uri: UriOpt = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Start optuna-dashboard on the tuning studies, bound to 127.0.0.1 (needs: pip install optuna-dashboard).
 

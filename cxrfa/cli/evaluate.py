@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxrfa.cli._common import user_errors
+from cxrfa.cli._common import TrackingUriOpt, user_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,69 +31,56 @@ def _read_predictions(path: Path) -> pd.DataFrame:
         raise CxrfaError(f"{path}: not a readable CSV ({str(err).strip().splitlines()[0]})") from None
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``evaluate`` command to the app."""
+@user_errors
+def evaluate(
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, per_label.csv and plots.")],
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", help="CSV with 'path' and one probability column per label."),
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Manifest the predictions refer to.")
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option("--run", help="Re-evaluate a logged MLflow run from its logged predictions instead."),
+    ] = None,
+    tracking_uri: TrackingUriOpt = None,
+    split: Annotated[str, typer.Option("--split", help="Manifest split the predictions cover.")] = "test",
+    val_predictions: Annotated[
+        Path | None,
+        typer.Option(
+            "--val-predictions",
+            help="Predictions on the val split; per-label F1-optimal thresholds "
+            "are chosen on them (default: 0.5).",
+        ),
+    ] = None,
+    n_boot: Annotated[
+        int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the 95% CIs.")
+    ] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+) -> None:
+    """Score predictions against a manifest split: AUROC/AP/F1, CIs, long-tail and subgroup metrics, plots.
 
-    @app.command("evaluate")
-    @user_errors
-    def evaluate(
-        out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, per_label.csv and plots.")],
-        predictions: Annotated[
-            Path | None,
-            typer.Option("--predictions", help="CSV with 'path' and one probability column per label."),
-        ] = None,
-        manifest: Annotated[
-            Path | None, typer.Option("--manifest", help="Manifest the predictions refer to.")
-        ] = None,
-        run: Annotated[
-            str | None,
-            typer.Option(
-                "--run", help="Re-evaluate a logged MLflow run from its logged predictions instead."
-            ),
-        ] = None,
-        tracking_uri: Annotated[
-            str | None,
-            typer.Option(
-                "--tracking-uri",
-                envvar="MLFLOW_TRACKING_URI",
-                help="MLflow store of --run (default ./mlruns).",
-            ),
-        ] = None,
-        split: Annotated[str, typer.Option("--split", help="Manifest split the predictions cover.")] = "test",
-        val_predictions: Annotated[
-            Path | None,
-            typer.Option(
-                "--val-predictions",
-                help="Predictions on the val split; per-label F1-optimal thresholds "
-                "are chosen on them (default: 0.5).",
-            ),
-        ] = None,
-        n_boot: Annotated[
-            int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the 95% CIs.")
-        ] = 200,
-        seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
-    ) -> None:
-        """Score predictions against a manifest split: AUROC/AP/F1, CIs, long-tail and subgroup metrics, plots.
+    Examples:
+      cxrfa evaluate --predictions test.csv --val-predictions val.csv --manifest m.csv --out eval/
+      cxrfa evaluate --run 3f2a... --out eval/
+    """
+    from cxrfa.errors import CxrfaError
 
-        Examples:
-          cxrfa evaluate --predictions test.csv --val-predictions val.csv --manifest m.csv --out eval/
-          cxrfa evaluate --run 3f2a... --out eval/
-        """
-        from cxrfa.errors import CxrfaError
+    if run is not None:
+        if predictions is not None or manifest is not None:
+            raise CxrfaError("give either --run or --predictions with --manifest, not both")
+        from cxrfa.postrun import evaluate_run
+        from cxrfa.tracking import Tracker
 
-        if run is not None:
-            if predictions is not None or manifest is not None:
-                raise CxrfaError("give either --run or --predictions with --manifest, not both")
-            from cxrfa.postrun import evaluate_run
-            from cxrfa.tracking import Tracker
-
-            result = evaluate_run(Tracker(tracking_uri, "Default"), run, out, n_boot=n_boot)
-            split = "test"
-        elif predictions is None or manifest is None:
-            raise CxrfaError("give --predictions and --manifest (or --run RUN_ID)")
-        else:
-            result = _evaluate_files(predictions, manifest, out, split, val_predictions, n_boot, seed)
-        _print(result, split)
+        result = evaluate_run(Tracker(tracking_uri, "Default"), run, out, n_boot=n_boot)
+        split = "test"
+    elif predictions is None or manifest is None:
+        raise CxrfaError("give --predictions and --manifest (or --run RUN_ID)")
+    else:
+        result = _evaluate_files(predictions, manifest, out, split, val_predictions, n_boot, seed)
+    _print(result, split)
 
 
 def _evaluate_files(
@@ -140,3 +127,8 @@ def _print(result: MetricsResult, split: str) -> None:
             table.add_row(key, f"{s[key]:.4f}{extra}")
     table.add_row("thresholds", "val-chosen" if result.thresholds_from_val else "0.5")
     Console().print(table)  # stdout: the result; logs and errors go to stderr
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``evaluate`` command to the app."""
+    app.command("evaluate")(evaluate)

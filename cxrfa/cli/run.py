@@ -8,37 +8,18 @@ from typing import Annotated
 
 import typer
 
-from cxrfa.cli._common import console, user_errors
+from cxrfa.cli._common import (
+    BackbonesOpt,
+    DataOpt,
+    MatrixOpt,
+    NoCacheOpt,
+    TrackingUriOpt,
+    console,
+    user_errors,
+)
 
 log = logging.getLogger("cxrfa")
 
-MatrixOpt = Annotated[
-    str,
-    typer.Option("--matrix", "-m", help="Matrix name (ablations/NAME.yaml, a path, or a packaged matrix)."),
-]
-DataOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data", help="Manifest CSV (from `cxrfa data index`). Omit for the built-in synthetic demo."
-    ),
-]
-BackbonesOpt = Annotated[
-    str,
-    typer.Option(
-        "--backbones", help="'demo' (stand-ins), 'real' (CLIP ViT-B-16/openai, BiomedCLIP) or a YAML file."
-    ),
-]
-UriOpt = Annotated[
-    str | None,
-    typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
-                 help="MLflow store: a folder (SQLite inside), sqlite:///…, http://host:port, postgresql://…. Default ./mlruns."),
-]  # fmt: skip
-NoCacheOpt = Annotated[
-    bool,
-    typer.Option(
-        "--no-feature-cache", help="Re-encode images with frozen encoders instead of using the cache."
-    ),
-]
 StorageOpt = Annotated[
     str | None,
     typer.Option("--storage", envvar="CXRFA_STORAGE", show_envvar=True,
@@ -90,7 +71,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the run.")] = 0,
     data: DataOpt = None,
     backbones: BackbonesOpt = "demo",
-    tracking_uri: UriOpt = None,
+    tracking_uri: TrackingUriOpt = None,
     experiment: ExperimentOpt = None,
     no_feature_cache: NoCacheOpt = False,
 ) -> None:
@@ -133,7 +114,7 @@ def ablate(
     ] = None,
     cells: Annotated[str | None, typer.Option("--cells", help="Comma-separated subset of cells.")] = None,
     experiment: ExperimentOpt = None,
-    tracking_uri: UriOpt = None,
+    tracking_uri: TrackingUriOpt = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Print the expanded matrix (and what already finished) and exit."),
@@ -288,7 +269,7 @@ def compare(
     ] = Path("out/compare"),
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates (seeds x patients).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
-    tracking_uri: UriOpt = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Put the cells of one ablation side by side: mean over seeds, per-seed Δ vs a baseline, Holm p.
 
@@ -318,7 +299,7 @@ def compare(
 @user_errors
 def ui(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
-    tracking_uri: UriOpt = None,
+    tracking_uri: TrackingUriOpt = None,
     workers: Annotated[
         int | None,
         typer.Option("--workers", min=1, help="Server worker processes (default: one per 2 cores)."),

@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from cxrfa.cli._common import console, user_errors
-from cxrfa.cli.run import BackbonesOpt, DataOpt, MatrixOpt, UriOpt
+from cxrfa.cli._common import BackbonesOpt, DataOpt, MatrixOpt, TrackingUriOpt, console, user_errors
 
 pipeline_app = typer.Typer(
     help="Study recipes: data -> pretrain -> tune -> ablate -> compare.", no_args_is_help=True
@@ -71,7 +70,7 @@ def tune(
     ] = 1,
     data: DataOpt = None,
     backbones: BackbonesOpt = "demo",
-    tracking_uri: UriOpt = None,
+    tracking_uri: TrackingUriOpt = None,
     experiment: Annotated[
         str | None, typer.Option("--experiment", help="MLflow experiment (default: the matrix name).")
     ] = None,
