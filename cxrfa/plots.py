@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,30 @@ def _single_class(ax: Axes, label: str, y: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+def _label_panels(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    labels: Sequence[str],
+    title: str,
+    draw: Callable[[Axes, str, np.ndarray, np.ndarray], None],
+    axis_names: tuple[str, str],
+) -> Figure:
+    """One unit-square panel per label: ``draw(ax, label, y, p)`` on the label's known rows, or a one-class note."""
+    fig, axes = _grid(len(labels), title)
+    for j, (ax, label) in enumerate(zip(axes, labels, strict=True)):
+        y, p = _known(y_true, y_prob, j)
+        if y.size == 0 or y.min() == y.max():
+            _single_class(ax, label, y)
+            continue
+        draw(ax, label, y, p)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel(axis_names[0], fontsize=8)
+        ax.set_ylabel(axis_names[1], fontsize=8)
+        ax.tick_params(labelsize=7)
+    return fig
+
+
 def roc_curves(
     y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], title: str = "ROC curves"
 ) -> Figure:
@@ -76,44 +100,28 @@ def roc_curves(
         labels: C label names.
         title: figure title.
     """
-    fig, axes = _grid(len(labels), title)
-    for j, (ax, label) in enumerate(zip(axes, labels, strict=True)):
-        y, p = _known(y_true, y_prob, j)
-        if y.size == 0 or y.min() == y.max():
-            _single_class(ax, label, y)
-            continue
+
+    def draw(ax: Axes, label: str, y: np.ndarray, p: np.ndarray) -> None:
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, color="tab:blue", lw=1.5)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         ax.set_title(f"{label}\nAUROC {auc_ap(y, p)[0]:.3f}", fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_xlabel("false positive rate", fontsize=8)
-        ax.set_ylabel("true positive rate", fontsize=8)
-        ax.tick_params(labelsize=7)
-    return fig
+
+    return _label_panels(y_true, y_prob, labels, title, draw, ("false positive rate", "true positive rate"))
 
 
 def pr_curves(
     y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], title: str = "Precision-recall curves"
 ) -> Figure:
     """One precision–recall panel per label (curve + prevalence baseline, AP in the title)."""
-    fig, axes = _grid(len(labels), title)
-    for j, (ax, label) in enumerate(zip(axes, labels, strict=True)):
-        y, p = _known(y_true, y_prob, j)
-        if y.size == 0 or y.min() == y.max():
-            _single_class(ax, label, y)
-            continue
+
+    def draw(ax: Axes, label: str, y: np.ndarray, p: np.ndarray) -> None:
         precision, recall, _ = precision_recall_curve(y, p)
         ax.step(recall, precision, where="post", color="tab:orange", lw=1.5)
         ax.axhline(float(y.mean()), color="grey", lw=0.8, ls="--")
         ax.set_title(f"{label}\nAP {auc_ap(y, p)[1]:.3f} (prev. {y.mean():.3f})", fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_xlabel("recall", fontsize=8)
-        ax.set_ylabel("precision", fontsize=8)
-        ax.tick_params(labelsize=7)
-    return fig
+
+    return _label_panels(y_true, y_prob, labels, title, draw, ("recall", "precision"))
 
 
 def confusion_grid(
