@@ -95,7 +95,9 @@ class DataStage(_Stage):
 class PretrainStage(_Stage):
     """CLIP-pretrain a backbone on the data's image-report pairs (``cxrfa pretrain``); cells then use it."""
 
-    backbone: Literal["clip", "biomedclip"] = "clip"  # which entry of the backbone set gets the weights
+    backbone: str = (
+        "clip"  # which entry of the recipe's backbone set gets the weights (checked before any stage)
+    )
     out: str  # checkpoint file
     arch: str | None = None  # default: the backbone set's architecture for that entry
     init: str | None = None  # start from these weights (open_clip tag or file); None = from scratch
@@ -266,6 +268,11 @@ def run_pipeline(recipe: Recipe, progress: bool = True, command: str | None = No
         progress,
         command or f"cxrfa pipeline run {where}",
     )
+    if recipe.pretrain is not None and recipe.pretrain.backbone not in ctx.backbones.backbones:
+        raise CxrfaError(
+            f"{where}: pretrain.backbone {recipe.pretrain.backbone!r} is not in backbone set "
+            f"{ctx.backbones.name!r}; known: {', '.join(ctx.backbones.backbones)}"
+        )
     result = PipelineResult(recipe.name, tracker.experiment)
     stages: list[tuple[str, Callable[[_Context, PipelineResult], StageResult]]] = []
     if recipe.data is not None:
@@ -330,11 +337,7 @@ def _pretrain(ctx: _Context, result: PipelineResult) -> StageResult:
     stage = ctx.recipe.pretrain
     assert stage is not None
     out = Path(stage.out)
-    base = ctx.backbones.backbones.get(stage.backbone)
-    if base is None:
-        raise CxrfaError(
-            f"{ctx.recipe.source}: pretrain.backbone {stage.backbone!r} is not in backbone set {ctx.backbones.name!r}"
-        )
+    base = ctx.backbones.backbones[stage.backbone]  # checked by run_pipeline before any stage
     status, detail = "skipped", f"{out} exists"
     if not out.is_file():
         from cxrfa.data.load import load_data

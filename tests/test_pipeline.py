@@ -109,3 +109,14 @@ def test_a_typo_in_a_recipe_is_one_line_naming_the_key(lab: Path) -> None:
     )
     missing = runner.invoke(app, ["pipeline", "run", "nope.yaml"])
     assert missing.exit_code == 2 and "nope.yaml" in missing.output
+
+
+def test_an_unknown_pretrain_backbone_fails_before_any_stage(lab: Path) -> None:
+    """pretrain.backbone names an entry of the recipe's backbone set (no list of its own): a name outside the
+    set is one line listing the set's entries, before the data stage writes anything."""
+    bad = {**TINY, "pretrain": {"backbone": "clipp", "out": "w.pt"}}
+    (lab / "bad.yaml").write_text(yaml.safe_dump(bad))
+    result = runner.invoke(app, ["pipeline", "run", "bad.yaml", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "pretrain.backbone 'clipp' is not in backbone set 'demo'; known: clip, biomedclip" in result.output
+    assert not (lab / "data" / "tiny").exists()
