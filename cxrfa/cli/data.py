@@ -38,6 +38,7 @@ def synth(
 @user_errors
 def formats() -> None:
     """List the dataset formats ``cxrfa data index --format`` reads."""
+    from rich.console import Console
     from rich.table import Table
 
     from cxrfa.data.readers import list_readers
@@ -47,7 +48,7 @@ def formats() -> None:
         table.add_column(col, overflow="fold")
     for info in list_readers():
         table.add_row(info.name, info.description)
-    console.print(table)
+    Console().print(table)  # stdout: the answer; logs and errors go to stderr
 
 
 @data_app.command("index")
