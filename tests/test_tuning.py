@@ -102,8 +102,8 @@ def test_study_counts_resumes_exactly_and_exports_an_overlay_that_changes_the_ce
 
 def test_two_workers_share_one_journal_and_reach_the_exact_total(lab: Path) -> None:
     Tracker(None, "smoke")  # create the experiment once, before the workers race for it
-    cmd = [sys.executable, "-m", "cxrfa.cli", "tune", "--matrix", "smoke", "--cell", "visual-clip", "--trials", "3",
-           "--sampler", "random", "--pruner", "none"]  # fmt: skip
+    cmd = [sys.executable, "-m", "cxrfa.cli", "tune", "--matrix", "smoke", "--cell", "visual-clip"]
+    cmd += ["--trials", "3", "--sampler", "random", "--pruner", "none"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     procs = [
         subprocess.Popen(cmd, cwd=lab, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
