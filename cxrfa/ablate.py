@@ -133,7 +133,11 @@ def ablate(
 
     started = time.monotonic()
     prepare(runs, progress)
-    storage, _ = open_queue(workers.storage, tracker)
+    storage, shown = open_queue(workers.storage, tracker)
+    if not tracker.is_local and workers.storage is None:
+        log.info(
+            "the work queue is %s, on this machine only; workers on other machines need --storage", shown
+        )
     name = parent_name(matrix, backbones, data)
     queue = Queue(storage, f"ablate.{tracker.experiment}.{name}", tracker)
     tags = {TAG_MATRIX: matrix.name, TAG_BACKBONES: backbones, TAG_DATA: data or "demo"}

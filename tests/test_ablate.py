@@ -147,33 +147,26 @@ def _ablate_proc(store: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_processes_on_a_fresh_store_run_each_cell_once(workdir: Path) -> None:
-    store = str(workdir / "fresh")  # neither the MLflow store nor the queue exists yet: both create them at once
-    procs = [_ablate_proc(store), _ablate_proc(store)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    runs = Tracker(store, "smoke").search("tags.`cxrfa.cell` != ''")
-    assert sorted((r.tags["cxrfa.cell"], r.status) for r in runs) == [
-        ("align-clip", "FINISHED"), ("visual-clip", "FINISHED")]  # fmt: skip
-    assert len(Tracker(store, "smoke").search("tags.`cxrfa.parent` != ''")) == 1
-
-
-def test_workers_share_the_matrix_with_pinned_threads(workdir: Path) -> None:
-    store = str(workdir / "store")
-    proc = _ablate_proc(store, "--seeds", "0,1", "--workers", "2", "--threads", "1")
-    out = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, out[-3000:]
-    runs = Tracker(store, "smoke").search("tags.`cxrfa.cell` != ''")
+def test_processes_started_together_on_a_fresh_store_run_each_cell_once(workdir: Path) -> None:
+    """`ablate --workers 2` and a plain `ablate` at the same moment on a store that does not exist yet: they
+    create the MLflow store and the queue together, share the four runs, and nothing runs twice."""
+    store = str(workdir / "fresh")
+    pool = _ablate_proc(store, "--seeds", "0,1", "--workers", "2", "--threads", "1")
+    plain = _ablate_proc(store, "--seeds", "0,1")
+    outputs = [p.communicate(timeout=900)[0] for p in (pool, plain)]
+    assert [pool.returncode, plain.returncode] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    tracker = Tracker(store, "smoke")
+    runs = tracker.search("tags.`cxrfa.cell` != ''")
     assert sorted((r.tags["cxrfa.cell"], r.tags["cxrfa.seed"], r.status) for r in runs) == [
         ("align-clip", "0", "FINISHED"), ("align-clip", "1", "FINISHED"),
         ("visual-clip", "0", "FINISHED"), ("visual-clip", "1", "FINISHED")]  # fmt: skip
-    owners = {r.tags["cxrfa.owner"] for r in runs}
-    assert len(owners) == 2 and str(proc.pid) not in {o.split(":")[1] for o in owners}  # the two workers ran them
-    assert {r.tags["cxrfa.threads"] for r in runs} == {"1"}
+    assert len(tracker.search("tags.`cxrfa.parent` != ''")) == 1
+    pids = {r.tags["cxrfa.owner"].split(":")[1]: r for r in runs}
+    assert len(pids) >= 2 and str(pool.pid) not in pids  # the pool's workers ran cells, not its coordinator
+    for pid, run in pids.items():  # the pool's workers train with their pinned single thread
+        assert run.tags["cxrfa.threads"] == "1" or pid == str(plain.pid)
     for run in runs:  # final metrics at step 0: one bar per run in MLflow's chart view
-        assert Tracker(store, "smoke").metric_history(run.run_id, "test/macro_auc") == [
-            (0, run.metrics["test/macro_auc"])
-        ]
+        assert tracker.metric_history(run.run_id, "test/macro_auc") == [(0, run.metrics["test/macro_auc"])]
         assert "visual" in run.tags["mlflow.note.content"]
 
 
@@ -196,12 +189,16 @@ def test_a_worker_silent_on_another_machine_loses_its_cell_after_the_grace_perio
         ghost = queue.study.ask()
     ghost.set_user_attr(scheduler.OWNER, "elsewhere:4242:1")
     storage.record_heartbeat(ghost._trial_id)
-    lost = tracker.start("visual-clip/seed=0", {"cxrfa.config_hash": cfg.config_hash(), "cxrfa.owner": "elsewhere:4242:1"})
+    lost = tracker.start(
+        "visual-clip/seed=0", {"cxrfa.config_hash": cfg.config_hash(), "cxrfa.owner": "elsewhere:4242:1"}
+    )
     queue._add(cfg, 0)  # and a machine that started at the same moment enqueued the cell again
     started = time.monotonic()
     worker = scheduler.Worker(lambda c, claim: run_cell(c, tracker, claim=claim, explore=(), progress=False))
     queue.work(states, worker)
-    assert time.monotonic() - started >= 2  # nothing was taken from a live-looking worker before the grace period
+    assert (
+        time.monotonic() - started >= 2
+    )  # nothing was taken from a live-looking worker before the grace period
     assert states[cfg.config_hash()].status == "FINISHED"
     runs = {r.run_id: r.status for r in tracker.search(f"tags.`cxrfa.config_hash` = '{cfg.config_hash()}'")}
     assert runs.pop(lost.run_id) == "KILLED" and list(runs.values()) == ["FINISHED"]

@@ -222,16 +222,9 @@ def test_two_tune_workers_on_postgres_run_exactly_the_requested_trials(
 
 
 def test_ui_on_postgres_keeps_the_password_off_command_lines_and_stops_whole(postgres: str) -> None:
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"{postgres}/mlflow"}
-    proc = subprocess.Popen([sys.executable, "-m", "cxrfa.cli", "ui", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    lines = []
-    for line in proc.stdout:  # type: ignore[union-attr]
-        lines.append(line)
-        if "MLflow UI:" in line:
-            break
-    assert answers(f"http://127.0.0.1:{port}/health"), "".join(lines)  # the URL is printed once it answers
+    from test_tracking import start_ui
+
+    proc, port = start_ui(env={**os.environ, "MLFLOW_TRACKING_URI": f"{postgres}/mlflow"})
     secret = {PASSWORD, quote(PASSWORD, safe="")}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
