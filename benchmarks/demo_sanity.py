@@ -1,0 +1,70 @@
+"""The checks that would catch the demo's results going wrong, read from a finished ablation in an MLflow store.
+
+For every finished child run of the newest parent of an experiment (default: ``full`` in ``./mlruns``):
+- ``max_prob``: the largest predicted probability on test (a collapsed model predicts ~0 everywhere);
+- ``ece`` and the range of mean predicted probability / prevalence over labels (calibration in the large);
+- ``offdiag final / raw``: mean off-diagonal cosine of the label embeddings after the text branch and as the text
+  encoder gave them (collapsed label embeddings are ~1);
+- per loss term, the last epoch's value against its chance value (``train/chance_<term>``), marked ``<`` when
+  the term went below it (it used the image) and ``!`` when it did not.
+
+Usage::
+
+    python benchmarks/demo_sanity.py [--experiment full] [--tracking-uri ./mlruns]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+
+from cxrfa.tracking import TAG_CELL, TAG_MATRIX, Tracker
+
+
+def _terms(metrics: dict[str, float]) -> list[str]:
+    return sorted(k.removeprefix("train/chance_") for k in metrics if k.startswith("train/chance_"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="full")
+    parser.add_argument("--tracking-uri", default=None)
+    args = parser.parse_args()
+    tracker = Tracker(args.tracking_uri, args.experiment)
+    parents = [r for r in tracker.search() if TAG_MATRIX in r.tags and r.tags.get("mlflow.parentRunId") is None]
+    if not parents:
+        raise SystemExit(f"no ablation parent run in experiment {args.experiment!r}")
+    parent = max(parents, key=lambda r: r.start_time or 0)
+    rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for run in sorted(tracker.children(parent.run_id), key=lambda r: r.start_time):
+        if run.status == "FINISHED":
+            metrics = dict(run.metrics)
+            for key in list(metrics):  # the last epoch's training curves
+                if key.startswith("train/"):
+                    metrics[key] = tracker.metric_history(run.run_id, key)[-1][1]
+            rows[run.tags[TAG_CELL]].append(metrics)
+    visual_ece = [m["test/ece"] for cell, ms in rows.items() if cell.startswith("visual") for m in ms]
+    print(f"parent {parent.run_id}; visual-only ECE {statistics.mean(visual_ece):.4f}" if visual_ece else "")
+    print("| cell | runs | min max_prob | ECE | mean p / prevalence | offdiag final / raw | terms vs chance |")
+    print("|---|---|---|---|---|---|---|")
+    for cell, ms in rows.items():
+        mean = lambda key: statistics.mean(m[key] for m in ms if key in m)  # noqa: E731
+        sim = (
+            f"{mean('embed/mean_offdiag_sim/final'):.3f} / {mean('embed/mean_offdiag_sim/raw'):.3f}"
+            if any("embed/mean_offdiag_sim/final" in m for m in ms)
+            else "–"
+        )
+        terms = []
+        for term in _terms(ms[0]):
+            loss, chance = mean(f"train/loss_{term}"), mean(f"train/chance_{term}")
+            terms.append(f"{term} {loss:.3f} {'<' if loss < chance else '!'} {chance:.3f}")
+        print(
+            f"| {cell} | {len(ms)} | {min(m['test/max_prob'] for m in ms):.3f} | {mean('test/ece'):.4f} | "
+            f"{min(m['test/prevalence_ratio_min'] for m in ms):.2f}–{max(m['test/prevalence_ratio_max'] for m in ms):.2f}"
+            f" | {sim} | {'; '.join(terms)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
