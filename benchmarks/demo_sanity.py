@@ -22,6 +22,10 @@ from collections import defaultdict
 from cxrfa.tracking import TAG_CELL, TAG_MATRIX, Tracker
 
 
+def _mean(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.mean(m[key] for m in runs if key in m)
+
+
 def _terms(metrics: dict[str, float]) -> list[str]:
     return sorted(k.removeprefix("train/chance_") for k in metrics if k.startswith("train/chance_"))
 
@@ -32,7 +36,9 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=None)
     args = parser.parse_args()
     tracker = Tracker(args.tracking_uri, args.experiment)
-    parents = [r for r in tracker.search() if TAG_MATRIX in r.tags and r.tags.get("mlflow.parentRunId") is None]
+    parents = [
+        r for r in tracker.search() if TAG_MATRIX in r.tags and r.tags.get("mlflow.parentRunId") is None
+    ]
     if not parents:
         raise SystemExit(f"no ablation parent run in experiment {args.experiment!r}")
     parent = max(parents, key=lambda r: r.start_time or 0)
@@ -46,21 +52,22 @@ def main() -> None:
             rows[run.tags[TAG_CELL]].append(metrics)
     visual_ece = [m["test/ece"] for cell, ms in rows.items() if cell.startswith("visual") for m in ms]
     print(f"parent {parent.run_id}; visual-only ECE {statistics.mean(visual_ece):.4f}" if visual_ece else "")
-    print("| cell | runs | min max_prob | ECE | mean p / prevalence | offdiag final / raw | terms vs chance |")
+    print(
+        "| cell | runs | min max_prob | ECE | mean p / prevalence | offdiag final / raw | terms vs chance |"
+    )
     print("|---|---|---|---|---|---|---|")
     for cell, ms in rows.items():
-        mean = lambda key: statistics.mean(m[key] for m in ms if key in m)  # noqa: E731
         sim = (
-            f"{mean('embed/mean_offdiag_sim/final'):.3f} / {mean('embed/mean_offdiag_sim/raw'):.3f}"
+            f"{_mean(ms, 'embed/mean_offdiag_sim/final'):.3f} / {_mean(ms, 'embed/mean_offdiag_sim/raw'):.3f}"
             if any("embed/mean_offdiag_sim/final" in m for m in ms)
             else "–"
         )
         terms = []
         for term in _terms(ms[0]):
-            loss, chance = mean(f"train/loss_{term}"), mean(f"train/chance_{term}")
+            loss, chance = _mean(ms, f"train/loss_{term}"), _mean(ms, f"train/chance_{term}")
             terms.append(f"{term} {loss:.3f} {'<' if loss < chance else '!'} {chance:.3f}")
         print(
-            f"| {cell} | {len(ms)} | {min(m['test/max_prob'] for m in ms):.3f} | {mean('test/ece'):.4f} | "
+            f"| {cell} | {len(ms)} | {min(m['test/max_prob'] for m in ms):.3f} | {_mean(ms, 'test/ece'):.4f} | "
             f"{min(m['test/prevalence_ratio_min'] for m in ms):.2f}–{max(m['test/prevalence_ratio_max'] for m in ms):.2f}"
             f" | {sim} | {'; '.join(terms)} |"
         )
