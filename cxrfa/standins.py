@@ -52,7 +52,8 @@ def ensure_standin(cfg: BackboneConfig, manifest: Manifest, epochs: int = STANDI
     path = standin_path(cfg.arch, manifest)
     with _lock(path.with_suffix(".lock")):
         if not path.is_file():
-            log.info("pretraining stand-in %s on the demo data (%d epochs, once)", cfg.arch, epochs)
+            where = manifest.source or "the demo data"
+            log.info("pretraining stand-in %s on %s (%d epochs, once)", cfg.arch, where, epochs)
             result = pretrain(
                 manifest, cfg.arch, path, epochs=epochs, batch_size=STANDIN_BATCH, lr=STANDIN_LR
             )
