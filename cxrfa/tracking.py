@@ -107,8 +107,10 @@ def default_store(root: Path = DEFAULT_STORE) -> tuple[str, str]:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CxrfaError(f"tracking store {root}: cannot create the folder ({err.strerror}); "
-                         "pass --tracking-uri with a folder you can write") from None  # fmt: skip
+        raise CxrfaError(
+            f"tracking store {root}: cannot create the folder ({err.strerror}); "
+            "pass --tracking-uri with a folder you can write"
+        ) from None
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
 
 

@@ -63,7 +63,9 @@ def serve(cmd: Sequence[str], env: Mapping[str, str], port: int, on_ready: Calla
         deadline = time.monotonic() + STARTUP_S
         while not answers(f"{url}/health"):
             if proc.poll() is not None:
-                raise CxrfaError(f"the MLflow server ended (exit {proc.returncode}) before it answered; see above")
+                raise CxrfaError(
+                    f"the MLflow server ended (exit {proc.returncode}) before it answered; see above"
+                )
             if time.monotonic() > deadline:
                 raise CxrfaError(f"the MLflow server did not answer on {url} within {STARTUP_S:.0f} s")
             time.sleep(0.25)

@@ -206,3 +206,17 @@ def test_a_worker_silent_on_another_machine_loses_its_cell_after_the_grace_perio
     assert [(t.state.name, t.user_attrs.get(scheduler.OUTCOME)) for t in trials] == [
         ("FAIL", None), ("PRUNED", "duplicate"), ("COMPLETE", "finished")]  # fmt: skip
     assert trials[2].system_attrs["failed_trial"] == 0  # Optuna's retry of the silent worker's trial
+
+
+def test_each_worker_gets_its_device_and_a_share_of_the_cores() -> None:
+    from cxrfa.errors import CxrfaError
+    from cxrfa.scheduler import device_env, threads_per_worker
+
+    assert [device_env(("cuda:0", "cuda:1"), i) for i in range(3)] == [
+        {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}, {"CUDA_VISIBLE_DEVICES": "0"}]  # fmt: skip
+    assert device_env(("cpu",), 0) == {"CUDA_VISIBLE_DEVICES": ""} and device_env((), 5) == {}
+    with pytest.raises(CxrfaError, match="'gpu1' is not cpu or cuda:N"):
+        device_env(("gpu1",), 0)
+    cores = os.cpu_count() or 1
+    assert threads_per_worker(2, None) == max(1, cores // 2) and threads_per_worker(2, 3) == 3
+    assert threads_per_worker(cores * 4, None) == 1

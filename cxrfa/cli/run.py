@@ -22,9 +22,14 @@ log = logging.getLogger("cxrfa")
 
 StorageOpt = Annotated[
     str | None,
-    typer.Option("--storage", envvar="CXRFA_STORAGE", show_envvar=True,
-                 help="Queue database shared by the workers: sqlite:///…/queue.db (default: beside a local store) or postgresql://…."),
-]  # fmt: skip
+    typer.Option(
+        "--storage",
+        envvar="CXRFA_STORAGE",
+        show_envvar=True,
+        help="Queue database shared by the workers: sqlite:///…/queue.db (default: beside a local store) "
+        "or postgresql://….",
+    ),
+]
 ExperimentOpt = Annotated[
     str | None, typer.Option("--experiment", help="MLflow experiment (default: the matrix name).")
 ]
@@ -224,8 +229,16 @@ def ablate(
     )
     if worker and device_list:
         os.environ.update(device_env(device_list, 0))
-    summary = run_ablation(m, runs, tracker, backbones=backbones, data=str(data) if data else None,
-                           explore=[e for e in explore.split(",") if e], progress=not worker, workers=pool)  # fmt: skip
+    summary = run_ablation(
+        m,
+        runs,
+        tracker,
+        backbones=backbones,
+        data=str(data) if data else None,
+        explore=[e for e in explore.split(",") if e],
+        progress=not worker,
+        workers=pool,
+    )
     if worker:
         console.print(
             f"worker done: ran {len(summary.ran_here)} of {len(summary.results)} runs "
@@ -240,8 +253,8 @@ def ablate(
         table.add_column(col)
     for r in summary.results:
         auc, ap = r.metrics.get("test/macro_auc"), r.metrics.get("test/map")
-        table.add_row(r.cfg.cell, str(r.cfg.seed), r.status, "–" if auc is None else f"{auc:.4f}",
-                      "–" if ap is None else f"{ap:.4f}", r.reason or r.run_id or "")  # fmt: skip
+        shown = ["–" if v is None else f"{v:.4f}" for v in (auc, ap)]
+        table.add_row(r.cfg.cell, str(r.cfg.seed), r.status, *shown, r.reason or r.run_id or "")
     console.print(table)
     console.print(f"next: [bold]cxrfa compare --experiment {tracker.experiment}[/]   or   [bold]cxrfa ui[/]")
     if summary.failed:
