@@ -189,11 +189,15 @@ class Queue:
     # -- enqueueing --------------------------------------------------------------------------------------
 
     def enqueue(self, runs: Sequence[RunConfig]) -> dict[str, UnitState]:
-        """Put every unit of ``runs`` not yet finished in the queue (once, whoever else enqueues it)."""
+        """Put every unit of ``runs`` not yet finished in the queue (once, whoever else enqueues it).
+
+        Units go in longest first (trainable encoders, then more epochs), so the last units to start are short
+        and the workers finish close together.
+        """
         states: dict[str, UnitState] = {}
-        with creation_lock(
-            self.tracker.uri, "queue"
-        ):  # exact on one machine; the canonical rule does the rest
+        new: list[UnitState] = []
+        # the lock makes this exact on one machine; across machines the canonical rule drops copies
+        with creation_lock(self.tracker.uri, "queue"):
             trials = self.units()
             for cfg in runs:
                 unit = cfg.config_hash()
@@ -209,9 +213,10 @@ class Queue:
                     continue
                 # a new attempt past every earlier one (failed, or finished but its run deleted since); processes
                 # enqueueing at the same moment see the same history, so they agree on the number
-                attempt = 1 + max((int(t.user_attrs[ATTEMPT]) for t in mine), default=-1)
-                self._add(cfg, attempt)
-                states[unit] = UnitState(cfg, attempt)
+                states[unit] = UnitState(cfg, 1 + max((int(t.user_attrs[ATTEMPT]) for t in mine), default=-1))
+                new.append(states[unit])
+            for st in sorted(new, key=lambda st: (st.cfg.model.visual.frozen, -st.cfg.train.epochs)):
+                self._add(st.cfg, st.attempt)
         return states
 
     def _add(self, cfg: RunConfig, attempt: int) -> None:
