@@ -268,7 +268,9 @@ def compare(
     ] = None,
     parent: Annotated[
         str | None,
-        typer.Option("--parent", help="The ablation's parent run id (default: the experiment's newest parent)."),
+        typer.Option(
+            "--parent", help="The ablation's parent run id (default: the experiment's newest parent)."
+        ),
     ] = None,
     metric: Annotated[
         str, typer.Option("--metric", help="Headline metric (paired tests for test/macro_auc or test/map).")
