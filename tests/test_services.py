@@ -125,7 +125,7 @@ def team_ablation(mlflow_server: str, postgres: str, tmp_path_factory: pytest.Te
     home_a = Path(os.environ["CXRFA_HOME"])
     home_b = Path(tempfile.mkdtemp(prefix="cxrfa-home-b-"))
     for entry in home_a.iterdir():
-        if entry.name != "checkpoints":
+        if entry.name != "checkpoints" and not entry.name.endswith(".lock"):  # B takes its own locks
             (home_b / entry.name).symlink_to(entry)
     tracker = Tracker(mlflow_server, "team")
     cmd = [sys.executable, "-m", "cxrfa.cli", "ablate", "--matrix", str(root / "team.yaml"), "--worker",
