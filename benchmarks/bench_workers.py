@@ -6,7 +6,7 @@ first,
 so the two timings compare only the runs themselves. ``--workers 1`` trains with all cores' threads;
 ``--workers 2`` gives each worker cores / 2 threads, so workers x threads never exceeds the cores.
 
-    python benchmarks/bench_workers.py --matrix full          # the full demo (18 runs): ~20 min on 2 cores
+    python benchmarks/bench_workers.py --matrix full          # the full demo: ~40 min on 2 cores
     python benchmarks/bench_workers.py --matrix smoke --seeds 0,1,2,3
 """
 
