@@ -33,8 +33,26 @@ from cxrfa.tuning.study import TrialPruned, TuneResult, TuneSettings, objective_
 from cxrfa.tuning.workers import OWNER, SURPLUS, count_states, fail_stale_trials
 
 __all__ = [
-    "OWNER", "SURPLUS", "TrialPruned", "TuneResult", "TuneSettings", "apply_overlays", "apply_values",
-    "build_pruner", "build_sampler", "check_space", "count_states", "default_storage_path", "fail_stale_trials",
-    "objective_value", "open_storage", "overlay_path", "read_overlay", "sample_values", "select_cell",
-    "study_progress", "tune", "write_overlay",
-]  # fmt: skip
+    "OWNER",
+    "SURPLUS",
+    "TrialPruned",
+    "TuneResult",
+    "TuneSettings",
+    "apply_overlays",
+    "apply_values",
+    "build_pruner",
+    "build_sampler",
+    "check_space",
+    "count_states",
+    "default_storage_path",
+    "fail_stale_trials",
+    "objective_value",
+    "open_storage",
+    "overlay_path",
+    "read_overlay",
+    "sample_values",
+    "select_cell",
+    "study_progress",
+    "tune",
+    "write_overlay",
+]

@@ -52,20 +52,29 @@ def claim_study(
             study.set_user_attr(key, value)
     text = yaml.safe_dump(space.model_dump(mode="json"), sort_keys=True)
     if attrs.get("cxrfa.search_space", text) != text:
-        log.warning("study %s: the search space in %s changed since the study began; earlier trials still count",
-                    study.study_name, where)  # fmt: skip
+        log.warning(
+            "study %s: the search space in %s changed since the study began; earlier trials still count",
+            study.study_name,
+            where,
+        )
     study.set_user_attr("cxrfa.search_space", text)
 
 
-def study_parent(tracker: Tracker, name: str, matrix: AblationMatrix, cfg: RunConfig, settings: TuneSettings,
-                  storage: str) -> TrackedRun:  # fmt: skip
+def study_parent(
+    tracker: Tracker, name: str, matrix: AblationMatrix, cfg: RunConfig, settings: TuneSettings, storage: str
+) -> TrackedRun:
     """The study's parent run, shared by every worker (the oldest wins if two create one at once)."""
     key = f"tags.`{TAG_STUDY_PARENT}` = '{name}'"
     found = tracker.search(key)
     if not found:
         # Not `cxrfa.cell`: that tag marks cell runs, which `compare` gathers.
-        tags = {TAG_STUDY_PARENT: name, TAG_MATRIX: matrix.name, TAG_TUNED_CELL: cfg.cell,
-                TAG_STORAGE: storage, TAG_METRIC: matrix.tune.metric}  # fmt: skip
+        tags = {
+            TAG_STUDY_PARENT: name,
+            TAG_MATRIX: matrix.name,
+            TAG_TUNED_CELL: cfg.cell,
+            TAG_STORAGE: storage,
+            TAG_METRIC: matrix.tune.metric,
+        }
         about = (
             f"Optuna study **{name}**: tunes cell `{cfg.cell}` of matrix `{matrix.name}` on `{matrix.tune.metric}` "
             f"(validation split; test never drives tuning). Each child run is one trial; the best values are in "
@@ -85,8 +94,14 @@ def study_parent(tracker: Tracker, name: str, matrix: AblationMatrix, cfg: RunCo
     return parent
 
 
-def finish_study(study: optuna.Study, result: TuneResult, matrix: AblationMatrix, cfg: RunConfig, parent: TrackedRun,
-            settings: TuneSettings) -> None:  # fmt: skip
+def finish_study(
+    study: optuna.Study,
+    result: TuneResult,
+    matrix: AblationMatrix,
+    cfg: RunConfig,
+    parent: TrackedRun,
+    settings: TuneSettings,
+) -> None:
     """Best value and config on the result and the parent run; overlay file; Optuna plots."""
     result.counts = count_states(study)
     best = best_trial(study)
@@ -101,11 +116,15 @@ def finish_study(study: optuna.Study, result: TuneResult, matrix: AblationMatrix
             f"Study {result.study_name} ({result.storage}): best {result.metric} = {result.best_value:.4f} "
             f"(trial {best.number}; {result.finished} finished, {result.counts['FAIL']} failed)",
             f"Use it with:  cxrfa ablate --matrix {matrix.name} --tuned",
-        ]  # fmt: skip
+        ]
         write_overlay(result.overlay, result.best_config, header)
         parent.log_metrics({f"best/{result.metric}": result.best_value, "best/trial": best.number})
-        parent.set_tags({TAG_BEST_TRIAL: str(best.number),
-                         **{f"best.{k}": repr(v) for k, v in result.best_config.items()}})  # fmt: skip
+        parent.set_tags(
+            {
+                TAG_BEST_TRIAL: str(best.number),
+                **{f"best.{k}": repr(v) for k, v in result.best_config.items()},
+            }
+        )
         best_runs = trial_runs(parent.tracker, result.study_name, best.number, status="FINISHED")
         if best_runs:
             parent.set_tags({TAG_BEST_RUN: best_runs[0]})

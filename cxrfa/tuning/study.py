@@ -158,10 +158,15 @@ def tune(matrix: AblationMatrix, cfg: RunConfig, tracker: Tracker, settings: Tun
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress bar and log lines say what happens
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
         sampler=build_sampler(settings.sampler, settings.sampler_seed, settings.trials),
-        pruner=build_pruner(settings.pruner, cfg.train.epochs, settings.pruner_startup, settings.pruner_warmup),
-    )  # fmt: skip
+        pruner=build_pruner(
+            settings.pruner, cfg.train.epochs, settings.pruner_startup, settings.pruner_warmup
+        ),
+    )
     claim_study(study, matrix, cfg, space, where)
     parent = study_parent(tracker, name, matrix, cfg, settings, shown)
     result = TuneResult(name, shown, space.metric, count_states(study), parent_id=parent.run_id)
@@ -180,8 +185,12 @@ def tune(matrix: AblationMatrix, cfg: RunConfig, tracker: Tracker, settings: Tun
             if finished >= settings.trials:
                 break
             if counts["FAIL"] >= max_failures:
-                log.error("study %s: %d failed trials (limit %d); stopping. See the cxrfa.failure tags of the trial runs",
-                          name, counts["FAIL"], max_failures)  # fmt: skip
+                log.error(
+                    "study %s: %d failed trials (limit %d); stopping. See the cxrfa.failure tags of the trial runs",
+                    name,
+                    counts["FAIL"],
+                    max_failures,
+                )
                 break
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -193,10 +202,13 @@ def tune(matrix: AblationMatrix, cfg: RunConfig, tracker: Tracker, settings: Tun
                 time.sleep(WAIT_S)  # other workers hold the last slots; take over if one of them fails
                 continue
             study.optimize(
-                objective, timeout=left, n_jobs=settings.n_jobs, gc_after_trial=True,
+                objective,
+                timeout=left,
+                n_jobs=settings.n_jobs,
+                gc_after_trial=True,
                 catch=(NonFiniteLoss, _Surplus, _BadSample),
                 callbacks=[_StopRule(settings.trials, max_failures, bar)],
-            )  # fmt: skip
+            )
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         parent.end(status, f"{type(err).__name__}: {err}"[:500])
@@ -212,8 +224,16 @@ def tune(matrix: AblationMatrix, cfg: RunConfig, tracker: Tracker, settings: Tun
 class _Objective:
     """One trial: sample, apply, run the cell as a nested MLflow run, return the val metric."""
 
-    def __init__(self, study: optuna.Study, cfg: RunConfig, space: SearchSpace, tracker: Tracker, parent_id: str,
-                 total: int, where: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        study: optuna.Study,
+        cfg: RunConfig,
+        space: SearchSpace,
+        tracker: Tracker,
+        parent_id: str,
+        total: int,
+        where: str,
+    ) -> None:
         self.study, self.cfg, self.space, self.tracker = study, cfg, space, tracker
         self.parent_id, self.total, self.where = parent_id, total, where
         self.ran = 0
@@ -238,16 +258,26 @@ class _Objective:
     def _run(self, trial: Trial, cfg: RunConfig, values: Mapping[str, Any]) -> float:
         name, metric = self.study.study_name, self.space.metric
         tags = {
-            TAG_STUDY: name, TAG_TRIAL: str(trial.number),
-            TAG_TRIAL_STATE: "RUNNING", TAG_TRIAL_CONFIG_HASH: cfg.config_hash(),
+            TAG_STUDY: name,
+            TAG_TRIAL: str(trial.number),
+            TAG_TRIAL_STATE: "RUNNING",
+            TAG_TRIAL_CONFIG_HASH: cfg.config_hash(),
             # A trial is not a cell run: keep `ablate` resume (which matches config hashes) from reusing it.
             TAG_CONFIG_HASH: f"{cfg.config_hash()}.trial{trial.number}",
-        }  # fmt: skip
+        }
         reporter = _PruneCallback(metric, trial.report, trial.should_prune)
         try:
-            result = run_cell(cfg, self.tracker, parent_id=self.parent_id, callbacks=[reporter], extra_tags=tags,
-                              run_name=f"{cfg.cell}/trial={trial.number}", explore=(), progress=False,
-                              **_VAL_ONLY)  # fmt: skip
+            result = run_cell(
+                cfg,
+                self.tracker,
+                parent_id=self.parent_id,
+                callbacks=[reporter],
+                extra_tags=tags,
+                run_name=f"{cfg.cell}/trial={trial.number}",
+                explore=(),
+                progress=False,
+                **_VAL_ONLY,
+            )
         except TrialPruned as stop:
             self._close(trial.number, cfg, "PRUNED", values)
             log.info("trial %d %s", trial.number, stop.reason)
@@ -297,8 +327,13 @@ def _bar(settings: TuneSettings, name: str, finished: int) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=settings.trials, initial=min(finished, settings.trials), desc=f"tune {name}", unit="trial",
-                dynamic_ncols=True)  # fmt: skip
+    return tqdm(
+        total=settings.trials,
+        initial=min(finished, settings.trials),
+        desc=f"tune {name}",
+        unit="trial",
+        dynamic_ncols=True,
+    )
 
 
 def _update_bar(bar: Any, study: optuna.Study, finished: int) -> None:
