@@ -32,7 +32,7 @@ from cxrfa.config import AblationMatrix, BackboneSet, load_backbones, load_matri
 from cxrfa.data.readers import get_reader
 from cxrfa.errors import CxrfaError
 from cxrfa.labels import Blank, Uncertain
-from cxrfa.tracking import TAG_PREFIX, Tracker
+from cxrfa.tracking import TAG_PARENT, TAG_PIPELINE, TAG_PRETRAIN, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def _log_pretrain(ctx: _Context, stage: PretrainStage, trained: Any) -> None:
     """One MLflow run for the pretraining, so the study's experiment shows where its weights came from."""
     run = ctx.tracker.start(
         f"pretrain {stage.backbone}",
-        {f"{TAG_PREFIX}pretrain": stage.backbone, f"{TAG_PREFIX}pipeline": ctx.recipe.name},
+        {TAG_PRETRAIN: stage.backbone, TAG_PIPELINE: ctx.recipe.name},
     )
     run.log_params(
         {
@@ -446,7 +446,7 @@ def _ablate(ctx: _Context, result: PipelineResult) -> StageResult:
         runs = apply_overlays(ctx.matrix, runs)
     data_label = str(ctx.manifest) if ctx.manifest else None
     parent = ctx.tracker.search(
-        f"tags.`{TAG_PREFIX}parent` = '{parent_name(ctx.matrix, ctx.backbones_label, data_label)}'"
+        f"tags.`{TAG_PARENT}` = '{parent_name(ctx.matrix, ctx.backbones_label, data_label)}'"
     )
     todo = [p for p in plan(runs, ctx.tracker) if p.finished_run is None]
     if not todo and parent:

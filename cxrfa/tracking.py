@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from cxrfa import __version__
 from cxrfa.errors import CxrfaError
@@ -578,3 +578,22 @@ def ui_command(uri: str | None, port: int, workers: int | None = None) -> tuple[
         env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = artifacts
         cmd.append("--no-serve-artifacts")  # local artifacts are read in place
     return cmd, env
+
+
+def chart_views(uri: str, base_url: str, metric: str = "test/macro_auc") -> list[tuple[str, str]]:
+    """(experiment name, URL) of MLflow's chart view for each experiment of ``uri`` that holds cell runs.
+
+    The view is sorted by ``metric``, best first: sorted by a metric, MLflow lists child runs flat instead of
+    folded under their parent, so every cell run is on the chart, one bar each (final metrics are logged at
+    step 0, which MLflow draws as bars, not as one-point lines). ``base_url`` is the UI's address.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    order = quote(f"metrics.`{metric}`", safe="")
+    views = []
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], f"tags.`{TAG_CELL}` != ''", max_results=1):
+            query = f"compareRunsMode=CHART&orderByKey={order}&orderByAsc=false"
+            views.append((exp.name, f"{base_url}/#/experiments/{exp.experiment_id}/runs?{query}"))
+    return views

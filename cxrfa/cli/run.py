@@ -322,13 +322,25 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the project's store, bound to 127.0.0.1; print its URL once it answers.
 
-    Ctrl-C or SIGTERM stops the server and every process it started.
+    For every experiment with cell runs it also prints a link to MLflow's chart view sorted by
+    test/macro_auc, where each cell run is one bar. Ctrl-C or SIGTERM stops the server and every process it started.
     """
-    from cxrfa.tracking import ui_command
+    from cxrfa.tracking import chart_views, ui_command
     from cxrfa.uiserver import serve
 
     cmd, env = ui_command(tracking_uri, port, workers)
-    raise typer.Exit(serve(cmd, env, port, lambda url: console.print(f"MLflow UI: {url}   (Ctrl-C to stop)")))
+
+    def ready(url: str) -> None:
+        console.print(f"MLflow UI: {url}   (Ctrl-C to stop)")
+        try:
+            views = chart_views(url, url)
+        except Exception as err:  # noqa: BLE001 - the links are a convenience; the UI itself is up
+            console.print(f"[yellow]could not list the experiments for chart links ({str(err)[:200]})[/]")
+            views = []
+        for name, link in views:
+            console.print(f"  {name}, cell runs side by side (one bar per run): {link}", soft_wrap=True)
+
+    raise typer.Exit(serve(cmd, env, port, ready))
 
 
 def register(app: typer.Typer) -> None:

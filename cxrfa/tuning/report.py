@@ -16,8 +16,10 @@ from cxrfa.errors import CxrfaError
 from cxrfa.tracking import (
     TAG_BEST_RUN,
     TAG_BEST_TRIAL,
+    TAG_CELL,
     TAG_MATRIX,
     TAG_METRIC,
+    TAG_PREFIX,
     TAG_PRUNER,
     TAG_SAMPLER,
     TAG_STORAGE,
@@ -35,29 +37,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SEARCH_SPACE = f"{TAG_PREFIX}search_space"  # study attribute: the space the first trial ran with
+
 
 def claim_study(
     study: optuna.Study, matrix: AblationMatrix, cfg: RunConfig, space: SearchSpace, where: str
 ) -> None:
     """Record what the study tunes; refuse to mix a different matrix, cell or metric into it."""
-    mine = {"cxrfa.matrix": matrix.name, "cxrfa.cell": cfg.cell, "cxrfa.metric": space.metric}
+    mine = {TAG_MATRIX: matrix.name, TAG_CELL: cfg.cell, TAG_METRIC: space.metric}
     attrs = study.user_attrs
     for key, value in mine.items():
         if key in attrs and attrs[key] != value:
             raise CxrfaError(
-                f"study {study.study_name!r} was created for {key.removeprefix('cxrfa.')} {attrs[key]!r}, not {value!r}; "
+                f"study {study.study_name!r} was created for {key.removeprefix(TAG_PREFIX)} {attrs[key]!r}, not {value!r}; "
                 "pass another --study name"
             )
         if key not in attrs:
             study.set_user_attr(key, value)
     text = yaml.safe_dump(space.model_dump(mode="json"), sort_keys=True)
-    if attrs.get("cxrfa.search_space", text) != text:
+    if attrs.get(SEARCH_SPACE, text) != text:
         log.warning(
             "study %s: the search space in %s changed since the study began; earlier trials still count",
             study.study_name,
             where,
         )
-    study.set_user_attr("cxrfa.search_space", text)
+    study.set_user_attr(SEARCH_SPACE, text)
 
 
 def study_parent(
