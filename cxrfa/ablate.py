@@ -10,6 +10,7 @@ failing cell never stops the others.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from cxrfa.config import AblationMatrix, RunConfig
 from cxrfa.experiment import CellResult, run_cell
-from cxrfa.tracking import TAG_BACKBONES, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
+from cxrfa.tracking import TAG_BACKBONES, TAG_CELLS, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
 
 if TYPE_CHECKING:
     from cxrfa.experiment import CellClaim
@@ -142,6 +143,7 @@ def ablate(
     queue = Queue(storage, f"ablate.{tracker.experiment}.{name}", tracker)
     tags = {TAG_MATRIX: matrix.name, TAG_BACKBONES: backbones, TAG_DATA: data or "demo"}
     parent = tracker.parent(name, tags, description=_description(matrix, backbones, data))
+    parent.set_tags({TAG_CELLS: json.dumps(list(matrix.cells))})  # `compare` lists cells in this order
     parent.log_text(_matrix_text(matrix), "matrix.yaml")
     states = queue.enqueue(runs)
     bar = _Bar(states, matrix.name, progress)

@@ -32,7 +32,7 @@ from cxrfa.config import AblationMatrix, BackboneSet, load_backbones, load_matri
 from cxrfa.data.readers import get_reader
 from cxrfa.errors import CxrfaError
 from cxrfa.labels import Blank, Uncertain
-from cxrfa.tracking import TAG_PARENT, TAG_PIPELINE, TAG_PRETRAIN, Tracker
+from cxrfa.tracking import TAG_PARENT, TAG_PIPELINE, TAG_PRETRAIN, TAG_TUNED_TRIALS, TAG_TUNING, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -506,14 +506,13 @@ def _tuning(ctx: _Context, runs: list[Any]) -> dict[str, int] | None:
 
 def _record_tuning(ctx: _Context, parent_id: str, runs: list[Any], tuning: dict[str, int] | None) -> None:
     """Say on the ablation's parent run how its cells were tuned (the comparison report quotes it)."""
-    from cxrfa.compare.runs import TUNED_TRIALS, TUNING
     from cxrfa.tracking import TrackedRun
 
     cells = list(dict.fromkeys(c.cell.split("[", 1)[0] for c in runs))
     if tuning is None:
         tags = {
-            TUNING: "none: every cell ran the matrix's values",
-            **{TUNED_TRIALS + c: "none" for c in cells},
+            TAG_TUNING: "none: every cell ran the matrix's values",
+            **{TAG_TUNED_TRIALS + c: "none" for c in cells},
         }
     else:
         budgets = sorted(set(tuning.values()))
@@ -530,8 +529,8 @@ def _record_tuning(ctx: _Context, parent_id: str, runs: list[Any], tuning: dict[
                 "UNEQUAL budgets: " + ", ".join(f"{c} {n}" for c, n in tuning.items()) + " finished trials"
             )
         tags = {
-            TUNING: f"{summary} {detail}",
-            **{TUNED_TRIALS + c: str(n) for c, n in tuning.items()},
+            TAG_TUNING: f"{summary} {detail}",
+            **{TAG_TUNED_TRIALS + c: str(n) for c, n in tuning.items()},
         }
     TrackedRun(ctx.tracker, parent_id).set_tags(tags)
 

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 REPORT_WIDTH = 1400  # the acceptance width: the result must be readable without scrolling
@@ -59,6 +60,7 @@ def chart_view(browser, store: str, experiment: str, metric: str, out: Path) -> 
     ui = subprocess.Popen(
         cxrfa("ui", "--tracking-uri", store, "--port", str(free_port())),
         stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
@@ -71,6 +73,8 @@ def chart_view(browser, store: str, experiment: str, metric: str, out: Path) -> 
                 break
         if link is None:
             sys.exit(f"`cxrfa ui` printed no chart-view link for experiment {experiment!r}")
+        # Keep reading: a full pipe would block the server's logging, and with it the page.
+        threading.Thread(target=ui.stdout.read, daemon=True).start()  # type: ignore[union-attr]
         experiment_id = link.split("/experiments/")[1].split("/")[0]
         key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment_id}"]-ReactComponentState'
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -79,12 +83,13 @@ def chart_view(browser, store: str, experiment: str, metric: str, out: Path) -> 
         page.goto(link)
         search.wait_for()
         state = json.loads(page.evaluate(f"() => localStorage.getItem({json.dumps(key)})") or "{}")
-        state.update(runsHiddenMode="SHOW_ALL", chartsSearchFilter=metric)
+        state.update(runsHiddenMode="SHOW_ALL", chartsSearchFilter=f"^{metric}$")  # a regular expression
+        for section in state.get("compareRunSections") or []:  # one chart per row, tall enough for every bar
+            section.update(columns=1, cardHeight=760)
         page.evaluate(f"s => localStorage.setItem({json.dumps(key)}, s)", json.dumps(state))
         page.reload()
         search.wait_for()
-        page.get_by_text(metric, exact=True).first.wait_for()
-        page.wait_for_timeout(2000)  # the charts draw after their data arrives
+        page.wait_for_timeout(5000)  # the charts draw after their data arrives
         page.screenshot(path=out / "mlflow-chart-view.png")
         page.close()
     finally:

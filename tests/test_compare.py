@@ -16,7 +16,7 @@ from cxrfa.compare import compare, to_latex, to_markdown, write_report
 from cxrfa.config import BackboneConfig, DataConfig, ModelConfig, RunConfig
 from cxrfa.data.manifest import make_manifest, read_manifest, write_manifest
 from cxrfa.stats import holm, label_boot, paired_delta
-from cxrfa.tracking import TAG_PREFIX, Tracker
+from cxrfa.tracking import TAG_CELLS, TAG_PREFIX, TrackedRun, Tracker
 
 runner = CliRunner()
 LABELS = ["Atelectasis", "Effusion", "Hernia"]
@@ -260,6 +260,21 @@ def test_newest_parent_only_and_an_older_config_of_a_cell_is_left_out(lab: Path)
     assert any("older config left out" in n and "train.lr" in n for n in comp.methods.notes)
     assert "no baseline run with the same seed" in " ".join(comp.methods.warnings)
     assert compare(tracker, parent_id=old, n_boot=50).methods.seeds == {"visual-clip": [0], "dual-clip": [0]}
+
+
+def test_cells_come_in_matrix_order_and_the_matrixs_first_cell_is_the_baseline(lab: Path) -> None:
+    # Workers start the longest cells first, so the run order is not the matrix's.
+    tracker = Tracker(str(lab / "store"), "full")
+    ran_first = ("align-clip", "dual-clip", "visual-clip")
+    parent = _ablation(tracker, lab / "manifest.csv", cells=ran_first, seeds=(0, 1))
+    assert list(compare(tracker, n_boot=20).result.index) == list(ran_first)  # no recorded order: as they ran
+    # The tag `ablate` sets on its parent: the matrix file's cells in order (here one of them never ran).
+    TrackedRun(tracker, parent).set_tags(
+        {TAG_CELLS: json.dumps(["visual-clip", "visual-custom", "dual-clip"])}
+    )
+    comp = compare(tracker, n_boot=20)
+    assert list(comp.result.index) == ["visual-clip", "dual-clip", "align-clip"]  # unlisted cells last
+    assert comp.baseline == "visual-clip"
 
 
 def test_without_the_manifest_the_bootstrap_says_it_resamples_images(lab: Path) -> None:

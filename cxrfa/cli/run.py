@@ -277,7 +277,9 @@ def compare(
     ] = "test/macro_auc",
     baseline: Annotated[
         str | None,
-        typer.Option("--baseline", help="Cell the others are tested against (default: the first)."),
+        typer.Option(
+            "--baseline", help="Cell the others are tested against (default: the matrix's first cell)."
+        ),
     ] = None,
     out: Annotated[
         Path, typer.Option("--out", help="Folder for comparison.md/.csv/.tex/.html and the figures.")

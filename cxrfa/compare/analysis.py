@@ -10,19 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cxrfa.compare.runs import (
-    BACKBONE_SOURCE,
-    CODE_VERSION,
-    DATA,
-    MATRIX,
-    SEED,
-    TUNED_TRIALS,
-    TUNING,
-    Selection,
-    TestSet,
-    gather,
-    select_runs,
-)
+from cxrfa.compare.runs import Selection, TestSet, gather, select_runs
 from cxrfa.errors import CxrfaError
 from cxrfa.metrics import percentile_ci
 from cxrfa.stats import (
@@ -37,7 +25,17 @@ from cxrfa.stats import (
     paired_delta,
     seed_patient_mean,
 )
-from cxrfa.tracking import Tracker, code_version
+from cxrfa.tracking import (
+    TAG_BACKBONE_SOURCE,
+    TAG_CODE_VERSION,
+    TAG_DATA,
+    TAG_MATRIX,
+    TAG_SEED,
+    TAG_TUNED_TRIALS,
+    TAG_TUNING,
+    Tracker,
+    code_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +133,7 @@ def compare(
         tracker: the store and experiment.
         parent_id: the ablation's parent run; None = the newest parent (or, without parents, one data hash).
         metric: headline metric; ``test/macro_auc`` and ``test/map`` get paired tests from the predictions.
-        baseline: the cell the others are tested against (default: the first cell that ran).
+        baseline: the cell the others are tested against (default: the matrix's first cell).
         n_boot: bootstrap replicates.
         seed: seed of the bootstrap.
         progress: show a progress bar while fetching runs.
@@ -150,7 +148,7 @@ def compare(
     baseline = baseline or cells[0]
     detail = _detail(sel, metric)
     paired = metric in PAIRED and n_boot > 0
-    seeds = {c: [int(r.tags.get(SEED, "0")) for r in runs] for c, runs in sel.by_cell.items()}
+    seeds = {c: [int(r.tags.get(TAG_SEED, "0")) for r in runs] for c, runs in sel.by_cell.items()}
     base_seeds = set(seeds[baseline])
     pairs = {c: [s for s in seeds[c] if s in base_seeds] for c in cells if c != baseline}
     methods = _methods(tracker, sel, n_boot, seed, paired, seeds, pairs)
@@ -209,7 +207,7 @@ def _paired(
     boot = {r.run_id: scored[r.run_id] for runs in sel.by_cell.values() for r in runs}
     ensemble = {c: scored[f"ensemble:{c}"] for c in sel.by_cell}
     by_seed = {
-        c: {int(r.tags.get(SEED, "0")): boot[r.run_id] for r in runs} for c, runs in sel.by_cell.items()
+        c: {int(r.tags.get(TAG_SEED, "0")): boot[r.run_id] for r in runs} for c, runs in sel.by_cell.items()
     }
     rows, per_label, low, high = [], {}, {}, {}
     for cell, runs in sel.by_cell.items():
@@ -331,9 +329,9 @@ def _methods(
     pairs: dict[str, list[int]],
 ) -> Methods:
     runs = sel.runs
-    sources = sorted({r.tags.get(BACKBONE_SOURCE, "") for r in runs} - {""})
+    sources = sorted({r.tags.get(TAG_BACKBONE_SOURCE, "") for r in runs} - {""})
     parent_tags = sel.parent.tags if sel.parent else {}
-    data = parent_tags.get(DATA) or next((r.tags[DATA] for r in runs if DATA in r.tags), "?")
+    data = parent_tags.get(TAG_DATA) or next((r.tags[TAG_DATA] for r in runs if TAG_DATA in r.tags), "?")
     warnings = []
     standins = [s for s in sources if s.startswith("stand-in:")]
     if data == "demo" or standins:
@@ -362,12 +360,12 @@ def _methods(
         pairs=pairs,
         data_hash=sel.data_hash,
         data=data,
-        matrix=parent_tags.get(MATRIX, "?"),
+        matrix=parent_tags.get(TAG_MATRIX, "?"),
         experiment=tracker.experiment,
         parent_id=sel.parent.run_id if sel.parent else None,
         runs={c: [r.run_id for r in rs] for c, rs in sel.by_cell.items()},
         backbone_sources=sources,
-        code_versions=sorted({r.tags.get(CODE_VERSION, "?") for r in runs}),
+        code_versions=sorted({r.tags.get(TAG_CODE_VERSION, "?") for r in runs}),
         report_code_version=code_version(),
         tuning=tuning,
         warnings=warnings,
@@ -377,10 +375,10 @@ def _methods(
 
 def _tuning(parent_tags: dict[str, str], cells: list[str]) -> str:
     """How the compared cells were tuned, from the tags a study recipe sets on the ablation parent."""
-    per_cell = {c: parent_tags.get(TUNED_TRIALS + c) for c in cells}
-    if TUNING not in parent_tags:
+    per_cell = {c: parent_tags.get(TAG_TUNED_TRIALS + c) for c in cells}
+    if TAG_TUNING not in parent_tags:
         return "not recorded (runs not made by `cxrfa pipeline run`); check ablations/tuned/ for overlays"
     if len(set(per_cell.values())) == 1:
-        return parent_tags[TUNING]
+        return parent_tags[TAG_TUNING]
     shown = ", ".join(f"{c}: {v or 'none'}" for c, v in per_cell.items())
     return f"UNEQUAL between cells ({shown}); Δ may favour the better-tuned cells"

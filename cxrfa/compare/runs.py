@@ -8,6 +8,7 @@ untuned matrix re-run with ``--tuned`` under the same parent) are left out, neve
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections import defaultdict
@@ -18,21 +19,19 @@ import numpy as np
 import pandas as pd
 
 from cxrfa.errors import CxrfaError
-from cxrfa.tracking import TAG_PREFIX, RunInfo, Tracker
+from cxrfa.tracking import (
+    TAG_CELL,
+    TAG_CELLS,
+    TAG_DATA_HASH,
+    TAG_MATRIX,
+    TAG_PARENT,
+    TAG_SEED,
+    TAG_TRIAL,
+    RunInfo,
+    Tracker,
+)
 
 log = logging.getLogger(__name__)
-
-CELL = f"{TAG_PREFIX}cell"
-SEED = f"{TAG_PREFIX}seed"
-DATA_HASH = f"{TAG_PREFIX}data_hash"
-TRIAL = f"{TAG_PREFIX}trial"
-PARENT = f"{TAG_PREFIX}parent"
-MATRIX = f"{TAG_PREFIX}matrix"
-BACKBONE_SOURCE = f"{TAG_PREFIX}backbone.source"
-CODE_VERSION = f"{TAG_PREFIX}code_version"
-DATA = f"{TAG_PREFIX}data"
-TUNING = f"{TAG_PREFIX}tuning"  # on an ablation parent: how its cells were tuned (set by study recipes)
-TUNED_TRIALS = f"{TAG_PREFIX}tuned_trials."  # + cell: finished trials of the cell's study, or "none"
 
 
 @dataclass
@@ -41,7 +40,7 @@ class Selection:
 
     Attributes:
         parent: the ablation parent run (None for runs made without one).
-        by_cell: cell -> one run per seed, ascending seed; cells in the order they first ran.
+        by_cell: cell -> one run per seed, ascending seed; cells in matrix order (:func:`_cell_order`).
         data_hash: the one data hash every run was trained and tested on.
         notes: runs left out, and why (shown in the report).
     """
@@ -57,13 +56,13 @@ class Selection:
 
 
 def _is_cell_run(run: RunInfo) -> bool:
-    return run.status == "FINISHED" and CELL in run.tags and TRIAL not in run.tags
+    return run.status == "FINISHED" and TAG_CELL in run.tags and TAG_TRIAL not in run.tags
 
 
 def _newest_parent(tracker: Tracker) -> tuple[RunInfo | None, list[RunInfo]]:
     """The newest ablation parent with finished cell runs, and those runs (newest first)."""
-    for parent in tracker.search(f"tags.`{PARENT}` != ''"):
-        if MATRIX not in parent.tags:
+    for parent in tracker.search(f"tags.`{TAG_PARENT}` != ''"):
+        if TAG_MATRIX not in parent.tags:
             continue  # a tuning study's parent, not an ablation
         runs = [r for r in tracker.children(parent.run_id) if _is_cell_run(r)]
         if runs:
@@ -75,7 +74,7 @@ def _one_data_hash(runs: list[RunInfo], where: str) -> str:
     """The data hash all runs share; mixing two is an error naming both."""
     first: dict[str, RunInfo] = {}
     for run in runs:
-        first.setdefault(run.tags.get(DATA_HASH, "(none)"), run)
+        first.setdefault(run.tags.get(TAG_DATA_HASH, "(none)"), run)
     if len(first) > 1:
         (h1, r1), (h2, r2) = list(first.items())[:2]
         raise CxrfaError(
@@ -90,12 +89,22 @@ def _config(run: RunInfo) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in run.params.items() if k != "seed"))
 
 
-def _one_config_per_cell(runs: list[RunInfo]) -> tuple[dict[str, list[RunInfo]], list[str]]:
+def _cell_order(runs: list[RunInfo], parent: RunInfo | None) -> list[str]:
+    """The cells of ``runs`` in the matrix file's order (recorded on the parent), then any others in the order
+    they first ran. Not the run order alone: workers start the longest cells first."""
+    ran = list(dict.fromkeys(r.tags[TAG_CELL] for r in reversed(runs)))  # runs come newest first
+    try:
+        matrix = json.loads(parent.tags.get(TAG_CELLS, "[]")) if parent is not None else []
+    except json.JSONDecodeError:
+        matrix = []
+    return [c for c in matrix if c in ran] + [c for c in ran if c not in matrix]
+
+
+def _one_config_per_cell(runs: list[RunInfo], order: list[str]) -> tuple[dict[str, list[RunInfo]], list[str]]:
     """Cell -> runs of the cell's newest config, one per seed (newest); notes on what was left out."""
     newest_first: dict[str, list[RunInfo]] = defaultdict(list)
     for run in runs:  # runs come newest first
-        newest_first[run.tags[CELL]].append(run)
-    order = list(dict.fromkeys(r.tags[CELL] for r in reversed(runs)))  # the order cells first ran
+        newest_first[run.tags[TAG_CELL]].append(run)
     by_cell, notes = {}, []
     for cell in order:
         chosen = _config(newest_first[cell][0])
@@ -108,8 +117,8 @@ def _one_config_per_cell(runs: list[RunInfo]) -> tuple[dict[str, list[RunInfo]],
             )
         per_seed: dict[str, RunInfo] = {}
         for run in same:
-            per_seed.setdefault(run.tags.get(SEED, "0"), run)
-        by_cell[cell] = sorted(per_seed.values(), key=lambda r: int(r.tags.get(SEED, "0")))
+            per_seed.setdefault(run.tags.get(TAG_SEED, "0"), run)
+        by_cell[cell] = sorted(per_seed.values(), key=lambda r: int(r.tags.get(TAG_SEED, "0")))
     return by_cell, notes
 
 
@@ -127,11 +136,11 @@ def select_runs(tracker: Tracker, parent_id: str | None = None) -> Selection:
         parent, runs = _newest_parent(tracker)
         where = f"parent run {parent.run_id}" if parent else f"experiment {tracker.experiment!r}"
         if parent is None:
-            runs = [r for r in tracker.search(f"tags.`{CELL}` != ''") if _is_cell_run(r)]
+            runs = [r for r in tracker.search(f"tags.`{TAG_CELL}` != ''") if _is_cell_run(r)]
     if not runs:
         raise CxrfaError(f"no finished cell runs in {where}; run `cxrfa ablate` first")
     data_hash = _one_data_hash(runs, where)
-    by_cell, notes = _one_config_per_cell(runs)
+    by_cell, notes = _one_config_per_cell(runs, _cell_order(runs, parent))
     return Selection(parent, by_cell, data_hash, notes)
 
 
