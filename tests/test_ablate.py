@@ -6,7 +6,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _helpers import cli_args, cxrfa_cmd, start_text
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -21,6 +21,8 @@ from cxrfa.cli import app
 from cxrfa.tracking import Tracker
 
 runner = CliRunner()
+# the runs of the smoke matrix with seeds 0 and 1, as sorted (cell, seed) pairs
+SMOKE_RUNS = [("align-clip", "0"), ("align-clip", "1"), ("visual-clip", "0"), ("visual-clip", "1")]
 
 
 def _finished(store: str | None, experiment: str = "smoke") -> list:
@@ -31,8 +33,7 @@ def test_smoke_ablation_then_rerun_skips_everything_and_compare_is_right(workdir
     result = runner.invoke(app, ["ablate", "--matrix", "smoke", "--seeds", "0,1"])
     assert result.exit_code == 0, result.output
     runs = _finished(None)
-    assert sorted((r.tags["cxrfa.cell"], r.tags["cxrfa.seed"]) for r in runs) == [
-        ("align-clip", "0"), ("align-clip", "1"), ("visual-clip", "0"), ("visual-clip", "1")]  # fmt: skip
+    assert sorted((r.tags["cxrfa.cell"], r.tags["cxrfa.seed"]) for r in runs) == SMOKE_RUNS
     (parent,) = Tracker(None, "smoke").search("tags.`cxrfa.parent` != ''")
     assert {r.tags["mlflow.parentRunId"] for r in runs} == {parent.run_id}
     assert {r.name for r in runs} == {
@@ -52,18 +53,7 @@ def test_smoke_ablation_then_rerun_skips_everything_and_compare_is_right(workdir
 
     out = workdir / "cmp"
     cmp = runner.invoke(
-        app,
-        [
-            "compare",
-            "--experiment",
-            "smoke",
-            "--baseline",
-            "visual-clip",
-            "--out",
-            str(out),
-            "--n-boot",
-            "200",
-        ],
+        app, cli_args("compare", experiment="smoke", baseline="visual-clip", out=out, n_boot=200)
     )
     assert cmp.exit_code == 0, cmp.output
     table = pd.read_csv(out / "comparison.csv", index_col="cell")
@@ -92,12 +82,15 @@ def test_smoke_ablation_then_rerun_skips_everything_and_compare_is_right(workdir
 def test_failing_cell_leaves_the_others_finished(workdir: Path) -> None:
     matrix = workdir / "failing.yaml"
     spec = yaml.safe_load((Path("ablations") / "smoke.yaml").read_text())
-    spec["name"] = (
-        "failing"  # a third cell whose loss explodes (huge lr, no clipping) between the two good ones
-    )
-    spec["cells"] = {"visual-clip": spec["cells"]["visual-clip"],
-                     "exploding": {"model": {"visual": "clip"}, "train": {"lr": 1.0e30, "grad_clip": 0.0}},
-                     "align-clip": spec["cells"]["align-clip"]}  # fmt: skip
+    # a third cell whose loss explodes (huge lr, no clipping) between the two good ones
+    exploding = {"model": {"visual": "clip"}, "train": {"lr": 1.0e30, "grad_clip": 0.0}}
+    good = spec["cells"]
+    spec["name"] = "failing"
+    spec["cells"] = {
+        "visual-clip": good["visual-clip"],
+        "exploding": exploding,
+        "align-clip": good["align-clip"],
+    }
     matrix.write_text(yaml.safe_dump(spec))
     result = runner.invoke(app, ["ablate", "--matrix", str(matrix)])
     assert result.exit_code == 1
@@ -111,14 +104,13 @@ def test_failing_cell_leaves_the_others_finished(workdir: Path) -> None:
 
 def test_sigkill_mid_cell_then_rerun_completes_without_duplicates(workdir: Path) -> None:
     store = str(workdir / "store")
-    cmd = [sys.executable, "-m", "cxrfa.cli", "ablate", "--matrix", "smoke", "--tracking-uri", store]
+    cmd = cxrfa_cmd("ablate", matrix="smoke", tracking_uri=store)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     # kill while the second cell is training: the first has finished, the second is RUNNING
     while _cells_started(Path(store, "mlflow.db")) < 2:
-        assert proc.poll() is None and time.monotonic() < deadline, (
-            "ablation ended before the second cell started"
-        )
+        running = proc.poll() is None and time.monotonic() < deadline
+        assert running, "ablation ended before the second cell started"
         time.sleep(0.05)
     time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
@@ -142,24 +134,22 @@ def _cells_started(db: Path) -> int:
         return 0
 
 
-def _ablate_proc(store: str, *extra: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "cxrfa.cli", "ablate", "--matrix", "smoke", "--tracking-uri", store, *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _ablate_proc(store: str, **options: object) -> subprocess.Popen[str]:
+    return start_text(cxrfa_cmd("ablate", matrix="smoke", tracking_uri=store, **options))
 
 
 def test_processes_started_together_on_a_fresh_store_run_each_cell_once(workdir: Path) -> None:
     """`ablate --workers 2` and a plain `ablate` at the same moment on a store that does not exist yet: they
     create the MLflow store and the queue together, share the four runs, and nothing runs twice."""
     store = str(workdir / "fresh")
-    pool = _ablate_proc(store, "--seeds", "0,1", "--workers", "2", "--threads", "1")
-    plain = _ablate_proc(store, "--seeds", "0,1")
+    pool = _ablate_proc(store, seeds="0,1", workers=2, threads=1)
+    plain = _ablate_proc(store, seeds="0,1")
     outputs = [p.communicate(timeout=900)[0] for p in (pool, plain)]
     assert [pool.returncode, plain.returncode] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     tracker = Tracker(store, "smoke")
     runs = tracker.search("tags.`cxrfa.cell` != ''")
-    assert sorted((r.tags["cxrfa.cell"], r.tags["cxrfa.seed"], r.status) for r in runs) == [
-        ("align-clip", "0", "FINISHED"), ("align-clip", "1", "FINISHED"),
-        ("visual-clip", "0", "FINISHED"), ("visual-clip", "1", "FINISHED")]  # fmt: skip
+    ran = sorted((r.tags["cxrfa.cell"], r.tags["cxrfa.seed"], r.status) for r in runs)
+    assert ran == [(cell, seed, "FINISHED") for cell, seed in SMOKE_RUNS]
     assert len(tracker.search("tags.`cxrfa.parent` != ''")) == 1
     pids = {r.tags["cxrfa.owner"].split(":")[1]: r for r in runs}
     assert len(pids) >= 2 and str(pool.pid) not in pids  # the pool's workers ran cells, not its coordinator
@@ -196,15 +186,14 @@ def test_a_worker_silent_on_another_machine_loses_its_cell_after_the_grace_perio
     started = time.monotonic()
     worker = scheduler.Worker(lambda c, claim: run_cell(c, tracker, claim=claim, explore=(), progress=False))
     queue.work(states, worker)
-    assert (
-        time.monotonic() - started >= 2
-    )  # nothing was taken from a live-looking worker before the grace period
+    waited = time.monotonic() - started
+    assert waited >= 2  # nothing was taken from a live-looking worker before the grace period
     assert states[cfg.config_hash()].status == "FINISHED"
     runs = {r.run_id: r.status for r in tracker.search(f"tags.`cxrfa.config_hash` = '{cfg.config_hash()}'")}
     assert runs.pop(lost.run_id) == "KILLED" and list(runs.values()) == ["FINISHED"]
     trials = sorted(queue.units(), key=lambda t: t.number)
-    assert [(t.state.name, t.user_attrs.get(scheduler.OUTCOME)) for t in trials] == [
-        ("FAIL", None), ("PRUNED", "duplicate"), ("COMPLETE", "finished")]  # fmt: skip
+    outcomes = [(t.state.name, t.user_attrs.get(scheduler.OUTCOME)) for t in trials]
+    assert outcomes == [("FAIL", None), ("PRUNED", "duplicate"), ("COMPLETE", "finished")]
     assert trials[2].system_attrs["failed_trial"] == 0  # Optuna's retry of the silent worker's trial
 
 
@@ -212,9 +201,10 @@ def test_each_worker_gets_its_device_and_a_share_of_the_cores() -> None:
     from cxrfa.errors import CxrfaError
     from cxrfa.scheduler import device_env, threads_per_worker
 
-    assert [device_env(("cuda:0", "cuda:1"), i) for i in range(3)] == [
-        {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}, {"CUDA_VISIBLE_DEVICES": "0"}]  # fmt: skip
-    assert device_env(("cpu",), 0) == {"CUDA_VISIBLE_DEVICES": ""} and device_env((), 5) == {}
+    visible = "CUDA_VISIBLE_DEVICES"
+    devices = [device_env(("cuda:0", "cuda:1"), i) for i in range(3)]
+    assert devices == [{visible: "0"}, {visible: "1"}, {visible: "0"}]
+    assert device_env(("cpu",), 0) == {visible: ""} and device_env((), 5) == {}
     with pytest.raises(CxrfaError, match="'gpu1' is not cpu or cuda:N"):
         device_env(("gpu1",), 0)
     cores = os.cpu_count() or 1

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from _helpers import cli_args, cxrfa_cmd, python_m, start_text
 from optuna.trial import TrialState
 
 from cxrfa.tracking import Tracker
@@ -40,6 +40,11 @@ pytestmark = [
         reason=f"PostgreSQL binaries not found in {PG_BIN} (install postgresql-15 or set CXRFA_PG_BIN)",
     ),
 ]
+
+
+def _pg(tool: str, *args: object, **options: object) -> list[str]:
+    """A PostgreSQL tool's command line: options first, then the positional arguments."""
+    return [str(PG_BIN / tool), *cli_args(**options), *map(str, args)]
 
 
 def _free_port() -> int:
@@ -61,31 +66,21 @@ def postgres() -> Iterator[str]:
         shutil.chown(root / "pw", "postgres")
     port = _free_port()
     data = root / "data"
-    subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "-U", "cxrfa", "--pwfile", str(root / "pw"),
-                    "--auth", "scram-sha-256", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)  # fmt: skip
+    login = {"username": "cxrfa", "pwfile": root / "pw", "auth": "scram-sha-256"}
+    init = _pg("initdb", pgdata=data, **login, encoding="UTF8", no_sync=True)
+    subprocess.run([*as_pg, *init], check=True, capture_output=True)
     options = f"-p {port} -k {root} -h 127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200"
-    start = [
-        *as_pg,
-        str(PG_BIN / "pg_ctl"),
-        "-D",
-        str(data),
-        "-o",
-        options,
-        "-l",
-        str(root / "log"),
-        "-w",
-        "start",
-    ]
-    subprocess.run(start, check=True, capture_output=True)
+    start = _pg("pg_ctl", "start", pgdata=data, options=options, log=root / "log", wait=True)
+    subprocess.run([*as_pg, *start], check=True, capture_output=True)
     env = {**os.environ, "PGPASSWORD": PASSWORD}
     for db in ("mlflow", "optuna"):
-        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cxrfa", db],
-                       check=True, env=env, capture_output=True)  # fmt: skip
+        createdb = _pg("createdb", db, host="127.0.0.1", port=port, username="cxrfa")
+        subprocess.run(createdb, check=True, env=env, capture_output=True)
     try:
         yield f"postgresql://cxrfa:{quote(PASSWORD, safe='')}@127.0.0.1:{port}"
     finally:
-        subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)  # fmt: skip
+        stop = _pg("pg_ctl", "stop", pgdata=data, mode="immediate")
+        subprocess.run([*as_pg, *stop], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -94,10 +89,15 @@ def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> It
     """``mlflow server`` on the PostgreSQL store, proxying artifacts to a folder; yields its http URL."""
     port = _free_port()
     artifacts = tmp_path_factory.mktemp("mlartifacts")
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": f"{postgres}/mlflow", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-           "--artifacts-destination", str(artifacts)]  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": f"{postgres}/mlflow",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    cmd = python_m(
+        "mlflow", "server", host="127.0.0.1", port=port, workers=2, artifacts_destination=artifacts
+    )
     log = tmp_path_factory.mktemp("mlflow-log") / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
@@ -128,8 +128,7 @@ def team_ablation(mlflow_server: str, postgres: str, tmp_path_factory: pytest.Te
         if entry.name != "checkpoints" and not entry.name.endswith(".lock"):  # B takes its own locks
             (home_b / entry.name).symlink_to(entry)
     tracker = Tracker(mlflow_server, "team")
-    cmd = [sys.executable, "-m", "cxrfa.cli", "ablate", "--matrix", str(root / "team.yaml"), "--worker",
-           "--threads", "1", "--explore", ""]  # fmt: skip
+    cmd = cxrfa_cmd("ablate", matrix=root / "team.yaml", worker=True, threads=1, explore="")
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "CXRFA_STORAGE": f"{postgres}/optuna"}
     procs = {}
     for name, home in (("a", home_a), ("b", home_b)):
@@ -142,16 +141,21 @@ def team_ablation(mlflow_server: str, postgres: str, tmp_path_factory: pytest.Te
     while victim is None:
         assert procs["a"].poll() is None and time.monotonic() < deadline, (root / "a.log").read_text()[-3000:]
         for run in tracker.search("attributes.status = 'RUNNING'"):
-            if run.tags.get("cxrfa.owner", "").split(":")[1:2] == [
-                str(procs["a"].pid)
-            ] and tracker.list_artifacts(run.run_id, "resume"):
+            owner_pid = run.tags.get("cxrfa.owner", "").split(":")[1:2]
+            if owner_pid == [str(procs["a"].pid)] and tracker.list_artifacts(run.run_id, "resume"):
                 victim = run
         time.sleep(0.2)
     os.kill(procs["a"].pid, signal.SIGKILL)
     procs["a"].wait()
     procs["b"].wait(timeout=600)
-    return {"tracker": tracker, "victim": victim, "rc_b": procs["b"].returncode, "root": root,
-            "log_b": (root / "b.log").read_text(errors="replace"), "ps_args": cmd}  # fmt: skip
+    return {
+        "tracker": tracker,
+        "victim": victim,
+        "rc_b": procs["b"].returncode,
+        "root": root,
+        "log_b": (root / "b.log").read_text(errors="replace"),
+        "ps_args": cmd,
+    }
 
 
 def test_two_workers_run_each_cell_once_and_a_killed_workers_cell_resumes_elsewhere(
@@ -201,11 +205,10 @@ def test_two_tune_workers_on_postgres_run_exactly_the_requested_trials(
 ) -> None:
     (tmp_path / "ablations").mkdir()
     shutil.copy(REPO / "ablations" / "smoke.yaml", tmp_path / "ablations" / "smoke.yaml")
-    cmd = [sys.executable, "-m", "cxrfa.cli", "tune", "--matrix", "smoke", "--cell", "visual-clip", "--trials", "4",
-           "--sampler", "random", "--pruner", "none", "--study", "team-study", "--experiment", "team-tune"]  # fmt: skip
+    search = {"trials": 4, "sampler": "random", "pruner": "none", "study": "team-study"}
+    cmd = cxrfa_cmd("tune", matrix="smoke", cell="visual-clip", **search, experiment="team-tune")
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "CXRFA_STORAGE": f"{postgres}/optuna"}
-    procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]  # fmt: skip
+    procs = [start_text(cmd, env=env, cwd=tmp_path) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     storage = optuna.storages.RDBStorage(f"{postgres}/optuna")

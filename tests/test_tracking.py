@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _helpers import cxrfa_cmd, start_text
 
 from cxrfa.errors import CxrfaError
 from cxrfa.tracking import Tracker, redact, redact_text, resolve_uri
@@ -102,8 +103,7 @@ def start_ui(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "cxrfa.cli", "ui", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_text(cxrfa_cmd("ui", *args, port=port), env=env)
     lines = []
     for line in proc.stdout:  # type: ignore[union-attr]
         lines.append(line)
@@ -147,8 +147,8 @@ def test_parent_is_reused(tmp_path: Path) -> None:
 def test_only_runs_of_stopped_processes_are_marked_killed(tmp_path: Path) -> None:
     tracker = Tracker(str(tmp_path / "store"), "exp")
     live = tracker.start("live", {"cxrfa.config_hash": "h"})  # owned by this (live) process
-    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout.strip()  # fmt: skip
+    code = "import os; print(os.getpid())"  # a process that has ended by the time its pid is read
+    dead_pid = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
     dead = tracker.start(
         "dead", {"cxrfa.config_hash": "h", "cxrfa.owner": f"{socket.gethostname()}:{dead_pid}"}
     )

@@ -1,0 +1,36 @@
+"""What several test modules build the same way: command lines (of `cxrfa` in-process or in a fresh process,
+and of other `python -m` servers) and processes whose output is read as text."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+
+def cli_args(*args: object, **options: object) -> list[str]:
+    """``[*args, "--name", "value", …]`` as strings, for a command line.
+
+    An option's underscores become dashes (``tracking_uri=…`` -> ``--tracking-uri …``); ``True`` is a bare flag
+    (``worker=True`` -> ``--worker``); every other value is passed as ``str(value)``, ``""`` included.
+    """
+    out = [str(arg) for arg in args]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
+    return out
+
+
+def python_m(module: str, *args: object, **options: object) -> list[str]:
+    """``python -m module …`` with this interpreter (arguments and options as :func:`cli_args` writes them)."""
+    return [sys.executable, "-m", module, *cli_args(*args, **options)]
+
+
+def cxrfa_cmd(*args: object, **options: object) -> list[str]:
+    """The command line of ``cxrfa …`` in a fresh process (arguments and options as :func:`cli_args`)."""
+    return python_m("cxrfa.cli", *args, **options)
+
+
+def start_text(cmd: list[str], **popen: Any) -> subprocess.Popen[str]:
+    """Start ``cmd`` with stdout and stderr together, read from ``.stdout`` as text."""
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
