@@ -22,7 +22,7 @@ STARTUP_S = 180.0  # a cold MLflow server on a busy machine takes tens of second
 STOP_GRACE_S = 10.0
 
 
-class _Stop(Exception):
+class _Stop(BaseException):  # not an Exception: a broad `except Exception` in on_ready must not swallow it
     """A stop signal arrived."""
 
 
