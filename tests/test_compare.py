@@ -79,7 +79,8 @@ def _log_run(
         f"{TAG_PREFIX}seed": str(seed),
         f"{TAG_PREFIX}config_hash": cfg.config_hash(),
         f"{TAG_PREFIX}data_hash": data_hash or m.data_hash(),
-        f"{TAG_PREFIX}backbone.source": "stand-in:cnn-small",
+        f"{TAG_PREFIX}backbone.source": "stand-in:cnn-small"
+        + (" | text stand-in:tiny-clip" if cell != "visual-clip" else ""),
         f"{TAG_PREFIX}data": str(manifest),
     }
     run = tracker.start(f"{cell}/seed={seed}", tags, parent)
@@ -194,7 +195,9 @@ def test_report_shows_the_result_first_with_its_method_and_provenance(lab: Path)
         == "| cell | seeds | macro_auc mean [95% CI] | Δ per seed [95% CI] | Δ ensemble [95% CI] | p (Holm) |"
     )
     assert "Holm-adjusted across the 2 cells" in md and "two-level bootstrap over seeds and patients" in md
-    assert "Stand-in weights (stand-in:cnn-small)" in md and comp.methods.data_hash in md
+    assert (
+        "Stand-in weights (cnn-small, tiny-clip)" in md
+    )  # each weight once, visual and text and comp.methods.data_hash in md
     assert all(run_id in md for ids in comp.methods.runs.values() for run_id in ids) and parent in md
     assert "Tuning: not recorded" in md
     hernia = next(line for line in md.splitlines() if line.startswith("| Hernia |"))  # per-label, with its CI

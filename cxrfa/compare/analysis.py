@@ -333,7 +333,8 @@ def _methods(
     parent_tags = sel.parent.tags if sel.parent else {}
     data = parent_tags.get(TAG_DATA) or next((r.tags[TAG_DATA] for r in runs if TAG_DATA in r.tags), "?")
     warnings = []
-    standins = [s for s in sources if s.startswith("stand-in:")]
+    weights = {part.removeprefix("text ") for s in sources for part in s.split(" | ")}  # "visual | text t"
+    standins = sorted(w.removeprefix("stand-in:") for w in weights if w.startswith("stand-in:"))
     if data == "demo" or standins:
         what = "the built-in synthetic chest X-rays" if data == "demo" else data
         warnings.append(
