@@ -1,11 +1,16 @@
 """What several test modules build the same way: command lines (of `cxrfa` in-process or in a fresh process,
-and of other `python -m` servers) and processes whose output is read as text."""
+and of other `python -m` servers), processes whose output is read as text, and tiny alignment heads."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from cxrfa.models.alignment import AlignmentModel
 
 
 def cli_args(*args: object, **options: object) -> list[str]:
@@ -34,3 +39,17 @@ def cxrfa_cmd(*args: object, **options: object) -> list[str]:
 def start_text(cmd: list[str], **popen: Any) -> subprocess.Popen[str]:
     """Start ``cmd`` with stdout and stderr together, read from ``.stdout`` as text."""
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def tiny_heads(labels: int, tokens: int, dim: int, output: str = "mean") -> AlignmentModel:
+    """Alignment heads with the text branch (width 32, 2 heads, one transformer2 layer, aligner, no dropout)
+    on ``tokens`` visual tokens of size ``dim``, with random (labels, 12) label-text embeddings drawn from the
+    global torch generator."""
+    from cxrfa.config import BackboneConfig, ModelConfig
+    from cxrfa.models.alignment import AlignmentModel
+
+    clip = BackboneConfig(name="clip", arch="x")
+    cfg = ModelConfig(
+        visual=clip, text=clip, width=32, heads=2, t2_layers=1, aligner=True, output=output, dropout=0.0
+    )
+    return AlignmentModel(cfg, dim, tokens, torch.randn(labels, 12), labels)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import tiny_heads
 from sklearn.metrics import log_loss
 from torch.nn import functional as F
 
@@ -128,22 +129,9 @@ def test_modality_gap_is_zero_for_aligned_features_whatever_the_frequencies() ->
 def _noise_training(term: str, steps: int = 150, informative: bool = False) -> tuple[float, float]:
     """Train the real heads on fresh pure-noise tokens with random labels (or, ``informative``, tokens that
     carry the labels); return the term's mean value and its mean chance value over the last 50 steps."""
-    from cxrfa.config import BackboneConfig, ModelConfig
-    from cxrfa.models.alignment import AlignmentModel
-
     torch.manual_seed(0)
     b, c, n, dv = 32, 5, 16, 24
-    cfg = ModelConfig(
-        visual=BackboneConfig(name="clip", arch="x"),
-        text=BackboneConfig(name="clip", arch="x"),
-        width=32,
-        heads=2,
-        t2_layers=1,
-        aligner=True,
-        output="mean",
-        dropout=0.0,
-    )
-    heads = AlignmentModel(cfg, dv, n, torch.randn(c, 12), c)
+    heads = tiny_heads(c, n, dv)
     loss_cfg = LossConfig(**{term: 1.0})
     opt = torch.optim.Adam(heads.parameters(), lr=3e-3)
     signal = torch.randn(c, dv)  # what a finding looks like in the tokens, when they carry it

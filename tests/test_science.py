@@ -9,18 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import tiny_heads
 
-from cxrfa.config import (
-    DEMO_BACKBONES,
-    BackboneConfig,
-    DataConfig,
-    LossConfig,
-    ModelConfig,
-    expand,
-    load_matrix,
-)
+from cxrfa.config import DEMO_BACKBONES, DataConfig, LossConfig, expand, load_matrix
 from cxrfa.losses import compute_terms, weighted_total
-from cxrfa.models.alignment import AlignmentModel
 
 
 def _toy_batch(b: int, c: int, n: int, dv: int, signal: torch.Tensor, prevalence: torch.Tensor):
@@ -38,17 +30,7 @@ def test_each_head_is_calibrated_on_a_learnable_toy_task(output: str) -> None:
     c, n, dv = 4, 8, 16
     prevalence = torch.tensor([0.02, 0.05, 0.15, 0.4])
     signal = torch.randn(c, dv)
-    cfg = ModelConfig(
-        visual=BackboneConfig(name="clip", arch="x"),
-        text=BackboneConfig(name="clip", arch="x"),
-        width=32,
-        heads=2,
-        t2_layers=1,
-        aligner=True,
-        output=output,
-        dropout=0.0,
-    )
-    heads = AlignmentModel(cfg, dv, n, torch.randn(c, 12), c)
+    heads = tiny_heads(c, n, dv, output=output)
     heads.init_prior(prevalence)
     loss_cfg = LossConfig(semantic=0.5, domain=0.1, consistency=0.1)
     opt = torch.optim.AdamW(heads.parameters(), lr=2e-3)
