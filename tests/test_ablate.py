@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -18,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from cxrfa.cli import app
-from cxrfa.tracking import Tracker
+from cxrfa.tracking import TAG_CELLS, Tracker
 
 runner = CliRunner()
 # the runs of the smoke matrix with seeds 0 and 1, as sorted (cell, seed) pairs
@@ -52,11 +53,12 @@ def test_smoke_ablation_then_rerun_skips_everything_and_compare_is_right(workdir
     assert dry.exit_code == 0 and all(r.run_id in dry.output for r in runs)
 
     out = workdir / "cmp"
-    cmp = runner.invoke(
-        app, cli_args("compare", experiment="smoke", baseline="visual-clip", out=out, n_boot=200)
-    )
+    cmp = runner.invoke(app, cli_args("compare", experiment="smoke", out=out, n_boot=200))
     assert cmp.exit_code == 0, cmp.output
     table = pd.read_csv(out / "comparison.csv", index_col="cell")
+    # Matrix order, whatever order the queue ran the cells in (longest first); the first cell is the baseline.
+    assert json.loads(parent.tags[TAG_CELLS]) == list(table.index) == ["visual-clip", "align-clip"]
+    assert "tested against visual-clip" in (out / "comparison.md").read_text()
     tracker = Tracker(None, "smoke")
     for cell in ("visual-clip", "align-clip"):  # recompute each run's macro AUROC from its logged predictions
         aucs = []
