@@ -122,14 +122,9 @@ def label_contrast(scores: Tensor, targets: Tensor, tau: float) -> Tensor:
 
 
 def _class_means(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Means over the batch of (B, C) or (B, C, D) values where the (B, C) mask holds -> (C[, D]), has-any (C,)."""
-    m = mask.to(values.dtype)
-    count = m.sum(0)  # (C,)
-    if values.dim() == 3:
-        m, count_ = m.unsqueeze(-1), count.unsqueeze(-1)
-    else:
-        count_ = count
-    return (values * m).sum(0) / count_.clamp(min=1), count > 0
+    """Means over the batch of (B, C, *D) values where the (B, C) boolean mask holds -> (C, *D), has-any (C,)."""
+    m = mask.to(values.dtype).reshape(*mask.shape, *[1] * (values.dim() - 2))  # (B, C, 1…): broadcasts over D
+    return (values * m).sum(0) / m.sum(0).clamp(min=1), mask.any(0)
 
 
 def modality_gap_vector(features: Tensor, prototypes: Tensor, targets: Tensor) -> Tensor:
@@ -291,12 +286,17 @@ def _active(out: Mapping[str, Tensor], cfg: LossConfig, domains: Tensor | None) 
     return on
 
 
-def _report_logits(out: Mapping[str, Tensor], tau: float) -> tuple[Tensor, Tensor]:
-    """(R, R) image-report logits over the rows with a report, and the (R, R) same-report mask."""
+def _report_same(out: Mapping[str, Tensor]) -> Tensor | None:
+    """The (R, R) same-report mask over the R rows with a report (None: no two reports are known to match)."""
+    rows = out["has_report"]
+    return out["report_same"][rows][:, rows] if "report_same" in out else None
+
+
+def _report_logits(out: Mapping[str, Tensor], tau: float) -> Tensor:
+    """(R, R) image-report cosine logits over the rows with a report."""
     rows = out["has_report"]
     img, rep = F.normalize(out["image_emb"][rows], dim=-1), F.normalize(out["report_emb"][rows], dim=-1)
-    same = out["report_same"][rows][:, rows] if "report_same" in out else None
-    return img @ rep.T / tau, same  # type: ignore[return-value]
+    return img @ rep.T / tau
 
 
 def compute_terms(
@@ -321,7 +321,7 @@ def compute_terms(
     if "semantic" in on:
         terms["semantic"] = label_contrast(out["scores"], targets, cfg.tau)
     if "report" in on:
-        terms["report"] = clip_logits_loss(*_report_logits(out, cfg.tau))
+        terms["report"] = clip_logits_loss(_report_logits(out, cfg.tau), _report_same(out))
     if "domain" in on:
         terms["domain"] = domain_alignment(
             out["features"], out["scores"], out["labels_emb"], targets, cfg.tau, cfg.domain_kind
@@ -360,9 +360,9 @@ def chance_levels(
     chance = {"cls": float(cls_criterion(cfg)(constant, targets))}
     if "semantic" in on:
         chance["semantic"] = float(label_contrast(torch.zeros_like(out["scores"]), targets, cfg.tau))
-    if "report" in on:
-        logits, same = _report_logits(out, cfg.tau)
-        chance["report"] = float(clip_logits_loss(torch.zeros_like(logits), same))
+    if "report" in on:  # constant logits: only their (R, R) shape matters
+        r = int(out["has_report"].sum())
+        chance["report"] = float(clip_logits_loss(out["image_emb"].new_zeros(r, r), _report_same(out)))
     if "domain" in on:
         both = ((targets == 1).any(0) & (targets == 0).any(0)).any()
         chance["domain"] = math.log(2.0) if bool(both) else 0.0
