@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import math
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -37,34 +42,91 @@ RunOpt = Annotated[
 ]
 
 
-def _open(
-    backbone: str, backbones: str, data: Path | None, device: str, split: str | None = None
-) -> tuple[Manifest, Encoder]:
+# Option groups: the options several explore commands take, declared once with their defaults. A command takes
+# a group as one parameter; :func:`_options` shows Typer the group's fields in its place.
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Whose embeddings of which data (every explore command)."""
+
+    backbone: BackboneOpt = "clip"
+    backbones: BackbonesOpt = "demo"
+    data: DataOpt = None
+    device: DeviceOpt = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """Which images are encoded, and how (the commands that encode a split)."""
+
+    split: SplitOpt = "test"
+    batch_size: BatchSizeOpt = 64
+    no_feature_cache: NoCacheOpt = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A logged run explored instead of a bare backbone (the commands that take ``--run``)."""
+
+    run: RunOpt = None
+    tracking_uri: TrackingUriOpt = None
+
+
+def _options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` as Typer should read it: each option-group parameter (a dataclass) replaced by the group's
+    fields, which come back to ``command`` as one instance of the group."""
+    signature = inspect.signature(command, eval_str=True)
+    groups = {
+        p.name: p.annotation for p in signature.parameters.values() if dataclasses.is_dataclass(p.annotation)
+    }
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = []
+    for param in signature.parameters.values():
+        group = groups.get(param.name)
+        if group is None:
+            params.append(param.replace(kind=keyword))
+        else:
+            hints = typing.get_type_hints(group, include_extras=True)  # the Annotated options
+            params += [
+                inspect.Parameter(f.name, keyword, annotation=hints[f.name], default=f.default)
+                for f in dataclasses.fields(group)
+            ]
+
+    @functools.wraps(command)
+    def flat(**options: Any) -> None:
+        for name, group in groups.items():
+            options[name] = group(**{f.name: options.pop(f.name) for f in dataclasses.fields(group)})
+        return command(**options)
+
+    flat.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return flat
+
+
+def _open(source: Source, split: str | None = None) -> tuple[Manifest, Encoder]:
     """The manifest (its ``split`` checked to be non-empty first) and the backbone's encoder."""
     from cxrfa.explore._common import step
     from cxrfa.explore.report import load_backbone, load_data
     from cxrfa.explore.zeroshot import require_split
 
     # no spinners: synthesis and stand-in pretraining log and show bars of their own
-    with step(
-        "loading the data" + (" (the demo is synthesised once)" if data is None else ""), spinner=False
-    ):
-        manifest = load_data(data)
+    demo = " (the demo is synthesised once)" if source.data is None else ""
+    with step(f"loading the data{demo}", spinner=False):
+        manifest = load_data(source.data)
     if split is not None:
         require_split(manifest, split)
-    with step(f"preparing backbone {backbone} (a demo stand-in is pretrained once)", spinner=False):
-        return manifest, load_backbone(backbone, backbones, manifest, device)
+    with step(f"preparing backbone {source.backbone} (a demo stand-in is pretrained once)", spinner=False):
+        return manifest, load_backbone(source.backbone, source.backbones, manifest, source.device)
 
 
-def _encode(
-    encoder: Encoder, manifest: Manifest, split: str, batch_size: int, no_cache: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, Manifest]:
+def _encode(source: Source, images: Images) -> tuple[np.ndarray, np.ndarray, np.ndarray, Manifest]:
     """Image embeddings (N, De), label text embeddings (C, De), labels (N, C) and the split's manifest."""
     from cxrfa.explore import encode_split, prompt_embeddings
     from cxrfa.models.cache import FeatureCache
 
-    cache = FeatureCache(enabled=not no_cache)
-    img, y_true, part = encode_split(encoder, manifest, split, cache, batch_size, progress=True)
+    manifest, encoder = _open(source, images.split)
+    cache = FeatureCache(enabled=not images.no_feature_cache)
+    img, y_true, part = encode_split(encoder, manifest, images.split, cache, images.batch_size, progress=True)
     return img, prompt_embeddings(encoder, part.labels), y_true, part
 
 
@@ -83,20 +145,16 @@ def _wrote(paths: dict[str, Path]) -> None:
 
 @explore_app.command("gap")
 @user_errors
+@_options
 def gap(
+    *,
     out: OutOpt,
-    backbone: BackboneOpt = "clip",
-    backbones: BackbonesOpt = "demo",
-    data: DataOpt = None,
-    split: SplitOpt = "test",
+    source: Source,
+    images: Images,
     step: Annotated[
         float, typer.Option("--step", min=0.01, help="Shift step as a fraction of the measured gap.")
     ] = 0.25,
-    device: DeviceOpt = "auto",
-    batch_size: BatchSizeOpt = 64,
-    no_feature_cache: NoCacheOpt = False,
-    run: RunOpt = None,
-    tracking_uri: TrackingUriOpt = None,
+    trained: Trained,
 ) -> None:
     """Modality gap between image and label-text embeddings, and zero-shot AUROC as the gap is shifted.
 
@@ -105,21 +163,20 @@ def gap(
     """
     from cxrfa.explore.report import write_gap_report
 
-    if run is not None:
-        return _explore_run(run, tracking_uri, "gap", out)
-    manifest, encoder = _open(backbone, backbones, data, device, split)
-    img, txt, y_true, _ = _encode(encoder, manifest, split, batch_size, no_feature_cache)
+    if trained.run is not None:
+        return _explore_run(trained.run, trained.tracking_uri, "gap", out)
+    img, txt, y_true, _ = _encode(source, images)
     _wrote(write_gap_report(img, txt, y_true, out, step=step))
 
 
 @explore_app.command("umap")
 @user_errors
+@_options
 def umap(
+    *,
     out: OutOpt,
-    backbone: BackboneOpt = "clip",
-    backbones: BackbonesOpt = "demo",
-    data: DataOpt = None,
-    split: SplitOpt = "test",
+    source: Source,
+    images: Images,
     dims: Annotated[int, typer.Option("--dims", min=2, max=3, help="2-D or 3-D layout.")] = 2,
     seed: Annotated[
         int, typer.Option("--seed", help="UMAP random state (and of the --max-images subset).")
@@ -132,11 +189,7 @@ def umap(
             help="Lay out a random subset of this many images when the split is larger.",
         ),
     ] = 5000,
-    device: DeviceOpt = "auto",
-    batch_size: BatchSizeOpt = 64,
-    no_feature_cache: NoCacheOpt = False,
-    run: RunOpt = None,
-    tracking_uri: TrackingUriOpt = None,
+    trained: Trained,
 ) -> None:
     """UMAP of image embeddings with the label-text embeddings placed among them: umap.html (interactive,
     offline; colour by finding, site, view, sex, age or one label) and umap.png.
@@ -146,10 +199,9 @@ def umap(
     from cxrfa.explore import image_attributes
     from cxrfa.explore.report import write_umap_report
 
-    if run is not None:
-        return _explore_run(run, tracking_uri, "umap", out, seed=seed, dims=dims)
-    manifest, encoder = _open(backbone, backbones, data, device, split)
-    img, txt, y_true, part = _encode(encoder, manifest, split, batch_size, no_feature_cache)
+    if trained.run is not None:
+        return _explore_run(trained.run, trained.tracking_uri, "umap", out, seed=seed, dims=dims)
+    img, txt, y_true, part = _encode(source, images)
     paths = write_umap_report(
         img,
         txt,
@@ -168,15 +220,8 @@ def umap(
 
 @explore_app.command("similarity")
 @user_errors
-def similarity(
-    out: OutOpt,
-    backbone: BackboneOpt = "clip",
-    backbones: BackbonesOpt = "demo",
-    data: DataOpt = None,
-    device: DeviceOpt = "auto",
-    run: RunOpt = None,
-    tracking_uri: TrackingUriOpt = None,
-) -> None:
+@_options
+def similarity(*, out: OutOpt, source: Source, trained: Trained) -> None:
     """Cosine similarity between the label-text embeddings (positive and negated prompts).
 
     With --run: the raw text-encoder label embeddings vs after transformer2 / the orthogonal module, side by
@@ -185,31 +230,28 @@ def similarity(
     from cxrfa.explore import prompt_embeddings
     from cxrfa.explore.report import write_similarity_report
 
-    if run is not None:
-        return _explore_run(run, tracking_uri, "similarity", out)
-    manifest, encoder = _open(backbone, backbones, data, device)
+    if trained.run is not None:
+        return _explore_run(trained.run, trained.tracking_uri, "similarity", out)
+    manifest, encoder = _open(source)
     stages = {
         "label prompts": prompt_embeddings(encoder, manifest.labels),
         "negated prompts": prompt_embeddings(encoder, manifest.labels, negative=True),
     }
-    title = f"Label-text cosine similarity ({backbone}, {encoder.source})"
+    title = f"Label-text cosine similarity ({source.backbone}, {encoder.source})"
     _wrote(write_similarity_report(stages, manifest.labels, out, title=title))
 
 
 @explore_app.command("zeroshot")
 @user_errors
+@_options
 def zeroshot(
-    backbone: BackboneOpt = "clip",
-    backbones: BackbonesOpt = "demo",
-    data: DataOpt = None,
-    split: SplitOpt = "test",
+    *,
+    source: Source,
+    images: Images,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Folder for zeroshot.json (default: print only).", file_okay=False),
     ] = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchSizeOpt = 64,
-    no_feature_cache: NoCacheOpt = False,
 ) -> None:
     """CheXzero-style zero-shot AUROC: softmax over positive vs negated prompts for each label."""
     from rich.console import Console
@@ -219,10 +261,10 @@ def zeroshot(
     from cxrfa.explore.report import write_zeroshot_report
     from cxrfa.models.cache import FeatureCache
 
-    manifest, encoder = _open(backbone, backbones, data, device, split)
-    cache = FeatureCache(enabled=not no_feature_cache)
-    per_label, macro = zero_shot(encoder, manifest, split, cache, batch_size, progress=True)
-    table = Table(title=f"zero-shot AUROC, {backbone} ({encoder.source}), split {split}")
+    manifest, encoder = _open(source, images.split)
+    cache = FeatureCache(enabled=not images.no_feature_cache)
+    per_label, macro = zero_shot(encoder, manifest, images.split, cache, images.batch_size, progress=True)
+    table = Table(title=f"zero-shot AUROC, {source.backbone} ({encoder.source}), split {images.split}")
     table.add_column("label")
     table.add_column("AUROC", justify="right")
     for label, auc in per_label.items():
