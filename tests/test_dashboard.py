@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _helpers import cxrfa_cmd, start_text
 from typer.testing import CliRunner
 
 from cxrfa.cli import app
@@ -101,12 +101,11 @@ def test_serves_the_studies_until_terminated(tmp_path) -> None:
     journal = _journal(tmp_path / "optuna.journal")
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "cxrfa.cli", "dashboard", "--storage", str(journal), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    proc = start_text(cxrfa_cmd("dashboard", storage=journal, port=port), env=env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
         while not _connects(port):
-            assert proc.poll() is None, proc.stdout.read().decode()
+            assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "the dashboard did not start listening within 60 s"
             time.sleep(0.3)
         base = f"http://127.0.0.1:{port}"

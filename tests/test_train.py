@@ -6,12 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from _helpers import cxrfa_cmd
 from typer.testing import CliRunner
 
 from cxrfa.cli import app
@@ -114,17 +114,7 @@ def _final_metrics(store: Path) -> dict[str, float]:
 def test_sigkill_mid_training_then_resume_matches_uninterrupted(workdir: Path) -> None:
     matrix = workdir / "longer.yaml"  # the smoke matrix with room to be killed mid-training
     matrix.write_text((Path("ablations") / "smoke.yaml").read_text().replace("epochs: 2", "epochs: 4"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "cxrfa.cli",
-        "train",
-        "--matrix",
-        str(matrix),
-        "--cell",
-        "align-clip",
-        "--tracking-uri",
-    ]
+    cmd = cxrfa_cmd("train", matrix=matrix, cell="align-clip") + ["--tracking-uri"]
     subprocess.run([*cmd, str(workdir / "a")], check=True, capture_output=True)
     expected = _final_metrics(workdir / "a")
 

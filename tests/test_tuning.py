@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from _helpers import cxrfa_cmd, start_text
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -102,13 +103,9 @@ def test_study_counts_resumes_exactly_and_exports_an_overlay_that_changes_the_ce
 
 def test_two_workers_share_one_journal_and_reach_the_exact_total(lab: Path) -> None:
     Tracker(None, "smoke")  # create the experiment once, before the workers race for it
-    cmd = [sys.executable, "-m", "cxrfa.cli", "tune", "--matrix", "smoke", "--cell", "visual-clip"]
-    cmd += ["--trials", "3", "--sampler", "random", "--pruner", "none"]
+    cmd = cxrfa_cmd("tune", matrix="smoke", cell="visual-clip", trials=3, sampler="random", pruner="none")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    procs = [
-        subprocess.Popen(cmd, cwd=lab, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(2)
-    ]
+    procs = [start_text(cmd, cwd=lab, env=env) for _ in range(2)]
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     study = _study("smoke.visual-clip")
