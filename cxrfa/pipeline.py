@@ -95,9 +95,8 @@ class DataStage(_Stage):
 class PretrainStage(_Stage):
     """CLIP-pretrain a backbone on the data's image-report pairs (``cxrfa pretrain``); cells then use it."""
 
-    backbone: str = (
-        "clip"  # which entry of the recipe's backbone set gets the weights (checked before any stage)
-    )
+    # which entry of the recipe's backbone set gets the weights (checked before any stage)
+    backbone: str = "clip"
     out: str  # checkpoint file
     arch: str | None = None  # default: the backbone set's architecture for that entry
     init: str | None = None  # start from these weights (open_clip tag or file); None = from scratch

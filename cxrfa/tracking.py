@@ -593,10 +593,9 @@ def chart_views(uri: str, base_url: str, metric: str = "test/macro_auc") -> list
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    order = quote(f"metrics.`{metric}`", safe="")
-    views = []
-    for exp in client.search_experiments():
-        if client.search_runs([exp.experiment_id], f"tags.`{TAG_CELL}` != ''", max_results=1):
-            query = f"compareRunsMode=CHART&orderByKey={order}&orderByAsc=false"
-            views.append((exp.name, f"{base_url}/#/experiments/{exp.experiment_id}/runs?{query}"))
-    return views
+    query = f"compareRunsMode=CHART&orderByKey={quote(f'metrics.`{metric}`', safe='')}&orderByAsc=false"
+    return [
+        (exp.name, f"{base_url}/#/experiments/{exp.experiment_id}/runs?{query}")
+        for exp in client.search_experiments()
+        if client.search_runs([exp.experiment_id], f"tags.`{TAG_CELL}` != ''", max_results=1)
+    ]
