@@ -77,6 +77,7 @@ class ModelConfig(_Frozen):
     output: Literal["a", "b", "mean"] = "a"  # which logits are the prediction
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     tau: float = Field(0.07, gt=0.0)  # initial temperature of classifier B (learned)
+    prompts: str = "default"  # prompt set for the label text: a name in cxrfa/prompts/ or a YAML path
 
     @model_validator(mode="after")
     def _possible(self) -> ModelConfig:

@@ -1,5 +1,7 @@
 """Label sets, harmonisation between datasets, long-tail grouping, and the text prompts for each label.
 
+The prompt templates themselves are data (:mod:`cxrfa.prompts`); :func:`prompts_for` fills a chosen set.
+
 One canonical spelling per label set (NIH-14 keeps NIH's spellings, e.g. ``Pleural_Thickening``). Sources are
 mapped onto a chosen set through :data:`SYNONYMS`; a label that a source lacks is *unknown*, never negative.
 """
@@ -10,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from cxrfa.errors import CxrfaError
+from cxrfa.prompts import DEFAULT, PromptSet, load_prompt_set
 
 # What an uncertain (-1) label becomes, and what a blank cell means (CheXpert-style sources, generic CSVs).
 Uncertain = Literal["ones", "zeros", "ignore"]  # ignore = unknown (NaN)
@@ -118,26 +121,18 @@ def display_name(label: str) -> str:
     return label.replace("_", " ").lower()
 
 
-PROMPT_TEMPLATES: tuple[str, ...] = (
-    "a chest x-ray showing {}.",
-    "chest radiograph with findings of {}.",
-    "{} is present.",
-    "there is {}.",
-    "findings consistent with {}.",
-)
-NEGATIVE_TEMPLATES: tuple[str, ...] = (
-    "a chest x-ray with no {}.",
-    "no evidence of {}.",
-    "{} is absent.",
-    "there is no {}.",
-    "no findings of {}.",
-)
+def prompts_for(label: str, negative: bool = False, prompts: str | PromptSet = DEFAULT) -> list[str]:
+    """The prompt texts whose averaged text embeddings represent a label (or its absence, for zero-shot).
 
+    Args:
+        label: the label's name (its :func:`display_name` fills the templates).
+        negative: use the negated templates.
+        prompts: the prompt set (a shipped name such as ``default`` or ``chexzero``, a YAML path, or a set).
 
-def prompts_for(label: str, negative: bool = False) -> list[str]:
-    """The prompt texts whose averaged text embeddings represent a label (or its absence, for zero-shot)."""
-    templates = NEGATIVE_TEMPLATES if negative else PROMPT_TEMPLATES
-    return [t.format(display_name(label)) for t in templates]
+    Raises:
+        CxrfaError: an unknown or malformed prompt set.
+    """
+    return load_prompt_set(prompts).texts(display_name(label), negative=negative)
 
 
 def group_by_prevalence(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from cxrfa.data.manifest import Manifest
+    from cxrfa.models.cache import FeatureCache
     from cxrfa.models.encoders import Encoder
 
 explore_app = typer.Typer(
@@ -252,6 +253,12 @@ def zeroshot(
         Path | None,
         typer.Option("--out", help="Folder for zeroshot.json (default: print only).", file_okay=False),
     ] = None,
+    prompts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prompts", metavar="SET", help="Prompt set (name or YAML) to score per template too; repeatable."
+        ),
+    ] = None,
 ) -> None:
     """CheXzero-style zero-shot AUROC: softmax over positive vs negated prompts for each label."""
     from rich.console import Console
@@ -273,6 +280,30 @@ def zeroshot(
     Console().print(table)  # stdout: the result; logs and errors go to stderr
     if out is not None:
         _wrote({"json": write_zeroshot_report(per_label, macro, out)})
+    _prompt_spreads(encoder, manifest, images, cache, prompts or [], out)
+
+
+def _prompt_spreads(
+    encoder: Encoder,
+    manifest: Manifest,
+    images: Images,
+    cache: FeatureCache,
+    prompts: list[str],
+    out: Path | None,
+) -> None:
+    """Per prompt set: zero-shot AUROC per template and its spread, printed and added to zeroshot.json."""
+    from cxrfa.explore.prompt_spread import prompt_spread, write_prompt_spread
+
+    for spec in prompts:
+        spread = prompt_spread(encoder, manifest, images.split, spec, cache, images.batch_size)
+        s = spread["spread"]["macro_auc"]
+        typer.echo(
+            f"prompts {spread['prompt_set']} ({spread['prompt_hash']}): ensemble macro AUROC "
+            f"{spread['ensemble']['macro_auc']:.4f}; {len(spread['templates'])} template(s) "
+            f"min {s['min']:.4f} max {s['max']:.4f} std {s['std']:.4f}"
+        )
+        if out is not None:
+            write_prompt_spread(spread, out)
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,7 @@ from cxrfa.io import file_sha256
 from cxrfa.labels import prompts_for
 from cxrfa.models.registry import register_encoder
 from cxrfa.models.weights import OpenClipBundle, create_open_clip
+from cxrfa.prompts import DEFAULT, PromptSet, load_prompt_set
 from cxrfa.safeload import load_state
 
 log = logging.getLogger(__name__)
@@ -104,21 +105,25 @@ class Encoder(nn.Module, abc.ABC):
             f"encoder {type(self).__name__} has no text tower; set model.text to a clip/biomedclip backbone"
         )
 
-    def label_embeddings(self, labels: list[str], negative: bool = False) -> Tensor:
+    def label_embeddings(
+        self, labels: list[str], negative: bool = False, prompts: str | PromptSet = DEFAULT
+    ) -> Tensor:
         """(C, De): per label, its prompts encoded, L2-normalised, averaged and renormalised.
 
-        ``negative`` uses the negated prompts ("no evidence of ...") instead, for zero-shot. Computed once per
-        (encoder identity, labels, prompts) and cached on disk next to the feature cache.
+        ``negative`` uses the negated prompts ("no evidence of ...") instead, for zero-shot; ``prompts`` is the
+        prompt set (:mod:`cxrfa.prompts`, ``model.prompts``). Computed once per (encoder identity, labels,
+        prompt set content hash) and cached on disk next to the feature cache.
         """
         from cxrfa.models.cache import cached_tensor
 
-        prompts = [prompts_for(label, negative=negative) for label in labels]
-        key = json.dumps([self.identity, labels, prompts])
+        chosen = load_prompt_set(prompts)
+        prompts_per_label = [prompts_for(label, negative=negative, prompts=chosen) for label in labels]
+        key = json.dumps([self.identity, labels, chosen.content_hash, prompts_per_label])
 
         def compute() -> Tensor:
             with torch.inference_mode():
                 rows = []
-                for texts in prompts:
+                for texts in prompts_per_label:
                     emb = nn.functional.normalize(self.encode_text(texts).float(), dim=-1)  # (P, De)
                     rows.append(nn.functional.normalize(emb.mean(0), dim=-1))
                 return torch.stack(rows).cpu()  # (C, De)

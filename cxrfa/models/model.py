@@ -104,7 +104,7 @@ def build_model(
         text_encoder = encoder if cfg.text == cfg.visual else build_encoder(cfg.text, device)
         if not text_encoder.frozen:
             log.info("text encoder %s is used frozen for label embeddings", cfg.text.arch)
-        label_text = text_encoder.label_embeddings(list(labels))  # (C, De_t)
+        label_text = text_encoder.label_embeddings(list(labels), prompts=cfg.prompts)  # (C, De_t)
     heads = AlignmentModel(cfg, encoder.image_dim, num_tokens(encoder), label_text, len(labels))
     if prior is not None:
         heads.init_prior(torch.as_tensor(prior, dtype=torch.float32))
