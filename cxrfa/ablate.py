@@ -143,7 +143,9 @@ def ablate(
     queue = Queue(storage, f"ablate.{tracker.experiment}.{name}", tracker)
     tags = {TAG_MATRIX: matrix.name, TAG_BACKBONES: backbones, TAG_DATA: data or "demo"}
     parent = tracker.parent(name, tags, description=_description(matrix, backbones, data))
-    parent.set_tags({TAG_CELLS: json.dumps(list(matrix.cells))})  # `compare` lists cells in this order
+    # `compare` lists cells in this order: the runs' cell names (with any `@<fraction>`), then the file's others
+    order = list(dict.fromkeys([*(r.cell for r in runs), *matrix.cells]))
+    parent.set_tags({TAG_CELLS: json.dumps(order)})
     parent.log_text(_matrix_text(matrix), "matrix.yaml")
     states = queue.enqueue(runs)
     bar = _Bar(states, matrix.name, progress)

@@ -12,12 +12,12 @@ import copy
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxrfa.errors import CxrfaError
 
@@ -25,6 +25,23 @@ from cxrfa.errors import CxrfaError
 class _Frozen(BaseModel):
     # allow_inf_nan=False: `lr: .inf` or `.nan` in YAML is an error naming the key, not a run that diverges
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+
+class ExternalSet(_Frozen):
+    """A further test set a run is evaluated on (external validation, e.g. train on NIH, test on CheXpert).
+
+    Its labels are mapped onto the run's through the label sets' synonyms (:func:`cxrfa.labels.harmonise`);
+    metrics cover the labels both share and are logged as ``external/<name>/...``.
+    """
+
+    path: str  # manifest CSV (``cxrfa data index``)
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # default: the file's stem
+    split: Literal["train", "val", "test", "all"] = "test"  # rows of the manifest evaluated
+
+    @property
+    def key(self) -> str:
+        """The name in metric keys and tags."""
+        return self.name or Path(self.path).stem
 
 
 class DataConfig(_Frozen):
@@ -36,6 +53,15 @@ class DataConfig(_Frozen):
     demo_size: int = Field(96, ge=32)  # demo: image side in pixels
     demo_seed: int = 0  # demo: generator seed (the dataset, not the run)
     augment: bool = True  # light train-time augmentation (only for trainable encoders)
+    external: list[ExternalSet] = Field(default_factory=list)  # further test sets (external validation)
+
+    @model_validator(mode="after")
+    def _distinct_external(self) -> DataConfig:
+        keys = [e.key for e in self.external]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"data.external: name {twice[0]!r} is used twice; give each set its own name")
+        return self
 
 
 class BackboneConfig(_Frozen):
@@ -159,6 +185,9 @@ class TrainConfig(_Frozen):
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None = torch's default (all cores)
     feature_cache: bool = True  # cache frozen encoder outputs on disk
     num_workers: int = Field(0, ge=0)
+    # share of train patients used (label efficiency); a nested, label-stratified subset fixed per manifest
+    # (cxrfa.data.fractions), the same for every cell and seed; val and test never shrink
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
 
 
 class RunConfig(_Frozen):
@@ -224,6 +253,48 @@ class AblationMatrix(_Frozen):
     axes: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)  # axis -> value -> overrides
     tune: SearchSpace = Field(default_factory=SearchSpace)
     source: str | None = Field(None, exclude=True)  # file the matrix was read from (for messages)
+    # label-efficiency protocol: every cell is crossed with these train.label_fraction values (`cell@0.1`)
+    fractions: list[float] | None = None
+    external: list[ExternalSet] = Field(default_factory=list)  # further test sets for every run
+
+    @field_validator("fractions")
+    @classmethod
+    def _valid_fractions(cls, fractions: list[float] | None) -> list[float] | None:
+        check_fractions(fractions)
+        return fractions
+
+
+def check_fractions(fractions: Iterable[float] | None, prefix: str = "") -> None:
+    """Label fractions must lie in (0, 1] and be distinct (raises ValueError, its message after ``prefix``)."""
+    if fractions is None:
+        return
+    values = list(fractions)
+    if not values:
+        raise ValueError(f"{prefix}no fraction given; list values in (0, 1], e.g. [0.01, 0.1, 1.0]")
+    for f in values:
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"{prefix}{f!r} is not a fraction in (0, 1]")
+    if len({fraction_name(f) for f in values}) != len(values):
+        raise ValueError(f"{prefix}a fraction is listed twice")
+
+
+def fraction_name(fraction: float) -> str:
+    """A label fraction as cell names and tags write it: ``0.1``, ``0.01``, ``1``."""
+    return f"{fraction:g}"
+
+
+FRACTION_SEP = "@"  # `dual-clip@0.1`: cell `dual-clip` at train.label_fraction 0.1
+
+
+def split_fraction(cell: str) -> tuple[str, float | None]:
+    """``dual-clip@0.1`` -> (``dual-clip``, 0.1); a cell without a fraction -> (cell, None)."""
+    base, sep, tail = cell.rpartition(FRACTION_SEP)
+    if sep:
+        try:
+            return base, float(tail)
+        except ValueError:
+            pass
+    return cell, None
 
 
 class BackboneSet(_Frozen):
@@ -391,8 +462,10 @@ def expand(
     seeds: list[int] | None = None,
     overrides: Mapping[str, Any] | None = None,
     cells: Iterable[str] | None = None,
+    fractions: Sequence[float] | None = None,
+    external: Sequence[ExternalSet] = (),
 ) -> list[RunConfig]:
-    """Resolve a matrix into run configs: cells x axis values x seeds, in file order.
+    """Resolve a matrix into run configs: cells x axis values x label fractions x seeds, in file order.
 
     Args:
         matrix: the validated matrix.
@@ -400,6 +473,9 @@ def expand(
         seeds: replaces the matrix's seeds when given.
         overrides: dotted-key overrides applied to every cell last (e.g. ``{"data.manifest": "m.csv"}``).
         cells: restrict to these cell names (unknown names are an error).
+        fractions: replaces the matrix's ``fractions`` when given: each cell runs at each
+            ``train.label_fraction``, named ``<cell>@<fraction>`` with the axis tag ``fraction``.
+        external: test sets evaluated by every run, after the matrix's own ``external`` list.
 
     Raises:
         CxrfaError: an impossible or invalid cell, naming the file, the cell and the key.
@@ -411,17 +487,26 @@ def expand(
             raise CxrfaError(f"{where}: no cell {cell!r}; cells: {', '.join(matrix.cells)}")
     axis_names = list(matrix.axes)
     combos = list(itertools.product(*(matrix.axes[a].items() for a in axis_names))) or [()]
+    levels = _fraction_levels(matrix, fractions, where)
+    tests = [e.model_dump(mode="json") for e in [*matrix.external, *external]]
     runs: list[RunConfig] = []
     for cell in chosen:
-        for combo in combos:
+        for combo, fraction in itertools.product(combos, levels):
             tree = deep_merge(matrix.base, matrix.cells[cell] or {})
             for _, (_, axis_override) in zip(axis_names, combo, strict=True):
                 tree = deep_merge(tree, axis_override or {})
+            if fraction is not None:
+                tree = set_dotted(tree, "train.label_fraction", fraction)
+            if tests:
+                tree = set_dotted(tree, "data.external", tests)
             for dotted, value in (overrides or {}).items():
                 tree = set_dotted(tree, dotted, value)
             tree = _resolve_backbones(tree, backbones)
             axes = {a: str(v) for a, (v, _) in zip(axis_names, combo, strict=True)}
             name = cell if not axes else cell + "".join(f"[{a}={v}]" for a, v in axes.items())
+            if fraction is not None:
+                name += FRACTION_SEP + fraction_name(fraction)
+                axes["fraction"] = fraction_name(fraction)
             for seed in seeds if seeds is not None else matrix.seeds:
                 runs.append(
                     validate(
@@ -430,4 +515,32 @@ def expand(
                         f"{where}: cell {name!r}",
                     )
                 )
+    _check_prompt_sets(runs, where)
     return runs
+
+
+def _fraction_levels(
+    matrix: AblationMatrix, fractions: Sequence[float] | None, where: str
+) -> list[float | None]:
+    """The label fractions to cross every cell with ([None] = no fraction axis)."""
+    chosen = list(fractions) if fractions is not None else matrix.fractions
+    if chosen is None:
+        return [None]
+    try:
+        check_fractions(chosen, f"{where}: fractions: ")
+    except ValueError as err:
+        raise CxrfaError(str(err)) from None
+    if "fraction" in matrix.axes:
+        raise CxrfaError(f"{where}: axes: 'fraction' is the label-fraction axis; rename that axis")
+    return [float(f) for f in chosen]
+
+
+def _check_prompt_sets(runs: Sequence[RunConfig], where: str) -> None:
+    """Every text cell's ``model.prompts`` names a readable prompt set (before any run starts)."""
+    from cxrfa.prompts import load_prompt_set
+
+    for spec in sorted({r.model.prompts for r in runs if r.model.text is not None}):
+        try:
+            load_prompt_set(spec)
+        except CxrfaError as err:
+            raise CxrfaError(f"{where}: model.prompts: {err}") from None

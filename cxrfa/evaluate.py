@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from cxrfa import plots
-from cxrfa.data.manifest import Manifest
+from cxrfa.config import ExternalSet
+from cxrfa.data.manifest import Manifest, read_manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.io import atomic_path, atomic_write_text
-from cxrfa.labels import group_by_prevalence
+from cxrfa.labels import group_by_prevalence, harmonise
 from cxrfa.metrics import MetricsResult, choose_thresholds, compute_metrics
 
 log = logging.getLogger(__name__)
@@ -173,27 +174,112 @@ def score_split(
         n_boot: patient bootstrap resamples for the CIs.
         seed: bootstrap seed.
     """
-    thresholds = None
-    if val_probs is None:
-        log.info("no validation predictions: decision threshold 0.5 for every label (F1, confusion, TPR)")
-    else:
-        thresholds = choose_thresholds(manifest.split("val").label_matrix(), val_probs)
     part = manifest.split(split)
-    label_groups = None
-    if (manifest.frame["split"] == "train").any():
-        label_groups = group_by_prevalence(manifest.prevalence("train"))
-    else:
-        log.warning("manifest has no train rows: long-tail (head/medium/tail) metrics skipped")
     return compute_metrics(
         part.label_matrix(),
         probs,
         list(manifest.labels),
-        thresholds=thresholds,
+        thresholds=_val_thresholds(manifest, val_probs),
         subgroups=part.frame[["sex", "age", "view"]],
-        label_groups=label_groups,
+        label_groups=_label_groups(manifest),
         n_boot=n_boot,
         seed=seed,
         patients=part.frame["patient_id"],
+    )
+
+
+def _val_thresholds(manifest: Manifest, val_probs: np.ndarray | None) -> np.ndarray | None:
+    """(C,) thresholds chosen on the manifest's val rows, or None (0.5, logged) without val predictions."""
+    if val_probs is None:
+        log.info("no validation predictions: decision threshold 0.5 for every label (F1, confusion, TPR)")
+        return None
+    return choose_thresholds(manifest.split("val").label_matrix(), val_probs)
+
+
+def _label_groups(manifest: Manifest) -> dict[str, str] | None:
+    """head/medium/tail per label from the manifest's train prevalence (None without train rows)."""
+    if (manifest.frame["split"] == "train").any():
+        return group_by_prevalence(manifest.prevalence("train"))
+    log.warning("manifest has no train rows: long-tail (head/medium/tail) metrics skipped")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# external test sets
+
+
+def external_rows(spec: ExternalSet, labels: Sequence[str]) -> tuple[Manifest, dict[str, str], str]:
+    """Read an external test set, keep its chosen rows and map its labels onto a run's.
+
+    Args:
+        spec: the external set (manifest path, name, split).
+        labels: the run's labels.
+
+    Returns:
+        ``(rows, shared, data_hash)``: the chosen rows relabelled to ``labels`` (a label the set lacks is
+        unknown), run label -> the set's column for the labels both have (in the run's order), and the data
+        hash of the whole external manifest.
+
+    Raises:
+        CxrfaError: the manifest cannot be read, the split is empty, or no label is shared.
+    """
+    ext = read_manifest(spec.path)
+    part = ext if spec.split == "all" else ext.split(spec.split)
+    if len(part) == 0:
+        raise CxrfaError(
+            f"{spec.path}: external set {spec.key!r} has no {spec.split!r} rows; choose its split "
+            "(train/val/test/all)"
+        )
+    mapping = harmonise(list(ext.labels), list(labels))
+    shared = {lab: col for lab, col in mapping.items() if col is not None}
+    if not shared:
+        raise CxrfaError(
+            f"{spec.path}: external set {spec.key!r} ({ext.label_set}) shares no label with the run's "
+            f"({', '.join(labels)}); index it with a label set that overlaps (--label-set)"
+        )
+    frame = part.frame[[c for c in part.frame.columns if c not in ext.labels]].copy()
+    for lab in labels:
+        frame[lab] = part.frame[shared[lab]] if lab in shared else np.nan
+    rows = Manifest(frame, part.root, list(labels), ext.label_set, part.source)
+    return rows, shared, ext.data_hash()
+
+
+def score_external(
+    manifest: Manifest,
+    rows: Manifest,
+    shared: Sequence[str],
+    probs: np.ndarray,
+    val_probs: np.ndarray | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> MetricsResult:
+    """Metrics of a run's predictions on an external set, over the labels it shares with the run.
+
+    Thresholds are the ones chosen on the *source* manifest's val split and the long-tail groups come from the
+    source's train prevalence, so the external numbers measure transfer, not re-fitting.
+
+    Args:
+        manifest: the run's own manifest.
+        rows: the external rows relabelled to the run's labels (:func:`external_rows`).
+        shared: the run labels the external set has (metric keys use the run's spelling).
+        probs: (N, C) the run's probabilities on ``rows``, C = the run's labels.
+        val_probs: (Nv, C) the run's probabilities on its own val rows; None = threshold 0.5 (logged).
+        n_boot: patient bootstrap resamples for the CIs (the external set's patients).
+        seed: bootstrap seed.
+    """
+    keep = [list(manifest.labels).index(lab) for lab in shared]  # (S,) columns of the shared labels
+    thresholds = _val_thresholds(manifest, val_probs)
+    groups = _label_groups(manifest)
+    return compute_metrics(
+        rows.label_matrix()[:, keep],
+        np.asarray(probs, dtype=np.float64)[:, keep],
+        list(shared),
+        thresholds=None if thresholds is None else thresholds[keep],
+        subgroups=rows.frame[["sex", "age", "view"]],
+        label_groups=None if groups is None else {lab: groups[lab] for lab in shared},
+        n_boot=n_boot,
+        seed=seed,
+        patients=rows.frame["patient_id"],
     )
 
 

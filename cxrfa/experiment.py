@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxrfa.config import BackboneConfig, RunConfig
+from cxrfa.config import BackboneConfig, ExternalSet, RunConfig
+from cxrfa.data.fractions import subsample_train
 from cxrfa.data.load import load_data
 from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.io import atomic_path, cxrfa_home
+from cxrfa.prompts import prompt_tags
 from cxrfa.standins import prepare_backbone
 from cxrfa.tracking import (
     TAG_AXIS_PREFIX,
@@ -50,6 +52,7 @@ from cxrfa.train import (
 
 log = logging.getLogger(__name__)
 
+TAG_EXTERNAL_PREFIX = "cxrfa.external."  # + <name>.data_hash / <name>.labels: what an external set was
 EXPLORE_SAMPLE = (
     512  # test images used for embedding exploration (tokens of a real test set don't fit in RAM)
 )
@@ -275,6 +278,7 @@ def run_cell(
         )
     visual = prepare_backbone(cfg.model.visual, manifest)
     text = prepare_backbone(cfg.model.text, manifest)
+    subset = subsample_train(manifest, cfg.train.label_fraction)  # the whole manifest at fraction 1
     seed_everything(cfg.seed)  # after any stand-in pretraining: a cold and a warm cache train alike
     source = visual.source + (f" | text {text.source}" if text is not None else "")  # type: ignore[union-attr]
     run: TrackedRun | None = None
@@ -283,14 +287,17 @@ def run_cell(
     if tracker is not None:
         tracker.abandon_unfinished(cfg.config_hash(), claimed=claim is not None)
         resumed = claim.fetch_checkpoint(tracker, ckpt) if claim is not None else None
-        tags = {**run_tags(cfg, manifest, source), **(extra_tags or {})}
+        tags = {**run_tags(cfg, manifest, source), **subset.tags(), **(extra_tags or {})}
+        if cfg.model.text is not None:
+            tags.update(prompt_tags(cfg.model.prompts))
         run = tracker.start(run_name or f"{cfg.cell}/seed={cfg.seed}", tags, parent_id, describe(cfg))
         run.log_params(cfg.flat())
+        run.log_metrics(subset.metrics())
         if claim is not None:
             callbacks = [*callbacks, *claim.callbacks(run, ckpt)]
     try:
         metrics, fit_result = _train_and_evaluate(
-            cfg, manifest, visual, text, run, ckpt, callbacks, explore, progress, evaluate
+            cfg, manifest, subset.manifest, visual, text, run, ckpt, callbacks, explore, progress, evaluate
         )  # type: ignore[arg-type]
         if claim is not None:
             claim.check()
@@ -329,6 +336,7 @@ def run_cell(
 def _train_and_evaluate(
     cfg: RunConfig,
     manifest: Manifest,
+    train_manifest: Manifest,
     visual: BackboneConfig,
     text: BackboneConfig | None,
     run: TrackedRun | None,
@@ -342,9 +350,10 @@ def _train_and_evaluate(
 
     device = resolve_device(cfg.train.device)
     model_cfg = cfg.model.model_copy(update={"visual": visual, "text": text})
-    prior = list(manifest.prevalence("train").values())
+    prior = list(train_manifest.prevalence("train").values())
     model = build_model(model_cfg, manifest.labels, device, prior=prior)
-    data = run_datasets(cfg, model, manifest, progress)
+    # the label fraction's train rows; val/test (and the long-tail groups of evaluation) from the whole manifest
+    data = run_datasets(cfg, model, train_manifest, progress)
 
     class _Log:
         def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
@@ -402,6 +411,8 @@ def evaluate_model(
     scalars["best_epoch"] = result.best_epoch
     if cfg.model.text is not None and explore:
         scalars.update(_explore(model, data["test"], manifest.labels, run, device, explore))
+    for spec in cfg.data.external:  # external validation: the same model and thresholds on other manifests
+        scalars.update(_evaluate_external(cfg, spec, model, manifest, p_val, run, device))
     if run is None:
         return scalars
     run.log_metrics(scalars)  # final values at step 0: one bar per run in MLflow's chart view
@@ -431,6 +442,58 @@ def evaluate_model(
                 path,
             )
         run.log_artifact(tmp / "model.pt", "checkpoint")
+    return scalars
+
+
+def _evaluate_external(
+    cfg: RunConfig,
+    spec: ExternalSet,
+    model: Any,
+    manifest: Manifest,
+    p_val: np.ndarray,
+    run: TrackedRun | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """Predict one external test set and score it on the labels it shares with the run (``external/<name>/``).
+
+    Frozen encoders read the images through the feature cache, like the run's own splits. Logs the set's data
+    hash as a tag, its metrics, predictions and evaluation files on the run.
+    """
+    from cxrfa.evaluate import external_rows, predictions_frame, score_external, write_evaluation
+
+    rows, shared, data_hash = external_rows(spec, manifest.labels)
+    domains = np.zeros(len(rows), dtype=np.int64)  # unseen sites: the domain code is used by training only
+    if cfg.model.visual.frozen:
+        from cxrfa.models.cache import FeatureCache
+
+        cache = FeatureCache(enabled=cfg.train.feature_cache)
+        tokens, embedding = cache.encode_dataset(model.encoder, rows, progress=False)
+        dataset: Dataset = FeatureDataset(tokens, embedding, rows.label_matrix(), domains)
+    else:
+        from cxrfa.data.dataset import CXRDataset
+
+        dataset = CXRDataset(rows, model.encoder.preprocess, domains=domains, keep_decoded=False)
+    loader = make_loader(dataset, cfg.train.batch_size * 2, shuffle=False, cfg=cfg.train, device=device)
+    probs, _ = predict(model, loader, device, cfg.train.amp)  # (N, C), in the external rows' order
+    result = score_external(manifest, rows, list(shared), probs, p_val, n_boot=200, seed=cfg.seed)
+    prefix = f"external/{spec.key}/"
+    scalars = {prefix + k: v for k, v in result.scalars.items()}
+    scalars[prefix + "n_images"] = float(len(rows))
+    scalars[prefix + "n_labels"] = float(len(shared))
+    if run is not None:
+        run.set_tags(
+            {
+                f"{TAG_EXTERNAL_PREFIX}{spec.key}.data_hash": data_hash,
+                f"{TAG_EXTERNAL_PREFIX}{spec.key}.labels": json.dumps(shared),
+            }
+        )
+        with run.scratch() as tmp:
+            write_evaluation(result, tmp / spec.key)
+            keep = [manifest.labels.index(lab) for lab in shared]
+            predictions_frame(list(rows.frame["path"]), probs[:, keep], list(shared)).to_csv(
+                tmp / spec.key / "predictions.csv", index=False
+            )
+            run.log_artifacts(tmp / spec.key, f"external/{spec.key}")
     return scalars
 
 

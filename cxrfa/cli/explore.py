@@ -256,7 +256,9 @@ def zeroshot(
     prompts: Annotated[
         list[str] | None,
         typer.Option(
-            "--prompts", metavar="SET", help="Prompt set (name or YAML) to score per template too; repeatable."
+            "--prompts",
+            metavar="SET",
+            help="Prompt set (name or YAML) to score per template too; repeatable.",
         ),
     ] = None,
 ) -> None:

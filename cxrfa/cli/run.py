@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,10 @@ from cxrfa.cli._common import (
     console,
     user_errors,
 )
+from cxrfa.errors import CxrfaError
+
+if TYPE_CHECKING:
+    from cxrfa.config import ExternalSet
 
 log = logging.getLogger("cxrfa")
 
@@ -28,6 +32,15 @@ StorageOpt = Annotated[
         show_envvar=True,
         help="Queue database shared by the workers: sqlite:///…/queue.db (default: beside a local store) "
         "or postgresql://….",
+    ),
+]
+ExternalOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--external",
+        metavar="[NAME=]MANIFEST",
+        help="A further test set (manifest CSV) every run is evaluated on, over the labels it shares with "
+        "the training data; logged as external/<NAME>/… (NAME defaults to the file's stem). Repeatable.",
     ),
 ]
 ExperimentOpt = Annotated[
@@ -44,9 +57,38 @@ def _overrides(data: Path | None, no_cache: bool) -> dict[str, object]:
     return out
 
 
-def _seeds(text: str | None) -> list[int] | None:
-    from cxrfa.errors import CxrfaError
+def _external(specs: list[str] | None) -> list[ExternalSet]:
+    """``--external [NAME=]PATH`` values as external sets, each manifest read (and checked) now."""
+    from cxrfa.config import ExternalSet, validate
+    from cxrfa.data.manifest import read_manifest
 
+    out = []
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        if not Path(path).is_file():
+            raise CxrfaError(
+                f"--external {spec!r}: no manifest file {path!r}; build one with `cxrfa data index`"
+            )
+        read_manifest(path)  # a broken manifest fails now, naming its row, not after the first run trained
+        fields = {"path": str(Path(path).resolve()), **({"name": name} if name else {})}
+        out.append(validate(ExternalSet, fields, f"--external {spec!r}"))
+    return out
+
+
+def _fractions(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise CxrfaError(
+            f"--fractions {text!r}: expected comma-separated fractions, e.g. 0.01,0.1,1"
+        ) from None
+
+
+def _seeds(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
@@ -79,6 +121,7 @@ def train(
     tracking_uri: TrackingUriOpt = None,
     experiment: ExperimentOpt = None,
     no_feature_cache: NoCacheOpt = False,
+    external: ExternalOpt = None,
 ) -> None:
     """Train one cell x seed of a matrix and log it as one complete MLflow run.
 
@@ -92,7 +135,12 @@ def train(
 
     m = load_matrix(matrix)
     (cfg,) = expand(
-        m, load_backbones(backbones), seeds=[seed], overrides=_overrides(data, no_feature_cache), cells=[cell]
+        m,
+        load_backbones(backbones),
+        seeds=[seed],
+        overrides=_overrides(data, no_feature_cache),
+        cells=[cell],
+        external=_external(external),
     )
     preflight([cfg])  # missing weights, a bad manifest: exit 2 in seconds, before the store is opened
     tracker = Tracker(tracking_uri, experiment or m.name)
@@ -155,6 +203,15 @@ def ablate(
         typer.Option("--threads", min=1, help="CPU threads per worker (default: cores / workers)."),
     ] = None,
     storage: StorageOpt = None,
+    fractions: Annotated[
+        str | None,
+        typer.Option(
+            "--fractions",
+            help="Label efficiency: run every cell at each share of the train patients, e.g. 0.01,0.1,1 "
+            "(cells named <cell>@<fraction>; replaces the matrix's fractions).",
+        ),
+    ] = None,
+    external: ExternalOpt = None,
 ) -> None:
     """Run every cell x seed of an ablation matrix as MLflow child runs under one parent — resumably.
 
@@ -188,6 +245,8 @@ def ablate(
         seeds=_seeds(seeds),
         overrides=_overrides(data, no_feature_cache),
         cells=chosen,
+        fractions=_fractions(fractions),
+        external=_external(external),
     )
     if tuned:
         from cxrfa.tuning import apply_overlays
@@ -218,6 +277,10 @@ def ablate(
     args += ["--explore", explore, *(["--data", str(data.resolve())] if data is not None else [])]
     args += [*(["--seeds", seeds] if seeds else []), *(["--cells", cells] if cells else [])]
     args += ["--no-feature-cache"] * no_feature_cache + ["--tuned"] * tuned
+    args += [
+        *(["--fractions", fractions] if fractions else []),
+        *(a for e in external or [] for a in ("--external", e)),
+    ]
     pool = Workers(
         count=1 if worker else workers,
         devices=device_list,
