@@ -203,3 +203,17 @@ def test_external_sets_in_a_matrix_and_on_the_command_line(
     assert bad.exit_code == 2 and "name 'chex' is used twice" in bad.output
     missing = runner.invoke(app, ["ablate", "--matrix", "smoke", "--dry-run", "--external", "nope.csv"])
     assert missing.exit_code == 2 and "--external 'nope.csv': no manifest file" in missing.output
+
+
+def test_a_missing_external_set_in_a_matrix_stops_before_any_run(
+    tmp_path: Path, manifests: tuple[Path, Path]
+) -> None:
+    nih_csv, _ = manifests
+    matrix = {"name": "m", "cells": {"a": {"model": {"visual": "clip"}}}, "external": [{"path": "gone.csv"}]}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(matrix))
+    (tmp_path / "bb.yaml").write_text(yaml.safe_dump({"clip": {"name": "clip", "arch": "cxrfa-tiny-clip"}}))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", "--matrix", str(tmp_path / "m.yaml"), "--cell", "a", "--data", str(nih_csv)]
+    result = runner.invoke(app, [*args, "--backbones", str(tmp_path / "bb.yaml"), "--tracking-uri", store])
+    assert result.exit_code == 2 and "external test set 'gone.csv': no such manifest file" in result.output
+    assert not (tmp_path / "mlflow.db").exists()  # stopped before the store was opened

@@ -20,6 +20,7 @@ from cxrfa.config import DEMO_BACKBONES, expand, load_matrix, split_fraction
 from cxrfa.data.fractions import TAG_SUBSET_HASH, patient_order, subsample_train
 from cxrfa.data.manifest import Manifest, make_manifest
 from cxrfa.errors import CxrfaError
+from cxrfa.prompts import TAG_PROMPTS, TAG_PROMPTS_HASH, load_prompt_set
 from cxrfa.tracking import TAG_CELL, TAG_CELLS, TAG_DATA_HASH, Tracker
 
 runner = CliRunner()
@@ -138,32 +139,22 @@ def test_a_matrix_with_fractions_crosses_every_cell(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def smoke_at_three_fractions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tracker]:
-    """`cxrfa ablate --matrix smoke --fractions 0.05,0.3,1` with one epoch (no exploration plots), in a private
-    store."""
+    """`cxrfa ablate --matrix smoke --cells align-clip --fractions 0.05,0.3,1` with one epoch and CheXzero's
+    prompts, in a private store (one cell keeps it fast; the grouping of several cells is checked on a table
+    below)."""
     lab = tmp_path_factory.mktemp("lab")
     repo = Path(__file__).resolve().parents[1]
     smoke = yaml.safe_load((repo / "ablations" / "smoke.yaml").read_text())
     smoke["base"]["train"]["epochs"] = 1
+    smoke["cells"]["align-clip"]["model"]["prompts"] = "chexzero"  # the runs must record their prompt set
     (lab / "ablations").mkdir()
     (lab / "ablations" / "smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
     store = f"sqlite:///{lab / 'mlruns' / 'mlflow.db'}"
     (lab / "mlruns").mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(lab)
-        result = runner.invoke(
-            app,
-            [
-                "ablate",
-                "--matrix",
-                "smoke",
-                "--fractions",
-                "0.05,0.3,1",
-                "--explore",
-                "",
-                "--tracking-uri",
-                store,
-            ],
-        )
+        args = ["ablate", "--matrix", "smoke", "--cells", "align-clip", "--fractions", "0.05,0.3,1"]
+        result = runner.invoke(app, [*args, "--explore", "", "--tracking-uri", store])
     assert result.exit_code == 0, result.output
     return lab, Tracker(store, "smoke")
 
@@ -173,9 +164,7 @@ def test_smoke_ablation_at_three_fractions_and_its_efficiency_curve(
 ) -> None:
     lab, tracker = smoke_at_three_fractions
     runs = tracker.search("tags.`cxrfa.cell` != '' and attributes.status = 'FINISHED'")
-    assert sorted(r.tags[TAG_CELL] for r in runs) == sorted(
-        f"{c}@{f}" for c in ("visual-clip", "align-clip") for f in ("0.05", "0.3", "1")
-    )
+    assert sorted(r.tags[TAG_CELL] for r in runs) == [f"align-clip@{f}" for f in ("0.05", "0.3", "1")]
     assert len({r.tags[TAG_DATA_HASH] for r in runs}) == 1  # one data hash: compare can put them side by side
     by_fraction: dict[str, set[str]] = {}
     sizes: dict[str, float] = {}
@@ -185,24 +174,52 @@ def test_smoke_ablation_at_three_fractions_and_its_efficiency_curve(
         by_fraction.setdefault(fraction, set()).add(r.tags[TAG_SUBSET_HASH])
         sizes[fraction] = r.metrics["data/train_size"]
         assert all(f"data/train_positives/{lab}" in r.metrics for lab in ("Hernia", "Effusion"))
+        assert r.tags[TAG_PROMPTS] == "chexzero"
+        assert r.tags[TAG_PROMPTS_HASH] == load_prompt_set("chexzero").content_hash
     assert all(len(hashes) == 1 for hashes in by_fraction.values())  # every cell of a fraction: one subset
     assert len({h for hashes in by_fraction.values() for h in hashes}) == 3
     assert sizes["0.05"] < sizes["0.3"] < sizes["1"]
     (parent,) = tracker.search("tags.`cxrfa.parent` != ''")
-    assert json.loads(parent.tags[TAG_CELLS])[:3] == ["visual-clip@0.05", "visual-clip@0.3", "visual-clip@1"]
+    assert json.loads(parent.tags[TAG_CELLS])[:3] == ["align-clip@0.05", "align-clip@0.3", "align-clip@1"]
 
     comp = compare(tracker, parent.run_id, n_boot=50)
     table = efficiency_table(comp.result)
-    assert list(table["cell"]) == ["visual-clip"] * 3 + ["align-clip"] * 3
-    assert list(table["fraction"]) == [0.05, 0.3, 1.0] * 2
+    assert list(table["cell"]) == ["align-clip"] * 3
+    assert list(table["fraction"]) == [0.05, 0.3, 1.0]
     for _, row in table.iterrows():
         cell = f"{row['cell']}@{row['fraction']:g}"
         assert row["mean"] == comp.result.at[cell, "mean"]
         assert row["ci_low"] <= row["mean"] <= row["ci_high"]
-    figure = efficiency_figure(table, baseline="visual-clip")
+    figure = efficiency_figure(table)
     png = lab / "efficiency.png"
     figure.savefig(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ax = figure.axes[0]
-    assert [line.get_label() for line in ax.get_lines()] == ["visual-clip", "align-clip"]
-    assert list(ax.get_lines()[1].get_ydata()) == list(table["mean"][3:])
+    assert list(figure.axes[0].get_lines()[0].get_ydata()) == list(table["mean"])
+
+
+def test_the_efficiency_table_groups_cells_by_fraction() -> None:
+    result = pd.DataFrame(
+        {
+            "seeds": [3, 3, 3, 3, 2],
+            "mean": [0.70, 0.80, 0.72, 0.85, 0.5],
+            "ci_low": [0.6, 0.75, 0.65, 0.8, 0.4],
+            "ci_high": [0.8, 0.85, 0.79, 0.9, 0.6],
+        },
+        index=pd.Index(["dual@0.1", "dual@1", "visual@0.1", "visual@1", "visual"], name="cell"),
+    )
+    table = efficiency_table(result.loc[["visual@1", "dual@1", "visual@0.1", "dual@0.1", "visual"]])
+    assert list(zip(table["cell"], table["fraction"], table["mean"], strict=True)) == [
+        ("visual", 0.1, 0.72),
+        ("visual", 1.0, 0.85),
+        ("dual", 0.1, 0.70),
+        ("dual", 1.0, 0.80),
+    ]  # cells in the results' order, fractions ascending; a cell without a fraction is left out
+    tagged = efficiency_table(result.loc[["visual"]], fractions={"visual": 0.5})
+    assert list(tagged["fraction"]) == [0.5] and list(tagged["cell"]) == ["visual"]
+    with pytest.raises(CxrfaError, match="no cell has a label fraction"):
+        efficiency_table(result.loc[["visual"]])
+    figure = efficiency_figure(table, baseline="visual")
+    lines = figure.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["visual", "dual"] and lines[0].get_linestyle() == "--"
+    assert list(lines[1].get_ydata()) == [0.70, 0.80]
+    assert figure.axes[0].get_xscale() == "log"

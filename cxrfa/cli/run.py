@@ -20,7 +20,7 @@ from cxrfa.cli._common import (
 from cxrfa.errors import CxrfaError
 
 if TYPE_CHECKING:
-    from cxrfa.config import ExternalSet
+    from cxrfa.config import ExternalSet, RunConfig
 
 log = logging.getLogger("cxrfa")
 
@@ -58,9 +58,8 @@ def _overrides(data: Path | None, no_cache: bool) -> dict[str, object]:
 
 
 def _external(specs: list[str] | None) -> list[ExternalSet]:
-    """``--external [NAME=]PATH`` values as external sets, each manifest read (and checked) now."""
+    """``--external [NAME=]PATH`` values as external sets."""
     from cxrfa.config import ExternalSet, validate
-    from cxrfa.data.manifest import read_manifest
 
     out = []
     for spec in specs or []:
@@ -71,10 +70,20 @@ def _external(specs: list[str] | None) -> list[ExternalSet]:
             raise CxrfaError(
                 f"--external {spec!r}: no manifest file {path!r}; build one with `cxrfa data index`"
             )
-        read_manifest(path)  # a broken manifest fails now, naming its row, not after the first run trained
         fields = {"path": str(Path(path).resolve()), **({"name": name} if name else {})}
         out.append(validate(ExternalSet, fields, f"--external {spec!r}"))
     return out
+
+
+def _check_external(runs: list[RunConfig]) -> None:
+    """Read every external test set the runs name (the matrix's and --external's), so a missing or broken
+    manifest fails now, naming its file and row, not after the first run trained."""
+    from cxrfa.data.manifest import read_manifest
+
+    for path in sorted({e.path for cfg in runs for e in cfg.data.external}):
+        if not Path(path).is_file():
+            raise CxrfaError(f"external test set {path!r}: no such manifest file; fix its path")
+        read_manifest(path)
 
 
 def _fractions(text: str | None) -> list[float] | None:
@@ -143,6 +152,7 @@ def train(
         external=_external(external),
     )
     preflight([cfg])  # missing weights, a bad manifest: exit 2 in seconds, before the store is opened
+    _check_external([cfg])
     tracker = Tracker(tracking_uri, experiment or m.name)
     check_checkpoints([cfg], checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before the run
     _announce_demo(data)
@@ -256,6 +266,7 @@ def ablate(
 
     if not dry_run:
         preflight(runs)  # missing weights, a bad manifest: exit 2 in seconds, before the store is opened
+        _check_external(runs)
     tracker = Tracker(tracking_uri, experiment or m.name)
     if dry_run:
         table = Table(title=f"matrix {m.name}: {len(runs)} runs (experiment {tracker.experiment})")
