@@ -4,7 +4,6 @@ with fractions; the smoke ablation at three fractions and its data-efficiency cu
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +69,8 @@ def test_fractions_are_nested_patient_level_and_keep_the_rare_labels(manifest: M
         metrics = subset.metrics()
         assert metrics["data/train_size"] == len(train)
         assert metrics["data/train_positives/Single"] == 1.0
-    assert len(kept[1]) == math.ceil(0.05 * 400) and len(kept[-1]) == 400
+    assert len(kept[1]) == 20 and len(kept[2]) == 40 and len(kept[-1]) == 400
+    assert subsample_train(manifest, 0.07).patients == 28  # 0.07 x 400 = 28.000000000000004 in floating point
     assert subsets[-1].manifest is manifest  # fraction 1: the manifest itself
     assert len({s.subset_hash for s in subsets}) == len(FRACTIONS)
 

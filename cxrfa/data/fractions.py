@@ -139,7 +139,8 @@ def subsample_train(manifest: Manifest, fraction: float) -> TrainSubset:
     if fraction < 1.0:
         order = patient_order(manifest)
         head = _head_length(manifest, order)
-        n_keep = min(len(order), max(math.ceil(fraction * len(order)), head))
+        # round(.., 9) first: 0.07 x 100 is 7.000000000000001 in floating point, and must keep 7 patients
+        n_keep = min(len(order), max(math.ceil(round(fraction * len(order), 9)), head))
         kept = set(order[:n_keep])
         keep_rows = ~is_train | frame["patient_id"].astype(str).isin(kept)
         kept_manifest = Manifest(
