@@ -249,6 +249,7 @@ def ablate(
 
     m = load_matrix(matrix)
     chosen = [c.strip() for c in cells.split(",")] if cells else None
+    extra_sets = _external(external)
     runs = expand(
         m,
         load_backbones(backbones),
@@ -256,7 +257,7 @@ def ablate(
         overrides=_overrides(data, no_feature_cache),
         cells=chosen,
         fractions=_fractions(fractions),
-        external=_external(external),
+        external=extra_sets,
     )
     if tuned:
         from cxrfa.tuning import apply_overlays
@@ -290,7 +291,8 @@ def ablate(
     args += ["--no-feature-cache"] * no_feature_cache + ["--tuned"] * tuned
     args += [
         *(["--fractions", fractions] if fractions else []),
-        *(a for e in external or [] for a in ("--external", e)),
+        # the same sets, paths made absolute: a worker's configs (and their hashes) equal this process's
+        *(a for e in extra_sets for a in ("--external", f"{e.name}={e.path}" if e.name else e.path)),
     ]
     pool = Workers(
         count=1 if worker else workers,
