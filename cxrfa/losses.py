@@ -391,6 +391,12 @@ def _report_logits(out: Mapping[str, Tensor], tau: float) -> Tensor:
     return img @ rep.T / tau
 
 
+def _report_chance(batch: TermBatch) -> float:
+    """Constant logits: only their (R, R) shape and the same-report mask matter."""
+    r = int(batch.out["has_report"].sum())
+    return float(clip_logits_loss(batch.out["image_emb"].new_zeros(r, r), _report_same(batch.out)))
+
+
 def _pooled_sim(batch: TermBatch) -> Tensor:
     z = F.normalize(batch.out["pooled"], dim=-1)  # (B, d)
     return z @ z.T / batch.cfg.tau  # (B, B)
@@ -440,13 +446,7 @@ register_term(
     LossTerm(
         "report",
         lambda b: clip_logits_loss(_report_logits(b.out, b.cfg.tau), _report_same(b.out)),
-        # constant logits: only their (R, R) shape and the same-report mask matter
-        chance=lambda b: float(
-            clip_logits_loss(
-                b.out["image_emb"].new_zeros(int(b.out["has_report"].sum()), int(b.out["has_report"].sum())),
-                _report_same(b.out),
-            )
-        ),
+        chance=_report_chance,
         needs=("report_emb", "image_emb", "has_report"),
         ready=lambda b: int(b.out["has_report"].sum()) > 1,
     )
@@ -471,9 +471,7 @@ register_term(
     )
 )
 register_term(
-    LossTerm(
-        "orth", lambda b: orthogonality(b.out["labels_emb"]), chance=_orth_chance, needs=("labels_emb",)
-    )
+    LossTerm("orth", lambda b: orthogonality(b.out["labels_emb"]), chance=_orth_chance, needs=("labels_emb",))
 )
 register_term(
     LossTerm(
