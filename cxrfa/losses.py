@@ -410,7 +410,7 @@ def _orth_chance(batch: TermBatch) -> float:
     if raw is None:
         c, d = batch.out["labels_emb"].shape
         return (1 - 1 / c) / d
-    return float(orthogonality(raw))
+    return float(orthogonality(raw - raw.mean(0)))
 
 
 def _domain_chance(batch: TermBatch) -> float:
