@@ -494,7 +494,7 @@ register_term(
         "supcon",
         lambda b: supcon(_pooled_sim(b), b.targets),
         # constant similarities, made on the targets' device like every tensor of a term
-        chance=lambda b: float(supcon(torch.zeros(len(b.targets), len(b.targets)), b.targets)),
+        chance=lambda b: float(supcon(b.targets.new_zeros(len(b.targets), len(b.targets)), b.targets)),
         needs=("pooled",),
     )
 )

@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from cxrfa.config import LossConfig
 from cxrfa.losses import (
@@ -269,3 +270,34 @@ def test_a_term_is_on_only_with_weight_inputs_and_readiness() -> None:
     one_report = {**out, "has_report": torch.arange(8) == 0}  # report: needs two reports in the batch
     no_b = {k: v for k, v in one_report.items() if k != "logits_b"}  # consistency: needs both heads
     assert set(compute_terms(no_b, targets, cfg, None)) == {"cls"}  # coral: needs domain ids
+
+
+class _FactoryWatch(TorchFunctionMode):
+    """Records every torch factory call that does not say where its tensor lives: on a GPU such a tensor is
+    made on the CPU and meets the batch's CUDA tensors (a ``supcon > 0`` cell failed so)."""
+
+    FACTORIES = frozenset(
+        {torch.zeros, torch.ones, torch.empty, torch.full, torch.eye, torch.arange, torch.rand, torch.randn}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.undirected: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func in self.FACTORIES and kwargs.get("device") is None:
+            self.undirected.append(func.__name__)
+        return func(*args, **kwargs)
+
+
+def test_every_tensor_of_a_term_is_made_on_the_inputs_device() -> None:
+    out, targets, domains = _inputs()
+    cfg = LossConfig(**CONFIGS["bce"])  # type: ignore[arg-type]
+    no_reports = {**out, "has_report": torch.zeros(8, dtype=torch.bool)}  # the terms' empty-batch branches
+    with _FactoryWatch() as watch:
+        compute_terms(out, targets, cfg, domains)
+        chance_levels(out, targets, cfg, domains)
+        compute_terms(no_reports, targets * 0, cfg, domains)
+        chance_levels(no_reports, targets * 0, cfg, domains)
+    assert watch.undirected == []
