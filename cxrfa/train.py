@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrfa.config import LossConfig, TrainConfig
 from cxrfa.io import atomic_path
-from cxrfa.losses import chance_levels, compute_terms, weighted_total
+from cxrfa.losses import chance_levels, compute_terms, get_term, weighted_total
 from cxrfa.metrics import compute_metrics
 from cxrfa.safeload import load_resume_state
 
@@ -325,8 +325,14 @@ def _train_epoch(
     from tqdm.auto import tqdm
 
     model.train()
-    sums: dict[str, float] = {}
-    n_batches = 0
+    # per curve: (sum, batches it was on), so a term and its chance value are both the mean over the batches
+    # where the term was computed (the report term is off in a batch with fewer than two reports)
+    sums: dict[str, tuple[float, int]] = {}
+
+    def add(key: str, value: float) -> None:
+        total, count = sums.get(key, (0.0, 0))
+        sums[key] = (total + value, count + 1)
+
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
     for step, batch in enumerate(bar):
         batch = _to(batch, device)
@@ -345,11 +351,10 @@ def _train_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        n_batches += 1
-        sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
+        add("train/loss", loss.item())
         for name, value in terms.items():
-            sums[f"train/loss_{name}"] = sums.get(f"train/loss_{name}", 0.0) + value.item()
-        for name, value in chance.items():
-            sums[f"train/chance_{name}"] = sums.get(f"train/chance_{name}", 0.0) + value
-        bar.set_postfix(loss=f"{sums['train/loss'] / n_batches:.4f}")
-    return {k: v / max(1, n_batches) for k, v in sums.items()}
+            add(get_term(name).metric, value.item())
+        for name, level in chance.items():
+            add(get_term(name).chance_metric, level)
+        bar.set_postfix(loss=f"{sums['train/loss'][0] / sums['train/loss'][1]:.4f}")
+    return {key: total / count for key, (total, count) in sums.items()}
