@@ -167,6 +167,46 @@ def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> N
         )
 
 
+START_IMAGES = 512  # images whose initial cosines set classifier B's start (64 left a 3 % label at 0.66x)
+
+
+@torch.no_grad()
+def start_at_prior(
+    model: nn.Module, train_set: Dataset, cfg: TrainConfig, seed: int, device: torch.device
+) -> None:
+    """Set classifier B's thresholds from its initial cosines on the first :data:`START_IMAGES` training images
+    of epoch 0 (in eval mode), so it starts at the prior; a no-op for models without it. The global random
+    state is left as it was.
+
+    Args:
+        model: a model whose heads (``model.heads`` or the model itself) may have ``init_threshold_b``.
+        train_set / cfg / seed: the batches of epoch 0 are those :func:`make_loader` draws from them.
+        device: where the model lives.
+    """
+    heads = getattr(model, "heads", model)
+    init = getattr(heads, "init_threshold_b", None)
+    if init is None:
+        return
+    scores: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]):  # augmentation draws from the global generator
+        loader = make_loader(
+            train_set, cfg.batch_size, shuffle=True, seed=seed, epoch=0, cfg=cfg, device=device
+        )
+        for batch in loader:
+            with autocast(device, cfg.amp):
+                out = forward(model, _to(batch, device))
+            if "scores" not in out:
+                break
+            scores.append(out["scores"].float())  # (B, C)
+            if sum(len(s) for s in scores) >= START_IMAGES:
+                break
+    model.train(was_training)
+    if scores:
+        init(torch.cat(scores))  # (M, C)
+
+
 def _schedule(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
     warmup = max(1, int(total_steps * warmup_frac)) if warmup_frac > 0 else 0
 
@@ -241,6 +281,9 @@ def fit(
         bad_epochs, history, best_state = state["bad_epochs"], state["history"], state["best_state"]
         resumed_from = state["epoch"]
         log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
+
+    if resumed_from is None:  # a resumed run's thresholds are in its checkpoint
+        start_at_prior(model, train_set, train_cfg, seed, device)
 
     from tqdm.auto import tqdm
 
