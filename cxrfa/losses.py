@@ -134,15 +134,22 @@ def modality_gap_vector(features: Tensor, prototypes: Tensor, targets: Tensor) -
     image-side centroid (F̂[b, c] averaged over the images with c) minus the mean of their prototypes L̂[c].
 
     Each present label counts once on both sides, so perfectly aligned features (F̂[b, c] = L̂[c]) give exactly
-    0 whatever the label frequencies. The one definition behind the ``domain`` loss, ``embed/modality_gap`` and
-    ``cxrfa explore gap``; zero when no label is present.
+    0 whatever the label frequencies. The one definition behind the ``domain`` loss, ``embed/modality_gap``,
+    ``embed/modality_gap_pooled`` and ``cxrfa explore gap``; zero when no label is present.
 
     Args:
-        features: (B, C, D) per-label image-side features (normalised here).
+        features: (B, C, D) per-label image-side features, or (B, D) one embedding per image that stands for
+            each of its labels (normalised here).
         prototypes: (C, D) label prototypes (normalised here).
         targets: (B, C) 1/0/NaN.
     """
-    centroids, present = _class_means(F.normalize(features, dim=-1), targets == 1)  # (C, D), (C,)
+    present_mask = targets == 1
+    if features.dim() == 2:  # (B, D): class means as one product, without a (B, C, D) copy
+        weights = present_mask.to(features.dtype)  # (B, C)
+        centroids = weights.T @ F.normalize(features, dim=-1) / weights.sum(0).clamp(min=1).unsqueeze(-1)
+        present = present_mask.any(0)
+    else:
+        centroids, present = _class_means(F.normalize(features, dim=-1), present_mask)  # (C, D), (C,)
     if not present.any():
         return features.sum() * 0.0 + features.new_zeros(features.shape[-1])
     return centroids[present].mean(0) - F.normalize(prototypes, dim=-1)[present].mean(0)
