@@ -36,6 +36,9 @@ class DataConfig(_Frozen):
     demo_size: int = Field(96, ge=32)  # demo: image side in pixels
     demo_seed: int = 0  # demo: generator seed (the dataset, not the run)
     augment: bool = True  # light train-time augmentation (only for trainable encoders)
+    # keep a source split that puts a patient in two splits (warned); off: such patients are re-split by
+    # patient. Left out of the config (and its hash) while off, so existing runs keep their hashes
+    keep_source_split: bool = Field(False, exclude_if=lambda keep: not keep)
 
 
 class BackboneConfig(_Frozen):
