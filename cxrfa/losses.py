@@ -6,6 +6,10 @@ against labels within one image, so none of them can be satisfied by features th
 
 Targets are (B, C) floats: 1, 0 or NaN (unknown). Unknown entries are excluded exactly: they contribute
 neither to a sum nor to its count.
+
+Each term is declared once, as a :class:`LossTerm` in the registry at the end of this module (its function, its
+chance value, the outputs it needs, and its weight field in :class:`LossConfig`): :func:`compute_terms`,
+:func:`chance_levels`, the active-term rule and the logged curve names all read the declarations.
 """
 
 from __future__ import annotations
