@@ -53,7 +53,12 @@ class DataConfig(_Frozen):
     demo_size: int = Field(96, ge=32)  # demo: image side in pixels
     demo_seed: int = 0  # demo: generator seed (the dataset, not the run)
     augment: bool = True  # light train-time augmentation (only for trainable encoders)
-    external: list[ExternalSet] = Field(default_factory=list)  # further test sets (external validation)
+    # keep a source split that puts a patient in two splits (warned); off: such patients are re-split by
+    # patient. Left out of the config (and its hash) while off, so existing runs keep their hashes
+    keep_source_split: bool = Field(False, exclude_if=lambda keep: not keep)
+    # further test sets (external validation); like every field added after runs existed, left out of the
+    # config (and its hash) while at its default, so finished runs keep their hashes and are not re-run
+    external: list[ExternalSet] = Field(default_factory=list, exclude_if=lambda sets: not sets)
 
     @model_validator(mode="after")
     def _distinct_external(self) -> DataConfig:
@@ -103,7 +108,8 @@ class ModelConfig(_Frozen):
     output: Literal["a", "b", "mean"] = "a"  # which logits are the prediction
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     tau: float = Field(0.07, gt=0.0)  # initial temperature of classifier B (learned)
-    prompts: str = "default"  # prompt set for the label text: a name in cxrfa/prompts/ or a YAML path
+    # prompt set for the label text: a name in cxrfa/prompts/ or a YAML path (left out of the hash at "default")
+    prompts: str = Field("default", exclude_if=lambda name: name == "default")
 
     @model_validator(mode="after")
     def _possible(self) -> ModelConfig:
@@ -186,8 +192,9 @@ class TrainConfig(_Frozen):
     feature_cache: bool = True  # cache frozen encoder outputs on disk
     num_workers: int = Field(0, ge=0)
     # share of train patients used (label efficiency); a nested, label-stratified subset fixed per manifest
-    # (cxrfa.data.fractions), the same for every cell and seed; val and test never shrink
-    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # (cxrfa.data.fractions), the same for every cell and seed; val and test never shrink (left out of the
+    # hash at 1.0)
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0, exclude_if=lambda fraction: fraction == 1.0)
 
 
 class RunConfig(_Frozen):

@@ -6,12 +6,18 @@ against labels within one image, so none of them can be satisfied by features th
 
 Targets are (B, C) floats: 1, 0 or NaN (unknown). Unknown entries are excluded exactly: they contribute
 neither to a sum nor to its count.
+
+Each term is declared once, as a :class:`LossTerm` in the registry at the end of this module (its function, its
+chance value, the outputs it needs, and its weight field in :class:`LossConfig`): :func:`compute_terms`,
+:func:`chance_levels`, the active-term rule and the logged curve names all read the declarations.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -132,15 +138,22 @@ def modality_gap_vector(features: Tensor, prototypes: Tensor, targets: Tensor) -
     image-side centroid (F̂[b, c] averaged over the images with c) minus the mean of their prototypes L̂[c].
 
     Each present label counts once on both sides, so perfectly aligned features (F̂[b, c] = L̂[c]) give exactly
-    0 whatever the label frequencies. The one definition behind the ``domain`` loss, ``embed/modality_gap`` and
-    ``cxrfa explore gap``; zero when no label is present.
+    0 whatever the label frequencies. The one definition behind the ``domain`` loss, ``embed/modality_gap``,
+    ``embed/modality_gap_pooled`` and ``cxrfa explore gap``; zero when no label is present.
 
     Args:
-        features: (B, C, D) per-label image-side features (normalised here).
+        features: (B, C, D) per-label image-side features, or (B, D) one embedding per image that stands for
+            each of its labels (normalised here).
         prototypes: (C, D) label prototypes (normalised here).
         targets: (B, C) 1/0/NaN.
     """
-    centroids, present = _class_means(F.normalize(features, dim=-1), targets == 1)  # (C, D), (C,)
+    present_mask = targets == 1
+    if features.dim() == 2:  # (B, D): class means as one product, without a (B, C, D) copy
+        weights = present_mask.to(features.dtype)  # (B, C)
+        centroids = weights.T @ F.normalize(features, dim=-1) / weights.sum(0).clamp(min=1).unsqueeze(-1)
+        present = present_mask.any(0)
+    else:
+        centroids, present = _class_means(F.normalize(features, dim=-1), present_mask)  # (C, D), (C,)
     if not present.any():
         return features.sum() * 0.0 + features.new_zeros(features.shape[-1])
     return centroids[present].mean(0) - F.normalize(prototypes, dim=-1)[present].mean(0)
@@ -259,31 +272,121 @@ def cls_criterion(cfg: LossConfig) -> nn.Module:
     return MaskedBCE()
 
 
+# ----------------------------------------------------------------------------------------------------------
+# the registry: one declaration per loss term
+
+
+@dataclass(frozen=True)
+class TermBatch:
+    """What every term reads for one batch.
+
+    Attributes:
+        out: the model's output dict (``logits``, ``logits_a``, optional ``logits_b``, ``scores``, ``features``,
+            ``labels_emb``, ``labels_raw``, ``pooled``, ``image_emb``/``report_emb``/``has_report``/``report_same``).
+        targets: (B, C) 1/0/NaN.
+        cfg: the loss config (weights and hyper-parameters).
+        domains: optional (B,) integer domain ids (CORAL).
+    """
+
+    out: Mapping[str, Tensor]
+    targets: Tensor
+    cfg: LossConfig
+    domains: Tensor | None = None
+
+    @cached_property
+    def prevalence_logits(self) -> Tensor:
+        """(B, C) logits of the constant predictor of each label's batch prevalence (known entries only)."""
+        y, known = _split(self.targets)
+        prevalence = (y * known).sum(0) / known.sum(0).clamp(min=1)  # (C,)
+        return torch.logit(prevalence.clamp(1e-6, 1 - 1e-6)).expand_as(self.targets)
+
+
+def _always(_: TermBatch) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One loss term, declared once: everything that computes, switches, logs or references it reads this.
+
+    Attributes:
+        name: the term's name: its weight field in :class:`LossConfig` (``cls`` has the fixed weight 1) and
+            its logged curves ``train/loss_<name>`` and ``train/chance_<name>``.
+        compute: the unweighted term on a batch (a differentiable scalar).
+        chance: the value the term takes on this batch for a model that ignores the image (None: no reference).
+        needs: the output keys it reads; a batch whose output lacks one skips the term (e.g. a visual-only
+            model has no ``scores``).
+        ready: a further condition on the batch (e.g. at least two reports).
+    """
+
+    name: str
+    compute: Callable[[TermBatch], Tensor]
+    chance: Callable[[TermBatch], float] | None
+    needs: tuple[str, ...] = ()
+    ready: Callable[[TermBatch], bool] = _always
+
+    @property
+    def metric(self) -> str:
+        """The logged per-epoch curve of the term."""
+        return f"train/loss_{self.name}"
+
+    @property
+    def chance_metric(self) -> str:
+        """The logged per-epoch curve of its chance value."""
+        return f"train/chance_{self.name}"
+
+    def active(self, batch: TermBatch) -> bool:
+        """On for this batch: weight > 0, every needed output present, and :attr:`ready`."""
+        return (
+            batch.cfg.weights[self.name] > 0
+            and all(key in batch.out for key in self.needs)
+            and self.ready(batch)
+        )
+
+
+_TERMS: dict[str, LossTerm] = {}
+
+
+def register_term(term: LossTerm) -> LossTerm:
+    """Add a term to the registry; terms are computed, summed and logged in registration order.
+
+    Raises:
+        ValueError: a name registered twice, or one without a weight field in :class:`LossConfig`.
+    """
+    if term.name in _TERMS:
+        raise ValueError(f"loss term {term.name!r} is registered twice")
+    if term.name not in LossConfig.term_names():
+        raise ValueError(
+            f"loss term {term.name!r} has no weight field in LossConfig; known: {', '.join(LossConfig.term_names())}"
+        )
+    _TERMS[term.name] = term
+    return term
+
+
+def list_terms() -> tuple[str, ...]:
+    """Every registered term name, in computation order."""
+    return tuple(_TERMS)
+
+
+def get_term(name: str) -> LossTerm:
+    """The declaration of one term.
+
+    Raises:
+        KeyError: an unknown name (the message lists the known ones).
+    """
+    if name not in _TERMS:
+        raise KeyError(f"unknown loss term {name!r}; known: {', '.join(_TERMS)}")
+    return _TERMS[name]
+
+
+def active_terms(batch: TermBatch) -> list[LossTerm]:
+    """The terms on for this batch, in computation order."""
+    return [term for term in _TERMS.values() if term.active(batch)]
+
+
 def _heads(out: Mapping[str, Tensor]) -> list[Tensor]:
     """The logits each classification loss applies to: each classifier on its own when there are two."""
     return [out["logits_a"], out["logits_b"]] if "logits_b" in out else [out["logits"]]
-
-
-def _active(out: Mapping[str, Tensor], cfg: LossConfig, domains: Tensor | None) -> set[str]:
-    w = cfg.weights
-    on = {"cls"}
-    if w["semantic"] > 0 and "scores" in out:
-        on.add("semantic")
-    if w["report"] > 0 and "report_emb" in out and int(out["has_report"].sum()) > 1:
-        on.add("report")
-    if w["domain"] > 0 and "features" in out:
-        on.add("domain")
-    if w["coral"] > 0 and domains is not None:
-        on.add("coral")
-    if w["orth"] > 0 and "labels_emb" in out:
-        on.add("orth")
-    if w["consistency"] > 0 and "logits_b" in out:
-        on.add("consistency")
-    if w["expression"] > 0:
-        on.add("expression")
-    if w["supcon"] > 0:
-        on.add("supcon")
-    return on
 
 
 def _report_same(out: Mapping[str, Tensor]) -> Tensor | None:
@@ -299,14 +402,125 @@ def _report_logits(out: Mapping[str, Tensor], tau: float) -> Tensor:
     return img @ rep.T / tau
 
 
+def _report_chance(batch: TermBatch) -> float:
+    """Constant logits: only their (R, R) shape and the same-report mask matter."""
+    r = int(batch.out["has_report"].sum())
+    return float(clip_logits_loss(batch.out["image_emb"].new_zeros(r, r), _report_same(batch.out)))
+
+
+def _pooled_sim(batch: TermBatch) -> Tensor:
+    z = F.normalize(batch.out["pooled"], dim=-1)  # (B, d)
+    return z @ z.T / batch.cfg.tau  # (B, B)
+
+
+def _orth_chance(batch: TermBatch) -> float:
+    """The penalty of the label text as the branch receives it: centred over the labels, as the model centres
+    it before projecting (the raw prompts share one direction, cos ~0.99, so the uncentred text gave 0.903
+    where an untrained branch gives 0.083); random directions in d dimensions for learned queries."""
+    raw = batch.out.get("labels_raw")
+    if raw is None:
+        c, d = batch.out["labels_emb"].shape
+        return (1 - 1 / c) / d
+    return float(orthogonality(raw - raw.mean(0)))
+
+
+def _domain_chance(batch: TermBatch) -> float:
+    """log 2, the centroid contrast of constant scores (the gap part can reach 0 without the image), when a
+    label has both a known positive and a known negative; otherwise the contrast is off (0)."""
+    t = batch.targets
+    return math.log(2.0) if bool(((t == 1).any(0) & (t == 0).any(0)).any()) else 0.0
+
+
+def _batch_log(batch: TermBatch) -> float:
+    b = batch.out["logits_a"].shape[0]
+    return math.log(b) if b > 1 else 0.0
+
+
+# Declaration order is computation, summation and logging order: keep it (the weighted total is summed in it).
+register_term(
+    LossTerm(
+        "cls",
+        lambda b: torch.stack([cls_criterion(b.cfg)(h, b.targets) for h in _heads(b.out)]).mean(),
+        chance=lambda b: float(cls_criterion(b.cfg)(b.prevalence_logits, b.targets)),
+        needs=("logits",),
+    )
+)
+register_term(
+    LossTerm(
+        "semantic",
+        lambda b: label_contrast(b.out["scores"], b.targets, b.cfg.tau),
+        chance=lambda b: float(label_contrast(torch.zeros_like(b.out["scores"]), b.targets, b.cfg.tau)),
+        needs=("scores",),
+    )
+)
+register_term(
+    LossTerm(
+        "report",
+        lambda b: clip_logits_loss(_report_logits(b.out, b.cfg.tau), _report_same(b.out)),
+        chance=_report_chance,
+        needs=("report_emb", "image_emb", "has_report"),
+        ready=lambda b: int(b.out["has_report"].sum()) > 1,
+    )
+)
+register_term(
+    LossTerm(
+        "domain",
+        lambda b: domain_alignment(
+            b.out["features"], b.out["scores"], b.out["labels_emb"], b.targets, b.cfg.tau, b.cfg.domain_kind
+        ),
+        chance=_domain_chance,
+        needs=("features", "scores", "labels_emb"),
+    )
+)
+register_term(
+    LossTerm(
+        "coral",
+        lambda b: coral(b.out["pooled"], b.domains),  # type: ignore[arg-type]
+        chance=None,  # a covariance gap has no image-free reference
+        needs=("pooled",),
+        ready=lambda b: b.domains is not None,
+    )
+)
+register_term(
+    LossTerm("orth", lambda b: orthogonality(b.out["labels_emb"]), chance=_orth_chance, needs=("labels_emb",))
+)
+register_term(
+    LossTerm(
+        "consistency",
+        lambda b: consistency(b.out["logits_a"], b.out["logits_b"], b.cfg.tau),
+        chance=_batch_log,
+        needs=("logits_a", "logits_b"),
+    )
+)
+register_term(
+    LossTerm(
+        "expression",
+        lambda b: expression(b.out["logits"], b.targets),
+        chance=lambda b: float(expression(b.prevalence_logits, b.targets)),
+        needs=("logits",),
+    )
+)
+register_term(
+    LossTerm(
+        "supcon",
+        lambda b: supcon(_pooled_sim(b), b.targets),
+        # constant similarities, made on the targets' device like every tensor of a term
+        chance=lambda b: float(supcon(b.targets.new_zeros(len(b.targets), len(b.targets)), b.targets)),
+        needs=("pooled",),
+    )
+)
+_undeclared = set(LossConfig.term_names()) - set(_TERMS)
+if _undeclared:  # a weight field without a declaration would be tuned and logged as nothing
+    raise RuntimeError(f"LossConfig weight field(s) without a loss term declaration: {sorted(_undeclared)}")
+
+
 def compute_terms(
     out: Mapping[str, Tensor], targets: Tensor, cfg: LossConfig, domains: Tensor | None = None
 ) -> dict[str, Tensor]:
-    """Unweighted loss terms for one batch.
+    """Unweighted loss terms for one batch: every declared term that is on (:meth:`LossTerm.active`).
 
     Args:
-        out: the model's output dict (``logits``, ``logits_a``, optional ``logits_b``, ``scores``,
-            ``features``, ``labels_emb``, ``pooled``, ``image_emb``/``report_emb``/``has_report``).
+        out: the model's output dict (see :class:`TermBatch`).
         targets: (B, C) 1/0/NaN.
         cfg: which terms are on (weight > 0) and their hyper-parameters.
         domains: optional (B,) integer domain ids for CORAL.
@@ -315,29 +529,8 @@ def compute_terms(
         ``cls`` always (the mean of each classifier's own loss); every other term whose weight is > 0 and
         whose inputs exist in ``out``.
     """
-    crit = cls_criterion(cfg)
-    on = _active(out, cfg, domains)
-    terms: dict[str, Tensor] = {"cls": torch.stack([crit(h, targets) for h in _heads(out)]).mean()}
-    if "semantic" in on:
-        terms["semantic"] = label_contrast(out["scores"], targets, cfg.tau)
-    if "report" in on:
-        terms["report"] = clip_logits_loss(_report_logits(out, cfg.tau), _report_same(out))
-    if "domain" in on:
-        terms["domain"] = domain_alignment(
-            out["features"], out["scores"], out["labels_emb"], targets, cfg.tau, cfg.domain_kind
-        )
-    if "coral" in on:
-        terms["coral"] = coral(out["pooled"], domains)  # type: ignore[arg-type]
-    if "orth" in on:
-        terms["orth"] = orthogonality(out["labels_emb"])
-    if "consistency" in on:
-        terms["consistency"] = consistency(out["logits_a"], out["logits_b"], cfg.tau)
-    if "expression" in on:
-        terms["expression"] = expression(out["logits"], targets)
-    if "supcon" in on:
-        z = F.normalize(out["pooled"], dim=-1)
-        terms["supcon"] = supcon(z @ z.T / cfg.tau, targets)
-    return terms
+    batch = TermBatch(out, targets, cfg, domains)
+    return {term.name: term.compute(batch) for term in active_terms(batch)}
 
 
 @torch.no_grad()
@@ -349,35 +542,12 @@ def chance_levels(
     ``cls``/``expression``: a constant predictor of each label's batch prevalence; the contrastive terms
     (``semantic``, ``report``, ``consistency``, ``supcon``): constant scores; ``domain``: log 2 (its contrast
     part; the gap part can reach 0 without the image). A trained term below its chance value shows it used the
-    image. ``orth`` involves no image: its reference is the penalty of the label text as the text encoder gives
-    it (below it, the branch pushed the diseases apart), or of random directions for learned queries.
-    ``coral`` has no chance level.
+    image. ``orth`` involves no image: its reference is the penalty of the centred label text as the branch
+    receives it (below it, the branch pushed the diseases apart), or of random directions for learned queries.
+    ``coral`` has no chance level. Per batch: the training loop logs their epoch mean beside the term's.
     """
-    on = _active(out, cfg, domains)
-    y, known = _split(targets)
-    prevalence = (y * known).sum(0) / known.sum(0).clamp(min=1)  # (C,)
-    constant = torch.logit(prevalence.clamp(1e-6, 1 - 1e-6)).expand_as(targets)
-    chance = {"cls": float(cls_criterion(cfg)(constant, targets))}
-    if "semantic" in on:
-        chance["semantic"] = float(label_contrast(torch.zeros_like(out["scores"]), targets, cfg.tau))
-    if "report" in on:  # constant logits: only their (R, R) shape matters
-        r = int(out["has_report"].sum())
-        chance["report"] = float(clip_logits_loss(out["image_emb"].new_zeros(r, r), _report_same(out)))
-    if "domain" in on:
-        both = ((targets == 1).any(0) & (targets == 0).any(0)).any()
-        chance["domain"] = math.log(2.0) if bool(both) else 0.0
-    if "orth" in on:
-        c, d = out["labels_emb"].shape
-        raw = out.get("labels_raw")
-        chance["orth"] = float(orthogonality(raw)) if raw is not None else (1 - 1 / c) / d
-    if "consistency" in on:
-        b = out["logits_a"].shape[0]
-        chance["consistency"] = math.log(b) if b > 1 else 0.0
-    if "expression" in on:
-        chance["expression"] = float(expression(constant, targets))
-    if "supcon" in on:
-        chance["supcon"] = float(supcon(torch.zeros(len(targets), len(targets)), targets))
-    return chance
+    batch = TermBatch(out, targets, cfg, domains)
+    return {term.name: term.chance(batch) for term in active_terms(batch) if term.chance is not None}
 
 
 def weighted_total(terms: Mapping[str, Tensor], weights: Mapping[str, float] | LossConfig) -> Tensor:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrfa.config import LossConfig, TrainConfig
 from cxrfa.io import atomic_path
-from cxrfa.losses import chance_levels, compute_terms, weighted_total
+from cxrfa.losses import chance_levels, compute_terms, get_term, weighted_total
 from cxrfa.metrics import compute_metrics
 from cxrfa.safeload import load_resume_state
 
@@ -167,6 +167,46 @@ def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> N
         )
 
 
+START_IMAGES = 512  # images whose initial cosines set classifier B's start (64 left a 3 % label at 0.66x)
+
+
+@torch.no_grad()
+def start_at_prior(
+    model: nn.Module, train_set: Dataset, cfg: TrainConfig, seed: int, device: torch.device
+) -> None:
+    """Set classifier B's thresholds from its initial cosines on the first :data:`START_IMAGES` training images
+    of epoch 0 (in eval mode), so it starts at the prior; a no-op for models without it. The global random
+    state is left as it was.
+
+    Args:
+        model: a model whose heads (``model.heads`` or the model itself) may have ``init_threshold_b``.
+        train_set / cfg / seed: the batches of epoch 0 are those :func:`make_loader` draws from them.
+        device: where the model lives.
+    """
+    heads = getattr(model, "heads", model)
+    init = getattr(heads, "init_threshold_b", None)
+    if init is None:
+        return
+    scores: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]):  # augmentation draws from the global generator
+        loader = make_loader(
+            train_set, cfg.batch_size, shuffle=True, seed=seed, epoch=0, cfg=cfg, device=device
+        )
+        for batch in loader:
+            with autocast(device, cfg.amp):
+                out = forward(model, _to(batch, device))
+            if "scores" not in out:
+                break
+            scores.append(out["scores"].float())  # (B, C)
+            if sum(len(s) for s in scores) >= START_IMAGES:
+                break
+    model.train(was_training)
+    if scores:
+        init(torch.cat(scores))  # (M, C)
+
+
 def _schedule(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
     warmup = max(1, int(total_steps * warmup_frac)) if warmup_frac > 0 else 0
 
@@ -241,6 +281,9 @@ def fit(
         bad_epochs, history, best_state = state["bad_epochs"], state["history"], state["best_state"]
         resumed_from = state["epoch"]
         log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
+
+    if resumed_from is None:  # a resumed run's thresholds are in its checkpoint
+        start_at_prior(model, train_set, train_cfg, seed, device)
 
     from tqdm.auto import tqdm
 
@@ -325,8 +368,14 @@ def _train_epoch(
     from tqdm.auto import tqdm
 
     model.train()
-    sums: dict[str, float] = {}
-    n_batches = 0
+    # per curve: (sum, batches it was on), so a term and its chance value are both the mean over the batches
+    # where the term was computed (the report term is off in a batch with fewer than two reports)
+    sums: dict[str, tuple[float, int]] = {}
+
+    def add(key: str, value: float) -> None:
+        total, count = sums.get(key, (0.0, 0))
+        sums[key] = (total + value, count + 1)
+
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
     for step, batch in enumerate(bar):
         batch = _to(batch, device)
@@ -345,11 +394,10 @@ def _train_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        n_batches += 1
-        sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
+        add("train/loss", loss.item())
         for name, value in terms.items():
-            sums[f"train/loss_{name}"] = sums.get(f"train/loss_{name}", 0.0) + value.item()
-        for name, value in chance.items():
-            sums[f"train/chance_{name}"] = sums.get(f"train/chance_{name}", 0.0) + value
-        bar.set_postfix(loss=f"{sums['train/loss'] / n_batches:.4f}")
-    return {k: v / max(1, n_batches) for k, v in sums.items()}
+            add(get_term(name).metric, value.item())
+        for name, level in chance.items():
+            add(get_term(name).chance_metric, level)
+        bar.set_postfix(loss=f"{sums['train/loss'][0] / sums['train/loss'][1]:.4f}")
+    return {key: total / count for key, (total, count) in sums.items()}

@@ -103,16 +103,29 @@ def test_masked_auc_matches_sklearn_on_known_rows() -> None:
     assert macro == pytest.approx((per_label["a"] + per_label["b"]) / 2, abs=1e-12)
 
 
+def _independent_balanced_gap(img: np.ndarray, txt: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean over present labels of (centroid of their images' unit embeddings) - mean of their unit texts."""
+    a = img / np.linalg.norm(img, axis=1, keepdims=True)
+    b = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    cols = [c for c in range(len(txt)) if (y[:, c] == 1).any()]
+    return np.stack([a[y[:, c] == 1].mean(0) for c in cols]).mean(0) - b[cols].mean(0)
+
+
 def test_gap_shift_experiment_remeasures_gap_and_metric() -> None:
+    """One embedding per image: the class-balanced gap, each image standing for each of its labels."""
     img, txt, y = _labelled_set()
-    gap = modality_gap(img, txt).norm
+    vector = _independent_balanced_gap(img, txt, y)
+    gap = float(np.linalg.norm(vector))
     deltas = [-0.2, 0.0, 0.3, gap]
     df = gap_shift_experiment(img, txt, y, deltas)
     assert list(df.columns) == ["delta", "gap", "macro_auc"]
     assert df["delta"].tolist() == deltas
+    img_n = img / np.linalg.norm(img, axis=1, keepdims=True)
+    txt_n = txt / np.linalg.norm(txt, axis=1, keepdims=True)
     for delta, row in zip(deltas, df.itertuples(), strict=True):
-        a, b = shift(img, txt, delta)
-        assert row.gap == pytest.approx(_independent_gap(a, b), abs=1e-12)
+        a, b = img_n - delta / 2 * vector / gap, txt_n + delta / 2 * vector / gap
+        a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+        assert row.gap == pytest.approx(np.linalg.norm(_independent_balanced_gap(a, b, y)), abs=1e-12)
         _, expected = masked_auc(y, cosine_scores(a, b))
         assert row.macro_auc == pytest.approx(expected, abs=1e-12)
     assert df["gap"].iloc[1] == pytest.approx(gap, abs=1e-12)

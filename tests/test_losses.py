@@ -266,11 +266,28 @@ def test_cls_trains_each_head_on_its_own() -> None:
     assert chance_levels(single, targets[:, :1], LossConfig())["cls"] == pytest.approx(h0, rel=1e-5)
 
 
-def test_orth_reference_is_the_raw_label_text() -> None:
-    out = _out()
-    targets = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.float32)
-    raw = torch.ones(3, 5) + 0.1 * torch.randn(3, 5)  # nearly one direction, as small text towers give
-    chance = chance_levels({**out, "labels_raw": raw}, targets, LossConfig(orth=1.0))["orth"]
-    assert chance == pytest.approx(orthogonality(raw).item(), rel=1e-6) and chance > 0.5
+def test_orth_reference_is_the_label_text_as_the_branch_receives_it() -> None:
+    """The prompts share one direction (cos ~0.99 between labels for small text towers), which the model
+    centres away before projecting: an untrained branch sits at the reference, not 10x below it (the raw,
+    uncentred text gave 0.903 against 0.083 for an untrained model)."""
+    torch.manual_seed(0)
+    c, n, dv = 6, 4, 8
+    heads = tiny_heads(c, n, dv)
+    raw = torch.ones(c, 12) + 0.1 * torch.randn(c, 12)  # nearly one direction
+    heads.label_text.copy_(raw)
+    heads.text_centre.copy_(raw.mean(0))
+    tokens = torch.randn(4, n, dv)
+    targets = torch.tensor([[1, 0, 1, 0, 0, 1], [0, 1, 0, 0, 1, 0], [1, 1, 0, 1, 0, 0], [0, 0, 1, 0, 1, 1.0]])
+    chances, values = [], []
+    for seed in range(8):  # untrained branches: a projection drawn at random
+        torch.manual_seed(seed)
+        heads.text_proj.reset_parameters()
+        out = heads(tokens, tokens.mean(1))
+        chances.append(chance_levels(out, targets, LossConfig(orth=1.0))["orth"])
+        values.append(compute_terms(out, targets, LossConfig(orth=1.0))["orth"].item())
+    assert chances[0] == pytest.approx(orthogonality(raw - raw.mean(0)).item(), rel=1e-6)
+    assert orthogonality(raw).item() > 0.8  # what the old reference said
+    assert 0.5 < np.mean(values) / chances[0] < 2.0, (np.mean(values), chances[0])
     # learned queries (no raw text): random directions in d dimensions
-    assert chance_levels(out, targets, LossConfig(orth=1.0))["orth"] == pytest.approx((1 - 1 / 3) / 8)
+    out = _out()
+    assert chance_levels(out, targets[:, :3], LossConfig(orth=1.0))["orth"] == pytest.approx((1 - 1 / 3) / 8)

@@ -130,3 +130,59 @@ def warn_overlap(frame: pd.DataFrame, where: str) -> dict[str, list[str]]:
             "+".join(overlap[first]),
         )
     return overlap
+
+
+# a patient's images split evenly between two splits go to the evaluation side: the source's test split is the
+# one its published numbers use, so it stays as complete as possible
+_TIE_ORDER: tuple[str, ...] = ("test", "val", "train")
+
+
+def resplit_leaking_patients(frame: pd.DataFrame) -> pd.Series:
+    """The split column with every patient whose images sit in more than one split moved whole to the split
+    holding most of their images (ties: test, then val, then train); other patients keep theirs.
+
+    Args:
+        frame: a manifest table (``patient_id``, ``split``).
+
+    Returns:
+        The new ``split`` column (object dtype, same index).
+    """
+    patients = frame["patient_id"].astype(str)
+    counts = frame.groupby([patients, frame["split"].astype(str)]).size().rename("n").reset_index()
+    counts["tie"] = (
+        counts["split"].map({name: i for i, name in enumerate(_TIE_ORDER)}).fillna(len(_TIE_ORDER))
+    )
+    best = counts.sort_values(["n", "tie"], ascending=[False, True]).drop_duplicates("patient_id")
+    return patients.map(best.set_index("patient_id")["split"]).astype(object)
+
+
+def patient_disjoint(frame: pd.DataFrame, where: str, keep_source_split: bool = False) -> pd.DataFrame:
+    """A manifest table whose patients each sit in one split: a source split that leaks patients is re-split
+    by patient (:func:`resplit_leaking_patients`) and says so in one log line with the count, unless
+    ``keep_source_split``, which keeps it with the leak warning of :func:`warn_overlap`.
+
+    Args:
+        frame: a manifest table.
+        where: the manifest, for the log line.
+        keep_source_split: keep a leaking split as the source gives it (``data.keep_source_split``).
+
+    Returns:
+        ``frame`` itself when nothing moves, else a copy with the new ``split`` column.
+    """
+    overlap = overlapping_patients(frame)
+    if not overlap:
+        return frame
+    if keep_source_split:
+        warn_overlap(frame, where)
+        return frame
+    split = resplit_leaking_patients(frame)
+    moved = int((split != frame["split"].astype(object)).sum())
+    log.warning(
+        "%s: %d patient(s) had images in more than one split; re-split by patient, each moved whole to the split "
+        "holding most of their images (%d image(s) moved; ties to test, then val); set data.keep_source_split: "
+        "true to keep the source split",
+        where,
+        len(overlap),
+        moved,
+    )
+    return frame.assign(split=split.astype(frame["split"].dtype))

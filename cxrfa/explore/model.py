@@ -21,7 +21,7 @@ from cxrfa.explore.gap import (
     default_deltas,
     gap_shift_experiment,
     measured_gap,
-    modality_gap,
+    no_image_gap,
     plot_gap_shift,
 )
 from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
@@ -130,7 +130,9 @@ def explore_model(
     """Modality gap, gap shift and label-similarity diagnostics of a model with a text branch.
 
     Scalars: ``embed/modality_gap`` (image-side disease features F of present diseases vs label embeddings
-    L̂; pooled image features when the model has no aligner), ``embed/modality_gap_pooled``,
+    L̂; pooled image features when the model has no aligner), ``embed/modality_gap_no_image`` (its reference:
+    the same features averaged over the images, see :func:`~cxrfa.explore.gap.no_image_gap`),
+    ``embed/modality_gap_pooled`` (pooled image features; every gap class-balanced),
     ``embed/align_macro_auc`` (macro AUROC of the cosine scores the gap is measured on),
     ``embed/mean_offdiag_sim/<stage>`` per text-branch stage (``raw`` ... ``final``).
     Figures: ``gap_shift``, ``label_similarity`` (one heatmap per stage, side by side) and, when asked for,
@@ -164,7 +166,7 @@ def explore_model(
     text = out["labels_emb"]  # (C, d)
     result = ExploreResult()
     if "pooled" in out:
-        result.scalars["embed/modality_gap_pooled"] = modality_gap(out["pooled"], text).norm
+        result.scalars["embed/modality_gap_pooled"] = measured_gap(out["pooled"], text, y).norm
     image = out.get("features", out.get("pooled"))  # (M, C, d) or (M, d)
     if image is not None and "umap" in parts:
         result.figures["umap"] = umap_figure(
@@ -172,6 +174,7 @@ def explore_model(
         )
     if image is not None and "gap" in parts:
         result.scalars["embed/modality_gap"] = measured_gap(image, text, y).norm
+        result.scalars["embed/modality_gap_no_image"] = no_image_gap(image, text, y).norm  # its reference
         _, result.scalars["embed/align_macro_auc"] = masked_auc(y, cosine_scores(image, text), labels)
         frame = gap_shift_experiment(
             image, text, y, default_deltas(result.scalars["embed/modality_gap"], step)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from cxrfa.errors import CxrfaError
 from cxrfa.explore._common import ArrayLike, step, to_numpy
-from cxrfa.explore.gap import default_deltas, gap_shift_experiment, modality_gap, plot_gap_shift
+from cxrfa.explore.gap import default_deltas, gap_shift_experiment, measured_gap, no_image_gap, plot_gap_shift
 from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
 from cxrfa.explore.umap_view import umap_figure, umap_html, umap_layout
 from cxrfa.io import atomic_path, atomic_write_text
@@ -88,13 +88,14 @@ def write_gap_report(
     img: ArrayLike, txt_labels: ArrayLike, y_true: ArrayLike, out: Path, step: float = 0.25
 ) -> dict[str, Path]:
     """Modality gap and the gap-shift sweep: ``gap.json``, ``gap_shift.csv``, ``gap_shift.png`` in ``out``."""
-    gap = modality_gap(img, txt_labels)
+    gap = measured_gap(img, txt_labels, y_true)
     frame = gap_shift_experiment(img, txt_labels, y_true, default_deltas(gap.norm, step))
     origin = frame[np.isclose(frame["delta"], 0.0)].iloc[0]
     paths = {
         "json": write_json(
             {
                 "modality_gap": gap.norm,
+                "modality_gap_no_image": no_image_gap(img, txt_labels, y_true).norm,  # its reference
                 "macro_auc": float(origin["macro_auc"]),
                 "n_images": int(to_numpy(img).shape[0]),
                 "gap_vector": gap.vector.tolist(),

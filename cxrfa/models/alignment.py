@@ -151,6 +151,30 @@ class AlignmentModel(nn.Module):
         self.head_a[1].bias.copy_(bias)
         if self.aligner is not None:
             self.threshold_b.copy_(-bias / self._scale())
+            self.prior_b = prior.clamp(1e-4, 1 - 1e-4).to(self.threshold_b)  # for init_threshold_b
+
+    # ---- classifier B's starting thresholds -----------------------------------------------------------------
+    prior_b: Tensor | None = None
+
+    @torch.no_grad()
+    def init_threshold_b(self, scores: Tensor) -> None:
+        """Start classifier B at the prior on (B, C) initial cosine scores: per label, the θ_c at which the
+        mean of σ((s_bc − θ_c)/τ) over the batch is the prior given to :meth:`init_prior` (no-op without one).
+
+        An untrained aligner's cosines are not 0 and 1/τ ≈ 14 multiplies them, so θ_c = −τ·logit(prior) alone
+        started the head far from the prior (0.03–18× on the tiny heads of tests/test_classifier_b_start.py;
+        0.89–1.18× from 512 images' cosines). The mean is monotone in θ_c: bisection, all labels at once.
+        """
+        if self.prior_b is None or self.aligner is None:
+            return
+        scale, prior = self._scale(), self.prior_b.to(scores)  # prior_b is set before the model moves
+        lo = torch.full_like(self.threshold_b, -1.0) - 20 / scale  # mean probability ~1 below, ~0 above
+        hi = torch.full_like(self.threshold_b, 1.0) + 20 / scale
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            too_high = torch.sigmoid((scores - mid) * scale).mean(0) > prior  # (C,)
+            lo, hi = torch.where(too_high, mid, lo), torch.where(too_high, hi, mid)
+        self.threshold_b.copy_((lo + hi) / 2)
 
     def _scale(self) -> Tensor:
         """1/tau of classifier B, at most 100 (as CLIP's logit scale)."""
