@@ -224,7 +224,7 @@ def test_report_shows_the_result_first_with_its_method_and_provenance(lab: Path)
 def test_p_at_the_floor_is_shown_as_a_bound() -> None:
     from cxrfa.stats import format_p
 
-    assert format_p(2 / 1001, 1000, True) == "< 2/1001"
+    assert format_p(2 / 1001, 1000, True) == "≤ 2/1001"
     assert "≈" not in format_p(2 / 1001, 1000, False)
 
 
