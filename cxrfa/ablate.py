@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from cxrfa.config import AblationMatrix, RunConfig
 from cxrfa.experiment import CellResult, run_cell
-from cxrfa.tracking import TAG_BACKBONES, TAG_CELLS, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
+from cxrfa.tracking import TAG_BACKBONES, TAG_CELLS, TAG_CONTRASTS, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
 
 if TYPE_CHECKING:
     from cxrfa.experiment import CellClaim
@@ -144,6 +144,7 @@ def ablate(
     tags = {TAG_MATRIX: matrix.name, TAG_BACKBONES: backbones, TAG_DATA: data or "demo"}
     parent = tracker.parent(name, tags, description=_description(matrix, backbones, data))
     parent.set_tags({TAG_CELLS: json.dumps(list(matrix.cells))})  # `compare` lists cells in this order
+    parent.set_tags({TAG_CONTRASTS: json.dumps(matrix.contrasts)})  # and tests these, Holm within each family
     parent.log_text(_matrix_text(matrix), "matrix.yaml")
     states = queue.enqueue(runs)
     bar = _Bar(states, matrix.name, progress)
