@@ -605,7 +605,7 @@ class Weighted:
         include: (C,) labels with both classes on the full test set (the macro averages' labels).
         thresholds: (C,) decision thresholds (chosen on val).
         label_groups: (C,) ``head``/``medium``/``tail`` or "" per label.
-        subgroups: attribute -> (N,) subgroup name per row (NaN unknown), e.g. ``sex`` -> M/F.
+        subgroups: attribute -> subgroup names and each row's index into them (:func:`subgroup_codes`).
     """
 
     y: np.ndarray
@@ -614,7 +614,7 @@ class Weighted:
     include: np.ndarray
     thresholds: np.ndarray
     label_groups: np.ndarray
-    subgroups: dict[str, pd.Series]
+    subgroups: Subgroups
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def per_label(self) -> tuple[np.ndarray, np.ndarray]:
@@ -671,43 +671,62 @@ def _w_ece(s: Weighted) -> np.ndarray:
         return np.abs(ys - ps).sum(axis=1) / count.sum(axis=1)
 
 
-def tpr_gaps(s: Weighted, subgroups: dict[str, pd.Series] | None = None) -> dict[str, np.ndarray]:
+Subgroups = dict[
+    str, tuple[list[str], np.ndarray]
+]  # attribute -> (subgroup names, (N,) index into them; -1 unknown)
+
+
+def subgroup_codes(subgroups: pd.DataFrame | None) -> Subgroups:
+    """Each attribute's subgroup names (age bins in age order, others sorted) and every row's index into them."""
+    out: Subgroups = {}
+    if subgroups is None:
+        return out
+    frame = subgroups.reset_index(drop=True)
+    for attr in SUBGROUP_ATTRIBUTES:
+        if attr not in frame.columns:
+            continue
+        names_of = _group_codes(frame, attr)
+        present = set(names_of.dropna())
+        names = [n for n in AGE_BINS if n in present] if attr == "age" else sorted(present)
+        index = {name: i for i, name in enumerate(names)}
+        out[attr] = (names, np.array([index.get(v, -1) for v in names_of], dtype=np.int64))
+    return out
+
+
+def tpr_gaps(s: Weighted, subgroups: Subgroups | None = None) -> dict[str, np.ndarray]:
     """(b,) TPR gap of each subgroup (``sex/F``, ``age/60-80`` ...) as :func:`_fairness` defines it, weighted.
 
     Args:
         s: the weighted predictions.
-        subgroups: attribute -> (N,) names to use instead of ``s.subgroups`` (a permutation null).
+        subgroups: codes to use instead of ``s.subgroups`` (a permutation null).
     """
     pred, pos = s.decisions()
-    hits = (pred & pos).astype(np.float64)
+    hits = (pred & pos).astype(np.float64)  # (N, C)
+    posf = pos.astype(np.float64)
     out: dict[str, np.ndarray] = {}
-    for attr, codes in (subgroups or s.subgroups).items():
-        names = (
-            [n for n in AGE_BINS if (codes == n).any()] if attr == "age" else sorted(codes.dropna().unique())
-        )
-        member = {g: (codes == g).to_numpy() for g in names}
+    for attr, (names, codes) in (subgroups if subgroups is not None else s.subgroups).items():
 
         def tpr(rows: np.ndarray) -> np.ndarray:
-            n_pos = s.w @ (pos & rows[:, None]).astype(np.float64)  # (b, C)
+            n_pos = s.w @ (posf * rows[:, None])  # (b, C)
             with np.errstate(invalid="ignore", divide="ignore"):
                 return np.where(n_pos > 0, (s.w @ (hits * rows[:, None])) / np.maximum(n_pos, 1e-300), np.nan)
 
-        tprs = {g: tpr(rows) for g, rows in member.items()}
+        member = [codes == g for g in range(len(names))]  # (N,) each
+        tprs = [tpr(rows) for rows in member]
         if attr == "sex":
             if len(names) < 2:
                 continue
-            any_known = codes.notna().to_numpy()
-            refs = {g: tpr(any_known & ~member[g]) for g in names}
+            refs = [tpr((codes >= 0) & ~rows) for rows in member]
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN label columns → NaN
-                median = np.nanmedian(np.stack(list(tprs.values())), axis=0)  # (b, C)
-            refs = {g: median for g in names}
-        for g in names:
-            diff = tprs[g] - refs[g]  # (b, C)
+                median = np.nanmedian(np.stack(tprs), axis=0)  # (b, C)
+            refs = [median] * len(names)
+        for name, t, ref in zip(names, tprs, refs, strict=True):
+            diff = t - ref  # (b, C)
             finite = np.isfinite(diff)
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[f"{attr}/{g}"] = np.where(finite, diff, 0).sum(axis=1) / finite.sum(axis=1)
+                out[f"{attr}/{name}"] = np.where(finite, diff, 0).sum(axis=1) / finite.sum(axis=1)
     return out
 
 
@@ -853,10 +872,7 @@ def score_weighted(
     n, c = y.shape
     thr = np.full(c, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     groups = np.asarray(label_groups if label_groups is not None else [""] * c, dtype=object)
-    sub = {}
-    if subgroups is not None:
-        frame = subgroups.reset_index(drop=True)
-        sub = {a: _group_codes(frame, a) for a in SUBGROUP_ATTRIBUTES if a in frame.columns}
+    sub = subgroup_codes(subgroups)
     include = np.isfinite(per_label_auc_ap(y, prob)[0])
     batches = [np.ones((1, n))]
     if n_boot > 0:
@@ -887,14 +903,13 @@ def worst_gap_null(
     """
     y, prob = _check_shapes(y_true, y_prob)
     n, c = y.shape
-    frame = subgroups.reset_index(drop=True)
-    codes = {a: _group_codes(frame, a) for a in SUBGROUP_ATTRIBUTES if a in frame.columns}
+    codes = subgroup_codes(subgroups)
     thr = np.full(c, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     s = Weighted(y, prob, np.ones((1, n)), np.ones(c, bool), thr, np.full(c, "", dtype=object), codes)
     rng = np.random.default_rng([seed, 2])
     out = np.empty(n_perm)
     for i in range(n_perm):
-        shuffled = {a: pd.Series(v.to_numpy()[rng.permutation(n)]) for a, v in codes.items()}
+        shuffled = {a: (names, v[rng.permutation(n)]) for a, (names, v) in codes.items()}
         gaps = tpr_gaps(s, shuffled)
         out[i] = max((abs(float(g[0])) for g in gaps.values() if np.isfinite(g[0])), default=np.nan)
     return out

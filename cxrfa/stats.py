@@ -372,7 +372,7 @@ def shared_patient_var(replicates: np.ndarray) -> float:
     reps = np.asarray(replicates, dtype=np.float64)
     reps = reps[:, np.isfinite(reps).all(axis=0)]  # (K, B') resamples where every seed has a value
     k, b = reps.shape
-    if b < 2:
+    if b < 2 or k == 0:
         return float("nan")
     cov = np.atleast_2d(np.cov(reps))  # (K, K)
     if k == 1:
