@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats as sps
 
-from cxrfa.metrics import bootstrap_per_label, macro_over_labels, per_label_auc_ap, percentile_ci
+from cxrfa.metrics import bootstrap_per_label, get_metric, macro_over_labels, per_label_auc_ap, percentile_ci
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,16 @@ _RANGES: tuple[tuple[str, tuple[float, float]], ...] = (
 
 
 def metric_range(key: str) -> tuple[float, float] | None:
-    """The range a logged metric lives in (``test/macro_auc`` -> (0, 1)); None when it is unbounded/unknown."""
+    """The range a logged metric lives in (``test/macro_auc`` -> (0, 1)); None when it is unbounded/unknown.
+
+    A compared metric's range is its :class:`cxrfa.metrics.MetricSpec`'s; the patterns cover the per-label and
+    per-subgroup keys around them.
+    """
     name = key.removeprefix("test/")
+    try:
+        return get_metric(name).bounds
+    except KeyError:
+        pass
     for pattern, bounds in _RANGES:
         if re.fullmatch(pattern, name):
             return bounds
