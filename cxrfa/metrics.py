@@ -693,6 +693,18 @@ def subgroup_codes(subgroups: pd.DataFrame | None) -> Subgroups:
     return out
 
 
+def _nan_reduce(reduce: Callable[..., np.ndarray], stacked: np.ndarray) -> np.ndarray:
+    """``reduce(stacked, axis=0)`` over finite entries, NaN where a column has none.
+
+    Not ``warnings.catch_warnings`` around numpy's all-NaN warning: compare scores runs on threads, and that
+    context manager swaps a process-wide filter list.
+    """
+    out = np.full(stacked.shape[1:], np.nan)
+    some = np.isfinite(stacked).any(axis=0)
+    out[some] = reduce(stacked[:, some], axis=0)
+    return out
+
+
 def tpr_gaps(s: Weighted, subgroups: Subgroups | None = None) -> dict[str, np.ndarray]:
     """(b,) TPR gap of each subgroup (``sex/F``, ``age/60-80`` ...) as :func:`_fairness` defines it, weighted.
 
@@ -718,10 +730,7 @@ def tpr_gaps(s: Weighted, subgroups: Subgroups | None = None) -> dict[str, np.nd
                 continue
             refs = [tpr((codes >= 0) & ~rows) for rows in member]
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN label columns → NaN
-                median = np.nanmedian(np.stack(tprs), axis=0)  # (b, C)
-            refs = [median] * len(names)
+            refs = [_nan_reduce(np.nanmedian, np.stack(tprs))] * len(names)  # (b, C) median over groups
         for name, t, ref in zip(names, tprs, refs, strict=True):
             diff = t - ref  # (b, C)
             finite = np.isfinite(diff)
@@ -734,10 +743,7 @@ def _w_worst_gap(s: Weighted) -> np.ndarray:
     gaps = tpr_gaps(s)
     if not gaps:
         return np.full(s.w.shape[0], np.nan)
-    stacked = np.abs(np.stack(list(gaps.values())))  # (G, b)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmax(stacked, axis=0)
+    return _nan_reduce(np.nanmax, np.abs(np.stack(list(gaps.values()))))  # (G, b) -> (b,)
 
 
 def _group_macro(kind: str, group: str) -> Callable[[Weighted], np.ndarray]:
