@@ -66,7 +66,7 @@ def answers(comp: Comparison) -> list[str]:
             f"{r['family']} ({r['cell']} − {r['other']}, {spec.name} {spec.arrow}): "
             f"{_interval(r['delta'], r['low'], r['high'], sign=True)}, Holm p = {_p(r['p_holm'])} — "
             f"{_verdict(r, spec)}; smallest detectable {_num(r['mde'])} with {int(r['pairs'])} seed pair"
-            f"{'s' * (r['pairs'] != 1)}; P(improvement) {_num(r["prob_improvement"], 2)}."
+            f"{'s' * (r['pairs'] != 1)}; P(improvement) {_num(r['prob_improvement'], 2)}."
         )
     return out
 
