@@ -244,8 +244,8 @@ def test_the_report_answers_first_with_one_interval_per_number_and_keeps_its_cav
     assert r"\toprule" in tex and r"$\uparrow$" in tex and tex.startswith("% Warning: Stand-in")
     assert "stand-in" in tex.split(r"\caption{")[1].lower()
     paths = write_report(comp, lab / "out", tracker)
-    assert paths["csv"].read_text().lower().startswith("# warning: stand-in")
-    table = pd.read_csv(paths["csv"], comment="#")
+    table = pd.read_csv(paths["csv"])
+    assert table["warning"].str.lower().str.contains("stand-in").all()  # every row keeps the caveat
     assert {
         "family",
         "cell",

@@ -309,9 +309,11 @@ def to_latex(comp: Comparison) -> str:
 
 
 def to_csv(frame: pd.DataFrame, comp: Comparison, **kwargs: Any) -> str:
-    """A frame as CSV headed by the report's warnings as ``#`` comment lines (``pandas.read_csv(comment="#")``)."""
-    head = "".join(f"# Warning: {w}\n" for w in comp.methods.warnings)
-    return head + frame.to_csv(**kwargs)
+    """A frame as CSV with the report's warnings in a ``warning`` column on every row, so a table copied out of
+    the report keeps its caveat and a plain ``pandas.read_csv`` still reads it."""
+    if comp.methods.warnings:
+        frame = frame.assign(warning=" ".join(comp.methods.warnings))
+    return frame.to_csv(**kwargs)
 
 
 def _png(fig: Any) -> str:
