@@ -372,9 +372,9 @@ def console_table(comp: Comparison) -> Any:
     from rich.table import Table
 
     header, rows = contrast_rows(comp)
-    table = Table(
-        title=_title(comp), caption=f"B = {comp.methods.n_boot}; resampled: seeds x {comp.methods.unit}"
-    )
+    m = comp.methods
+    caption = f"B = {m.n_boot}; resampled: seeds x {m.unit}" if m.n_boot else "--n-boot 0: seed spread only"
+    table = Table(title=_title(comp), caption=caption)
     for i, col in enumerate(header):
         table.add_column(col, justify="left" if i < 2 else "right")
     for row in rows:
