@@ -872,7 +872,8 @@ def score_weighted(
         subgroups: N rows with ``sex``/``age``/``view`` columns (any may be absent).
 
     Returns:
-        ``(values, per_label_auc)``: metric name -> (1 + B,) with the test-set value first, and (1 + B, C) AUROC.
+        ``(values, per_label_auc)``: metric name -> (1 + B,) with the test-set value first (the ``specs``, then
+        each subgroup's TPR gap as ``fair/<attribute>/tpr_gap/<subgroup>``), and (1 + B, C) AUROC.
     """
     y, prob = _check_shapes(y_true, y_prob)
     n, c = y.shape
@@ -890,6 +891,9 @@ def score_weighted(
         for m in specs:
             if m.score is not None:
                 values[m.name].append(m.score(s))
+        for key, gap in tpr_gaps(s).items():  # every subgroup's gap, e.g. fair/sex/tpr_gap/F
+            attr, name = key.split("/", 1)
+            values.setdefault(f"fair/{attr}/tpr_gap/{name}", []).append(gap)
         aucs.append(s.per_label()[0])
     return {k: np.concatenate(v) for k, v in values.items()}, np.concatenate(aucs)
 

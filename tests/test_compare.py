@@ -240,6 +240,12 @@ def test_the_report_answers_first_with_one_interval_per_number_and_keeps_its_cav
     assert "Stand-in weights (cnn-small, tiny-clip)" in md.splitlines()[2]  # the caveat before any number
     assert all(run_id in md for ids in comp.methods.runs.values() for run_id in ids) and parent in md
     assert "Tuning: not recorded" in md and "## Cells" in md
+    # every subgroup's TPR gap with its interval, and the worst gap beside its permutation null
+    sex = comp.fairness.loc["visual-clip"]  # align-clip finds every positive at 0.5: no gap at all
+    assert sex["fair/sex/tpr_gap/F"] == pytest.approx(-sex["fair/sex/tpr_gap/M"])  # F vs M and M vs F
+    assert sex["fair/sex/tpr_gap/F low"] < sex["fair/sex/tpr_gap/F"] < sex["fair/sex/tpr_gap/F high"]
+    assert 0 < sex["null_mean"] <= sex["null_q95"]
+    assert "## TPR gap per subgroup" in md and "## Worst subgroup TPR gap against its null level" in md
     tex = to_latex(comp)
     assert r"\toprule" in tex and r"$\uparrow$" in tex and tex.startswith("% Warning: Stand-in")
     assert "stand-in" in tex.split(r"\caption{")[1].lower()

@@ -299,6 +299,9 @@ def test_every_paired_metric_on_the_test_set_equals_compute_metrics() -> None:
     values, per_label = score_weighted(
         y, prob, list_metrics(paired=True), 0, thresholds=thr, label_groups=groups, subgroups=sub
     )
+    assert {k for k in ref if "/tpr_gap/" in k} <= set(
+        values
+    )  # every subgroup's gap, as compute_metrics logs it
     for name, v in values.items():
         assert v.shape == (1,)
         assert v[0] == pytest.approx(ref[name], abs=1e-12), name

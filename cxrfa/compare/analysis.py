@@ -87,8 +87,9 @@ class Comparison:
         per_label, per_label_low, per_label_high: cells x labels mean test AUROC and its interval.
         label_delta, label_delta_low, label_delta_high, label_p_holm: cells x labels Δ AUROC vs ``baseline``,
             its interval and p Holm-adjusted over labels (NaN for the baseline itself).
-        fairness: per cell the worst subgroup |TPR gap| and its level under no group difference (``null_mean``,
-            ``null_q95``: mean and 95th percentile of the permutation null, averaged over seeds).
+        fairness: per cell each subgroup's TPR gap with its interval (``fair/sex/tpr_gap/F``, ``... low``,
+            ``... high``) and the worst gap's level under no group difference (``null_mean``, ``null_q95``: mean
+            and 95th percentile of the permutation null, averaged over seeds).
         label_info: per label ``group`` and ``n_pos`` (test positives), in ``per_label`` order.
         legend: cell -> what defines it (its overrides of the matrix's base config).
         methods: see :class:`Methods`.
@@ -172,7 +173,7 @@ def compare(
             methods.warnings.append(f"Bootstrap over {test.unit}.")
         values, per_label = _score_all(test, sel, n_boot, seed, progress)
         constant = _constant(test, n_boot, seed)
-        fairness = _fairness(test, sel, seed)
+        fairness = _fairness(test, sel, seed, values, methods.n_patients)
     else:
         test, values, per_label, constant = None, {}, {}, None
         fairness = pd.DataFrame()
@@ -278,8 +279,9 @@ def _constant(test: TestSet, n_boot: int, seed: int) -> dict[str, np.ndarray] | 
     return values
 
 
-def _fairness(test: TestSet, sel: Selection, seed: int) -> pd.DataFrame:
-    """Per cell: the worst-gap null level (permuted subgroup labels), mean and 95th percentile over seeds."""
+def _fairness(test: TestSet, sel: Selection, seed: int, values: Scores, n_patients: int) -> pd.DataFrame:
+    """Per cell: each subgroup's TPR gap over seeds with its interval (``fair/<attr>/tpr_gap/<group>``, ``... low``,
+    ``... high``), and the worst gap's null level (permuted subgroup labels): ``null_mean``, ``null_q95``."""
     if test.subgroups is None or test.subgroups.empty:
         return pd.DataFrame()
     rows = {}
@@ -290,10 +292,18 @@ def _fairness(test: TestSet, sel: Selection, seed: int) -> pd.DataFrame:
             )
             for r in runs
         ]
-        rows[cell] = {
+        row = {
             "null_mean": float(np.nanmean([n.mean() for n in nulls])),
             "null_q95": float(np.nanmean([np.nanpercentile(n, 95) for n in nulls])),
         }
+        keys = dict.fromkeys(k for r in runs for k in values[r.run_id] if "/tpr_gap/" in k)
+        for key in keys:
+            if all(key in values[r.run_id] for r in runs):
+                reps = np.stack([values[r.run_id][key] for r in runs])  # (K, 1 + B)
+                row[key], row[f"{key} low"], row[f"{key} high"] = _level(
+                    reps[:, 0].tolist(), reps[:, 1:], n_patients, (-1.0, 1.0)
+                )
+        rows[cell] = row
     return pd.DataFrame(rows).T
 
 

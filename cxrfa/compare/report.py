@@ -147,6 +147,19 @@ def fairness_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
     return ["cell", "worst |TPR gap| ↓ [95% CI]", "null mean", "null 95th percentile"], rows
 
 
+def subgroup_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Each subgroup's TPR gap (TPR of the group − its reference) per cell, [95% CI]; 0 is no gap."""
+    keys = [c for c in comp.fairness.columns if "/tpr_gap/" in c and not c.endswith((" low", " high"))]
+    rows = []
+    for key in keys:
+        attr, group = key.removeprefix("fair/").split("/tpr_gap/")
+        row = [f"{attr} {group}"]
+        for _, f in comp.fairness.iterrows():
+            row.append(_interval(f.get(key), f.get(f"{key} low"), f.get(f"{key} high"), sign=True))
+        rows.append(row)
+    return ["subgroup", *map(str, comp.fairness.index)], rows
+
+
 def per_label_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
     """Per label (head → tail): group, test positives, each cell's AUROC [95% CI] and Δ vs the reference."""
     rows = []
@@ -223,6 +236,12 @@ def _sections(comp: Comparison) -> list[tuple[str, tuple[list[str], list[list[st
     ]
     if not comp.fairness.empty:
         out.append(("Worst subgroup TPR gap against its null level", fairness_rows(comp)))
+        out.append(
+            (
+                "TPR gap per subgroup [95% CI] (sex: vs the other sex; age, view: vs the median group)",
+                subgroup_rows(comp),
+            )
+        )
     out.append((f"Test AUROC per label [95% CI]; Δ vs {comp.baseline}", per_label_rows(comp)))
     return out
 
