@@ -1,4 +1,6 @@
-"""Statistics for comparing runs.
+"""Statistics for comparing runs. ``compare`` uses :func:`paired_seed_test`, :func:`seed_patient_t`,
+:func:`shared_patient_var`, :func:`holm` and :func:`delong_test`; the bootstrap-interval helpers before them serve
+single-run CIs (:func:`paired_bootstrap`) and the benchmark that measured why the seed-pair bootstrap was replaced.
 
 * :func:`label_boot` scores one model on the test set and on B patient resamples (a resample draws patients with
   replacement and keeps all their images; every model scored with the same seed and rows sees the same

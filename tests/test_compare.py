@@ -338,6 +338,10 @@ def test_compare_reads_the_store_without_creating_anything(lab: Path) -> None:
     assert _store_state(store) == before and (lab / "o" / "comparison.md").is_file()
     assert runner.invoke(app, args).exit_code == 0
     assert _store_state(store) != before  # without --no-log the report is logged on the parent
+    (lab / "empty").mkdir()
+    missing = runner.invoke(app, ["compare", "--tracking-uri", str(lab / "empty"), "--out", "o"])
+    assert missing.exit_code == 2 and "no tracking store" in missing.output
+    assert list((lab / "empty").iterdir()) == []  # no database created
 
 
 def test_mixing_data_hashes_exits_2_with_one_line_naming_both(lab: Path) -> None:
