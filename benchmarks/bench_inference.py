@@ -146,7 +146,7 @@ def main() -> None:
     print("| design | seeds | Δ = 0.01 | Δ = 0.02 | Δ = 0.05 |")
     print("|---|---|---|---|---|")
     designs = {
-        "demo: seed SD 0.056, patient SE 0.021": (0.056, 0.021),
+        "seed SD 0.056, patient SE 0.021": (0.056, 0.021),
         "seed SD 0.01, patient SE 0.01": (0.01, 0.01),
     }
     for (name, (seed_sd, se)), k in itertools.product(designs.items(), (3, 5, 10)):

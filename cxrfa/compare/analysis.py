@@ -374,10 +374,9 @@ def _contrast_table(
         for cell, other in pairs:
             common = sorted(set(by_seed[cell]) & set(by_seed[other]))
             missing = sorted(set(by_seed[cell]) ^ set(by_seed[other]))
-            if missing:
-                methods.warnings.append(
-                    f"{cell} − {other}: seed(s) {missing} are not in both cells and not paired."
-                )
+            note = f"{cell} − {other}: seed(s) {missing} are not in both cells and not paired."
+            if missing and note not in methods.warnings:  # a contrast may sit in two families
+                methods.warnings.append(note)
             if not common:
                 continue
             a, b = [by_seed[cell][s] for s in common], [by_seed[other][s] for s in common]
