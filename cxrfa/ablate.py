@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from cxrfa.config import AblationMatrix, RunConfig
 from cxrfa.experiment import CellResult, run_cell
-from cxrfa.tracking import TAG_BACKBONES, TAG_CELLS, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
+from cxrfa.tracking import TAG_BACKBONES, TAG_CELLS, TAG_CONTRASTS, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
 
 if TYPE_CHECKING:
     from cxrfa.experiment import CellClaim
@@ -146,6 +146,7 @@ def ablate(
     # `compare` lists cells in this order: the runs' cell names (with any `@<fraction>`), then the file's others
     order = list(dict.fromkeys([*(r.cell for r in runs), *matrix.cells]))
     parent.set_tags({TAG_CELLS: json.dumps(order)})
+    parent.set_tags({TAG_CONTRASTS: json.dumps(matrix.contrasts)})  # and tests these, Holm within each family
     parent.log_text(_matrix_text(matrix), "matrix.yaml")
     states = queue.enqueue(runs)
     bar = _Bar(states, matrix.name, progress)

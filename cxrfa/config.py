@@ -259,6 +259,9 @@ class AblationMatrix(_Frozen):
     seeds: list[int] = Field(default_factory=lambda: [0])
     axes: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)  # axis -> value -> overrides
     tune: SearchSpace = Field(default_factory=SearchSpace)
+    # The study's questions: family -> differences "cell - other cell"; `compare` tests exactly these, Holm within
+    # each family. A list, so a cell added to the matrix joins a family by adding one line.
+    contrasts: dict[str, list[str]] = Field(default_factory=dict)
     source: str | None = Field(None, exclude=True)  # file the matrix was read from (for messages)
     # label-efficiency protocol: every cell is crossed with these train.label_fraction values (`cell@0.1`)
     fractions: list[float] | None = None
@@ -302,6 +305,40 @@ def split_fraction(cell: str) -> tuple[str, float | None]:
         except ValueError:
             pass
     return cell, None
+
+    @model_validator(mode="after")
+    def _known_contrast_cells(self) -> AblationMatrix:
+        for family, items in self.contrasts.items():
+            if not items:
+                raise ValueError(f"contrasts.{family} is empty; list differences as 'cell - other-cell'")
+            for item in items:
+                for cell in parse_contrast(item, f"contrasts.{family}"):
+                    if cell not in self.cells:
+                        raise ValueError(
+                            f"contrasts.{family}: {item!r} names cell {cell!r}, which is not in cells "
+                            f"(cells: {', '.join(self.cells)})"
+                        )
+        return self
+
+    def contrast_pairs(self) -> dict[str, list[tuple[str, str]]]:
+        """Family -> (cell, other) pairs of the declared contrasts, in file order."""
+        return {
+            f: [parse_contrast(i, f"contrasts.{f}") for i in items] for f, items in self.contrasts.items()
+        }
+
+
+def parse_contrast(text: str, where: str = "contrast") -> tuple[str, str]:
+    """``"dual-clip - dual-learned"`` -> ``("dual-clip", "dual-learned")``.
+
+    The separator is `` - `` (spaces around the minus), since cell names contain hyphens.
+
+    Raises:
+        ValueError: not two distinct names around one `` - ``.
+    """
+    parts = [p.strip() for p in str(text).split(" - ")]
+    if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+        raise ValueError(f"{where}: {text!r} is not 'cell - other-cell' (two different cells, ' - ' between)")
+    return parts[0], parts[1]
 
 
 class BackboneSet(_Frozen):

@@ -50,6 +50,7 @@ TAG_THREADS = "cxrfa.threads"  # torch CPU threads the run trained with
 TAG_PARENT = "cxrfa.parent"  # name of a matrix invocation's parent run
 TAG_MATRIX = "cxrfa.matrix"
 TAG_CELLS = "cxrfa.cells"  # on an ablation parent: the matrix's cells in file order (JSON list)
+TAG_CONTRASTS = "cxrfa.contrasts"  # on an ablation parent: the matrix's contrasts (JSON {family: ["a - b"]})
 TAG_TUNING = "cxrfa.tuning"  # on an ablation parent: how its cells were tuned (set by study recipes)
 TAG_TUNED_TRIALS = "cxrfa.tuned_trials."  # + cell: finished trials of the cell's study, or "none"
 TAG_BACKBONES = "cxrfa.backbones"
@@ -204,12 +205,15 @@ class Tracker:
     Args:
         uri: tracking URI or folder; ``None`` = ``MLFLOW_TRACKING_URI`` or ``./mlruns``.
         experiment: experiment name (created with an explicit artifact location when missing).
+        create: False = never create the store or the experiment (a reader such as ``compare``): a missing one
+            is an error listing the experiments that exist.
 
     Raises:
-        CxrfaError: the store cannot be reached or the URI is malformed.
+        CxrfaError: the store cannot be reached or the URI is malformed; with ``create=False`` the store or
+            the experiment does not exist.
     """
 
-    def __init__(self, uri: str | None, experiment: str) -> None:
+    def __init__(self, uri: str | None, experiment: str, create: bool = True) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -217,6 +221,11 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri, self.artifact_root = resolve_uri(uri)
+        self._create = create
+        if not create and self.is_local and not Path(self.uri.removeprefix("sqlite:///")).is_file():
+            raise CxrfaError(
+                f"no tracking store at {self.shown}; run `cxrfa ablate` first or pass --tracking-uri"
+            )
         check_writable(self.uri)
         try:
             # A new store is created (schema migrations) on first use: serialise that across processes.
@@ -247,6 +256,11 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         exp = self._client.get_experiment_by_name(name)
+        if not self._create and (exp is None or exp.lifecycle_stage == "deleted"):
+            known = sorted(e.name for e in self._client.search_experiments())
+            raise CxrfaError(
+                f"no experiment {name!r} in tracking store {self.shown}; known: {', '.join(known)}"
+            )
         if exp is None:
             location = f"{self.artifact_root}/{name}" if self.artifact_root else None
             try:

@@ -1,4 +1,5 @@
-"""`cxrfa compare` on a tracking store of hand-made runs: scope, pairing, statistics against explicit references."""
+"""`cxrfa compare` on a tracking store of hand-made runs: scope, pairing, the declared contrasts and their statistics
+against explicit references, the report's order and caveats, a read-only store."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from cxrfa.cli import app
-from cxrfa.compare import compare, to_latex, to_markdown, write_report
-from cxrfa.config import BackboneConfig, DataConfig, ModelConfig, RunConfig
+from cxrfa.compare import CONSTANT, compare, to_latex, to_markdown, write_report
+from cxrfa.config import BackboneConfig, DataConfig, ModelConfig, RunConfig, load_matrix
 from cxrfa.data.manifest import make_manifest, read_manifest, write_manifest
-from cxrfa.stats import holm, label_boot, paired_delta
-from cxrfa.tracking import TAG_CELLS, TAG_PREFIX, TrackedRun, Tracker
+from cxrfa.errors import CxrfaError
+from cxrfa.stats import holm, label_boot, paired_seed_test, seed_patient_t
+from cxrfa.tracking import TAG_CELLS, TAG_CONTRASTS, TAG_PREFIX, TrackedRun, Tracker
 
 runner = CliRunner()
 LABELS = ["Atelectasis", "Effusion", "Hernia"]
@@ -92,7 +94,7 @@ def _log_run(
     run.log_metrics(
         {
             "test/macro_auc": float(np.mean(aucs)),
-            "test/fair/worst_tpr_gap": 0.01 * (seed + 1),
+            "embed/modality_gap": 0.01 * (seed + 1),
             **{f"test/auc/{lab}": a for lab, a in zip(LABELS, aucs, strict=True)},
         }
     )
@@ -116,10 +118,23 @@ def _log_run(
     return run.run_id
 
 
+CONTRASTS = {
+    "text": ["dual-clip - visual-clip"],
+    "alignment": ["align-clip - dual-clip", "align-clip - visual-clip"],
+}
+
+
 def _ablation(
-    tracker: Tracker, manifest: Path, cells=tuple(SKILL), seeds=(0, 1, 2), name="full [demo]"
+    tracker: Tracker,
+    manifest: Path,
+    cells=tuple(SKILL),
+    seeds=(0, 1, 2),
+    name="full [demo]",
+    contrasts: dict | None = None,
 ) -> str:
     parent = tracker.parent(name, {f"{TAG_PREFIX}matrix": "full", f"{TAG_PREFIX}data": str(manifest)})
+    if contrasts is not None:  # what `ablate` records from the matrix's contrasts block
+        parent.set_tags({TAG_CONTRASTS: json.dumps(contrasts)})
     for cell in cells:
         for seed in seeds:
             _log_run(tracker, parent.run_id, cell, seed, manifest, shuffle=cell == "dual-clip")
@@ -127,105 +142,206 @@ def _ablation(
     return parent.run_id
 
 
-def test_compare_pairs_seeds_by_path_and_matches_an_independent_computation(lab: Path) -> None:
-    tracker = Tracker(str(lab / "store"), "full")
-    parent = _ablation(tracker, lab / "manifest.csv")
-    comp = compare(tracker, metric="test/macro_auc", baseline="visual-clip", n_boot=200, seed=3)
-    assert comp.parent_id == parent and list(comp.result.index) == list(SKILL)
+def _sklearn_macro(y: np.ndarray, p: np.ndarray) -> float:
+    return float(
+        np.mean(
+            [roc_auc_score(y[np.isfinite(y[:, j]), j], p[np.isfinite(y[:, j]), j]) for j in range(y.shape[1])]
+        )
+    )
 
-    manifest = read_manifest(lab / "manifest.csv")
-    test = manifest.split("test").frame
+
+def test_compare_tests_the_declared_contrasts_against_an_independent_computation(lab: Path) -> None:
+    tracker = Tracker(str(lab / "store"), "full")
+    parent = _ablation(tracker, lab / "manifest.csv", contrasts=CONTRASTS)
+    comp = compare(tracker, n_boot=100, seed=3)
+    assert comp.parent_id == parent and list(comp.cells.index) == [*SKILL, CONSTANT]
+
+    test = read_manifest(lab / "manifest.csv").split("test").frame
     y, patients = test[LABELS].to_numpy(float), test["patient_id"].to_numpy()
-    assert comp.methods.unit == f"patients ({len(set(patients))} patients, {N_TEST} test images)"
+    n_patients = len(set(patients))
+    assert comp.methods.unit == f"patients ({n_patients} patients, {N_TEST} test images)"
+    point = {(c, s): _sklearn_macro(y, _probs(y, c, s)) for c in SKILL for s in range(3)}
     boot = {
-        (c, s): label_boot(y, _probs(y, c, s), 200, 3, patients).macro("macro_auc")
+        (c, s): label_boot(y, _probs(y, c, s), 100, 3, patients).macro("macro_auc").boot
         for c in SKILL
         for s in range(3)
     }
-    raw = []
-    for cell in ("dual-clip", "align-clip"):
-        ref = paired_delta([boot[cell, s] for s in range(3)], [boot["visual-clip", s] for s in range(3)], 3)
-        row = comp.result.loc[cell]
-        assert (row["delta"], row["delta_low"], row["delta_high"], row["p_value"]) == pytest.approx(
-            (ref.value, ref.low, ref.high, ref.p)
-        )
-        # Δ per seed is the difference of the table's means
-        assert row["delta"] == pytest.approx(row["mean"] - comp.result.loc["visual-clip", "mean"], abs=1e-12)
-        ens = lambda c: np.mean([_probs(y, c, s) for s in range(3)], axis=0)  # noqa: E731
-        ens_ref = paired_delta(
-            [label_boot(y, ens(cell), 200, 3, patients).macro("macro_auc")],
-            [label_boot(y, ens("visual-clip"), 200, 3, patients).macro("macro_auc")],
-            3,
-        )
-        assert (row["ens_delta"], row["ens_low"], row["ens_high"]) == pytest.approx(
-            (ens_ref.value, ens_ref.low, ens_ref.high)
-        )
-        raw.append(ref.p)
-    assert comp.result.loc[["dual-clip", "align-clip"], "p_holm"].tolist() == pytest.approx(list(holm(raw)))
-    for cell in SKILL:  # the mean is the mean over seeds of sklearn's macro AUROC
-        per_seed = [
-            np.mean(
-                [
-                    roc_auc_score(y[np.isfinite(y[:, j]), j], _probs(y, cell, s)[np.isfinite(y[:, j]), j])
-                    for j in range(len(LABELS))
-                ]
+    head = comp.headline_contrasts().set_index(["family", "cell", "other"])
+    assert list(head.index) == [
+        ("text", "dual-clip", "visual-clip"),
+        ("alignment", "align-clip", "dual-clip"),
+        ("alignment", "align-clip", "visual-clip"),
+    ]  # exactly the declared contrasts, in the file's order; no ad-hoc family
+    raw = {}
+    for family, items in CONTRASTS.items():
+        for item in items:
+            a, b = item.split(" - ")
+            ref = paired_seed_test(
+                [point[a, s] for s in range(3)],
+                [point[b, s] for s in range(3)],
+                replicates=np.stack([boot[a, s] - boot[b, s] for s in range(3)]),
+                n_patients=n_patients,
             )
-            for s in range(3)
-        ]
-        assert comp.result.loc[cell, "mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
-        assert 0 <= comp.result.loc[cell, "ci_low"] <= comp.result.loc[cell, "ci_high"] <= 1
-    # bounded: the worst TPR gap (0.01, 0.02, 0.03) gets an interval inside [0, 1]
-    assert comp.detail.loc["visual-clip", "test/fair/worst_tpr_gap ci_low"] > 0
-    # per-label: head -> tail with test positives
-    assert list(comp.per_label.columns) == LABELS and comp.label_info["n_pos"].tolist() == list(
-        np.nansum(y, axis=0).astype(int)
+            row = head.loc[(family, a, b)]
+            assert (row["delta"], row["low"], row["high"], row["p"], row["mde"]) == pytest.approx(
+                (ref.value, ref.low, ref.high, ref.p, ref.mde), rel=1e-9
+            )
+            assert row["prob_improvement"] == ref.prob_improvement and row["pairs"] == 3
+            raw[family, a, b] = ref.p
+    alignment = [raw["alignment", "align-clip", "dual-clip"], raw["alignment", "align-clip", "visual-clip"]]
+    assert head.loc["alignment", "p_holm"].tolist() == pytest.approx(
+        list(holm(alignment))
+    )  # Holm within family
+    assert head.loc[("text", "dual-clip", "visual-clip"), "p_holm"] == pytest.approx(
+        raw["text", "dual-clip", "visual-clip"]
     )
+    for (
+        cell
+    ) in SKILL:  # each cell: mean over seeds of sklearn's macro AUROC, one seed + shared-patient interval
+        mean = np.mean([point[cell, s] for s in range(3)])
+        assert comp.cells.loc[cell, "macro_auc"] == pytest.approx(mean, abs=1e-12)
+        assert comp.cells.loc[cell, "macro_auc low"] < mean < comp.cells.loc[cell, "macro_auc high"]
+    # the constant predictor: train prevalence for every image; AUROC 0.5 by construction, MSE by hand
+    train = read_manifest(lab / "manifest.csv").split("train").frame[LABELS].to_numpy(float)
+    const = np.broadcast_to(np.nanmean(train, axis=0), y.shape)
+    known = np.isfinite(y)
+    assert comp.cells.loc[CONSTANT, "mse"] == pytest.approx(np.mean((const[known] - y[known]) ** 2))
+    assert comp.cells.loc[CONSTANT, "macro_auc"] == pytest.approx(0.5)
+    # a metric only logged per run (the modality gap): seeds-only t-interval and a plain paired t-test
+    gaps = comp.contrasts[(comp.contrasts["metric"] == "embed/modality_gap")]
+    assert (gaps["resample"] == "seeds only").all() and gaps["delta"].abs().max() < 1e-12
+    ref = seed_patient_t([0.01, 0.02, 0.03], 0.0, null=None)
+    assert comp.cells.loc["align-clip", "embed/modality_gap low"] == pytest.approx(max(ref.low, 0.0))
 
 
-def test_report_shows_the_result_first_with_its_method_and_provenance(lab: Path) -> None:
+def test_the_report_answers_first_with_one_interval_per_number_and_keeps_its_caveats(lab: Path) -> None:
     tracker = Tracker(str(lab / "store"), "full")
-    parent = _ablation(tracker, lab / "manifest.csv", seeds=(0, 1))
-    comp = compare(tracker, baseline="visual-clip", n_boot=100)
+    parent = _ablation(tracker, lab / "manifest.csv", seeds=(0, 1), contrasts=CONTRASTS)
+    comp = compare(tracker, n_boot=50)
     md = to_markdown(comp)
-    header = md.splitlines()[
-        md.splitlines().index(next(line for line in md.splitlines() if line.startswith("| cell")))
-    ]
-    assert (
-        header
-        == "| cell | seeds | macro_auc mean [95% CI] | Δ per seed [95% CI] | Δ ensemble [95% CI] | p (Holm) |"
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:2] == ["## Answers", "## Contrasts"]
+    answer = next(line for line in md.splitlines() if line.startswith("- text (dual-clip − visual-clip"))
+    assert "Holm p = " in answer and "smallest detectable" in answer and "[" in answer
+    header = next(line for line in md.splitlines() if line.startswith("| family"))
+    assert header == (
+        "| family | contrast | seed pairs | Δ macro_auc ↑ [95% CI] | Holm p (family) | P(improvement) | "
+        "min. detectable Δ |"
     )
-    assert "Holm-adjusted across the 2 cells" in md and "two-level bootstrap over seeds and patients" in md
-    assert (
-        "Stand-in weights (cnn-small, tiny-clip)" in md
-    )  # each weight once, visual and text and comp.methods.data_hash in md
+    cells_header = next(line for line in md.splitlines() if line.startswith("| cell | seeds | macro_auc ↑"))
+    assert "mse ↓" in cells_header and "ece ↓" in cells_header
+    constant = next(line for line in md.splitlines() if line.startswith(f"| {CONSTANT} |"))
+    mse = comp.cells.loc[CONSTANT]
+    assert f"{mse['mse']:.3f} [{mse['mse low']:.3f}, {mse['mse high']:.3f}]" in constant
+    # one interval per number: the macro AUROC of a cell reads the same wherever it appears
+    auc = comp.cells.loc["align-clip"]
+    text = f"{auc['macro_auc']:.3f} [{auc['macro_auc low']:.3f}, {auc['macro_auc high']:.3f}]"
+    assert text in md
+    assert "Stand-in weights (cnn-small, tiny-clip)" in md.splitlines()[2]  # the caveat before any number
     assert all(run_id in md for ids in comp.methods.runs.values() for run_id in ids) and parent in md
-    assert "Tuning: not recorded" in md
-    hernia = next(line for line in md.splitlines() if line.startswith("| Hernia |"))  # per-label, with its CI
-    low, high = comp.per_label_low.at["align-clip", "Hernia"], comp.per_label_high.at["align-clip", "Hernia"]
-    assert "| tail |" in hernia and f"[{low:.3f}, {high:.3f}]" in hernia and 0 <= low <= high <= 1
+    assert "Tuning: not recorded" in md and "## Cells" in md
+    # every subgroup's TPR gap with its interval, and the worst gap beside its permutation null
+    sex = comp.fairness.loc["visual-clip"]  # align-clip finds every positive at 0.5: no gap at all
+    assert sex["fair/sex/tpr_gap/F"] == pytest.approx(-sex["fair/sex/tpr_gap/M"])  # F vs M and M vs F
+    assert sex["fair/sex/tpr_gap/F low"] < sex["fair/sex/tpr_gap/F"] < sex["fair/sex/tpr_gap/F high"]
+    assert 0 < sex["null_mean"] <= sex["null_q95"]
+    assert "## TPR gap per subgroup" in md and "## Worst subgroup TPR gap against its null level" in md
     tex = to_latex(comp)
-    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"$\Delta$ per seed" in tex
+    assert r"\toprule" in tex and r"$\uparrow$" in tex and tex.startswith("% Warning: Stand-in")
+    assert "stand-in" in tex.split(r"\caption{")[1].lower()
     paths = write_report(comp, lab / "out", tracker)
+    table = pd.read_csv(paths["csv"])
+    assert table["warning"].str.lower().str.contains("stand-in").all()  # every row keeps the caveat
+    assert {
+        "family",
+        "cell",
+        "other",
+        "metric",
+        "delta",
+        "low",
+        "high",
+        "p_holm",
+        "prob_improvement",
+        "mde",
+    } <= set(table.columns)
     page = paths["html"].read_text()
-    assert (
-        page.index("Δ per seed") < page.index("data:image/png") and page.count("data:image/png;base64") == 2
-    )
-    table = pd.read_csv(paths["csv"], index_col="cell")
-    assert {"test/macro_auc", "test/macro_auc std", "delta", "ens_delta", "p_value", "p_holm"} <= set(
-        table.columns
-    )
+    assert page.index("Answers") < page.index("Contrasts") < page.index("data:image/png")
+    assert "overflow-x" not in page and "white-space:nowrap" not in page  # tables wrap, nothing scrolls away
     logged = Tracker(str(lab / "store"), "full").get(parent).metrics
-    assert logged["compare/align-clip/test/macro_auc/delta"] == pytest.approx(
-        comp.result.loc["align-clip", "delta"]
-    )
-    assert "compare/visual-clip/test/macro_auc/mean_over_seeds" in logged
+    compare_keys = [k for k in logged if k.startswith("compare/")]
+    assert 0 < len(compare_keys) <= 5 and logged["compare/contrasts_tested"] == 3
+    # --baseline adds an ad-hoc family after the declared ones
+    adhoc = compare(tracker, baseline="dual-clip", n_boot=20).headline_contrasts()
+    assert adhoc["family"].unique().tolist() == ["text", "alignment", "ad hoc: vs dual-clip"]
 
 
-def test_p_at_the_floor_is_shown_as_a_bound() -> None:
-    from cxrfa.stats import format_p
+def test_one_seed_pair_per_label_uses_delong_when_each_patient_has_one_image(lab: Path) -> None:
+    from cxrfa.stats import delong_test
 
-    assert format_p(2 / 1001, 1000, True) == "< 2/1001"
-    assert "≈" not in format_p(2 / 1001, 1000, False)
+    manifest = read_manifest(lab / "manifest.csv")
+    frame = manifest.frame.copy()
+    frame["patient_id"] = [f"q{i}" for i in range(len(frame))]  # one image per patient
+    write_manifest(make_manifest(frame, lab, LABELS, "custom"), lab / "manifest.csv")
+    tracker = Tracker(str(lab / "store"), "full")
+    _ablation(tracker, lab / "manifest.csv", cells=("visual-clip", "align-clip"), seeds=(0,))
+    comp = compare(tracker, n_boot=30)
+    y = read_manifest(lab / "manifest.csv").split("test").frame[LABELS].to_numpy(float)
+    p = []
+    for j in range(len(LABELS)):
+        known = np.isfinite(y[:, j])
+        p.append(
+            delong_test(
+                y[known, j], _probs(y, "visual-clip", 0)[known, j], _probs(y, "align-clip", 0)[known, j]
+            )[2]
+        )
+    assert comp.label_p_holm.loc["align-clip", LABELS].tolist() == pytest.approx(list(holm(p)))
+
+
+def test_a_contrast_naming_an_unknown_cell_fails_at_load_listing_the_cells(tmp_path: Path) -> None:
+    text = (lab_matrix := tmp_path / "m.yaml")
+    text.write_text("name: m\ncells:\n  a: {}\n  b: {}\ncontrasts:\n  text: [a - b, a - c]\n")
+    with pytest.raises(CxrfaError) as err:
+        load_matrix(str(lab_matrix))
+    message = str(err.value)
+    assert "'c'" in message and "cells: a, b" in message and "m.yaml" in message and "\n" not in message
+    assert load_matrix("smoke").contrast_pairs() == {"alignment": [("align-clip", "visual-clip")]}
+    full = load_matrix("full").contrast_pairs()
+    assert ("dual-clip", "dual-learned") in full["text"] and ("align-clip", "dual-clip") in full["alignment"]
+
+
+def _store_state(store: Path) -> tuple[list[str], bytes]:
+    import sqlite3
+
+    db = store / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        names = sorted(r[0] for r in con.execute("select name from experiments"))
+        rows = repr(
+            [con.execute(f"select * from {t}").fetchall() for t in ("runs", "tags", "metrics", "params")]
+        ).encode()
+    files = sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.name != "mlflow.db")
+    return names, rows + repr(files).encode()
+
+
+def test_compare_reads_the_store_without_creating_anything(lab: Path) -> None:
+    store = lab / "store"
+    tracker = Tracker(str(store), "full")
+    _ablation(tracker, lab / "manifest.csv", cells=("visual-clip", "align-clip"), seeds=(0,), contrasts={})
+    before = _store_state(store)
+    typo = runner.invoke(app, ["compare", "--experiment", "ful", "--tracking-uri", str(store), "--out", "o"])
+    assert typo.exit_code == 2
+    lines = typo.output.strip().splitlines()
+    assert len(lines) == 1 and "'ful'" in lines[0] and "known:" in lines[0] and "full" in lines[0]
+    assert _store_state(store) == before  # no experiment 'ful'
+    args = ["compare", "--experiment", "full", "--tracking-uri", str(store), "--out", "o", "--n-boot", "20"]
+    quiet = runner.invoke(app, [*args, "--no-log"])
+    assert quiet.exit_code == 0, quiet.output
+    assert _store_state(store) == before and (lab / "o" / "comparison.md").is_file()
+    assert runner.invoke(app, args).exit_code == 0
+    assert _store_state(store) != before  # without --no-log the report is logged on the parent
+    (lab / "empty").mkdir()
+    missing = runner.invoke(app, ["compare", "--tracking-uri", str(lab / "empty"), "--out", "o"])
+    assert missing.exit_code == 2 and "no tracking store" in missing.output
+    assert list((lab / "empty").iterdir()) == []  # no database created
 
 
 def test_mixing_data_hashes_exits_2_with_one_line_naming_both(lab: Path) -> None:
@@ -257,51 +373,44 @@ def test_newest_parent_only_and_an_older_config_of_a_cell_is_left_out(lab: Path)
     _log_run(
         tracker, new, "align-clip", 2, lab / "manifest.csv", lr=0.01
     )  # a later re-run with another config
-    comp = compare(tracker, n_boot=50)
-    assert comp.parent_id == new and list(comp.result.index) == ["visual-clip", "align-clip"]
+    comp = compare(tracker, n_boot=20)
+    assert comp.parent_id == new and list(comp.cells.index) == ["visual-clip", "align-clip", CONSTANT]
     assert comp.methods.seeds == {"visual-clip": [0, 1], "align-clip": [2]}  # the newest config of align-clip
     assert any("older config left out" in n and "train.lr" in n for n in comp.methods.notes)
-    assert "no baseline run with the same seed" in " ".join(comp.methods.warnings)
-    assert compare(tracker, parent_id=old, n_boot=50).methods.seeds == {"visual-clip": [0], "dual-clip": [0]}
+    assert "not in both cells and not paired" in " ".join(comp.methods.warnings)
+    assert compare(tracker, parent_id=old, n_boot=20).methods.seeds == {"visual-clip": [0], "dual-clip": [0]}
 
 
 def test_cells_come_in_matrix_order_and_the_matrixs_first_cell_is_the_baseline(lab: Path) -> None:
     # Workers start the longest cells first, so the run order is not the matrix's.
     tracker = Tracker(str(lab / "store"), "full")
     ran_first = ("align-clip", "dual-clip", "visual-clip")
-    parent = _ablation(tracker, lab / "manifest.csv", cells=ran_first, seeds=(0, 1))
-    assert list(compare(tracker, n_boot=20).result.index) == list(ran_first)  # no recorded order: as they ran
+    parent = _ablation(tracker, lab / "manifest.csv", cells=ran_first, seeds=(0,))
+    assert list(compare(tracker, n_boot=20).cells.index)[:3] == list(
+        ran_first
+    )  # no recorded order: as they ran
     # The tag `ablate` sets on its parent: the matrix file's cells in order (here one of them never ran).
     TrackedRun(tracker, parent).set_tags(
         {TAG_CELLS: json.dumps(["visual-clip", "visual-custom", "dual-clip"])}
     )
     comp = compare(tracker, n_boot=20)
-    assert list(comp.result.index) == ["visual-clip", "dual-clip", "align-clip"]  # unlisted cells last
+    assert list(comp.cells.index) == [
+        "visual-clip",
+        "dual-clip",
+        "align-clip",
+        CONSTANT,
+    ]  # unlisted cells last
     assert comp.baseline == "visual-clip"
+    # no declared contrasts: every cell is tested against the first cell, as an ad-hoc family
+    head = comp.headline_contrasts()
+    assert head["family"].unique().tolist() == ["ad hoc: vs visual-clip"] and len(head) == 2
 
 
 def test_without_the_manifest_the_bootstrap_says_it_resamples_images(lab: Path) -> None:
     tracker = Tracker(str(lab / "store"), "full")
     _ablation(tracker, lab / "manifest.csv", cells=("visual-clip", "align-clip"), seeds=(0,))
     (lab / "manifest.csv").unlink()
-    comp = compare(tracker, n_boot=50)
+    comp = compare(tracker, n_boot=20)
     assert comp.methods.unit.startswith("images: patient ids unavailable")
     assert any("too narrow" in w for w in comp.methods.warnings)
-
-
-def test_a_metric_only_logged_per_run_gets_a_bounded_interval_over_seeds_and_no_test(lab: Path) -> None:
-    tracker = Tracker(str(lab / "store"), "full")
-    _ablation(tracker, lab / "manifest.csv", cells=("visual-clip", "align-clip"))
-    comp = compare(tracker, metric="test/fair/worst_tpr_gap", n_boot=50)
-    gaps = [0.01, 0.02, 0.03]  # logged per seed; a plain t-interval would reach below 0
-    assert comp.result.loc["align-clip", "mean"] == pytest.approx(np.mean(gaps))
-    assert (
-        0
-        < comp.result.loc["align-clip", "ci_low"]
-        < np.mean(gaps)
-        < comp.result.loc["align-clip", "ci_high"]
-        < 1
-    )
-    assert "delta" not in comp.result.columns and not comp.methods.paired
-    md = to_markdown(comp)
-    assert "no paired test" in md.splitlines()[0] and "Bootstrap: none" in md
+    assert CONSTANT not in comp.cells.index and any("no manifest" in n for n in comp.methods.notes)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from cxrfa.cli import app
 from cxrfa.compare import compare
 from cxrfa.compare.efficiency import efficiency_figure, efficiency_table
+from cxrfa.compare.report import write_report
 from cxrfa.config import DEMO_BACKBONES, expand, load_matrix, split_fraction
 from cxrfa.data.fractions import TAG_SUBSET_HASH, patient_order, subsample_train
 from cxrfa.data.manifest import Manifest, make_manifest
@@ -195,6 +196,11 @@ def test_smoke_ablation_at_three_fractions_and_its_efficiency_curve(
     figure.savefig(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(figure.axes[0].get_lines()[0].get_ydata()) == list(table["mean"])
+    paths = write_report(comp, lab / "report")  # the report draws the same curve and writes its table
+    assert paths["efficiency"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = pd.read_csv(paths["efficiency_table"])
+    assert list(written["fraction"]) == [0.05, 0.3, 1.0]
+    assert list(written["mean"]) == pytest.approx(list(table["mean"]), rel=1e-12)
 
 
 def test_the_efficiency_table_groups_cells_by_fraction() -> None:

@@ -259,3 +259,106 @@ def test_masked_per_label_auroc_has_one_owner_whoever_asks() -> None:
         for j in range(len(labels))
     ]
     assert result.scalars["fair/sex/auc/M"] == pytest.approx(np.mean(men), abs=TOL)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The compared-metric registry, scored under patient-resample weights
+
+
+def _registry_case() -> tuple[np.ndarray, np.ndarray, pd.DataFrame, np.ndarray, list[str], np.ndarray]:
+    rng = np.random.default_rng(11)
+    n, c = 240, 5
+    y = (rng.random((n, c)) < [0.4, 0.3, 0.2, 0.1, 0.05]).astype(float)
+    y[rng.random((n, c)) < 0.08] = np.nan
+    prob = np.clip(0.35 * np.nan_to_num(y) + 0.65 * rng.random((n, c)), 0, 1).round(3)  # ties
+    sub = pd.DataFrame(
+        {
+            "sex": rng.choice(["M", "F"], n),
+            "age": rng.integers(5, 95, n),
+            "view": rng.choice(["PA", "AP", "LL"], n),
+        }
+    )
+    patients = rng.permutation(np.repeat([f"p{i:03d}" for i in range(n)], rng.integers(1, 4, size=n))[:n])
+    return y, prob, sub, rng.uniform(0.2, 0.6, c), ["head", "head", "medium", "tail", "tail"], patients
+
+
+def test_every_paired_metric_on_the_test_set_equals_compute_metrics() -> None:
+    from cxrfa.metrics import list_metrics, score_weighted
+
+    y, prob, sub, thr, groups, patients = _registry_case()
+    labels = [f"L{j}" for j in range(y.shape[1])]
+    ref = compute_metrics(
+        y,
+        prob,
+        labels,
+        thresholds=thr,
+        subgroups=sub,
+        label_groups=dict(zip(labels, groups, strict=True)),
+        n_boot=0,
+    ).scalars
+    values, per_label = score_weighted(
+        y, prob, list_metrics(paired=True), 0, thresholds=thr, label_groups=groups, subgroups=sub
+    )
+    assert {k for k in ref if "/tpr_gap/" in k} <= set(
+        values
+    )  # every subgroup's gap, as compute_metrics logs it
+    for name, v in values.items():
+        assert v.shape == (1,)
+        assert v[0] == pytest.approx(ref[name], abs=1e-12), name
+    assert per_label[0] == pytest.approx([ref[f"auc/{lab}"] for lab in labels], abs=1e-12)
+    assert ref["mse"] == pytest.approx(mean_squared_error(y[np.isfinite(y)], prob[np.isfinite(y)]))
+
+
+def test_a_resample_of_every_paired_metric_equals_scoring_the_resampled_rows() -> None:
+    from cxrfa.metrics import _row_counts, cluster_codes, list_metrics, score_weighted
+
+    y, prob, sub, thr, groups, patients = _registry_case()
+    labels = [f"L{j}" for j in range(y.shape[1])]
+    values, per_label = score_weighted(
+        y,
+        prob,
+        list_metrics(paired=True),
+        3,
+        seed=4,
+        patients=patients,
+        thresholds=thr,
+        label_groups=groups,
+        subgroups=sub,
+    )
+    counts = next(_row_counts(cluster_codes(patients, len(y)), 3, 4))  # (3, N): the same draws
+    for b in range(3):
+        rows = np.repeat(np.arange(len(y)), counts[b].astype(int))  # the resample's rows, explicitly
+        ref = compute_metrics(
+            y[rows],
+            prob[rows],
+            labels,
+            thresholds=thr,
+            subgroups=sub.iloc[rows],
+            label_groups=dict(zip(labels, groups, strict=True)),
+            n_boot=0,
+        ).scalars
+        for name, v in values.items():
+            assert v[1 + b] == pytest.approx(ref[name], abs=1e-12, nan_ok=True), (name, b)
+        assert per_label[1 + b] == pytest.approx(
+            [ref[f"auc/{lab}"] for lab in labels], abs=1e-12, nan_ok=True
+        )
+
+
+def test_the_worst_gap_null_is_above_zero_and_its_permutations_are_seeded() -> None:
+    from cxrfa.metrics import worst_gap_null
+
+    y, prob, sub, thr, _, _ = _registry_case()
+    null = worst_gap_null(y, prob, thr, sub, n_perm=20, seed=1)
+    assert null.shape == (20,) and (null > 0).all()  # a max of noisy gaps is biased upward
+    assert worst_gap_null(y, prob, thr, sub, n_perm=20, seed=1) == pytest.approx(null)
+
+
+def test_the_registry_declares_each_metric_once_with_its_direction() -> None:
+    from cxrfa.metrics import get_metric, list_metrics
+
+    assert get_metric("test/mse").arrow == "↓" and get_metric("macro_auc").arrow == "↑"
+    assert not get_metric("embed/modality_gap").paired
+    names = [m.name for m in list_metrics()]
+    assert len(names) == len(set(names))
+    with pytest.raises(KeyError, match="known: macro_auc"):
+        get_metric("test/nope")

@@ -10,6 +10,8 @@ from scipy import stats as sps
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxrfa.stats import (
+    delong_test,
+    delong_var,
     format_p,
     holm,
     holm_at_floor,
@@ -18,7 +20,11 @@ from cxrfa.stats import (
     metric_range,
     paired_bootstrap,
     paired_delta,
+    paired_seed_test,
+    prob_improvement,
     seed_patient_mean,
+    seed_patient_t,
+    shared_patient_var,
 )
 
 CHUNK = 50  # resamples drawn per generator call (cxrfa.metrics._BOOT_CHUNK)
@@ -73,7 +79,7 @@ def test_clearly_better_model_is_at_the_floor_and_shown_as_a_bound() -> None:
     res = paired_bootstrap(y, weak, strong, metric="macro_auc", n_boot=200, seed=3, patients=_patients(200))
     assert res.value > 0.2 and res.low > 0
     assert res.at_floor and res.p == pytest.approx(1 / 201)
-    assert format_p(res.p, res.n, res.at_floor) == "< 1/201"
+    assert format_p(res.p, res.n, res.at_floor) == "≤ 1/201"
     rev = paired_bootstrap(y, strong, weak, metric="map", n_boot=200, seed=3)
     assert rev.value < 0 and rev.high < 0 and rev.p < 0.05
 
@@ -163,9 +169,9 @@ def test_holm_of_floored_p_values_is_a_bound_shown_with_its_multiplier() -> None
     bound = holm_at_floor(p, [True, False, True])
     assert bound.tolist() == [True, False, True]
     assert [format_p(a, 1000, b) for a, b in zip(adjusted, bound, strict=True)] == [
-        "< 3/1001",
+        "≤ 3/1001",
         "0.020",
-        "< 3/1001",
+        "≤ 3/1001",
     ]
     assert format_p(float("nan"), 1000, False) == "–"
 
@@ -202,3 +208,93 @@ def test_metric_ranges() -> None:
     assert metric_range("embed/mean_offdiag_sim/final") == (-1.0, 1.0)
     assert metric_range("embed/modality_gap") == (0.0, 2.0)
     assert metric_range("train/loss") is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# seed + patient t inference, DeLong
+
+
+def test_without_patient_variance_the_seed_test_is_scipys_t_test() -> None:
+    cell = np.array([0.742, 0.761, 0.730, 0.755])
+    base = np.array([0.731, 0.744, 0.735, 0.738])
+    res = paired_seed_test(cell, base)
+    ref = sps.ttest_rel(cell, base)
+    assert res.p == pytest.approx(ref.pvalue, rel=1e-12) and res.df == pytest.approx(3)
+    d = cell - base
+    low, high = sps.t.interval(0.95, df=3, loc=d.mean(), scale=d.std(ddof=1) / 2)
+    assert (res.low, res.high) == pytest.approx((low, high), rel=1e-12)
+    assert res.prob_improvement == pytest.approx(0.75)  # 3 of 4 pairs favour the cell
+    one = seed_patient_t(d, 0.0, null=0.0)
+    assert one.p == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue, rel=1e-12)
+    # minimum detectable Δ at 80% power: (t_.975 + t_.80) x SE on the same df
+    assert res.mde == pytest.approx((sps.t.ppf(0.975, 3) + sps.t.ppf(0.8, 3)) * res.se)
+
+
+def test_shared_patient_variance_widens_the_interval_with_satterthwaite_df_by_hand() -> None:
+    d = np.array([0.012, -0.004, 0.021])
+    shared, n_patients = 0.011**2, 120
+    res = seed_patient_t(d, shared, n_patients - 1)
+    seed_part = d.var(ddof=1) / 3
+    se = math.sqrt(seed_part + shared)
+    upper = seed_part * 2 / sps.chi2.ppf(0.25, 2)  # seed part at its 75% upper bound, for the df only
+    df = (upper + shared) ** 2 / (upper**2 / 2 + shared**2 / (n_patients - 1))
+    assert res.se == pytest.approx(se, rel=1e-12) and res.df == pytest.approx(df, rel=1e-12)
+    assert (res.low, res.high) == pytest.approx(sps.t.interval(0.95, df, loc=d.mean(), scale=se), rel=1e-12)
+    assert res.p == pytest.approx(2 * sps.t.sf(d.mean() / se, df), rel=1e-12)
+    plain = seed_patient_t(d, 0.0)
+    assert res.high - res.low > 0 and res.se > plain.se and res.df > plain.df  # wider SE, more df than K − 1
+    patient_only = seed_patient_t([0.02], 0.01**2)  # one seed: a normal test on the patient variance
+    assert math.isinf(patient_only.df) and patient_only.p == pytest.approx(2 * sps.norm.sf(2.0))
+
+
+def test_shared_patient_variance_is_the_mean_cross_seed_covariance() -> None:
+    rng = np.random.default_rng(3)
+    common = rng.normal(0, 0.02, 400)  # (B,) shared by every seed
+    reps = common + rng.normal(0, 0.01, (3, 400))  # (K, B)
+    cov = np.cov(reps)
+    expected = (cov.sum() - np.trace(cov)) / 6
+    assert shared_patient_var(reps) == pytest.approx(expected, rel=1e-12)
+    assert shared_patient_var(reps) == pytest.approx(0.02**2, rel=0.2)  # the common part only
+    assert shared_patient_var(reps[:1]) == pytest.approx(cov[0, 0])
+    test = paired_seed_test(np.array([0.01, 0.02, 0.0]), np.zeros(3), replicates=reps, n_patients=150)
+    assert test.shared_var == pytest.approx(expected, rel=1e-12)
+    assert paired_seed_test([0.1], [0.0], patient_var=[0.0004]).se == pytest.approx(0.02)
+
+
+def test_probability_of_improvement_follows_the_metrics_direction() -> None:
+    assert prob_improvement([0.01, -0.02, 0.0, 0.03]) == pytest.approx(0.625)
+    assert prob_improvement([0.01, -0.02, 0.0, 0.03], higher_is_better=False) == pytest.approx(0.375)
+
+
+def test_delong_matches_a_hand_computation() -> None:
+    # y = 1,1,1,0,0. Model a: positives .9 .6 .4, negatives .5 .1 -> V10 = (1, 1, .5), V01 = (2/3, 1), AUROC 5/6,
+    # var = var(V10)/3 + var(V01)/2 = (1/12)/3 + (1/18)/2 = 1/18. Model b: positives .8 .7 .2, negatives .3 .6 ->
+    # V10 = (1, 1, 0), V01 = (2/3, 2/3), AUROC 2/3. Δ = b − a = −1/6; its components D10 = (0, 0, −.5) with
+    # var 1/12 and D01 = (0, −1/3) with var 1/18, so var(Δ) = 1/36 + 1/36 = 1/18, z = (1/6)/sqrt(1/18).
+    y = np.array([1, 1, 1, 0, 0])
+    a = np.array([0.9, 0.6, 0.4, 0.5, 0.1])
+    b = np.array([0.8, 0.7, 0.2, 0.3, 0.6])
+    assert delong_var(y, a) == pytest.approx(1 / 18)
+    delta, se, p = delong_test(y, a, b)
+    assert delta == pytest.approx(roc_auc_score(y, b) - roc_auc_score(y, a)) == pytest.approx(-1 / 6)
+    assert se == pytest.approx(math.sqrt(1 / 18))
+    assert p == pytest.approx(2 * sps.norm.sf((1 / 6) / math.sqrt(1 / 18)))
+    assert delong_test(y, a, a)[2] == 1.0
+
+
+def test_fast_delong_equals_the_quadratic_definition_with_ties() -> None:
+    rng = np.random.default_rng(5)
+    y = (rng.random(60) < 0.4).astype(float)
+    a = np.round(rng.random(60) + 0.4 * y, 1)  # rounded: many ties
+    b = np.round(rng.random(60) + 0.6 * y, 1)
+
+    def components(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos, neg = s[y == 1], s[y == 0]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # (m, n)
+        return psi.mean(axis=1), psi.mean(axis=0)
+
+    (a10, a01), (b10, b01) = components(a), components(b)
+    var = np.var(b10 - a10, ddof=1) / a10.size + np.var(b01 - a01, ddof=1) / a01.size
+    delta, se, _ = delong_test(y, a, b)
+    assert delta == pytest.approx(roc_auc_score(y, b) - roc_auc_score(y, a), abs=1e-12)
+    assert se == pytest.approx(math.sqrt(var), rel=1e-10)

@@ -349,25 +349,35 @@ def compare(
         ),
     ] = None,
     metric: Annotated[
-        str, typer.Option("--metric", help="Headline metric (paired tests for test/macro_auc or test/map).")
+        str,
+        typer.Option(
+            "--metric", help="Headline metric of the answers (test/macro_auc, test/map, test/mse, ...)."
+        ),
     ] = "test/macro_auc",
     baseline: Annotated[
         str | None,
         typer.Option(
-            "--baseline", help="Cell the others are tested against (default: the matrix's first cell)."
+            "--baseline",
+            help="Also test every cell against this one (an ad-hoc family); the per-label Δ reference "
+            "(default: the matrix's first cell).",
         ),
     ] = None,
     out: Annotated[
         Path, typer.Option("--out", help="Folder for comparison.md/.csv/.tex/.html and the figures.")
     ] = Path("out/compare"),
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates (seeds x patients).")] = 1000,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Patient resamples (shared by every run).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    no_log: Annotated[
+        bool,
+        typer.Option("--no-log", help="Write the report files only; leave the tracking store untouched."),
+    ] = False,
     tracking_uri: TrackingUriOpt = None,
 ) -> None:
-    """Put the cells of one ablation side by side: mean over seeds, per-seed Δ vs a baseline, Holm p.
+    """Test the ablation's declared contrasts (the matrix's `contrasts:`), Holm within each family; report answers first.
 
-    Compares the runs of one parent run (--parent, or the experiment's newest) on one data hash; intervals come
-    from a bootstrap over seeds and patients.
+    Compares the runs of one parent run (--parent, or the experiment's newest) on one data hash; intervals and tests
+    combine the seed spread with the patient variance all seeds share. --baseline adds an ad-hoc family (every
+    cell against it). Reads the store and never creates an experiment; logs the report on the parent unless --no-log.
 
     Example:  cxrfa compare --experiment full --baseline visual-clip
     """
@@ -376,16 +386,16 @@ def compare(
     from cxrfa.tracking import Tracker
 
     if parent is not None and experiment is None:
-        experiment = Tracker(tracking_uri, "Default").experiment_of(parent)
-    tracker = Tracker(tracking_uri, experiment or "full")
+        experiment = Tracker(tracking_uri, "Default", create=False).experiment_of(parent)
+    tracker = Tracker(tracking_uri, experiment or "full", create=False)
     comp = build(tracker, parent, metric, baseline, n_boot=n_boot, seed=seed, progress=True)
-    paths = write_report(comp, out, tracker)
+    paths = write_report(comp, out, None if no_log else tracker)
     console.print(console_table(comp))
     for warning in comp.methods.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(
         f"wrote {paths['html']} (and .md, .csv, .tex)"
-        + (f"; logged on parent run {comp.parent_id}" if comp.parent_id else "")
+        + (f"; logged on parent run {comp.parent_id}" if comp.parent_id and not no_log else "")
     )
 
 

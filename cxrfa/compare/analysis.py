@@ -1,33 +1,35 @@
-"""The numbers of a comparison: per cell, the headline metric's mean over seeds, the per-seed-pair Δ against the
-baseline, the seed-ensemble Δ, Holm-adjusted p-values, per-label AUROC, and every logged metric over seeds."""
+"""The numbers of a comparison: the matrix's declared contrasts on every compared metric (Holm within each family),
+each cell's metrics with one interval each, the constant-prevalence baseline, per-label AUROC and its Δ, the worst
+subgroup gap against its null level.
+
+Every interval and test is :func:`cxrfa.stats.seed_patient_t` / :func:`cxrfa.stats.paired_seed_test`: a t-interval
+over seeds (or seed pairs) whose variance adds the patient variance all seeds share, from one set of patient
+resamples used for every run (so differences are paired). The metrics are the :class:`cxrfa.metrics.MetricSpec`
+registry: a metric recomputable from the logged predictions is resampled over patients; one only logged per run
+(the modality gap) gets the seed part alone, and says so.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxrfa.compare.runs import Selection, TestSet, gather, select_runs
+from cxrfa.config import FRACTION_SEP, flatten, fraction_name, parse_contrast, read_yaml, split_fraction
 from cxrfa.errors import CxrfaError
-from cxrfa.metrics import percentile_ci
-from cxrfa.stats import (
-    Estimate,
-    LabelBoot,
-    hierarchical_replicates,
-    holm,
-    holm_at_floor,
-    label_boot,
-    mean_std_ci,
-    metric_range,
-    paired_delta,
-    seed_patient_mean,
-)
+from cxrfa.metrics import MetricSpec, get_metric, list_metrics, score_weighted, worst_gap_null
+from cxrfa.stats import SeedTest, delong_test, holm, paired_seed_test, seed_patient_t, shared_patient_var
 from cxrfa.tracking import (
     TAG_BACKBONE_SOURCE,
     TAG_CODE_VERSION,
+    TAG_CONTRASTS,
     TAG_DATA,
     TAG_MATRIX,
     TAG_SEED,
@@ -39,20 +41,11 @@ from cxrfa.tracking import (
 
 log = logging.getLogger(__name__)
 
-HEADLINE = (
-    "test/macro_auc",
-    "test/map",
-    "test/mse",
-    "test/macro_f1",
-    "test/macro_auc_head",
-    "test/macro_auc_medium",
-    "test/macro_auc_tail",
-    "test/fair/worst_tpr_gap",
-    "embed/modality_gap",
-    "embed/mean_offdiag_sim/final",
-)
-PAIRED = ("test/macro_auc", "test/map")  # metrics recomputable from the logged predictions
 GROUP_ORDER = {"head": 0, "medium": 1, "tail": 2}
+CONSTANT = "constant (train prevalence)"  # the row of the constant predictor
+CONSTANT_METRICS = ("macro_auc", "map", "map_head", "map_medium", "map_tail", "mse", "ece")  # defined for it
+N_PERM = 200  # subgroup-label permutations for the worst gap's null level
+ADHOC = "ad hoc"  # family of --baseline contrasts
 
 
 @dataclass
@@ -62,9 +55,8 @@ class Methods:
     n_boot: int
     seed: int
     unit: str  # what a bootstrap resample draws
-    paired: bool  # Δ and p were computed (the metric is recomputable from predictions)
+    paired: bool  # predictions were read (patient-resampled intervals and paired tests)
     seeds: dict[str, list[int]]  # cell -> seeds
-    pairs: dict[str, list[int]]  # cell -> seeds paired with the baseline's
     data_hash: str
     data: str
     matrix: str
@@ -75,6 +67,7 @@ class Methods:
     code_versions: list[str]
     report_code_version: str
     tuning: str
+    n_patients: int = 0
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -84,28 +77,38 @@ class Comparison:
     """A comparison of the cells of one ablation.
 
     Attributes:
-        metric: the headline metric (e.g. ``test/macro_auc``).
-        baseline: the cell every other is tested against.
-        result: one row per cell: ``seeds``, ``pairs``, ``mean``/``ci_low``/``ci_high`` (seeds x patients for a
-            paired metric, else over seeds), ``delta``/``delta_low``/``delta_high`` (mean per-seed-pair Δ),
-            ``ens_delta``/``ens_low``/``ens_high`` (Δ of the seed-averaged predictions), ``p_value`` (raw),
-            ``p_holm``, ``p_floor``/``p_holm_floor`` (the value is a bootstrap floor, i.e. a bound).
-        detail: one row per cell: every logged headline metric's ``mean``, ``std``, ``ci_low``, ``ci_high`` over
-            seeds (t-interval, on the logit scale of the metric's range when it has one).
-        per_label: cells x labels mean test AUROC over seeds, labels ordered head -> tail.
-        per_label_low, per_label_high: its 95% interval (seeds x patients; NaN without predictions).
+        metric: the headline metric (``test/macro_auc``); the report's answers and contrast table use it.
+        baseline: the reference cell of the per-label Δ (``--baseline``, else the matrix's first cell).
+        cells: one row per cell (then the constant predictor): ``seeds`` and per metric ``<m>``, ``<m> low``,
+            ``<m> high`` (the one interval of that number).
+        contrasts: one row per family x contrast x metric: ``family``, ``cell``, ``other``, ``metric``,
+            ``pairs``, ``delta``, ``low``, ``high``, ``se``, ``df``, ``p``, ``p_holm`` (within family and metric),
+            ``prob_improvement``, ``mde`` (minimum detectable Δ, 80% power), ``resample``.
+        per_label, per_label_low, per_label_high: cells x labels mean test AUROC and its interval.
+        label_delta, label_delta_low, label_delta_high, label_p_holm: cells x labels Δ AUROC vs ``baseline``,
+            its interval and p Holm-adjusted over labels (NaN for the baseline itself).
+        fairness: per cell each subgroup's TPR gap with its interval (``fair/sex/tpr_gap/F``, ``... low``,
+            ``... high``) and the worst gap's level under no group difference (``null_mean``, ``null_q95``: mean
+            and 95th percentile of the permutation null, averaged over seeds).
         label_info: per label ``group`` and ``n_pos`` (test positives), in ``per_label`` order.
+        legend: cell -> what defines it (its overrides of the matrix's base config).
         methods: see :class:`Methods`.
     """
 
     metric: str
     baseline: str
-    result: pd.DataFrame
-    detail: pd.DataFrame
+    cells: pd.DataFrame
+    contrasts: pd.DataFrame
     per_label: pd.DataFrame
     per_label_low: pd.DataFrame
     per_label_high: pd.DataFrame
+    label_delta: pd.DataFrame
+    label_delta_low: pd.DataFrame
+    label_delta_high: pd.DataFrame
+    label_p_holm: pd.DataFrame
+    fairness: pd.DataFrame
     label_info: pd.DataFrame
+    legend: dict[str, str]
     methods: Methods
 
     @property
@@ -113,9 +116,31 @@ class Comparison:
         return self.methods.parent_id
 
     @property
-    def table(self) -> pd.DataFrame:
-        """Everything per cell in one frame (the CSV): result columns, then ``<metric>``, ``<metric> std``, ..."""
-        return self.result.join(self.detail)
+    def spec(self) -> MetricSpec:
+        return get_metric(self.metric)
+
+    @property
+    def result(self) -> pd.DataFrame:
+        """Per cell (the constant predictor left out) the headline metric: ``seeds``, ``mean``, ``ci_low``,
+        ``ci_high`` — the shape :func:`cxrfa.compare.efficiency.efficiency_table` reads."""
+        m = self.spec.name
+        table = self.cells.drop(index=[CONSTANT], errors="ignore")
+        return pd.DataFrame(
+            {
+                "seeds": table["seeds"],
+                "mean": table[m],
+                "ci_low": table[f"{m} low"],
+                "ci_high": table[f"{m} high"],
+            }
+        )
+
+    def headline_contrasts(self) -> pd.DataFrame:
+        """The contrast rows of the headline metric, families in declaration order."""
+        return (
+            self.contrasts[self.contrasts["metric"] == self.spec.name]
+            if len(self.contrasts)
+            else self.contrasts
+        )
 
 
 def compare(
@@ -127,206 +152,415 @@ def compare(
     seed: int = 0,
     progress: bool = False,
 ) -> Comparison:
-    """Compare the cells of one ablation (``parent_id``, or the experiment's newest) against a baseline cell.
+    """Compare the cells of one ablation (``parent_id``, or the experiment's newest) on its declared contrasts.
 
     Args:
         tracker: the store and experiment.
         parent_id: the ablation's parent run; None = the newest parent (or, without parents, one data hash).
-        metric: headline metric; ``test/macro_auc`` and ``test/map`` get paired tests from the predictions.
-        baseline: the cell the others are tested against (default: the matrix's first cell).
-        n_boot: bootstrap replicates.
-        seed: seed of the bootstrap.
-        progress: show a progress bar while fetching runs.
+        metric: the headline metric (a :func:`cxrfa.metrics.list_metrics` name, ``test/`` prefix optional).
+        baseline: adds an ad-hoc family "every cell − baseline" and is the per-label Δ's reference (default: the
+            matrix's first cell; without declared contrasts the ad-hoc family is tested against it).
+        n_boot: patient resamples (0: seeds only, no predictions read).
+        seed: seed of the resamples.
+        progress: show progress bars.
 
     Raises:
-        CxrfaError: no runs, mixed data hashes, an unknown baseline, or runs whose test sets disagree.
+        CxrfaError: no runs, mixed data hashes, an unknown metric or baseline, or runs whose test sets disagree.
     """
+    try:
+        spec = get_metric(metric)
+    except KeyError as err:
+        raise CxrfaError(f"--metric {metric!r}: {err.args[0]}") from None
     sel = select_runs(tracker, parent_id)
     cells = list(sel.by_cell)
     if baseline is not None and baseline not in sel.by_cell:
         raise CxrfaError(f"--baseline {baseline!r}: no finished runs of that cell; cells: {', '.join(cells)}")
-    baseline = baseline or cells[0]
-    detail = _detail(sel, metric)
-    paired = metric in PAIRED and n_boot > 0
     seeds = {c: [int(r.tags.get(TAG_SEED, "0")) for r in runs] for c, runs in sel.by_cell.items()}
-    base_seeds = set(seeds[baseline])
-    pairs = {c: [s for s in seeds[c] if s in base_seeds] for c in cells if c != baseline}
-    methods = _methods(tracker, sel, n_boot, seed, paired, seeds, pairs)
-    if paired:
+    methods = _methods(tracker, sel, n_boot, seed, n_boot > 0, seeds)
+    families = _families(sel, baseline, methods)
+    reference = baseline or cells[0]
+    if n_boot > 0:
         test = gather(tracker, sel, progress)
         methods.unit = test.unit
+        methods.n_patients = len(set(test.patients)) if test.patients is not None else len(test.paths)
+        methods.notes += test.notes
         if test.patients is None:
             methods.warnings.append(f"Bootstrap over {test.unit}.")
-        result, per_label, low, high = _paired(sel, test, metric, baseline, pairs, n_boot, seed, progress)
-        info = test.label_info
+        values, per_label = _score_all(test, sel, n_boot, seed, progress)
+        constant = _constant(test, n_boot, seed)
+        fairness = _fairness(test, sel, seed, values, methods.n_patients)
     else:
-        result = _seed_only(sel, detail, metric)
-        per_label, low, high, info = _logged_per_label(sel)
-    order = sorted(
-        info.index, key=lambda lab: (GROUP_ORDER.get(info.at[lab, "group"], 3), -info.at[lab, "n_pos"])
-    )
+        test, values, per_label, constant = None, {}, {}, None
+        fairness = pd.DataFrame()
+    logged = {r.run_id: r.metrics for r in sel.runs}
+    cell_frame = _cell_table(sel, values, logged, constant, methods)
+    contrast_frame = _contrast_table(sel, families, values, logged, methods)
+    *label_frames, label_info = _per_label(sel, test, per_label, reference, methods)
     return Comparison(
-        metric, baseline, result, detail, per_label[order], low[order], high[order], info.loc[order], methods
+        f"test/{spec.name}" if spec.paired else spec.name,
+        reference,
+        cell_frame,
+        contrast_frame,
+        *label_frames,
+        fairness=fairness,
+        label_info=label_info,
+        legend=_legend(tracker, sel),
+        methods=methods,
     )
 
 
-def _detail(sel: Selection, metric: str) -> pd.DataFrame:
-    metrics = [metric, *[m for m in HEADLINE if m != metric]]
-    rows = []
-    for cell, runs in sel.by_cell.items():
-        row: dict[str, object] = {"cell": cell}
-        for m in metrics:
-            vals = [r.metrics[m] for r in runs if m in r.metrics]
-            if vals:
-                mean, std, lo, hi, _ = mean_std_ci(vals, metric_range(m))
-                row.update({m: mean, f"{m} std": std, f"{m} ci_low": lo, f"{m} ci_high": hi})
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("cell")
+# ---------------------------------------------------------------------------------------------------------
+# What is tested
 
 
-def _paired(
-    sel: Selection,
-    test: TestSet,
-    metric: str,
-    baseline: str,
-    pairs: dict[str, list[int]],
-    n_boot: int,
-    seed: int,
-    progress: bool,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per-seed, seed-ensemble and per-label numbers from the predictions; Holm across the tested cells."""
-    key = "macro_auc" if metric == "test/macro_auc" else "map"
-    models = {r.run_id: test.probs[r.run_id] for runs in sel.by_cell.values() for r in runs}
-    models.update(
-        {
-            f"ensemble:{c}": np.mean([test.probs[r.run_id] for r in runs], axis=0)
-            for c, runs in sel.by_cell.items()
-        }
-    )
-    scored = _score_all(test, models, n_boot, seed, progress)
-    boot = {r.run_id: scored[r.run_id] for runs in sel.by_cell.values() for r in runs}
-    ensemble = {c: scored[f"ensemble:{c}"] for c in sel.by_cell}
-    by_seed = {
-        c: {int(r.tags.get(TAG_SEED, "0")): boot[r.run_id] for r in runs} for c, runs in sel.by_cell.items()
-    }
-    rows, per_label, low, high = [], {}, {}, {}
-    for cell, runs in sel.by_cell.items():
-        scores = [boot[r.run_id].macro(key) for r in runs]
-        mean = seed_patient_mean(scores, seed)
-        row: dict[str, object] = {
-            "cell": cell,
-            "seeds": len(runs),
-            "pairs": len(pairs.get(cell, [])),
-            "mean": mean.value,
-            "ci_low": mean.low,
-            "ci_high": mean.high,
-        }
-        if cell != baseline and pairs[cell]:
-            delta = paired_delta(
-                [by_seed[cell][s].macro(key) for s in pairs[cell]],
-                [by_seed[baseline][s].macro(key) for s in pairs[cell]],
-                seed,
-            )
-            ens = paired_delta([ensemble[cell].macro(key)], [ensemble[baseline].macro(key)], seed)
-            row.update(_delta_columns(delta, ens))
-        rows.append(row)
-        per_label[cell], low[cell], high[cell] = _per_label_auc([boot[r.run_id] for r in runs], seed)
-    result = pd.DataFrame(rows).set_index("cell")
-    if "p_value" in result.columns:
-        result["p_holm"] = holm(result["p_value"].to_numpy(float))
-        result["p_holm_floor"] = holm_at_floor(
-            result["p_value"].to_numpy(float), result["p_floor"].eq(True).to_numpy()
-        )
-
-    def frame(values: dict[str, np.ndarray]) -> pd.DataFrame:
-        return pd.DataFrame(values, index=test.labels).T  # cells x labels
-
-    return result, frame(per_label), frame(low), frame(high)
+def _fraction_suffixes(sel: Selection) -> list[tuple[str, str]]:
+    """(cell-name suffix, family suffix) per label fraction the cells ran at: ``("", "")`` for a plain matrix,
+    ``("@0.1", " @ 10% labels")``… when every cell carries a fraction (``cxrfa.config.split_fraction``)."""
+    fractions = sorted({split_fraction(cell)[1] for cell in sel.by_cell} - {None})
+    if not fractions:
+        return [("", "")]
+    return [(f"{FRACTION_SEP}{fraction_name(f)}", f" @ {f * 100:g}% labels") for f in fractions]
 
 
-def _score_all(test: TestSet, models: dict[str, np.ndarray], n_boot: int, seed: int, progress: bool) -> dict:
-    """:func:`label_boot` of every model, on threads (numpy releases the GIL in the ranking loops)."""
+def _families(sel: Selection, baseline: str | None, methods: Methods) -> dict[str, list[tuple[str, str]]]:
+    """Family -> contrasts to test: the parent's declared ones whose cells ran, plus ``--baseline``'s ad-hoc family."""
+    declared: dict[str, list[str]] = {}
+    if sel.parent is not None:
+        try:
+            declared = json.loads(sel.parent.tags.get(TAG_CONTRASTS, "{}"))
+        except json.JSONDecodeError:
+            methods.notes.append(f"the parent's {TAG_CONTRASTS} tag is not JSON; no declared contrasts read")
+    families: dict[str, list[tuple[str, str]]] = {}
+    for family, items in declared.items():
+        try:
+            pairs = [parse_contrast(item, f"{TAG_CONTRASTS} {family}") for item in items]
+        except ValueError as err:  # a hand-edited tag: say so, test the rest
+            methods.notes.append(str(err))
+            continue
+        for suffix, at in _fraction_suffixes(
+            sel
+        ):  # a label-fraction matrix: the family again at each fraction
+            ran = []
+            for a, b in pairs:
+                if a + suffix in sel.by_cell and b + suffix in sel.by_cell:
+                    ran.append((a + suffix, b + suffix))
+                else:
+                    methods.notes.append(
+                        f"contrast {a} − {b} ({family}{at}) not tested: a cell has no finished runs"
+                    )
+            if ran:
+                families[family + at] = ran
+    cells = list(sel.by_cell)
+    if baseline is not None or not families:
+        ref = baseline or cells[0]
+        adhoc = [(c, ref) for c in cells if c != ref]
+        if adhoc:
+            families[f"{ADHOC}: vs {ref}"] = adhoc
+    return families
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+Scores = dict[str, dict[str, np.ndarray]]  # run id -> metric -> (1 + B,) test-set value then resamples
+
+
+def _score_all(
+    test: TestSet, sel: Selection, n_boot: int, seed: int, progress: bool
+) -> tuple[Scores, dict[str, np.ndarray]]:
+    """Every paired metric and per-label AUROC of every run, on the test set and the shared patient resamples
+    (threads: numpy releases the GIL in the ranking loops)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
-    def score(prob: np.ndarray) -> LabelBoot:
-        return label_boot(test.y, prob, n_boot, seed, test.patients)
+    groups = test.label_info["group"].reindex(test.labels).fillna("").tolist()
+    specs = list_metrics(paired=True)
 
-    with ThreadPoolExecutor(max_workers=min(len(models), os.cpu_count() or 1, 8)) as pool:
-        jobs = pool.map(score, models.values())
-        bar = tqdm(jobs, total=len(models), desc="compare: bootstrap", unit="model", disable=not progress)
-        return dict(zip(models, bar, strict=True))
-
-
-def _delta_columns(delta: Estimate, ens: Estimate) -> dict[str, object]:
-    return {
-        "delta": delta.value,
-        "delta_low": delta.low,
-        "delta_high": delta.high,
-        "ens_delta": ens.value,
-        "ens_low": ens.low,
-        "ens_high": ens.high,
-        "p_value": delta.p,
-        "p_floor": delta.at_floor,
-        "n_boot": delta.n,
-    }
-
-
-def _per_label_auc(boots: list, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(C,) mean AUROC over seeds per label and its seeds x patients interval."""
-    mean = np.mean([b.auc for b in boots], axis=0)
-    low, high = np.full(mean.shape, np.nan), np.full(mean.shape, np.nan)
-    for j in range(mean.size):
-        reps = hierarchical_replicates([b.boot_auc[:, j] for b in boots], seed)
-        low[j], high[j] = percentile_ci(reps)
-    return mean, low, high
-
-
-def _seed_only(sel: Selection, detail: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The result table of a metric without predictions: mean and interval over seeds only."""
-    result = pd.DataFrame({"seeds": [len(r) for r in sel.by_cell.values()]}, index=detail.index)
-    if metric not in detail.columns:
-        raise CxrfaError(
-            f"--metric {metric!r}: no run logged it; e.g. test/macro_auc, test/map, test/macro_f1"
+    def score(run_id: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return score_weighted(
+            test.y,
+            test.probs[run_id],
+            specs,
+            n_boot,
+            seed,
+            test.patients,
+            test.thresholds.get(run_id),
+            groups,
+            test.subgroups,
         )
-    result["mean"], result["ci_low"], result["ci_high"] = (
-        detail[metric],
-        detail[f"{metric} ci_low"],
-        detail[f"{metric} ci_high"],
-    )
-    return result
+
+    ids = [r.run_id for r in sel.runs]
+    with ThreadPoolExecutor(max_workers=min(len(ids), os.cpu_count() or 1, 8)) as pool:
+        jobs = tqdm(
+            pool.map(score, ids), total=len(ids), desc="compare: bootstrap", unit="run", disable=not progress
+        )
+        done = dict(zip(ids, jobs, strict=True))
+    return {k: v[0] for k, v in done.items()}, {k: v[1] for k, v in done.items()}
 
 
-def _logged_per_label(sel: Selection) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    labels = sorted(
-        {k.removeprefix("test/auc/") for r in sel.runs for k in r.metrics if k.startswith("test/auc/")}
-    )
-    means = pd.DataFrame(
-        {
-            lab: [
-                np.mean(
-                    [r.metrics[f"test/auc/{lab}"] for r in runs if f"test/auc/{lab}" in r.metrics] or [np.nan]
+def _constant(test: TestSet, n_boot: int, seed: int) -> dict[str, np.ndarray] | None:
+    """The constant predictor's metrics (every image gets the train prevalence), on the same resamples."""
+    if test.prevalence is None:
+        return None
+    prob = np.broadcast_to(np.nan_to_num(test.prevalence), test.y.shape).copy()  # (N, C)
+    specs = [get_metric(m) for m in CONSTANT_METRICS]
+    groups = test.label_info["group"].reindex(test.labels).fillna("").tolist()
+    values, _ = score_weighted(test.y, prob, specs, n_boot, seed, test.patients, None, groups)
+    return values
+
+
+def _fairness(test: TestSet, sel: Selection, seed: int, values: Scores, n_patients: int) -> pd.DataFrame:
+    """Per cell: each subgroup's TPR gap over seeds with its interval (``fair/<attr>/tpr_gap/<group>``, ``... low``,
+    ``... high``), and the worst gap's null level (permuted subgroup labels): ``null_mean``, ``null_q95``."""
+    if test.subgroups is None or test.subgroups.empty:
+        return pd.DataFrame()
+    rows = {}
+    for cell, runs in sel.by_cell.items():
+        nulls = [
+            worst_gap_null(
+                test.y, test.probs[r.run_id], test.thresholds.get(r.run_id), test.subgroups, N_PERM, seed
+            )
+            for r in runs
+        ]
+        row = {
+            "null_mean": float(np.nanmean([n.mean() for n in nulls])),
+            "null_q95": float(np.nanmean([np.nanpercentile(n, 95) for n in nulls])),
+        }
+        keys = dict.fromkeys(k for r in runs for k in values[r.run_id] if "/tpr_gap/" in k)
+        for key in keys:
+            if all(key in values[r.run_id] for r in runs):
+                reps = np.stack([values[r.run_id][key] for r in runs])  # (K, 1 + B)
+                row[key], row[f"{key} low"], row[f"{key} high"] = _level(
+                    reps[:, 0].tolist(), reps[:, 1:], n_patients, (-1.0, 1.0)
                 )
-                for runs in sel.by_cell.values()
-            ]
-            for lab in labels
-        },
-        index=list(sel.by_cell),
+        rows[cell] = row
+    return pd.DataFrame(rows).T
+
+
+def _clip(res: SeedTest, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    if bounds is None:
+        return res.low, res.high
+    return float(np.clip(res.low, *bounds)), float(np.clip(res.high, *bounds))
+
+
+def _level(
+    points: list[float], reps: np.ndarray | None, n_patients: int, bounds: tuple[float, float] | None
+) -> tuple[float, float, float]:
+    """A cell's value over seeds and its one interval: seed spread + shared patient variance, clipped to range."""
+    shared = shared_patient_var(reps) if reps is not None else 0.0
+    res = seed_patient_t(points, shared, max(n_patients - 1, 1) if reps is not None else np.inf, null=None)
+    return (res.value, *_clip(res, bounds))
+
+
+def _cell_table(
+    sel: Selection,
+    values: Scores,
+    logged: dict[str, dict[str, float]],
+    constant: dict[str, np.ndarray] | None,
+    methods: Methods,
+) -> pd.DataFrame:
+    rows: dict[str, dict[str, float]] = {}
+    for cell, runs in sel.by_cell.items():
+        row: dict[str, float] = {"seeds": float(len(runs))}
+        for spec in list_metrics():
+            points, reps = _values(spec, [r.run_id for r in runs], values, logged)
+            if points:
+                row[spec.name], row[f"{spec.name} low"], row[f"{spec.name} high"] = _level(
+                    points, reps, methods.n_patients, spec.bounds
+                )
+        rows[cell] = row
+    if constant is not None:
+        row = {"seeds": float("nan")}
+        for name, v in constant.items():
+            row[name], row[f"{name} low"], row[f"{name} high"] = _level(
+                [float(v[0])], v[None, 1:], methods.n_patients, get_metric(name).bounds
+            )
+        rows[CONSTANT] = row
+    return pd.DataFrame(rows).T
+
+
+def _values(
+    spec: MetricSpec, run_ids: list[str], values: Scores, logged: dict[str, dict[str, float]]
+) -> tuple[list[float], np.ndarray | None]:
+    """Per-seed values of one metric and (K, B) patient replicates (None for a metric only logged per run)."""
+    if spec.paired and values:
+        arrays = np.stack([values[r][spec.name] for r in run_ids])  # (K, 1 + B)
+        return arrays[:, 0].tolist(), arrays[:, 1:]
+    key = spec.name if spec.name.startswith("embed/") else f"test/{spec.name}"
+    found = [logged[r][key] for r in run_ids if key in logged[r]]
+    return found, None
+
+
+def _contrast_table(
+    sel: Selection,
+    families: dict[str, list[tuple[str, str]]],
+    values: Scores,
+    logged: dict[str, dict[str, float]],
+    methods: Methods,
+) -> pd.DataFrame:
+    by_seed = {c: {int(r.tags.get(TAG_SEED, "0")): r.run_id for r in runs} for c, runs in sel.by_cell.items()}
+    rows = []
+    for family, pairs in families.items():
+        for cell, other in pairs:
+            common = sorted(set(by_seed[cell]) & set(by_seed[other]))
+            missing = sorted(set(by_seed[cell]) ^ set(by_seed[other]))
+            note = f"{cell} − {other}: seed(s) {missing} are not in both cells and not paired."
+            if missing and note not in methods.warnings:  # a contrast may sit in two families
+                methods.warnings.append(note)
+            if not common:
+                continue
+            a, b = [by_seed[cell][s] for s in common], [by_seed[other][s] for s in common]
+            for spec in list_metrics():
+                pa, ra = _values(spec, a, values, logged)
+                pb, rb = _values(spec, b, values, logged)
+                if len(pa) != len(common) or len(pb) != len(common):
+                    continue  # a metric some runs did not log
+                res = paired_seed_test(
+                    pa,
+                    pb,
+                    replicates=None if ra is None or rb is None else ra - rb,
+                    n_patients=methods.n_patients or None,
+                    higher_is_better=spec.higher_is_better,
+                )
+                rows.append(
+                    {
+                        "family": family,
+                        "cell": cell,
+                        "other": other,
+                        "metric": spec.name,
+                        "pairs": len(common),
+                        "delta": res.value,
+                        "low": res.low,
+                        "high": res.high,
+                        "se": res.se,
+                        "df": res.df,
+                        "p": res.p,
+                        "prob_improvement": res.prob_improvement,
+                        "mde": res.mde,
+                        "resample": "seeds and patients" if ra is not None else "seeds only",
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    frame["p_holm"] = np.nan
+    for _, idx in frame.groupby(["family", "metric"], sort=False).groups.items():
+        frame.loc[idx, "p_holm"] = holm(frame.loc[idx, "p"].to_numpy(float))
+    return frame
+
+
+def _per_label(
+    sel: Selection,
+    test: TestSet | None,
+    per_label: dict[str, np.ndarray],
+    reference: str,
+    methods: Methods,
+) -> tuple[pd.DataFrame, ...]:
+    """Absolute per-label AUROC per cell and Δ vs ``reference``, each with its interval; Δ p Holm over labels.
+
+    With one seed pair, and one image per patient, the Δ's p-value is DeLong's test on that pair of runs; with
+    several images per patient DeLong would treat them as independent, so the patient-resampled test is used.
+    """
+    if test is None:
+        labels = sorted(
+            {k.removeprefix("test/auc/") for r in sel.runs for k in r.metrics if k.startswith("test/auc/")}
+        )
+        means = pd.DataFrame(
+            {
+                lab: [
+                    np.nanmean([r.metrics.get(f"test/auc/{lab}", np.nan) for r in runs])
+                    for runs in sel.by_cell.values()
+                ]
+                for lab in labels
+            },
+            index=list(sel.by_cell),
+        )
+        nan = means * np.nan
+        info = pd.DataFrame({"group": "", "n_pos": 0}, index=labels)
+        return means, nan, nan.copy(), nan.copy(), nan.copy(), nan.copy(), nan.copy(), info
+    c = len(test.labels)
+    one_image_each = test.patients is not None and len(set(test.patients)) == len(test.paths)
+    out = {k: {} for k in ("mean", "low", "high", "delta", "dlow", "dhigh", "p")}
+    ref_runs = {int(r.tags.get(TAG_SEED, "0")): r.run_id for r in sel.by_cell[reference]}
+    for cell, runs in sel.by_cell.items():
+        arrays = np.stack([per_label[r.run_id] for r in runs])  # (K, 1 + B, C)
+        levels = [
+            _level(arrays[:, 0, j].tolist(), arrays[:, 1:, j], methods.n_patients, (0.0, 1.0))
+            for j in range(c)
+        ]
+        out["mean"][cell], out["low"][cell], out["high"][cell] = (
+            np.array(v) for v in zip(*levels, strict=True)
+        )
+        pairs = [(r.run_id, ref_runs[s]) for r in runs if (s := int(r.tags.get(TAG_SEED, "0"))) in ref_runs]
+        nan = np.full(c, np.nan)
+        if cell == reference or not pairs:
+            out["delta"][cell], out["dlow"][cell], out["dhigh"][cell], out["p"][cell] = nan, nan, nan, nan
+            continue
+        mine = np.stack([per_label[a] for a, _ in pairs])  # (K, 1 + B, C)
+        theirs = np.stack([per_label[b] for _, b in pairs])
+        tests = [
+            paired_seed_test(
+                mine[:, 0, j],
+                theirs[:, 0, j],
+                replicates=mine[:, 1:, j] - theirs[:, 1:, j],
+                n_patients=methods.n_patients,
+            )
+            for j in range(c)
+        ]
+        p = np.array([t.p for t in tests])
+        if len(pairs) == 1 and one_image_each:
+            p = _delong_p(test, *pairs[0])
+        out["delta"][cell] = np.array([t.value for t in tests])
+        out["dlow"][cell] = np.array([t.low for t in tests])
+        out["dhigh"][cell] = np.array([t.high for t in tests])
+        out["p"][cell] = holm(p)
+
+    def frame(values: dict[str, np.ndarray]) -> pd.DataFrame:
+        return pd.DataFrame(values, index=test.labels).T  # cells x labels
+
+    info = test.label_info
+    order = sorted(
+        info.index, key=lambda lab: (GROUP_ORDER.get(info.at[lab, "group"], 3), -info.at[lab, "n_pos"])
     )
-    nan = means * np.nan
-    info = pd.DataFrame({"group": "", "n_pos": 0}, index=labels)
-    return means, nan, nan.copy(), info
+    frames = [frame(out[k])[order] for k in ("mean", "low", "high", "delta", "dlow", "dhigh", "p")]
+    return (*frames, info.loc[order])
+
+
+def _delong_p(test: TestSet, run: str, ref: str) -> np.ndarray:
+    """(C,) DeLong p-value per label of one pair of runs (known rows of each label)."""
+    p = np.full(len(test.labels), np.nan)
+    for j in range(len(test.labels)):
+        known = np.isfinite(test.y[:, j])
+        p[j] = delong_test(test.y[known, j], test.probs[ref][known, j], test.probs[run][known, j])[2]
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Provenance
+
+
+def _legend(tracker: Tracker, sel: Selection) -> dict[str, str]:
+    """Cell -> its overrides of the matrix's base (from the parent's ``matrix.yaml``), e.g. ``model.text=clip``."""
+    if sel.parent is None:
+        return {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="cxrfa-compare-") as folder:
+            matrix = read_yaml(tracker.download(sel.parent.run_id, "matrix.yaml", Path(folder)))
+    except CxrfaError:
+        return {}
+    cells = matrix.get("cells", {}) if isinstance(matrix, dict) else {}
+    base = flatten(matrix.get("base", {}) or {})
+    legend = {}
+    for cell in sel.by_cell:
+        diff = {k: v for k, v in flatten(cells.get(cell) or {}).items() if base.get(k) != v}
+        legend[cell] = ", ".join(f"{k}={v}" for k, v in diff.items()) or "the base config"
+    return legend
 
 
 def _methods(
-    tracker: Tracker,
-    sel: Selection,
-    n_boot: int,
-    seed: int,
-    paired: bool,
-    seeds: dict[str, list[int]],
-    pairs: dict[str, list[int]],
+    tracker: Tracker, sel: Selection, n_boot: int, seed: int, paired: bool, seeds: dict[str, list[int]]
 ) -> Methods:
     runs = sel.runs
     sources = sorted({r.tags.get(TAG_BACKBONE_SOURCE, "") for r in runs} - {""})
@@ -341,14 +575,6 @@ def _methods(
             f"Stand-in weights ({', '.join(standins) or 'none'}) on {what}: small backbones pretrained on the "
             "study's own data. This shows the machinery working; it is not a finding about real chest X-rays."
         )
-    for cell in pairs:
-        missing = sorted(set(seeds[cell]) - set(pairs[cell]))
-        if missing:
-            warnings.append(
-                f"{cell}: seed(s) {missing} have no baseline run with the same seed and are not in Δ."
-            )
-        if len(pairs[cell]) == 1 and paired:
-            warnings.append(f"{cell}: one seed pair, so its Δ interval holds patient variation only.")
     tuning = _tuning(parent_tags, list(sel.by_cell))
     if tuning.startswith("UNEQUAL"):
         warnings.append(f"Tuning budgets differ: {tuning}.")
@@ -358,7 +584,6 @@ def _methods(
         unit="",
         paired=paired,
         seeds=seeds,
-        pairs=pairs,
         data_hash=sel.data_hash,
         data=data,
         matrix=parent_tags.get(TAG_MATRIX, "?"),

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrfa.stats import format_p
+from cxrfa.metrics import MetricSpec
 
 _GROUP_COLOURS = {"head": "#4c72b0", "medium": "#dd8452", "tail": "#c44e52"}
 _F = TypeVar("_F", bound=Callable[..., Figure])
@@ -29,115 +29,94 @@ def _default_style(make: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def _short(metric: str) -> str:
-    return metric.removeprefix("test/")
-
-
 @_default_style
-def forest_plot(result: pd.DataFrame, metric: str, baseline: str) -> Figure:
-    """Δ of each cell against the baseline: per-seed-pair mean (dot) and seed ensemble (diamond), 95% CIs,
-    a zero line, and the Holm-adjusted p-value at the right.
+def contrast_plot(rows: pd.DataFrame, spec: MetricSpec) -> Figure:
+    """Δ of each contrast (dot) with its 95% interval, grouped by family, a zero line, Holm p at the right.
 
     Args:
-        result: :attr:`cxrfa.compare.Comparison.result` (``delta``, ``delta_low``, ... ``p_holm``).
-        metric: headline metric name, for the axis.
-        baseline: the baseline cell, for the axis.
+        rows: the headline metric's rows of :attr:`cxrfa.compare.Comparison.contrasts`.
+        spec: the metric, for the axis label and direction.
     """
-    rows = result[result.index != baseline]
-    rows = rows[rows["delta"].notna()] if "delta" in rows.columns else rows.iloc[0:0]
-    fig = Figure(figsize=(7.5, 0.55 * max(len(rows), 1) + 1.4), layout="constrained")
+    fig = Figure(figsize=(7.5, 0.45 * max(len(rows), 1) + 1.4), layout="constrained")
     ax = fig.subplots()
     ax.axvline(0.0, color="0.3", linestyle="--", linewidth=1, zorder=0)
     if rows.empty:
-        ax.text(
-            0.5, 0.5, "no cell paired with the baseline", transform=ax.transAxes, ha="center", va="center"
-        )
+        ax.text(0.5, 0.5, "no contrast tested", transform=ax.transAxes, ha="center", va="center")
         ax.set_yticks([])
-    else:
-        pos = np.arange(len(rows))
-        seed_err = np.vstack(
-            [rows["delta"] - rows["delta_low"], rows["delta_high"] - rows["delta"]]
-        )  # (2, R)
-        ens_err = np.vstack([rows["ens_delta"] - rows["ens_low"], rows["ens_high"] - rows["ens_delta"]])
-        ax.errorbar(
-            rows["delta"],
-            pos - 0.12,
-            xerr=seed_err,
-            fmt="o",
-            color="tab:blue",
-            capsize=3,
-            label="mean per-seed Δ (seeds × patients CI)",
-        )
-        ax.errorbar(
-            rows["ens_delta"],
-            pos + 0.12,
-            xerr=ens_err,
-            fmt="D",
-            color="tab:gray",
-            markersize=4,
-            capsize=2,
-            label="seed-ensemble Δ (patients CI)",
-        )
-        ax.set_yticks(pos, [str(c) for c in rows.index], fontsize=9)
-        ax.set_ylim(len(rows) - 0.5, -0.5)  # first cell on top, every row the same height
-        n = int(rows["n_boot"].max())
-        for y, (p, floor) in zip(pos, zip(rows["p_holm"], rows["p_holm_floor"], strict=True), strict=True):
-            ax.annotate(
-                f"p = {format_p(p, n, bool(floor))}",
-                xy=(1.01, y),
-                xycoords=("axes fraction", "data"),
-                va="center",
-                fontsize=8,
-            )
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
-    ax.set_xlabel(f"Δ {_short(metric)} vs {baseline} (95% CI; Holm-adjusted p at right)")
+        return fig
+    pos = np.arange(len(rows))
+    families = list(dict.fromkeys(rows["family"]))
+    colours = {f: f"C{i}" for i, f in enumerate(families)}
+    for fam in families:
+        mask = (rows["family"] == fam).to_numpy()
+        part = rows[mask]
+        err = np.vstack([part["delta"] - part["low"], part["high"] - part["delta"]])  # (2, R)
+        ax.errorbar(part["delta"], pos[mask], xerr=err, fmt="o", color=colours[fam], capsize=3, label=fam)
+    ax.set_yticks(pos, [f"{c} − {o}" for c, o in zip(rows["cell"], rows["other"], strict=True)], fontsize=9)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first contrast on top
+    for y, p in zip(pos, rows["p_holm"], strict=True):
+        text = "–" if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+        ax.annotate(f"p = {text}", xy=(1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.legend(
+        loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(families), 3), fontsize=8, frameon=False
+    )
+    better = "right" if spec.higher_is_better else "left"
+    ax.set_xlabel(
+        f"Δ {spec.name} {spec.arrow} (95% CI; Holm p within family at right; better to the {better})"
+    )
     ax.grid(axis="x", alpha=0.3)
     return fig
 
 
-@_default_style
-def label_heatmap(
-    per_label: pd.DataFrame, label_info: pd.DataFrame, title: str, chance: float = 0.5
-) -> Figure:
-    """Cells x labels AUROC, labels in the given (head → tail) order with their test positives and group.
+def _annotate(ax: object, values: np.ndarray, fmt: str, dark: object) -> None:
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(
+                j,
+                i,
+                format(v, fmt),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark(v) else "black",
+            )  # type: ignore[attr-defined]
 
-    The colour scale runs from ``chance`` (AUROC 0.5) to 1, so equal colours mean equal AUROC in every report.
+
+@_default_style
+def label_heatmaps(
+    per_label: pd.DataFrame, delta: pd.DataFrame, label_info: pd.DataFrame, baseline: str
+) -> Figure:
+    """Two panels, labels head → tail with their test positives: Δ AUROC vs ``baseline`` on a diverging scale
+    centred at 0, and absolute AUROC on the full 0–1 scale.
 
     Args:
-        per_label: cells x labels values.
-        label_info: per label ``group`` (head/medium/tail) and ``n_pos``, in ``per_label``'s column order.
-        title: figure title.
-        chance: the value at the bottom of the colour scale.
+        per_label: cells x labels mean AUROC.
+        delta: cells x labels Δ AUROC vs the baseline (NaN row for the baseline).
+        label_info: per label ``group`` and ``n_pos``, in the columns' order.
+        baseline: the Δ's reference cell.
     """
-    from cxrfa.plots import label_heatmap as heatmap
-
-    ticks = [
-        f"{lab} (n+={int(n)})"
-        for lab, n in zip(per_label.columns, label_info["n_pos"].fillna(0), strict=True)
-    ]
-    named = per_label.set_axis(ticks, axis=1)
-    fig = heatmap(named, f"{title}\nlabels head → tail by training prevalence; n+ = test positives")
-    ax, bar = fig.axes[0], fig.axes[1]
-    ax.images[0].set_clim(chance, 1.0)  # one fixed scale, so equal colours mean equal AUROC in every report
-    bar.set_ylabel(f"AUROC (scale from chance = {chance})")
-    for text in ax.texts:  # annotation colour against the fixed scale
-        text.set_color("black" if float(text.get_text()) > (chance + 1) / 2 else "white")
-    for tick, group in zip(ax.get_xticklabels(), label_info["group"], strict=True):
-        tick.set_color(_GROUP_COLOURS.get(str(group), "black"))
-    n_cols = per_label.shape[1]
-    groups = label_info["group"].astype(str).tolist()
-    starts = [c for c in range(n_cols) if c == 0 or groups[c] != groups[c - 1]]
-    for start, end in zip(starts, [*starts[1:], n_cols], strict=True):
-        if start:
-            ax.axvline(start - 0.5, color="white", linewidth=2)
-        ax.text(
-            (start + end - 1) / 2,
-            -0.6,
-            groups[start],
-            ha="center",
-            va="bottom",
-            fontsize=8,
-            color=_GROUP_COLOURS.get(groups[start], "black"),
-        )
-    ax.set_title(ax.get_title(), fontsize=9, pad=16)
+    cells, labels = list(per_label.index), list(per_label.columns)
+    ticks = [f"{lab} (n+={int(n)})" for lab, n in zip(labels, label_info["n_pos"].fillna(0), strict=True)]
+    width = max(6.0, 0.55 * len(labels) + 3)
+    fig = Figure(figsize=(width, 2 * (0.4 * len(cells) + 1.6)), layout="constrained")
+    ax_d, ax_a = fig.subplots(2, 1)
+    d = delta.to_numpy(dtype=float)
+    span = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 0.05
+    span = max(span, 1e-3)
+    im = ax_d.imshow(d, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+    fig.colorbar(im, ax=ax_d, label=f"Δ AUROC vs {baseline} (0 = same)")
+    _annotate(ax_d, d, "+.2f", lambda v: abs(v) > 0.6 * span)
+    ax_d.set_title(f"Δ test AUROC per label vs {baseline} (mean over seed pairs)", fontsize=9)
+    a = per_label.to_numpy(dtype=float)
+    im = ax_a.imshow(a, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    fig.colorbar(im, ax=ax_a, label="AUROC (full 0–1 scale; 0.5 = chance)")
+    _annotate(ax_a, a, ".2f", lambda v: v < 0.6)
+    ax_a.set_title(
+        "Test AUROC per label (mean over seeds); labels head → tail, n+ = test positives", fontsize=9
+    )
+    for ax in (ax_d, ax_a):
+        ax.set_yticks(range(len(cells)), cells, fontsize=8)
+        ax.set_xticks(range(len(labels)), ticks, rotation=45, ha="right", fontsize=8)
+        for tick, group in zip(ax.get_xticklabels(), label_info["group"], strict=True):
+            tick.set_color(_GROUP_COLOURS.get(str(group), "black"))
     return fig

@@ -14,6 +14,7 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -149,7 +150,7 @@ def select_runs(tracker: Tracker, parent_id: str | None = None) -> Selection:
 
 @dataclass
 class TestSet:
-    """The test images every selected run predicted, in one order.
+    """The test images every selected run predicted, in one order, and what scoring them needs.
 
     Attributes:
         paths: N image paths (the manifest's).
@@ -159,6 +160,10 @@ class TestSet:
         unit: how the bootstrap resamples, in words, for the methods note.
         probs: run id -> (N, C) test probabilities, rows in ``paths`` order.
         label_info: per label: ``group`` (head/medium/tail by train prevalence) and ``n_pos`` (test positives).
+        thresholds: run id -> (C,) decision thresholds chosen on that run's val predictions (absent: 0.5).
+        subgroups: (N,) rows of ``sex``/``age``/``view`` in ``paths`` order, or None without the manifest.
+        prevalence: (C,) train-split prevalence per label (the constant predictor), or None without it.
+        notes: what could not be read, for the methods block.
     """
 
     paths: list[str]
@@ -168,6 +173,10 @@ class TestSet:
     unit: str
     probs: dict[str, np.ndarray]
     label_info: pd.DataFrame
+    thresholds: dict[str, np.ndarray] = field(default_factory=dict)
+    subgroups: pd.DataFrame | None = None
+    prevalence: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _read(tracker: Tracker, run: RunInfo, name: str, tmp: Path) -> pd.DataFrame:
@@ -175,10 +184,11 @@ def _read(tracker: Tracker, run: RunInfo, name: str, tmp: Path) -> pd.DataFrame:
 
 
 def gather(tracker: Tracker, sel: Selection, progress: bool = False) -> TestSet:
-    """Download every run's test predictions and pair them by image path.
+    """Download every run's test (and val) predictions and pair them by image path.
 
     The first run's test labels fix the image order; every other run must have predicted exactly those images
-    with the same labels (they share the data hash, so anything else is a damaged run).
+    with the same labels (they share the data hash, so anything else is a damaged run). Val predictions choose
+    each run's thresholds on the manifest's val labels, as evaluation did.
 
     Raises:
         CxrfaError: a run's test images or labels differ from the others'.
@@ -187,6 +197,7 @@ def gather(tracker: Tracker, sel: Selection, progress: bool = False) -> TestSet:
 
     runs = sel.runs
     probs: dict[str, np.ndarray] = {}
+    val_probs: dict[str, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory(prefix="cxrfa-compare-") as folder:
         tmp = Path(folder)
         truth = _read(tracker, runs[0], "test_labels.csv", tmp)
@@ -203,16 +214,54 @@ def gather(tracker: Tracker, sel: Selection, progress: bool = False) -> TestSet:
                     f"{runs[0].run_id} although both have data hash {sel.data_hash}; re-run that cell"
                 )
             probs[run.run_id] = pred.loc[paths, labels].to_numpy(dtype=np.float64)
+            if "val_predictions.csv" in tracker.list_artifacts(run.run_id):
+                val_probs[run.run_id] = _read(tracker, run, "val_predictions.csv", tmp).set_index("path")
         per_label = _read(tracker, runs[0], "evaluation/per_label.csv", tmp).set_index("label")
         label_info = per_label.reindex(labels)[["group", "n_pos"]].fillna({"group": ""})
-        patients, unit = _patients(tracker, runs[0], sel.data_hash, paths, tmp)
-    return TestSet(paths, labels, y, patients, unit, probs, label_info)
+        manifest, unit = _manifest(tracker, runs[0], sel.data_hash, tmp)
+    test = TestSet(paths, labels, y, None, unit, probs, label_info)
+    if manifest is None:
+        test.notes.append("no manifest: thresholds 0.5, no subgroups and no constant-prevalence baseline")
+        return test
+    frame = manifest.split("test").frame.set_index("path").reindex(paths)
+    if frame["patient_id"].isna().any():
+        test.unit = "images: the manifest lacks some test images; intervals are too narrow"
+        log.warning("the manifest lacks some test images: the bootstrap resamples images")
+    else:
+        test.patients = frame["patient_id"].astype(str).to_numpy()
+        n = len(set(test.patients))
+        test.unit = f"patients ({n} patients, {len(paths)} test images)"
+    test.subgroups = frame[[c for c in ("sex", "age", "view") if c in frame.columns]].reset_index(drop=True)
+    if (manifest.frame["split"] == "train").any():
+        prevalence = manifest.prevalence("train")
+        test.prevalence = np.array([prevalence.get(lab, np.nan) for lab in labels], dtype=np.float64)
+    test.thresholds, missing = _thresholds(manifest, labels, val_probs, [r.run_id for r in runs])
+    if missing:
+        test.notes.append(f"{missing} run(s) without val predictions: F1 and TPR gaps at threshold 0.5 there")
+    return test
 
 
-def _patients(
-    tracker: Tracker, run: RunInfo, data_hash: str, paths: list[str], tmp: Path
-) -> tuple[np.ndarray | None, str]:
-    """Patient id of each test image, from the manifest the runs used, checked against their data hash."""
+def _thresholds(
+    manifest: Any, labels: list[str], val_probs: dict[str, pd.DataFrame], run_ids: list[str]
+) -> tuple[dict[str, np.ndarray], int]:
+    """Run id -> thresholds chosen on its val predictions (the manifest's val rows); and how many runs had none."""
+    from cxrfa.metrics import choose_thresholds
+
+    val = manifest.split("val")
+    out: dict[str, np.ndarray] = {}
+    if not len(val.frame):
+        return out, len(run_ids)
+    val_paths = val.frame["path"].tolist()
+    for run_id, frame in val_probs.items():
+        if set(val_paths) <= set(frame.index) and set(labels) <= set(frame.columns):
+            out[run_id] = choose_thresholds(
+                val.label_matrix(), frame.loc[val_paths, labels].to_numpy(np.float64)
+            )
+    return out, len(run_ids) - len(out)
+
+
+def _manifest(tracker: Tracker, run: RunInfo, data_hash: str, tmp: Path) -> tuple[Any, str]:
+    """The manifest the runs used, checked against their data hash; None (and why, in words) when unusable."""
     from cxrfa.data.load import load_data
     from cxrfa.postrun import run_config
 
@@ -222,14 +271,8 @@ def _patients(
         reason = f"the runs' manifest cannot be read ({str(err)[:160]})"
     else:
         if manifest.data_hash() == data_hash:
-            test = manifest.split("test").frame.set_index("path")
-            patients = test["patient_id"].astype(str).reindex(paths)
-            if patients.notna().all():
-                n = patients.nunique()
-                return patients.to_numpy(), f"patients ({n} patients, {len(paths)} test images)"
-            reason = "the manifest lacks some test images"
-        else:
-            reason = f"the manifest now has data hash {manifest.data_hash()}, the runs {data_hash}"
+            return manifest, ""
+        reason = f"the manifest now has data hash {manifest.data_hash()}, the runs {data_hash}"
     log.warning(
         "patient ids unavailable (%s): the bootstrap resamples images, so intervals are too narrow", reason
     )
