@@ -23,7 +23,7 @@ from cxrfa.config import (
 )
 from cxrfa.experiment import FeatureDataset
 from cxrfa.labels import NIH14
-from cxrfa.models import AlignmentModel, build_model
+from cxrfa.models import AlignmentModel, build_encoder, build_model
 from cxrfa.models.alignment import derangement
 from cxrfa.models.drift import drift_metrics, label_prototypes, mean_angle_deg, procrustes_residual
 from cxrfa.models.model import parameter_counts
@@ -112,14 +112,25 @@ def test_adapter_starts_at_the_fixed_map_and_only_its_residual_trains() -> None:
 def full_cells() -> dict[str, tuple[int, AlignmentModel]]:
     """Trainable parameters and heads of the full matrix's text cells and controls, built as a run builds them
     (stand-in architectures; weights are irrelevant to the count, so none are pretrained)."""
+    from cxrfa.models import model as model_module
+
     names = [*TEXT_CELLS, *(n for pair in CONTROL_PAIRS for n in pair), "align-clip"]
+    encoders: dict[str, object] = {}
+
+    def build_once(cfg: BackboneConfig, device: object) -> object:  # each stand-in is built once
+        if cfg.arch not in encoders:
+            encoders[cfg.arch] = build_encoder(cfg, device)
+        return encoders[cfg.arch]
+
     out = {}
-    for cfg in expand(load_matrix("full"), DEMO_BACKBONES, seeds=[0], cells=names):
-        backbones = {k: getattr(cfg.model, k) for k in ("visual", "text")}
-        update = {k: b.model_copy(update={"pretrained": None}) for k, b in backbones.items() if b is not None}
-        model_cfg = cfg.model.model_copy(update=update)
-        model = build_model(model_cfg, list(NIH14), report=cfg.loss.report > 0, seed=cfg.seed)
-        out[cfg.cell] = (int(parameter_counts(model)["model/params_trainable"]), model.heads)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_module, "build_encoder", build_once)
+        for cfg in expand(load_matrix("full"), DEMO_BACKBONES, seeds=[0], cells=names):
+            backbones = {k: getattr(cfg.model, k) for k in ("visual", "text")}
+            update = {k: b.model_copy(update={"pretrained": None}) for k, b in backbones.items() if b}
+            model_cfg = cfg.model.model_copy(update=update)
+            model = build_model(model_cfg, list(NIH14), report=cfg.loss.report > 0, seed=cfg.seed)
+            out[cfg.cell] = (int(parameter_counts(model)["model/params_trainable"]), model.heads)
     return out
 
 
