@@ -95,7 +95,7 @@ class _Heads(nn.Module):
         return self.heads(tokens, embedding, report)
 
 
-def test_probabilities(world: World, text_order: str, seed: int) -> np.ndarray:
+def trained_probabilities(world: World, text_order: str, seed: int) -> np.ndarray:
     """Train one cell on the world with ``fit`` (val selects the epoch) -> (N_TEST, C) test probabilities."""
     torch.manual_seed(seed)
     cfg = CFG.model_copy(update={"text_order": text_order})
@@ -105,9 +105,6 @@ def test_probabilities(world: World, text_order: str, seed: int) -> np.ndarray:
     fit(model, world.train, world.val, LABELS, TRAIN, LOSS, seed=seed, progress=False)
     loader = make_loader(world.test, 512, shuffle=False, cfg=TRAIN, device=torch.device("cpu"))
     return predict(model, loader, torch.device("cpu"), amp=False)[0]
-
-
-test_probabilities.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 def paired_seed_test(y_true: np.ndarray, cell: list[np.ndarray], base: list[np.ndarray]) -> Estimate:
@@ -125,8 +122,8 @@ def outcomes() -> dict[bool, Estimate]:
         out = {}
         for informative in (True, False):
             world = make_world(informative)
-            kept = [test_probabilities(world, "kept", s) for s in SEEDS]
-            shuffled = [test_probabilities(world, "shuffled", s) for s in SEEDS]
+            kept = [trained_probabilities(world, "kept", s) for s in SEEDS]
+            shuffled = [trained_probabilities(world, "shuffled", s) for s in SEEDS]
             out[informative] = paired_seed_test(world.y_test, kept, shuffled)
     finally:
         torch.set_num_threads(threads)
