@@ -177,6 +177,7 @@ def test_mean_angle_in_degrees() -> None:
 
 def test_learned_queries_log_their_drift() -> None:
     cfg = ModelConfig(visual=ENC, queries="learned", width=16, heads=2, t2_layers=1, aligner=True)
+    torch.manual_seed(0)
     heads = AlignmentModel(cfg, 8, 5, None, 6)
     initial = label_prototypes(heads)
     still = drift_metrics(heads, initial)
@@ -184,9 +185,9 @@ def test_learned_queries_log_their_drift() -> None:
     assert still["drift/angle_deg"] == pytest.approx(0.0, abs=1e-3)
     assert still["drift/procrustes_init"] == pytest.approx(0.0, abs=1e-9)
     with torch.no_grad():
-        heads.query_emb.copy_(torch.roll(heads.query_emb, 1, dims=0))  # the same set, labels moved
+        heads.query_emb[1:3] = heads.query_emb[0]  # three labels' queries collapse into one
     moved = drift_metrics(heads, initial)
-    assert moved["drift/angle_deg"] > 30 and moved["drift/procrustes_init"] > 0.1
+    assert moved["drift/angle_deg"] > 10 and moved["drift/procrustes_init"] > 0.1, moved
 
 
 def test_a_run_logs_its_size_drift_and_text_assignment(tmp_path: Path) -> None:
