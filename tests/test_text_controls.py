@@ -104,6 +104,12 @@ def test_adapter_starts_at_the_fixed_map_and_only_its_residual_trains() -> None:
     assert torch.equal(adapter.label_stages()["projected"], fixed.label_stages()["projected"])
     trainable = {n: p.numel() for n, p in adapter.named_parameters() if n.startswith("text")}
     assert trainable == {"text_adapter.0.weight": 2 * 16, "text_adapter.1.weight": 16 * 2}
+    basis = adapter.text_basis.clone()
+    opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=1e-2)
+    adapter(torch.randn(4, 5, 8), torch.randn(4, 8))["logits"].sum().backward()
+    opt.step()
+    assert torch.equal(adapter.text_basis, basis)
+    assert not torch.equal(adapter.label_stages()["projected"], fixed.label_stages()["projected"])
     free = _heads(text_proj="free")
     assert free.text_proj is not None and free.text_proj.weight.requires_grad and free.text_adapter is None
 
