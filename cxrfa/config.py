@@ -104,6 +104,17 @@ class ModelConfig(_Frozen):
     # label prototypes: the label text through the text branch, or free learned embeddings (the capacity
     # control: the same heads without any text)
     queries: Literal["text", "learned"] = "text"
+    # how the centred label text becomes the (C, d) prototypes. A free linear map of C centred texts reaches
+    # any C prototypes that sum to zero, the function class of learned queries, and training rewrites it
+    # (50-53 degrees of rotation in 20 AdamW steps): such a cell cannot tell text from capacity. `fixed` is a
+    # frozen PCA map of the centred text (its geometry exactly, up to rotation and scale), so text cells keep
+    # their text by construction; `adapter` adds a trainable rank-`text_rank` residual to it; `free` is the
+    # old trainable projection.
+    text_proj: Literal["fixed", "adapter", "free"] = "fixed"
+    text_rank: int = Field(4, ge=1)  # rank of the residual adapter (text_proj: adapter)
+    # `shuffled`: label c gets the prompt of label perm[c], a derangement fixed by the run's seed (no label
+    # keeps its own text); the text control at equal capacity, identical to `kept` in everything else
+    text_order: Literal["kept", "shuffled"] = "kept"
     aligner_layers: int = Field(1, ge=1)
     output: Literal["a", "b", "mean"] = "a"  # which logits are the prediction
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -115,6 +126,10 @@ class ModelConfig(_Frozen):
     def _possible(self) -> ModelConfig:
         if self.queries == "learned" and self.text is not None:
             raise ValueError("model.queries=learned uses no text; remove model.text (or use queries: text)")
+        if self.text_order == "shuffled" and self.text is None:
+            raise ValueError(
+                "model.text_order=shuffled permutes the label text; set model.text (or use kept)"
+            )
         needs_labels = {
             "t2_layers": self.t2_layers > 0,
             "orthogonal": self.orthogonal,

@@ -347,11 +347,23 @@ def _train_and_evaluate(
     evaluate: bool,
 ) -> tuple[dict[str, float], FitResult]:
     from cxrfa.models import build_model
+    from cxrfa.models.drift import drift_metrics, label_prototypes
+    from cxrfa.models.model import parameter_counts
 
     device = resolve_device(cfg.train.device)
     model_cfg = cfg.model.model_copy(update={"visual": visual, "text": text})
     prior = list(train_manifest.prevalence("train").values())
-    model = build_model(model_cfg, manifest.labels, device, prior=prior)
+    model = build_model(
+        model_cfg, manifest.labels, device, prior=prior, report=cfg.loss.report > 0, seed=cfg.seed
+    )
+    initial = label_prototypes(model.heads)  # (C, d) as built: the reference of the drift metrics
+    sizes = parameter_counts(model)
+    if run is not None:
+        run.log_metrics(sizes)  # at build, so failed and pruned runs show their size too
+        if cfg.model.text_order == "shuffled":  # label -> the label whose text it was given
+            labels, assigned = manifest.labels, model.heads.text_assignment
+            given = {lab: labels[j] for lab, j in zip(labels, assigned, strict=True)}
+            run.log_params({"model.text_assignment": json.dumps(given)})
     # the label fraction's train rows; val/test (and the long-tail groups of evaluation) from the whole manifest
     data = run_datasets(cfg, model, train_manifest, progress)
 
@@ -372,16 +384,20 @@ def _train_and_evaluate(
         callbacks=[_Log(), *callbacks],
         progress=progress,
     )
+    drift = drift_metrics(model.heads, initial)  # of the kept (best-epoch) prototypes
     if not evaluate:
         scalars = {
             "val/best_" + cfg.train.monitor.removeprefix("val/"): result.best_value,
             "best_epoch": result.best_epoch,
+            **drift,
         }
         if run is not None:
             run.log_metrics(scalars)  # final values at step 0: one bar per run in MLflow's chart view
-        return scalars, result
+        return {**scalars, **sizes}, result
     scalars = evaluate_model(cfg, model, manifest, data, result, run, explore, device)
-    return scalars, result
+    if run is not None:
+        run.log_metrics(drift)
+    return {**scalars, **sizes, **drift}, result
 
 
 def evaluate_model(

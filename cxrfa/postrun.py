@@ -43,7 +43,13 @@ def load_run(tracker: Tracker, run_id: str, dst: Path) -> tuple[RunConfig, Manif
             "text": prepare_backbone(cfg.model.text, manifest),
         }
     )
-    model = build_model(model_cfg, manifest.labels, resolve_device(cfg.train.device))
+    model = build_model(
+        model_cfg,
+        manifest.labels,
+        resolve_device(cfg.train.device),
+        report=cfg.loss.report > 0,
+        seed=cfg.seed,
+    )
     state = load_state(
         tracker.download(run_id, "checkpoint/model.pt", dst),
         name=f"run {run_id} artifact checkpoint/model.pt",

@@ -24,9 +24,9 @@ def test_shipped_matrices_expand(name: str) -> None:
     assert f"cxrfa ablate --matrix {name}" in Path(m.source).read_text()
 
 
-def test_full_matrix_is_the_nine_design_cells_times_three_seeds() -> None:
+def test_full_matrix_is_the_nine_design_cells_and_text_controls_times_three_seeds() -> None:
     runs = expand(load_matrix("full"), DEMO_BACKBONES)
-    assert len(runs) == 27
+    assert len(runs) == 39
     cells = {r.cell: r for r in runs}
     assert set(cells) == {
         "visual-clip",
@@ -34,8 +34,12 @@ def test_full_matrix_is_the_nine_design_cells_times_three_seeds() -> None:
         "visual-custom",
         "dual-learned",
         "dual-clip",
+        "dual-clip-shuffled",
+        "dual-clip-free",
         "dual-biomedclip",
+        "dual-learned-biomedclip",
         "dual-custom",
+        "dual-learned-custom",
         "align-clip",
         "align-biomedclip",
     }
@@ -48,6 +52,17 @@ def test_full_matrix_is_the_nine_design_cells_times_three_seeds() -> None:
     assert control.model.text is None and control.model.queries == "learned"
     assert control.model.model_copy(update={"text": dual.model.text, "queries": "text"}) == dual.model
     assert control.loss == dual.loss
+    # every other text control differs from its text cell in one model key only
+    twins = {
+        "dual-clip-shuffled": ("dual-clip", {"text_order": "shuffled"}),
+        "dual-clip-free": ("dual-clip", {"text_proj": "free"}),
+        "dual-learned-biomedclip": ("dual-biomedclip", {"text": None, "queries": "learned"}),
+        "dual-learned-custom": ("dual-custom", {"text": None, "queries": "learned"}),
+    }
+    for name, (text_cell, change) in twins.items():
+        assert cells[text_cell].model.model_copy(update=change) == cells[name].model, name
+        assert cells[text_cell].loss == cells[name].loss and cells[text_cell].train == cells[name].train
+    assert dual.model.text_proj == "fixed" and dual.model.text_order == "kept"
     for name in ("align-clip", "align-biomedclip"):
         align = cells[name]
         assert align.model.orthogonal and align.model.aligner

@@ -51,7 +51,7 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cell_forward_backward(cell: str) -> None:
     torch.manual_seed(0)
     cfg, loss_cfg = CELLS[cell]
-    model = build_model(cfg, LABELS)
+    model = build_model(cfg, LABELS, report=loss_cfg.report > 0)
     model.train()
     b, c = 4, len(LABELS)
     images = torch.randn(b, 3, model.encoder.image_size, model.encoder.image_size)

@@ -81,6 +81,9 @@ def build_model(
     labels: list[str],
     device: str | torch.device = "cpu",
     prior: Sequence[float] | None = None,
+    *,
+    report: bool = False,
+    seed: int = 0,
 ) -> CXRModel:
     """Build encoder(s) and heads for a model config.
 
@@ -93,6 +96,8 @@ def build_model(
         device: where the model lives.
         prior: optional (C,) train prevalence; each classifier's bias starts at its logit, so training starts
             from calibrated probabilities instead of 0.5 for findings seen in 1 % of images.
+        report: the report loss term is on (builds the image embedding it contrasts with the reports).
+        seed: the run's seed, which fixes the label-text derangement of a ``text_order: shuffled`` cell.
 
     Raises:
         CxrfaError: unknown encoder or unavailable weights.
@@ -105,7 +110,19 @@ def build_model(
         if not text_encoder.frozen:
             log.info("text encoder %s is used frozen for label embeddings", cfg.text.arch)
         label_text = text_encoder.label_embeddings(list(labels), prompts=cfg.prompts)  # (C, De_t)
-    heads = AlignmentModel(cfg, encoder.image_dim, num_tokens(encoder), label_text, len(labels))
+    heads = AlignmentModel(
+        cfg, encoder.image_dim, num_tokens(encoder), label_text, len(labels), report=report, text_seed=seed
+    )
     if prior is not None:
         heads.init_prior(torch.as_tensor(prior, dtype=torch.float32))
     return CXRModel(encoder, heads.to(device), text_encoder)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, float]:
+    """``model/params_trainable`` (what the optimiser updates) and ``model/params_total`` (frozen encoder
+    included; buffers such as the label text and the frozen text map are not parameters)."""
+    params = list(model.parameters())
+    return {
+        "model/params_trainable": float(sum(p.numel() for p in params if p.requires_grad)),
+        "model/params_total": float(sum(p.numel() for p in params)),
+    }
