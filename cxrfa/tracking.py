@@ -138,15 +138,10 @@ def default_store(root: Path = DEFAULT_STORE, create: bool = True) -> tuple[str,
     """(tracking URI, artifact root URI) of the local SQLite store under ``root``.
 
     Raises:
-        CxrfaError: the folder cannot be created, or (``create=False``) holds no store.
+        CxrfaError: the folder cannot be created (``create=False`` creates nothing).
     """
     root = root.resolve()
     if not create:
-        if not (root / STORE_DB).is_file():
-            raise CxrfaError(
-                f"no tracking store at {root} (no {STORE_DB} there): run `cxrfa ablate` or `cxrfa train` first, "
-                "or pass --tracking-uri with the store they used"
-            )
         return f"sqlite:///{root / STORE_DB}", (root / "artifacts").as_uri()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -162,10 +157,10 @@ def resolve_uri(uri: str | None, create: bool = True) -> tuple[str, str | None]:
     """Turn ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` / the default into (uri, artifact root or None).
 
     A bare folder path means a SQLite store in that folder. With ``create=False`` (the commands that only
-    read) a local store must already exist and nothing is created.
+    read) no folder is created.
 
     Raises:
-        CxrfaError: an unknown scheme, a missing folder, or (``create=False``) no store there.
+        CxrfaError: an unknown scheme or a missing folder.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -184,16 +179,28 @@ def resolve_uri(uri: str | None, create: bool = True) -> tuple[str, str | None]:
             raise CxrfaError(
                 f"tracking URI {uri!r}: folder {db.parent} does not exist; create it or use another path"
             )
-        if not create and not db.is_file():
-            raise CxrfaError(
-                f"tracking URI {uri!r}: no database {db}; run `cxrfa ablate` or `cxrfa train` with it first"
-            )
         return uri, side_path(uri, "artifacts").resolve().as_uri()  # type: ignore[union-attr]
     if scheme == "file":
         raise CxrfaError(
             "tracking URI 'file:' stores are deprecated by MLflow; pass the folder path instead (a SQLite store)"
         )
     return uri, None
+
+
+def require_store(uri: str) -> None:
+    """A local SQLite store must exist before a command that only reads opens it (MLflow would create it).
+
+    Raises:
+        CxrfaError: no database file there (the line says how to make one).
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.is_file():
+        raise CxrfaError(
+            f"no tracking store at {db}: run `cxrfa ablate` or `cxrfa train` first, or pass --tracking-uri with "
+            "the store they used"
+        )
 
 
 def check_writable(uri: str) -> None:
@@ -281,6 +288,7 @@ class Tracker:
                     self._client = _retry_first_use(lambda: MlflowClient(tracking_uri=self.uri), self.uri)
                     self.experiment_id = _retry_first_use(lambda: self._experiment(str(experiment)), self.uri)
             else:
+                require_store(self.uri)
                 self._client = MlflowClient(tracking_uri=self.uri)
                 self.experiment_id = self._existing(experiment) if experiment is not None else ""
         except CxrfaError:
@@ -640,6 +648,7 @@ def ui_command(uri: str | None, port: int, workers: int | None = None) -> tuple[
     import sys
 
     tracking, artifacts = resolve_uri(uri, create=False)
+    require_store(tracking)
     if urlparse(tracking).scheme in ("http", "https", "databricks"):
         raise CxrfaError(
             f"tracking URI {redact(tracking)} is already a server: open it in a browser; "

@@ -202,7 +202,10 @@ class RepeatFilter(logging.Filter):
 
 
 _REPEATS = RepeatFilter()  # one per process: a command's repeats are reported when it returns
-_SCRATCH = re.compile(re.escape(os.path.join(tempfile.gettempdir(), "cxrfa-")))
+# tempfile.TemporaryDirectory(prefix="cxrfa-" or "cxrfa-<what>-"): the prefix and 8 random characters
+_SCRATCH = re.compile(
+    re.escape(os.path.join(tempfile.gettempdir(), "")) + r"cxrfa-(?:[a-z]+-)?[a-z0-9_]{8}(?![\w-])"
+)
 
 
 class ScratchPathFilter(logging.Filter):
