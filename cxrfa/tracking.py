@@ -704,8 +704,9 @@ def cell_view_state(metrics: tuple[str, ...] = HEADLINE_METRICS) -> dict[str, An
     }
 
 
-def cell_views(base_url: str, metrics: tuple[str, ...] = HEADLINE_METRICS) -> list[CellView]:
-    """Links to the cells of every experiment that holds cell runs, through the MLflow server at ``base_url``.
+def cell_views(uri: str, base_url: str, metrics: tuple[str, ...] = HEADLINE_METRICS) -> list[CellView]:
+    """Links, into the MLflow UI at ``base_url``, to the cells of every experiment of ``uri`` (the store, or
+    that UI's server) that holds cell runs.
 
     The view is saved on the experiment as MLflow's own shared view (tag ``mlflow.sharedViewState.cxrfa-cells``,
     listed among the experiment's saved views as "cxrfa: cells"), written only when missing or different; the
@@ -715,7 +716,7 @@ def cell_views(base_url: str, metrics: tuple[str, ...] = HEADLINE_METRICS) -> li
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=base_url)
+    client = MlflowClient(tracking_uri=uri)
     state = json.dumps(cell_view_state(metrics), sort_keys=True)
     views = []
     for exp in client.search_experiments():

@@ -197,7 +197,11 @@ class RepeatFilter(logging.Filter):
         for (_, message), times in self.repeats.items():
             if times:
                 short = message if len(message) <= 70 else message[:69] + "…"
-                out.print(f"[yellow]note:[/] warning repeated {times} more time(s): {short}", highlight=False)
+                out.print(
+                    f"[yellow]note:[/] warning repeated {times} more time(s): {short}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         self.repeats.clear()
 
 

@@ -361,7 +361,7 @@ def _show_links(url: str, log: Path) -> None:
     from cxrfa.tracking import cell_views
 
     try:
-        views = cell_views(url)
+        views = cell_views(url, url)  # through the server: it writes the saved view
     except Exception as err:  # noqa: BLE001 - the links are a convenience; the UI itself is up
         console.print(f"[yellow]could not list the experiments for links ({str(err)[:200]})[/]")
         views = []
