@@ -127,5 +127,27 @@ def test_a_port_in_use_is_one_line(tmp_path, monkeypatch) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = _one_error(runner.invoke(app, ["dashboard", "--storage", str(journal), "--port", str(port)]))
+        res = runner.invoke(app, ["dashboard", "--storage", str(journal), "--port", str(port)])
+        line = _one_error(res)
     assert f"port {port} on 127.0.0.1 is in use" in line and "--port" in line
+    assert "http://" not in res.output  # refused before any URL is printed, not once the server fails
+
+
+def test_the_study_names_its_metric_and_each_trial_its_mlflow_run(lab) -> None:
+    from cxrfa.tracking import TAG_TRIAL, Tracker
+    from cxrfa.tuning.study import RUN_ID_ATTR, RUN_LINK_ATTR
+
+    args = ["tune", "--matrix", "smoke", "--cell", "visual-clip", "--trials", "1", "--sampler", "random"]
+    res = runner.invoke(app, [*args, "--pruner", "none"], terminal_width=300)
+    assert res.exit_code == 0, res.output
+    storage, _ = open_storage(str(lab / "mlruns" / "optuna.journal"))
+    study = optuna.load_study(study_name="smoke.visual-clip", storage=storage)
+    assert study.metric_names == ["val/macro_auc"]  # optuna-dashboard's axis, not "Objective 0"
+    (trial,) = study.trials
+    tracker = Tracker(str(lab / "mlruns"), "smoke")
+    run = tracker.get(trial.user_attrs[RUN_ID_ATTR])
+    assert run.tags[TAG_TRIAL] == str(trial.number)
+    link = trial.user_attrs[RUN_LINK_ATTR]
+    assert link.startswith("http://127.0.0.1:5000/#/experiments/") and f"/runs/{run.run_id}" in link
+    (hint,) = [line for line in res.output.splitlines() if line.startswith("next: ")]
+    assert hint == "next: cxrfa ablate --matrix smoke --tuned   or   cxrfa dashboard"
