@@ -230,7 +230,12 @@ def ablate(
     args += [*(["--seeds", seeds] if seeds else []), *(["--cells", cells] if cells else [])]
     args += ["--no-feature-cache"] * no_feature_cache + ["--tuned"] * tuned
     queue = side_path(tracker.uri, "queue.db")
-    if storage is None and queue is not None:  # the queue with the store's other side files
+    if (
+        storage is None
+        and queue is not None
+        and queue.parent != Path(tracker.uri.removeprefix("sqlite:///")).parent
+    ):
+        # an SQLite file's queue goes with its other side files (the queue engine's default is beside the db)
         queue.parent.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{queue.resolve()}"
     pool = Workers(
