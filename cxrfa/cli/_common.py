@@ -127,7 +127,8 @@ def _fail(line: str, code: int) -> NoReturn:
 
 def _setup_logging() -> None:
     """cxrfa's log lines (and other libraries' warnings) through one handler that prints above the progress
-    bars; repeated warnings shown once and counted at exit; lines naming scratch folders left out."""
+    bars; repeated warnings shown once and counted when the command returns; lines naming scratch folders left
+    out."""
     root = logging.getLogger("cxrfa")
     if any(isinstance(h, BarSafeHandler) for h in root.handlers):
         return
@@ -194,14 +195,13 @@ class RepeatFilter(logging.Filter):
 
     def report(self, out: Console) -> None:
         """One line per warning that repeated: how many more times, and its first words."""
+        from rich.text import Text
+
         for (_, message), times in self.repeats.items():
             if times:
                 short = message if len(message) <= 70 else message[:69] + "…"
-                out.print(
-                    f"[yellow]note:[/] warning repeated {times} more time(s): {short}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                line = Text.assemble(("note:", "yellow"), f" warning repeated {times} more time(s): {short}")
+                out.print(line, highlight=False, soft_wrap=True)  # plain text: a cell[axis=v] is no markup
         self.repeats.clear()
 
 
