@@ -288,6 +288,26 @@ class AblationMatrix(_Frozen):
         check_fractions(fractions)
         return fractions
 
+    @model_validator(mode="after")
+    def _known_contrast_cells(self) -> AblationMatrix:
+        for family, items in self.contrasts.items():
+            if not items:
+                raise ValueError(f"contrasts.{family} is empty; list differences as 'cell - other-cell'")
+            for item in items:
+                for cell in parse_contrast(item, f"contrasts.{family}"):
+                    if cell not in self.cells:
+                        raise ValueError(
+                            f"contrasts.{family}: {item!r} names cell {cell!r}, which is not in cells "
+                            f"(cells: {', '.join(self.cells)})"
+                        )
+        return self
+
+    def contrast_pairs(self) -> dict[str, list[tuple[str, str]]]:
+        """Family -> (cell, other) pairs of the declared contrasts, in file order."""
+        return {
+            f: [parse_contrast(i, f"contrasts.{f}") for i in items] for f, items in self.contrasts.items()
+        }
+
 
 def check_fractions(fractions: Iterable[float] | None, prefix: str = "") -> None:
     """Label fractions must lie in (0, 1] and be distinct (raises ValueError, its message after ``prefix``)."""
@@ -320,26 +340,6 @@ def split_fraction(cell: str) -> tuple[str, float | None]:
         except ValueError:
             pass
     return cell, None
-
-    @model_validator(mode="after")
-    def _known_contrast_cells(self) -> AblationMatrix:
-        for family, items in self.contrasts.items():
-            if not items:
-                raise ValueError(f"contrasts.{family} is empty; list differences as 'cell - other-cell'")
-            for item in items:
-                for cell in parse_contrast(item, f"contrasts.{family}"):
-                    if cell not in self.cells:
-                        raise ValueError(
-                            f"contrasts.{family}: {item!r} names cell {cell!r}, which is not in cells "
-                            f"(cells: {', '.join(self.cells)})"
-                        )
-        return self
-
-    def contrast_pairs(self) -> dict[str, list[tuple[str, str]]]:
-        """Family -> (cell, other) pairs of the declared contrasts, in file order."""
-        return {
-            f: [parse_contrast(i, f"contrasts.{f}") for i in items] for f, items in self.contrasts.items()
-        }
 
 
 def parse_contrast(text: str, where: str = "contrast") -> tuple[str, str]:

@@ -37,6 +37,7 @@ from cxrfa.tracking import (
     TAG_SEED,
     TrackedRun,
     Tracker,
+    side_path,
 )
 from cxrfa.train import (
     Callback,
@@ -192,10 +193,9 @@ def run_datasets(cfg: RunConfig, model: Any, manifest: Manifest, progress: bool)
 
 
 def checkpoint_dir(tracker: Tracker | None) -> Path:
-    """Where in-progress checkpoints live: beside a local tracking store, else under the cxrfa home."""
-    if tracker is not None and tracker.uri.startswith("sqlite:///"):
-        return Path(tracker.uri.removeprefix("sqlite:///")).parent / "checkpoints"
-    return cxrfa_home() / "checkpoints"
+    """Where in-progress checkpoints live: with a local tracking store's side files, else under the cxrfa home."""
+    local = side_path(tracker.uri, "checkpoints") if tracker is not None else None
+    return local if local is not None else cxrfa_home() / "checkpoints"
 
 
 def run_tags(cfg: RunConfig, manifest: Manifest, backbone_source: str) -> dict[str, str]:

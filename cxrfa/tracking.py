@@ -6,6 +6,8 @@ flattened resolved config; credentials in URIs are never logged.
 
 The default store is ``./mlruns``: a SQLite database (``mlruns/mlflow.db``) with artifacts beside it
 (``mlruns/artifacts``), the artifact location always set explicitly so it never depends on the working directory.
+Any other SQLite file keeps its side files (artifacts, checkpoints, queue and study databases, worker logs, locks)
+in one folder beside it, ``<db stem>.cxrfa/`` (:func:`side_path`), never loose among the user's files.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 from cxrfa import __version__
 from cxrfa.errors import CxrfaError
@@ -105,9 +107,43 @@ def redact_text(text: str, *uris: str | None) -> str:
     return re.sub(r"([A-Za-z][\w+.-]*://)[^\s'\"]*@", r"\1***@", text)
 
 
-def default_store(root: Path = DEFAULT_STORE) -> tuple[str, str]:
-    """(tracking URI, artifact root URI) of the local SQLite store under ``root``."""
+STORE_DB = "mlflow.db"  # the database of a folder store
+SIDE_SUFFIX = ".cxrfa"  # <db stem>.cxrfa/: the side folder of any other SQLite store
+
+
+def side_path(uri: str, name: str) -> Path | None:
+    """Where the local SQLite store ``uri`` keeps its side file or folder ``name`` (``artifacts``,
+    ``checkpoints``, ``queue.db``, ``optuna.journal``, ``workers``, lock files); None for other stores.
+
+    A folder store (``<folder>/mlflow.db``) owns its folder, so ``name`` sits in it. Any other database file
+    may share its folder with the user's files, so its side files go to one folder beside it,
+    ``<db stem>.cxrfa/``, unless an older store already has ``name`` beside the database (read where it is).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    if _owns_folder(db):
+        return db.parent / name
+    loose = db.parent / name
+    if name != "artifacts" and loose.exists():  # artifact locations are recorded per experiment in the db
+        return loose
+    return db.parent / f"{db.stem}{SIDE_SUFFIX}" / name
+
+
+def _owns_folder(db: Path) -> bool:
+    # a folder store, or a database that is itself a side file (the queue.db of a store)
+    return db.name == STORE_DB or db.parent.name.endswith(SIDE_SUFFIX)
+
+
+def default_store(root: Path = DEFAULT_STORE, create: bool = True) -> tuple[str, str]:
+    """(tracking URI, artifact root URI) of the local SQLite store under ``root``.
+
+    Raises:
+        CxrfaError: the folder cannot be created (``create=False`` creates nothing).
+    """
     root = root.resolve()
+    if not create:
+        return f"sqlite:///{root / STORE_DB}", (root / "artifacts").as_uri()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -115,20 +151,24 @@ def default_store(root: Path = DEFAULT_STORE) -> tuple[str, str]:
             f"tracking store {root}: cannot create the folder ({err.strerror}); "
             "pass --tracking-uri with a folder you can write"
         ) from None
-    return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+    return f"sqlite:///{root / STORE_DB}", (root / "artifacts").as_uri()
 
 
-def resolve_uri(uri: str | None) -> tuple[str, str | None]:
+def resolve_uri(uri: str | None, create: bool = True) -> tuple[str, str | None]:
     """Turn ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` / the default into (uri, artifact root or None).
 
-    A bare folder path means a SQLite store in that folder. Unknown schemes are a :class:`CxrfaError`.
+    A bare folder path means a SQLite store in that folder. With ``create=False`` (the commands that only
+    read) no folder is created.
+
+    Raises:
+        CxrfaError: an unknown scheme or a missing folder.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        return default_store()
+        return default_store(create=create)
     scheme = urlparse(uri).scheme.split("+")[0]
     if scheme == "" or (len(scheme) == 1 and os.name == "nt"):
-        return default_store(Path(uri))
+        return default_store(Path(uri), create=create)
     if scheme not in _KNOWN_SCHEMES:
         raise CxrfaError(
             f"tracking URI {redact(uri)!r}: unknown scheme {scheme!r}; use a folder, sqlite:///path/mlflow.db, "
@@ -140,12 +180,28 @@ def resolve_uri(uri: str | None) -> tuple[str, str | None]:
             raise CxrfaError(
                 f"tracking URI {uri!r}: folder {db.parent} does not exist; create it or use another path"
             )
-        return uri, (db.parent / "artifacts").resolve().as_uri()
+        return uri, side_path(uri, "artifacts").resolve().as_uri()  # type: ignore[union-attr]
     if scheme == "file":
         raise CxrfaError(
             "tracking URI 'file:' stores are deprecated by MLflow; pass the folder path instead (a SQLite store)"
         )
     return uri, None
+
+
+def require_store(uri: str) -> None:
+    """A local SQLite store must exist before a command that only reads opens it (MLflow would create it).
+
+    Raises:
+        CxrfaError: no database file there (the line says how to make one).
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.is_file():
+        raise CxrfaError(
+            f"no tracking store at {db}: run `cxrfa ablate` or `cxrfa train` first, or pass --tracking-uri with "
+            "the store they used"
+        )
 
 
 def check_writable(uri: str) -> None:
@@ -204,35 +260,38 @@ class Tracker:
 
     Args:
         uri: tracking URI or folder; ``None`` = ``MLFLOW_TRACKING_URI`` or ``./mlruns``.
-        experiment: experiment name (created with an explicit artifact location when missing).
-        create: False = never create the store or the experiment (a reader such as ``compare``): a missing one
-            is an error listing the experiments that exist.
+        experiment: experiment name (created with an explicit artifact location when missing); None only
+            with ``create=False``, for reading runs by id.
+        create: False for the commands that only read (``explore --run``, ``evaluate --run``): the store and
+            the experiment must exist, and neither is created (no folder, database, lock file or experiment).
 
     Raises:
-        CxrfaError: the store cannot be reached or the URI is malformed; with ``create=False`` the store or
-            the experiment does not exist.
+        CxrfaError: the store cannot be reached or the URI is malformed; with ``create=False`` also a store or
+            experiment that does not exist (the line lists the experiments there are).
     """
 
-    def __init__(self, uri: str | None, experiment: str, create: bool = True) -> None:
+    def __init__(self, uri: str | None, experiment: str | None, create: bool = True) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
-        self.uri, self.artifact_root = resolve_uri(uri)
-        self._create = create
-        if not create and self.is_local and not Path(self.uri.removeprefix("sqlite:///")).is_file():
-            raise CxrfaError(
-                f"no tracking store at {self.shown}; run `cxrfa ablate` first or pass --tracking-uri"
-            )
-        check_writable(self.uri)
+        if create and experiment is None:
+            raise ValueError("a Tracker that may create needs an experiment name")
+        self.uri, self.artifact_root = resolve_uri(uri, create=create)
         try:
-            # A new store is created (schema migrations) on first use: serialise that across processes.
             check_reachable(self.uri)
-            with creation_lock(self.uri):
-                self._client = _retry_first_use(lambda: MlflowClient(tracking_uri=self.uri), self.uri)
-                self.experiment_id = _retry_first_use(lambda: self._experiment(experiment), self.uri)
+            if create:
+                check_writable(self.uri)
+                # A new store is created (schema migrations) on first use: serialise that across processes.
+                with creation_lock(self.uri):
+                    self._client = _retry_first_use(lambda: MlflowClient(tracking_uri=self.uri), self.uri)
+                    self.experiment_id = _retry_first_use(lambda: self._experiment(str(experiment)), self.uri)
+            else:
+                require_store(self.uri)
+                self._client = MlflowClient(tracking_uri=self.uri)
+                self.experiment_id = self._existing(experiment) if experiment is not None else ""
         except CxrfaError:
             raise
         except Exception as err:  # noqa: BLE001 - any backend failure is a store the user pointed us at
@@ -240,7 +299,7 @@ class Tracker:
             raise CxrfaError(
                 f"cannot use tracking store {redact(self.uri)}: {redact_text(first, self.uri)[:300]}"
             ) from None
-        self.experiment = experiment
+        self.experiment = experiment or ""
 
     @property
     def is_local(self) -> bool:
@@ -256,11 +315,6 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         exp = self._client.get_experiment_by_name(name)
-        if not self._create and (exp is None or exp.lifecycle_stage == "deleted"):
-            known = sorted(e.name for e in self._client.search_experiments())
-            raise CxrfaError(
-                f"no experiment {name!r} in tracking store {self.shown}; known: {', '.join(known)}"
-            )
         if exp is None:
             location = f"{self.artifact_root}/{name}" if self.artifact_root else None
             try:
@@ -279,6 +333,15 @@ class Tracker:
         ):  # created elsewhere: say what it is, keep a kind a user chose
             self._client.set_experiment_tag(exp.experiment_id, MLFLOW_EXPERIMENT_KIND, TRAINING_KIND)
         return exp.experiment_id
+
+    def _existing(self, name: str) -> str:
+        exp = self._client.get_experiment_by_name(name)
+        if exp is not None and exp.lifecycle_stage == "active":
+            return exp.experiment_id
+        known = sorted(e.name for e in self._client.search_experiments())
+        raise CxrfaError(
+            f"no experiment {name!r} in tracking store {self.shown}; known: {', '.join(known) or 'none'}"
+        )
 
     def _error(self, what: str, err: BaseException) -> CxrfaError:
         return CxrfaError(f"{what} in tracking store {self.shown} ({redact_text(str(err), self.uri)[:200]})")
@@ -512,7 +575,10 @@ def creation_lock(uri: str, what: str = "store") -> Iterator[None]:
     from filelock import FileLock
 
     db = Path(uri.removeprefix("sqlite:///"))
-    with FileLock(str(db.parent / f".{db.name}.{what}.lock"), timeout=600):
+    lock = side_path(uri, f".{db.name}.{what}.lock")
+    assert lock is not None  # a sqlite URI
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock), timeout=600):
         yield
 
 
@@ -575,12 +641,15 @@ def ui_command(uri: str | None, port: int, workers: int | None = None) -> tuple[
     any user of the machine could read its credentials in ``ps``. ``workers`` defaults to one per two cores
     (at most 4): a UI for one person needs no more.
 
+    The UI only reads: a local store must exist (nothing is created for a mistyped path).
+
     Raises:
-        CxrfaError: ``uri`` is already a tracking server (open it in a browser instead).
+        CxrfaError: ``uri`` is already a tracking server (open it in a browser instead), or no store is there.
     """
     import sys
 
-    tracking, artifacts = resolve_uri(uri)
+    tracking, artifacts = resolve_uri(uri, create=False)
+    require_store(tracking)
     if urlparse(tracking).scheme in ("http", "https", "databricks"):
         raise CxrfaError(
             f"tracking URI {redact(tracking)} is already a server: open it in a browser; "
@@ -597,19 +666,76 @@ def ui_command(uri: str | None, port: int, workers: int | None = None) -> tuple[
     return cmd, env
 
 
-def chart_views(uri: str, base_url: str, metric: str = "test/macro_auc") -> list[tuple[str, str]]:
-    """(experiment name, URL) of MLflow's chart view for each experiment of ``uri`` that holds cell runs.
+UI_PORT = 5000  # `cxrfa ui`'s default port
+HEADLINE_METRICS = ("test/macro_auc", "test/map")
+VIEW_KEY = "cxrfa-cells"  # the shared view `cxrfa ui` links to
+MLFLOW_SHARED_VIEW = "mlflow.sharedViewState."  # + key: an experiment tag holding a saved runs-page view
+# MLflow 3.x opens an experiment in its GenAI view unless the URL (or the browser's last choice) says otherwise.
+_ML_VIEW = "workflowType=machine_learning"
 
-    The view is sorted by ``metric``, best first: sorted by a metric, MLflow lists child runs flat instead of
-    folded under their parent, so every cell run is on the chart, one bar each (final metrics are logged at
-    step 0, which MLflow draws as bars, not as one-point lines). ``base_url`` is the UI's address.
+
+@dataclass(frozen=True)
+class CellView:
+    """Links into MLflow's runs page of one experiment, opened on the cells (the view ``cxrfa ui`` saves)."""
+
+    experiment: str
+    table: str  # runs grouped by cxrfa.cell, headline metrics as columns
+    charts: str  # the chart view: one bar per cell (mean over seeds), headline charts only
+
+
+def cell_view_state(metrics: tuple[str, ...] = HEADLINE_METRICS) -> dict[str, Any]:
+    """The runs-page state of MLflow 3.17's UI (its search facets and persisted view keys) that shows cells:
+    runs grouped by ``cxrfa.cell`` (mean over the seeds), ``metrics`` and the seed as columns, every run shown
+    (MLflow shows the first 10 otherwise), sorted by the first metric, charts filtered to ``metrics``."""
+    columns = [f"metrics.`{m}`" for m in metrics] + [f"tags.`{TAG_SEED}`"]
+    return {
+        "orderByKey": f"metrics.`{metrics[0]}`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "tag", "groupByData": TAG_CELL}],
+        },
+        "groupsExpanded": {},
+        "useGroupedValuesInCharts": True,
+        "runsHiddenMode": "SHOW_ALL",
+        "hideEmptyCharts": True,
+        # a regular expression over chart names: the headline metrics, not the compare/<cell>/... sections
+        "chartsSearchFilter": "^(" + "|".join(re.escape(m) for m in metrics) + ")$",
+    }
+
+
+def cell_views(uri: str, base_url: str, metrics: tuple[str, ...] = HEADLINE_METRICS) -> list[CellView]:
+    """Links, into the MLflow UI at ``base_url``, to the cells of every experiment of ``uri`` (the store, or
+    that UI's server) that holds cell runs.
+
+    The view is saved on the experiment as MLflow's own shared view (tag ``mlflow.sharedViewState.cxrfa-cells``,
+    listed among the experiment's saved views as "cxrfa: cells"), written only when missing or different; the
+    links name it (``viewStateShareKey``) and open the classic training view, not the GenAI one.
     """
+    import json
+
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    query = f"compareRunsMode=CHART&orderByKey={quote(f'metrics.`{metric}`', safe='')}&orderByAsc=false"
-    return [
-        (exp.name, f"{base_url}/#/experiments/{exp.experiment_id}/runs?{query}")
-        for exp in client.search_experiments()
-        if client.search_runs([exp.experiment_id], f"tags.`{TAG_CELL}` != ''", max_results=1)
-    ]
+    state = json.dumps(cell_view_state(metrics), sort_keys=True)
+    views = []
+    for exp in client.search_experiments():
+        if not client.search_runs([exp.experiment_id], f"tags.`{TAG_CELL}` != ''", max_results=1):
+            continue
+        saved = exp.tags.get(MLFLOW_SHARED_VIEW + VIEW_KEY)
+        if saved is None or json.loads(saved).get("state") != state:
+            now = int(time.time() * 1000)
+            envelope = {"name": "cxrfa: cells", "createdAt": now, "updatedAt": now, "state": state}
+            client.set_experiment_tag(exp.experiment_id, MLFLOW_SHARED_VIEW + VIEW_KEY, json.dumps(envelope))
+        page = f"{base_url}/#/experiments/{exp.experiment_id}/runs?{_ML_VIEW}&viewStateShareKey={VIEW_KEY}"
+        views.append(CellView(exp.name, page, f"{page}&compareRunsMode=CHART"))
+    return views
+
+
+def run_link(tracker: Tracker, run_id: str) -> str:
+    """A link to a run's page in the MLflow UI: on the tracking server itself, or, for a local store or a
+    database, as ``cxrfa ui`` serves it on its default port."""
+    scheme = urlparse(tracker.uri).scheme
+    base = tracker.uri.rstrip("/") if scheme in ("http", "https") else f"http://127.0.0.1:{UI_PORT}"
+    return f"{redact(base)}/#/experiments/{tracker.experiment_id}/runs/{run_id}?{_ML_VIEW}"

@@ -5,9 +5,9 @@
     python docs/screenshots.py --store mlruns --experiment full --out docs/img
 
 What each picture shows is what a user gets without clicking: the report at 1,400 px leads with Δ, CI and
-Holm p; the link `cxrfa ui` prints opens the chart view where each cell run is one bar of ``test/macro_auc``.
-The script only sets the view's own preferences (show all runs rather than MLflow's first 10, filter the charts
-to the metric, close the assistant panel) as a user would in the UI.
+Holm p; the chart link `cxrfa ui` prints opens the runs grouped by cell, one bar per cell. The script only sets
+what the link cannot (the assistant panel closed, the chart filter narrowed to ``--metric``, one tall chart per
+row) as a user would in the UI.
 """
 
 from __future__ import annotations
@@ -65,10 +65,12 @@ def chart_view(browser, store: str, experiment: str, metric: str, out: Path) -> 
         start_new_session=True,
     )
     try:
-        link = None
+        link, current = None, None
         for line in ui.stdout:  # type: ignore[union-attr]
             print(line, end="")
-            if line.strip().startswith(f"{experiment}, cell runs side by side"):
+            if line.startswith("  ") and not line.startswith("    "):
+                current = line.strip()  # an experiment's name; its two links follow
+            elif current == experiment and line.strip().startswith("one bar per cell"):
                 link = line.split(": ", 1)[1].strip()
                 break
         if link is None:

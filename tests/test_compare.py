@@ -32,7 +32,13 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     n = 150
-    patients = np.repeat([f"p{i:03d}" for i in range(n)], rng.integers(1, 5, size=n))[:n]
+    # train and test patients drawn apart, so no patient straddles the split (a run would re-split them)
+    patients = np.concatenate(
+        [
+            np.repeat([f"{s}{i:03d}" for i in range(m)], rng.integers(1, 5, size=m))[:m]
+            for s, m in (("p", n - N_TEST), ("t", N_TEST))
+        ]
+    )
     frame = pd.DataFrame(
         {
             "path": [f"images/{i:04d}.png" for i in range(n)],
@@ -299,7 +305,9 @@ def test_one_seed_pair_per_label_uses_delong_when_each_patient_has_one_image(lab
 
 def test_a_contrast_naming_an_unknown_cell_fails_at_load_listing_the_cells(tmp_path: Path) -> None:
     text = (lab_matrix := tmp_path / "m.yaml")
-    text.write_text("name: m\ncells:\n  a: {}\n  b: {}\ncontrasts:\n  text: [a - b, a - c]\n")
+    text.write_text(
+        "name: m\nbase:\n  model: {visual: clip}\ncells:\n  a: {}\n  b: {}\ncontrasts:\n  text: [a - b, a - c]\n"
+    )
     with pytest.raises(CxrfaError) as err:
         load_matrix(str(lab_matrix))
     message = str(err.value)

@@ -127,5 +127,40 @@ def test_a_port_in_use_is_one_line(tmp_path, monkeypatch) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = _one_error(runner.invoke(app, ["dashboard", "--storage", str(journal), "--port", str(port)]))
+        res = runner.invoke(app, ["dashboard", "--storage", str(journal), "--port", str(port)])
+        line = _one_error(res)
     assert f"port {port} on 127.0.0.1 is in use" in line and "--port" in line
+    assert "http://" not in res.output  # refused before any URL is printed, not once the server fails
+
+
+def test_the_study_names_its_metric_and_each_trial_its_mlflow_run(lab, monkeypatch) -> None:
+    import shlex
+
+    from cxrfa.tracking import TAG_TRIAL, Tracker
+    from cxrfa.tuning.study import RUN_ID_ATTR, RUN_LINK_ATTR
+
+    uri = f"sqlite:///{lab / 'runs' / 'smoke.db'}"
+    (lab / "runs").mkdir()
+    args = ["tune", "--matrix", "smoke", "--cell", "visual-clip", "--trials", "1", "--sampler", "random"]
+    res = runner.invoke(app, [*args, "--pruner", "none", "--tracking-uri", uri], terminal_width=300)
+    assert res.exit_code == 0, res.output
+    journal = lab / "runs" / "smoke.cxrfa" / "optuna.journal"  # with the store's other side files
+    storage, _ = open_storage(str(journal))
+    study = optuna.load_study(study_name="smoke.visual-clip", storage=storage)
+    assert study.metric_names == ["val/macro_auc"]  # optuna-dashboard's axis, not "Objective 0"
+    (trial,) = study.trials
+    run = Tracker(uri, "smoke").get(trial.user_attrs[RUN_ID_ATTR])
+    assert run.tags[TAG_TRIAL] == str(trial.number)
+    link = trial.user_attrs[RUN_LINK_ATTR]
+    assert link.startswith("http://127.0.0.1:5000/#/experiments/") and f"/runs/{run.run_id}" in link
+    # the hints carry the store; pasted, the dashboard finds the study
+    (hint,) = [line for line in res.output.splitlines() if line.startswith("next: ")]
+    ablate, dashboard = hint.removeprefix("next: ").split("   or   ")
+    assert ablate == f"cxrfa ablate --matrix smoke --tuned --tracking-uri {uri}"
+    pytest.importorskip("optuna_dashboard")
+    served: list[object] = []
+    monkeypatch.setattr("optuna_dashboard.run_server", lambda storage, **kw: served.append(storage))
+    monkeypatch.chdir(lab / "runs")
+    pasted = runner.invoke(app, shlex.split(dashboard)[1:])
+    assert pasted.exit_code == 0, pasted.output
+    assert [s.study_name for s in optuna.get_all_study_summaries(served[0])] == ["smoke.visual-clip"]

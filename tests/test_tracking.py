@@ -161,3 +161,170 @@ def test_only_runs_of_stopped_processes_are_marked_killed(tmp_path: Path) -> Non
         live.run_id,
         elsewhere.run_id,
     }
+
+
+# -- store layout and read-only opening ------------------------------------------------------------------
+
+
+def test_an_sqlite_file_keeps_its_side_files_in_one_folder_beside_it(tmp_path: Path) -> None:
+    from cxrfa.experiment import checkpoint_dir
+    from cxrfa.tracking import side_path
+    from cxrfa.tuning import default_storage_path
+
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'smoke.db'}", "exp")
+    side = tmp_path / "smoke.cxrfa"
+    assert checkpoint_dir(tracker) == side / "checkpoints"
+    assert default_storage_path(tracker) == side / "optuna.journal"
+    assert side_path(tracker.uri, "queue.db") == side / "queue.db"
+    assert tracker.artifact_root == (side / "artifacts").as_uri()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt",
+        "smoke.cxrfa",
+        "smoke.db",
+    ]  # locks inside
+    # a folder store owns its folder: unchanged
+    assert side_path(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "checkpoints") == (
+        tmp_path / "mlruns" / "checkpoints"
+    )
+    # an older store with files beside its database keeps reading them there
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "optuna.journal").write_text("")
+    assert side_path(f"sqlite:///{old / 'study.db'}", "checkpoints") == old / "checkpoints"
+    assert side_path(f"sqlite:///{old / 'study.db'}", "optuna.journal") == old / "optuna.journal"
+    assert side_path(f"sqlite:///{old / 'study.db'}", "queue.db") == old / "study.cxrfa" / "queue.db"
+    assert side_path("postgresql://db/mlflow", "checkpoints") is None
+
+
+def test_reading_commands_create_no_store_and_name_the_experiments_there(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cxrfa.cli import app
+
+    missing = tmp_path / "typo.db"
+    for args in (["explore", "gap", "--run", "abc"], ["evaluate", "--run", "abc"], ["ui"]):
+        res = CliRunner().invoke(app, [*args, "--tracking-uri", f"sqlite:///{missing}"])
+        errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and "no tracking store at" in errors[0], res.output
+    assert list(tmp_path.iterdir()) == []  # no database, side folder, lock or ./out
+    Tracker(str(tmp_path / "store"), "full")
+    with pytest.raises(CxrfaError, match=r"no experiment 'ful' in tracking store .*; known: Default, full$"):
+        Tracker(str(tmp_path / "store"), "ful", create=False)
+    reader = Tracker(str(tmp_path / "store"), None, create=False)
+    assert reader.experiment_id == ""
+    assert [e.name for e in reader._client.search_experiments()] == ["full", "Default"]  # none added
+
+
+# -- the UI -----------------------------------------------------------------------------------------------
+
+
+def _cell_store(tmp_path: Path) -> Tracker:
+    from cxrfa.tracking import TAG_CELL, TAG_SEED
+
+    cells = Tracker(f"sqlite:///{tmp_path / 'smoke.db'}", "smoke")
+    parent = cells.parent("smoke [demo]")
+    for cell, auc in (("visual-clip", 0.70), ("align-clip", 0.74)):
+        run = cells.start(f"{cell}/seed=0", {TAG_CELL: cell, TAG_SEED: "0"}, parent_id=parent.run_id)
+        run.log_metrics({"test/macro_auc": auc, "test/map": auc / 3})
+    Tracker(cells.uri, "tune-only").start("trial 0", {})  # no cell runs: no link
+    return cells
+
+
+def test_cell_view_links_open_runs_grouped_by_cell_in_the_training_view(tmp_path: Path) -> None:
+    import json
+    import re
+    from urllib.parse import parse_qs, urlsplit
+
+    from cxrfa.tracking import MLFLOW_SHARED_VIEW, VIEW_KEY, cell_views
+
+    cells = _cell_store(tmp_path)
+    (view,) = cell_views(cells.uri, "http://127.0.0.1:5000")
+    assert view.experiment == "smoke"
+    table, charts = (urlsplit(link.replace("/#/", "/")) for link in (view.table, view.charts))
+    assert table.path == charts.path == f"/experiments/{cells.experiment_id}/runs"
+    assert parse_qs(table.query) == {"workflowType": ["machine_learning"], "viewStateShareKey": [VIEW_KEY]}
+    assert parse_qs(charts.query) == {**parse_qs(table.query), "compareRunsMode": ["CHART"]}
+    # the view the key names, as MLflow's UI reads a saved view: an envelope whose state is JSON
+    tags = cells._client.get_experiment(cells.experiment_id).tags
+    envelope = json.loads(tags[MLFLOW_SHARED_VIEW + VIEW_KEY])
+    assert {"name", "createdAt", "state"} <= set(envelope) and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])
+    assert state["groupBy"] == {
+        "aggregateFunction": "average",
+        "groupByKeys": [{"mode": "tag", "groupByData": "cxrfa.cell"}],
+    }
+    assert state["selectedColumns"][:2] == ["metrics.`test/macro_auc`", "metrics.`test/map`"]
+    assert state["runsHiddenMode"] == "SHOW_ALL" and state["orderByKey"] == "metrics.`test/macro_auc`"
+    pattern = re.compile(state["chartsSearchFilter"])
+    assert pattern.search("test/macro_auc") and pattern.search("test/map")
+    assert not pattern.search("compare/visual-clip/test/macro_auc") and not pattern.search("test/auc/Mass")
+    # written once: a second listing leaves the tag as it is
+    cell_views(cells.uri, "http://127.0.0.1:5000")
+    assert cells._client.get_experiment(cells.experiment_id).tags == tags
+
+
+def test_ui_prints_its_links_last_and_its_server_dies_with_it_on_sigkill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+    import urllib.request
+
+    from cxrfa.uiserver import answers, port_free
+
+    cells = _cell_store(tmp_path)
+    proc, port = start_ui("--tracking-uri", cells.uri)
+    # after the address line: the experiment and its two links, nothing after them (the log is in its file)
+    lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+    assert lines[0].strip() == "smoke", lines
+    assert "grouped by cxrfa.cell" in lines[1] and "viewStateShareKey=" in lines[1]
+    assert "one bar per cell" in lines[2] and "compareRunsMode=CHART" in lines[2]
+    page = lines[1].split(": ", 1)[1].strip().split("#")[0]
+    with urllib.request.urlopen(page, timeout=10) as response:  # noqa: S310 - the local UI
+        assert response.status == 200 and b"<html" in response.read(2000).lower()
+    log = Path(os.environ["CXRFA_HOME"]) / "ui" / f"mlflow-{port}.log"
+    assert "GET / HTTP" in log.read_text()  # the access log is in the file, not on the terminal
+    server = [
+        p for p in Path("/proc").glob("[0-9]*") if "mlflow" in _cmdline(p) and f" {port} " in _cmdline(p)
+    ]
+    assert server
+    proc.send_signal(signal.SIGKILL)  # no handler runs: the kernel tells the server
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while (
+        any(p.exists() and _cmdline(p) for p in server) or not port_free(port)
+    ) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not answers(f"http://127.0.0.1:{port}/health") and port_free(port)
+    assert not any(p.exists() and _cmdline(p) for p in server)  # nothing orphaned
+
+
+def test_a_port_held_by_a_server_an_earlier_ui_left_is_named(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cxrfa.cli import app
+    from cxrfa.uiserver import ui_folder
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "mlflow.db").touch()  # a store is there; the port is refused before it is opened
+    # a stand-in for an orphaned `mlflow server`: listening, in a process group of its own, "mlflow" in its argv
+    listener = (
+        "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen();"
+        " print(s.getsockname()[1], flush=True); time.sleep(120)"
+    )
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", listener, "mlflow"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        port = int(orphan.stdout.readline())  # type: ignore[union-attr]
+        ui_folder().mkdir(parents=True, exist_ok=True)
+        (ui_folder() / f"{port}.json").write_text(json.dumps({"pid": orphan.pid, "port": port}))
+        res = CliRunner().invoke(app, ["ui", "--tracking-uri", str(tmp_path / "store"), "--port", str(port)])
+        errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1, res.output
+        assert "earlier `cxrfa ui`" in errors[0] and f"kill -- -{orphan.pid}" in errors[0]
+    finally:
+        orphan.kill()
+        orphan.wait()

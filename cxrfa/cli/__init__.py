@@ -9,8 +9,19 @@ import importlib
 from typing import Annotated
 
 import typer
+import typer.core
 
 from cxrfa import __version__
+
+
+def _switch_type(self: typer.core.TyperOption, ctx: typer.Context) -> str | None:
+    # Typer 0.29 labels every bool option "<bool>" in --help, so a switch (`--dry-run`) reads as if it took a
+    # value and `--dry-run true` looks right; a flag takes none, so it shows none.
+    return None if self.is_flag else _value_type(self, ctx)
+
+
+_value_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _switch_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="cxrfa",

@@ -1,5 +1,5 @@
 """Shared CLI plumbing: the options several commands take, one-line user errors with exit status 2,
-logging, the console.
+logging above the progress bars, the console and the "next:" hints.
 
 Style of every command module: commands are module-level functions decorated with :func:`user_errors`, a
 command group is a module-level ``typer.Typer``, and the module's ``register(app)`` only attaches them. An
@@ -11,12 +11,21 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
+import re
+import shlex
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 from cxrfa.errors import CxrfaError
 
@@ -51,6 +60,13 @@ BackbonesOpt = Annotated[
         "--backbones", help="'demo' (stand-ins), 'real' (CLIP ViT-B-16/openai, BiomedCLIP) or a YAML file."
     ),
 ]
+ExperimentOpt = Annotated[
+    str | None, typer.Option("--experiment", help="MLflow experiment (default: the matrix name).")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+PortOpt = Annotated[
+    int, typer.Option("--port", help="Port on 127.0.0.1, 1-65535 (0: pick a free one).", show_default=True)
+]
 NoCacheOpt = Annotated[
     bool,
     typer.Option(
@@ -75,6 +91,8 @@ def user_errors(fn: F) -> F:
             # a read-only store, a full disk: the user's environment, not a bug; name the file, no traceback
             where = f"{err.filename}: " if err.filename else ""
             _fail(f"{where}{err.strerror}; {_ENVIRONMENT_ERRNOS[err.errno]}", 2)
+        finally:
+            _REPEATS.report(console)
 
     return wrapper  # type: ignore[return-value]
 
@@ -108,11 +126,158 @@ def _fail(line: str, code: int) -> NoReturn:
 
 
 def _setup_logging() -> None:
+    """cxrfa's log lines (and other libraries' warnings) through one handler that prints above the progress
+    bars; repeated warnings shown once and counted when the command returns; lines naming scratch folders left
+    out."""
     root = logging.getLogger("cxrfa")
-    if not root.handlers:
-        from rich.logging import RichHandler
+    if any(isinstance(h, BarSafeHandler) for h in root.handlers):
+        return
+    handler = BarSafeHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler.addFilter(ScratchPathFilter())
+    handler.addFilter(BelowChanceFilter())
+    handler.addFilter(_REPEATS)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    # A library's bare logging.warning() would otherwise install a plain stderr handler on the root logger
+    # (logging.basicConfig) whose lines land inside the bars ("WARNING:root:No pretrained weights loaded…").
+    top = logging.getLogger()
+    if not top.handlers:
+        library = BarSafeHandler(console=console, show_path=False, show_time=False, markup=False)
+        library.setLevel(logging.WARNING)
+        library.addFilter(_REPEATS)
+        top.addHandler(library)
 
-        handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
+
+class BarSafeHandler(RichHandler):
+    """A :class:`RichHandler` that prints above the live tqdm bars: it clears them, prints, and draws them again.
+
+    Without it a log line starts where the bar's text ends (``…| 0/2 [00:00<?, ?run/s]INFO …``), or in the
+    last column once the bar has been cleared with ``\\r``.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Print ``record`` between a clear and a redraw of every bar on the terminal."""
+        from tqdm.auto import tqdm
+
+        with tqdm.external_write_mode(file=sys.stderr):
+            super().emit(record)
+
+    def render_message(self, record: logging.LogRecord, message: str) -> Text:
+        """The message as rich text; yellow when :class:`BelowChanceFilter` flagged it."""
+        text = super().render_message(record, message)
+        if getattr(record, "below_chance", False):
+            text.stylize("yellow")
+        return text
+
+
+class RepeatFilter(logging.Filter):
+    """Let a warning through the first time; count its repeats (same logger, text and values).
+
+    One run evaluates val every epoch and then test, so a data property ("label(s) with one class present")
+    would otherwise be printed once per evaluation of every run. :meth:`report` prints the counts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.repeats: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a warning (or worse) already shown."""
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.repeats:
+            self.repeats[key] += 1
+            return False
+        self.repeats[key] = 0
+        return True
+
+    def report(self, out: Console) -> None:
+        """One line per warning that repeated: how many more times, and its first words."""
+        from rich.text import Text
+
+        for (_, message), times in self.repeats.items():
+            if times:
+                short = message if len(message) <= 70 else message[:69] + "…"
+                line = Text.assemble(("note:", "yellow"), f" warning repeated {times} more time(s): {short}")
+                out.print(line, highlight=False, soft_wrap=True)  # plain text: a cell[axis=v] is no markup
+        self.repeats.clear()
+
+
+_REPEATS = RepeatFilter()  # one per process: a command's repeats are reported when it returns
+# tempfile.TemporaryDirectory(prefix="cxrfa-" or "cxrfa-<what>-"): the prefix and 8 random characters
+_SCRATCH = re.compile(
+    re.escape(os.path.join(tempfile.gettempdir(), "")) + r"cxrfa-(?:[a-z]+-)?[a-z0-9_]{8}(?![\w-])"
+)
+
+
+class ScratchPathFilter(logging.Filter):
+    """Leave out info lines that name a scratch folder (``<tmp>/cxrfa-…``): it is deleted once its files are
+    logged to the run, so the path would point nowhere by the time anyone reads it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for an info (or debug) line naming a scratch folder."""
+        return record.levelno >= logging.WARNING or not _SCRATCH.search(record.getMessage())
+
+
+_VERSUS_CHANCE = re.compile(r"(-?\d+(?:\.\d+)?) \(chance (-?\d+(?:\.\d+)?)\)")
+
+
+class BelowChanceFilter(logging.Filter):
+    """Flag a line that reports a value below its chance level (``R@1 0.520 (chance 0.658)``): raised to a
+    warning, marked "below chance" and shown in yellow, so it is not read past as routine progress."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Always True; marks the record when a ``value (chance c)`` pair has value < c."""
+        if record.levelno < logging.WARNING and below_chance(record.getMessage()):
+            record.msg, record.args = f"{record.getMessage()}: below chance", None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.below_chance = True
+        return True
+
+
+def below_chance(text: str) -> bool:
+    """Whether ``text`` reports some ``value (chance c)`` with value < c."""
+    return any(float(v) < float(c) for v, c in _VERSUS_CHANCE.findall(text))
+
+
+# -- "next:" hints ---------------------------------------------------------------------------------------
+
+
+def command_line(*words: str, **options: object) -> str:
+    """The command as a user would type it again: ``cxrfa <words> --opt value …`` shell-quoted (options
+    that are None or False are left out; True is a bare flag)."""
+    parts = ["cxrfa", *words]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        parts += [flag] if value is True else [flag, str(value)]
+    return shlex.join(parts)
+
+
+def typed(value: str | None, envvar: str) -> str | None:
+    """``value`` when the user typed it, None when it came from ``envvar`` (which the user's shell still holds
+    when they paste a hint) or was not given."""
+    return value if value and value != os.environ.get(envvar) else None
+
+
+def store_options(tracking_uri: str | None, experiment: str | None = None) -> dict[str, str | None]:
+    """The options that point a follow-up command at the same store: ``--tracking-uri`` when it was typed
+    (credentials hidden; they belong in ``MLFLOW_TRACKING_URI``) and ``--experiment`` when given."""
+    from cxrfa.tracking import redact
+
+    uri = typed(tracking_uri, "MLFLOW_TRACKING_URI")
+    uri = redact(uri) if uri else None
+    return {"experiment": experiment, "tracking_uri": uri}
+
+
+def print_next(*commands: str) -> None:
+    """One ``next:`` line with each command in bold, whole (never wrapped), for pasting."""
+    from rich.text import Text
+
+    line = Text("next: ")
+    for i, cmd in enumerate(commands):
+        line.append("   or   " if i else "").append(cmd, style="bold")
+    console.print(line, soft_wrap=True, highlight=False)

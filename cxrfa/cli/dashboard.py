@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import typer
 
-from cxrfa.cli._common import TrackingUriOpt, console, user_errors
+from cxrfa.cli._common import PortOpt, TrackingUriOpt, console, user_errors
 from cxrfa.errors import CxrfaError
 
 HOST = "127.0.0.1"  # never all interfaces: the dashboard can edit studies and has no authentication
@@ -32,7 +32,8 @@ def dashboard_server() -> Callable[..., None]:
 
 def study_storage(storage: str | None, tracking_uri: str | None) -> tuple[Any, str]:
     """Open the studies' storage the way ``cxrfa tune`` does (same journal lock): ``storage``, or the journal
-    file beside the tracking store. Never creates one: an empty dashboard would only hide a wrong path.
+    file with the tracking store's side files. Never creates one (nor the tracking store): an empty dashboard
+    would only hide a wrong path.
 
     Returns:
         The optuna storage and its display form (credentials hidden).
@@ -44,7 +45,7 @@ def study_storage(storage: str | None, tracking_uri: str | None) -> tuple[Any, s
     from cxrfa.tuning import default_storage_path, open_storage
 
     if storage is None:
-        journal: Path | None = default_storage_path(resolve_uri(tracking_uri)[0])
+        journal: Path | None = default_storage_path(resolve_uri(tracking_uri, create=False)[0])
         storage, flag = str(journal), "the tracking store (--tracking-uri)"
     else:
         scheme = urlparse(storage).scheme
@@ -66,18 +67,22 @@ def dashboard(
         str | None,
         typer.Option(
             "--storage",
-            help="Study storage: a journal file or an SQLAlchemy URL (default: optuna.journal beside the tracking store, as cxrfa tune uses).",
+            help="Study storage: a journal file or an SQLAlchemy URL (default: optuna.journal with the tracking store's side files, as cxrfa tune uses).",
         ),
     ] = None,
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1.")] = 8080,
+    port: PortOpt = 8080,
     tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Start optuna-dashboard on the tuning studies, bound to 127.0.0.1 (needs: pip install optuna-dashboard).
 
     Example:  cxrfa dashboard   then open http://127.0.0.1:8080
     """
+    from cxrfa.uiserver import check_port, check_port_free
+
     serve = dashboard_server()
+    port = check_port(port)
     opened, shown = study_storage(storage, tracking_uri)
+    check_port_free(port)  # before the URL is printed: a URL that never answers misleads
     console.print(
         f"Optuna dashboard: http://{HOST}:{port}   (studies in {shown}; Ctrl-C to stop)",
         highlight=False,
@@ -88,7 +93,9 @@ def dashboard(
     except OSError as err:
         if err.errno != errno.EADDRINUSE:
             raise
-        raise CxrfaError(f"port {port} on {HOST} is in use: choose another with --port") from None
+        raise CxrfaError(
+            f"port {port} on {HOST} is in use; pass another --port (0 picks a free one)"
+        ) from None
     except KeyboardInterrupt:
         pass
 

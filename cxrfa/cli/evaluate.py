@@ -33,7 +33,6 @@ def _read_predictions(path: Path) -> pd.DataFrame:
 
 @user_errors
 def evaluate(
-    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, per_label.csv and plots.")],
     predictions: Annotated[
         Path | None,
         typer.Option("--predictions", help="CSV with 'path' and one probability column per label."),
@@ -59,12 +58,15 @@ def evaluate(
         int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the 95% CIs.")
     ] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for metrics.json, per_label.csv and plots (printed).")
+    ] = Path("out/evaluate"),
 ) -> None:
     """Score predictions against a manifest split: AUROC/AP/F1, CIs, long-tail and subgroup metrics, plots.
 
     Examples:
       cxrfa evaluate --predictions test.csv --val-predictions val.csv --manifest m.csv --out eval/
-      cxrfa evaluate --run 3f2a... --out eval/
+      cxrfa evaluate --run 3f2a...                  # into out/evaluate
     """
     from cxrfa.errors import CxrfaError
 
@@ -74,7 +76,8 @@ def evaluate(
         from cxrfa.postrun import evaluate_run
         from cxrfa.tracking import Tracker
 
-        result = evaluate_run(Tracker(tracking_uri, "Default"), run, out, n_boot=n_boot)
+        # reads the run by id: no experiment, folder or database is created for a mistyped store
+        result = evaluate_run(Tracker(tracking_uri, None, create=False), run, out, n_boot=n_boot)
         split = "test"
     elif predictions is None or manifest is None:
         raise CxrfaError("give --predictions and --manifest (or --run RUN_ID)")

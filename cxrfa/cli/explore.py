@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cxrfa.cli._common import BackbonesOpt, DataOpt, NoCacheOpt, TrackingUriOpt, console, user_errors
+from cxrfa.cli._common import (
+    BackbonesOpt,
+    DataOpt,
+    DeviceOpt,
+    NoCacheOpt,
+    TrackingUriOpt,
+    console,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,9 +38,11 @@ explore_app = typer.Typer(
 BackboneOpt = Annotated[
     str, typer.Option("--backbone", help="Backbone with a text tower: clip or biomedclip.")
 ]
-OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the PNG/HTML/JSON outputs.", file_okay=False)]
+OutOpt = Annotated[
+    Path, typer.Option("--out", help="Folder for the PNG/HTML/JSON outputs (printed).", file_okay=False)
+]
+OUT = Path("out/explore")  # + the command's name: the default --out, under the current folder
 SplitOpt = Annotated[str, typer.Option("--split", help="Manifest split whose images are encoded.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")]
 RunOpt = Annotated[
     str | None,
@@ -135,7 +145,8 @@ def _explore_run(run: str, tracking_uri: str | None, part: str, out: Path, **kwa
     from cxrfa.postrun import explore_run
     from cxrfa.tracking import Tracker
 
-    _wrote(explore_run(Tracker(tracking_uri, "Default"), run, [part], out, **kwargs))
+    # reads the run by id: no experiment, folder or database is created for a mistyped store
+    _wrote(explore_run(Tracker(tracking_uri, None, create=False), run, [part], out, **kwargs))
     console.print(f"logged on run {run}")
 
 
@@ -149,7 +160,7 @@ def _wrote(paths: dict[str, Path]) -> None:
 @_options
 def gap(
     *,
-    out: OutOpt,
+    out: OutOpt = OUT / "gap",
     source: Source,
     images: Images,
     step: Annotated[
@@ -175,7 +186,7 @@ def gap(
 @_options
 def umap(
     *,
-    out: OutOpt,
+    out: OutOpt = OUT / "umap",
     source: Source,
     images: Images,
     dims: Annotated[int, typer.Option("--dims", min=2, max=3, help="2-D or 3-D layout.")] = 2,
@@ -222,7 +233,7 @@ def umap(
 @explore_app.command("similarity")
 @user_errors
 @_options
-def similarity(*, out: OutOpt, source: Source, trained: Trained) -> None:
+def similarity(*, out: OutOpt = OUT / "similarity", source: Source, trained: Trained) -> None:
     """Cosine similarity between the label-text embeddings (positive and negated prompts).
 
     With --run: the raw text-encoder label embeddings vs after transformer2 / the orthogonal module, side by
@@ -249,10 +260,7 @@ def zeroshot(
     *,
     source: Source,
     images: Images,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", help="Folder for zeroshot.json (default: print only).", file_okay=False),
-    ] = None,
+    out: OutOpt = OUT / "zeroshot",
     prompts: Annotated[
         list[str] | None,
         typer.Option(
@@ -280,8 +288,7 @@ def zeroshot(
         table.add_row(label, "n/a (one class)" if math.isnan(auc) else f"{auc:.4f}")
     table.add_row("[bold]macro[/]", f"[bold]{macro:.4f}[/]")
     Console().print(table)  # stdout: the result; logs and errors go to stderr
-    if out is not None:
-        _wrote({"json": write_zeroshot_report(per_label, macro, out)})
+    _wrote({"json": write_zeroshot_report(per_label, macro, out)})
     _prompt_spreads(encoder, manifest, images, cache, prompts or [], out)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxrfa.cli._common import user_errors
+from cxrfa.cli._common import DeviceOpt, below_chance, console, user_errors
 
 models_app = typer.Typer(help="The encoder registry.", no_args_is_help=True)
 
@@ -39,21 +39,27 @@ def pretrain_command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 16,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    device: DeviceOpt = "auto",
 ) -> None:
     """CLIP-pretrain an encoder on image-report pairs (train split); report val retrieval vs chance."""
     from cxrfa.pretrain import pretrain
+    from cxrfa.train import resolve_device
 
+    dev = str(resolve_device(device))
     result = pretrain(
-        data, arch, out, epochs=epochs, init=init, batch_size=batch_size, lr=lr, seed=seed, device=device
+        data, arch, out, epochs=epochs, init=init, batch_size=batch_size, lr=lr, seed=seed, device=dev
     )
     losses = " ".join(f"{v:.3f}" for v in result.losses)
     typer.echo(f"wrote {result.out} ({result.n_train} train pairs, {result.n_val} val)")
     typer.echo(f"loss per epoch: {losses}")
-    typer.echo(
+    retrieval = (
         f"val image->report R@1 {result.recall_at_1:.3f} (chance {result.chance_at_1:.3f}), "
         f"R@5 {result.recall_at_5:.3f} (chance {result.chance_at_5:.3f})"
     )
+    if below_chance(retrieval):  # a failed pretraining must not read like a routine line
+        console.print(f"[yellow]{retrieval}: below chance[/]", highlight=False)
+    else:
+        typer.echo(retrieval)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,16 +11,23 @@ import typer
 from cxrfa.cli._common import (
     BackbonesOpt,
     DataOpt,
+    ExperimentOpt,
     MatrixOpt,
     NoCacheOpt,
+    PortOpt,
     TrackingUriOpt,
+    command_line,
     console,
+    print_next,
+    store_options,
     user_errors,
 )
 from cxrfa.errors import CxrfaError
+from cxrfa.tracking import UI_PORT
 
 if TYPE_CHECKING:
     from cxrfa.config import ExternalSet, RunConfig
+    from cxrfa.tracking import CellView
 
 log = logging.getLogger("cxrfa")
 
@@ -30,8 +37,8 @@ StorageOpt = Annotated[
         "--storage",
         envvar="CXRFA_STORAGE",
         show_envvar=True,
-        help="Queue database shared by the workers: sqlite:///…/queue.db (default: beside a local store) "
-        "or postgresql://….",
+        help="Queue database shared by the workers: sqlite:///…/queue.db (default: with a local store's "
+        "side files) or postgresql://….",
     ),
 ]
 ExternalOpt = Annotated[
@@ -42,9 +49,6 @@ ExternalOpt = Annotated[
         help="A further test set (manifest CSV) every run is evaluated on, over the labels it shares with "
         "the training data; logged as external/<NAME>/… (NAME defaults to the file's stem). Repeatable.",
     ),
-]
-ExperimentOpt = Annotated[
-    str | None, typer.Option("--experiment", help="MLflow experiment (default: the matrix name).")
 ]
 
 
@@ -165,6 +169,11 @@ def train(
         f"[green]finished[/] {cfg.cell}/seed={cfg.seed} run {result.run_id}: "
         f"test/macro_auc {result.metrics.get('test/macro_auc', float('nan')):.4f}  test/map {result.metrics.get('test/map', float('nan')):.4f}"
     )
+    store = store_options(tracking_uri)
+    print_next(
+        command_line("evaluate", run=result.run_id, tracking_uri=store["tracking_uri"]),
+        command_line("ui", tracking_uri=store["tracking_uri"]),
+    )
 
 
 @user_errors
@@ -245,7 +254,7 @@ def ablate(
     from cxrfa.ablate import ablate as run_ablation
     from cxrfa.config import expand, load_backbones, load_matrix
     from cxrfa.scheduler import device_env, threads_per_worker
-    from cxrfa.tracking import Tracker
+    from cxrfa.tracking import Tracker, side_path
 
     m = load_matrix(matrix)
     chosen = [c.strip() for c in cells.split(",")] if cells else None
@@ -294,6 +303,15 @@ def ablate(
         # the same sets, paths made absolute: a worker's configs (and their hashes) equal this process's
         *(a for e in extra_sets for a in ("--external", f"{e.name}={e.path}" if e.name else e.path)),
     ]
+    queue = side_path(tracker.uri, "queue.db")
+    if (
+        storage is None
+        and queue is not None
+        and queue.parent != Path(tracker.uri.removeprefix("sqlite:///")).parent
+    ):
+        # an SQLite file's queue goes with its other side files (the queue engine's default is beside the db)
+        queue.parent.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{queue.resolve()}"
     pool = Workers(
         count=1 if worker else workers,
         devices=device_list,
@@ -332,7 +350,8 @@ def ablate(
         shown = ["–" if v is None else f"{v:.4f}" for v in (auc, ap)]
         table.add_row(r.cfg.cell, str(r.cfg.seed), r.status, *shown, r.reason or r.run_id or "")
     console.print(table)
-    console.print(f"next: [bold]cxrfa compare --experiment {tracker.experiment}[/]   or   [bold]cxrfa ui[/]")
+    store = store_options(tracking_uri, tracker.experiment)
+    print_next(command_line("compare", **store), command_line("ui", tracking_uri=store["tracking_uri"]))
     if summary.failed:
         raise typer.Exit(1)
 
@@ -401,34 +420,68 @@ def compare(
 
 @user_errors
 def ui(
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
+    port: PortOpt = UI_PORT,
     tracking_uri: TrackingUriOpt = None,
     workers: Annotated[
         int | None,
         typer.Option("--workers", min=1, help="Server worker processes (default: one per 2 cores)."),
     ] = None,
 ) -> None:
-    """Start the MLflow UI on the project's store, bound to 127.0.0.1; print its URL once it answers.
+    """Start the MLflow UI on the project's store, bound to 127.0.0.1; print its links once it answers.
 
-    For every experiment with cell runs it also prints a link to MLflow's chart view sorted by
-    test/macro_auc, where each cell run is one bar. Ctrl-C or SIGTERM stops the server and every process it started.
+    For every experiment with cell runs it prints two links, to the runs grouped by cell with test/macro_auc and
+    test/map as columns, and to the chart view with one bar per cell. The server's access log goes to a file
+    (printed); press Enter to print the links again. Ctrl-C or SIGTERM stops the server and every process it
+    started; so does the end of this command by any means, SIGKILL included (Linux).
     """
-    from cxrfa.tracking import chart_views, ui_command
-    from cxrfa.uiserver import serve
+    from cxrfa.tracking import ui_command
+    from cxrfa.uiserver import check_port, log_path, serve
 
+    port = check_port(port)
     cmd, env = ui_command(tracking_uri, port, workers)
+    raise typer.Exit(serve(cmd, env, port, lambda url: _show_links(url, log_path(port))))
 
-    def ready(url: str) -> None:
-        console.print(f"MLflow UI: {url}   (Ctrl-C to stop)")
-        try:
-            views = chart_views(url, url)
-        except Exception as err:  # noqa: BLE001 - the links are a convenience; the UI itself is up
-            console.print(f"[yellow]could not list the experiments for chart links ({str(err)[:200]})[/]")
-            views = []
-        for name, link in views:
-            console.print(f"  {name}, cell runs side by side (one bar per run): {link}", soft_wrap=True)
 
-    raise typer.Exit(serve(cmd, env, port, ready))
+def _show_links(url: str, log: Path) -> None:
+    """Print the UI's links, then again each time Enter is pressed (the server keeps running meanwhile)."""
+    import sys
+    import threading
+
+    from cxrfa.tracking import cell_views
+
+    try:
+        views = cell_views(url, url)  # through the server: it writes the saved view
+    except Exception as err:  # noqa: BLE001 - the links are a convenience; the UI itself is up
+        console.print(f"[yellow]could not list the experiments for links ({str(err)[:200]})[/]")
+        views = []
+
+    def show() -> None:
+        console.print(
+            f"MLflow UI: {url}   (server log: {log}; Ctrl-C to stop)", highlight=False, soft_wrap=True
+        )
+        for view in views:
+            _show_view(view)
+        if sys.stdin.isatty():
+            console.print("[dim]Enter prints these links again.[/]")
+
+    show()
+
+    def again() -> None:
+        for _ in sys.stdin:
+            show()
+
+    if sys.stdin.isatty():
+        threading.Thread(target=again, daemon=True).start()
+
+
+def _show_view(view: CellView) -> None:
+    console.print(f"  [bold]{view.experiment}[/]", highlight=False)
+    console.print(
+        f"    cells side by side (grouped by cxrfa.cell): {view.table}", highlight=False, soft_wrap=True
+    )
+    console.print(
+        f"    one bar per cell (test/macro_auc, test/map): {view.charts}", highlight=False, soft_wrap=True
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from cxrfa.cli._common import BackbonesOpt, DataOpt, MatrixOpt, TrackingUriOpt, console, user_errors
+from cxrfa.cli._common import (
+    BackbonesOpt,
+    DataOpt,
+    ExperimentOpt,
+    MatrixOpt,
+    TrackingUriOpt,
+    command_line,
+    console,
+    print_next,
+    store_options,
+    typed,
+    user_errors,
+)
 
 pipeline_app = typer.Typer(
     help="Study recipes: data -> pretrain -> tune -> ablate -> compare.", no_args_is_help=True
 )
-
-
-def _command_line(*words: str, **options: object) -> str:
-    """The command as a user would type it again (options left at their default are omitted)."""
-    parts = ["cxrfa", *words]
-    for name, value in options.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + name.replace("_", "-")
-        parts += [flag] if value is True else [flag, str(value)]
-    return shlex.join(parts)
 
 
 @user_errors
@@ -47,7 +47,8 @@ def tune(
             "--storage",
             envvar="CXRFA_STORAGE",
             show_envvar=True,
-            help="Optuna storage: a journal file (default mlruns/optuna.journal, safe for many workers) or an SQLAlchemy URL (sqlite:///s.db, postgresql://…).",
+            help="Optuna storage: a journal file (default optuna.journal with the tracking store's side files, "
+            "safe for many workers) or an SQLAlchemy URL (sqlite:///s.db, postgresql://…).",
         ),
     ] = None,
     study: Annotated[
@@ -71,9 +72,7 @@ def tune(
     data: DataOpt = None,
     backbones: BackbonesOpt = "demo",
     tracking_uri: TrackingUriOpt = None,
-    experiment: Annotated[
-        str | None, typer.Option("--experiment", help="MLflow experiment (default: the matrix name).")
-    ] = None,
+    experiment: ExperimentOpt = None,
     seed: Annotated[
         int | None,
         typer.Option("--seed", help="Training seed of every trial (default: the matrix's first seed)."),
@@ -122,7 +121,7 @@ def tune(
         timeout=timeout,
         sampler_seed=sampler_seed,
         pruner_startup=pruner_startup,
-        command=_command_line(
+        command=command_line(
             "tune",
             matrix=matrix,
             cell=cell,
@@ -163,8 +162,13 @@ def tune(
     )
     for key, value in result.best_config.items():
         console.print(f"  {key}: {value!r}", highlight=False)
-    console.print(
-        f"next: [bold]cxrfa ablate --matrix {m.name} --tuned[/]   dashboard: [bold]cxrfa dashboard --storage {result.storage}[/]"
+    store = store_options(tracking_uri, experiment)
+    # the storage as typed (a journal path may be relative); the default journal is found from the store
+    shown_storage = typed(storage, "CXRFA_STORAGE")
+    shown_storage = redact(shown_storage) if shown_storage else None
+    print_next(
+        command_line("ablate", matrix=matrix, tuned=True, **store),
+        command_line("dashboard", storage=shown_storage, tracking_uri=store["tracking_uri"]),
     )
     if result.finished < trials:
         raise typer.Exit(1)
@@ -183,10 +187,10 @@ def run(
     from rich.table import Table
 
     from cxrfa.pipeline import load_recipe, run_pipeline
+    from cxrfa.tracking import redact
 
-    result = run_pipeline(
-        load_recipe(recipe), progress=not quiet, command=_command_line("pipeline", "run", str(recipe))
-    )
+    spec = load_recipe(recipe)
+    result = run_pipeline(spec, progress=not quiet, command=command_line("pipeline", "run", str(recipe)))
     table = Table(title=f"pipeline {result.recipe} (experiment {result.experiment})")
     for col in ("stage", "status", "seconds", "detail"):
         table.add_column(col)
@@ -195,7 +199,9 @@ def run(
         table.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds:.0f}", s.detail)
     console.print(table)
     if result.report is not None:
-        console.print(f"report: [bold]{result.report}[/]   runs: [bold]cxrfa ui[/]")
+        console.print(f"report: [bold]{result.report}[/]", highlight=False, soft_wrap=True)
+    # the recipe's store (a recipe names it in its file, not on the command line)
+    print_next(command_line("ui", tracking_uri=redact(spec.tracking_uri) if spec.tracking_uri else None))
     if result.failed:
         raise typer.Exit(1)
 

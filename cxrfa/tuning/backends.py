@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import optuna
 
 from cxrfa.errors import CxrfaError
-from cxrfa.tracking import Tracker, check_reachable, creation_lock, redact
+from cxrfa.tracking import Tracker, check_reachable, creation_lock, redact, side_path
 from cxrfa.tuning.workers import count_states
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,8 @@ def default_storage_path(tracker: Tracker | str | None) -> Path:
     """``optuna.journal`` beside a local SQLite tracking store (a Tracker, or its resolved URI), else
     ``./mlruns/optuna.journal``."""
     uri = tracker.uri if isinstance(tracker, Tracker) else tracker
-    if uri is not None and uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent / JOURNAL_NAME
-    return Path("mlruns") / JOURNAL_NAME
+    local = side_path(uri, JOURNAL_NAME) if uri is not None else None
+    return local if local is not None else Path("mlruns") / JOURNAL_NAME
 
 
 def open_storage(url: str | None, tracker: Tracker | None = None) -> tuple[optuna.storages.BaseStorage, str]:

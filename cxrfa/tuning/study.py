@@ -26,6 +26,7 @@ from cxrfa.tracking import (
     TAG_TRIAL_STATE,
     TrackedRun,
     Tracker,
+    run_link,
 )
 from cxrfa.train import NonFiniteLoss
 from cxrfa.tuning.backends import build_pruner, build_sampler, open_storage
@@ -44,6 +45,8 @@ from cxrfa.tuning.workers import (
 )
 
 log = logging.getLogger(__name__)
+RUN_ID_ATTR = "mlflow_run_id"  # a trial's user attributes (shown by optuna-dashboard): its MLflow run
+RUN_LINK_ATTR = "mlflow_run"
 
 
 WAIT_S = 2.0  # poll interval while other workers hold the last open slots
@@ -167,6 +170,7 @@ def tune(matrix: AblationMatrix, cfg: RunConfig, tracker: Tracker, settings: Tun
             settings.pruner, cfg.train.epochs, settings.pruner_startup, settings.pruner_warmup
         ),
     )
+    study.set_metric_names([space.metric])  # optuna-dashboard says "val/macro_auc", not "Objective 0"
     claim_study(study, matrix, cfg, space, where)
     parent = study_parent(tracker, name, matrix, cfg, settings, shown)
     result = TuneResult(name, shown, space.metric, count_states(study), parent_id=parent.run_id)
@@ -279,21 +283,22 @@ class _Objective:
                 **_VAL_ONLY,
             )
         except TrialPruned as stop:
-            self._close(trial.number, cfg, "PRUNED", values)
+            self._close(trial, cfg, "PRUNED", values)
             log.info("trial %d %s", trial.number, stop.reason)
             raise optuna.TrialPruned(stop.reason) from None
         except NonFiniteLoss as err:
             trial.set_user_attr(FAILURE, err.reason)
-            self._close(trial.number, cfg, "FAIL", values)
+            self._close(trial, cfg, "FAIL", values)
             log.warning("trial %d failed: %s", trial.number, err.reason)
             raise
         except BaseException as err:
             with contextlib.suppress(Exception):
                 trial.set_user_attr(FAILURE, f"{type(err).__name__}: {err}"[:1000])
-                self._close(trial.number, cfg, "FAIL", values)
+                self._close(trial, cfg, "FAIL", values)
             raise
         value = objective_value(result, metric)
         if result.run_id is not None:
+            self._link(trial, result.run_id)
             run = TrackedRun(self.tracker, result.run_id)
             run.set_tags({TAG_TRIAL_STATE: "COMPLETE" if math.isfinite(value) else "FAIL"})
             run.log_params({f"optuna.{k}": v for k, v in trial.params.items()})
@@ -301,11 +306,17 @@ class _Objective:
         log.info("trial %d: %s %.4f", trial.number, metric, value)
         return value
 
-    def _close(self, number: int, cfg: RunConfig, state: str, values: Mapping[str, Any]) -> None:
-        for run_id in trial_runs(self.tracker, self.study.study_name, number):
+    def _close(self, trial: Trial, cfg: RunConfig, state: str, values: Mapping[str, Any]) -> None:
+        for run_id in trial_runs(self.tracker, self.study.study_name, trial.number):
+            self._link(trial, run_id)
             TrackedRun(self.tracker, run_id).set_tags({TAG_TRIAL_STATE: state})
         # A stopped trial's epoch checkpoint must not be resumed by a later run of the same config.
         (checkpoint_dir(self.tracker) / f"{cfg.config_hash()}.pt").unlink(missing_ok=True)
+
+    def _link(self, trial: Trial, run_id: str) -> None:
+        """The trial's MLflow run, as its id and a link into the MLflow UI, among its user attributes."""
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        trial.set_user_attr(RUN_LINK_ATTR, run_link(self.tracker, run_id))
 
 
 class _StopRule:
