@@ -102,6 +102,9 @@ def one_line(message: str) -> str:
 def _fail(line: str, code: int) -> NoReturn:
     from rich.text import Text
 
+    from cxrfa.tracking import redact_text
+
+    line = redact_text(line)  # a driver's message may quote a URL's secrets back
     # the line as plain text: brackets in a message (cell[axis=v]) are never read as markup
     console.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
     raise typer.Exit(code) from None
@@ -113,6 +116,9 @@ def _setup_logging() -> None:
         from rich.logging import RichHandler
 
         handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+        from cxrfa.tracking import RedactingFilter
+
+        handler.addFilter(RedactingFilter())  # secrets never reach a log line
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False

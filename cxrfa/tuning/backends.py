@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import optuna
 
 from cxrfa.errors import CxrfaError
-from cxrfa.tracking import Tracker, check_reachable, creation_lock, redact
+from cxrfa.tracking import Tracker, check_reachable, creation_lock, redact, redact_text
 from cxrfa.tuning.workers import count_states
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def open_storage(url: str | None, tracker: Tracker | None = None) -> tuple[optun
                 with creation_lock(url):  # two workers creating a new SQLite study database at once
                     return RDBStorage(url), redact(url)
             except Exception as err:  # noqa: BLE001 - driver missing, server down, bad credentials
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                first = (redact_text(str(err), url).strip().splitlines() or [type(err).__name__])[0]
                 raise CxrfaError(
                     f"--storage {redact(url)}: cannot open the database ({first[:200]})"
                 ) from None
