@@ -65,8 +65,16 @@ def user_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _setup_logging()
+        from cxrfa.signals import exit_status, stop_signals_interrupt
+
         try:
-            return fn(*args, **kwargs)
+            with stop_signals_interrupt():  # SIGTERM/SIGHUP stop a command the way Ctrl-C does
+                return fn(*args, **kwargs)
+        except KeyboardInterrupt as err:
+            console.print(
+                f"stopped ({err or 'interrupted'}); run the same command again to resume", highlight=False
+            )
+            raise typer.Exit(exit_status(err)) from None
         except CxrfaError as err:
             _fail(one_line(str(err)), err.exit_code)
         except OSError as err:
