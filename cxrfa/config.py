@@ -364,6 +364,9 @@ def read_yaml(path: Path) -> Any:
     Raises:
         CxrfaError: unreadable, not valid YAML, or a key given twice, naming the file and line.
     """
+    from cxrfa.io import require_regular
+
+    require_regular(path, "YAML file")  # a FIFO would block forever
     try:
         return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as err:

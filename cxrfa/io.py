@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,8 +186,54 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text)
 
 
+def file_kind(path: str | os.PathLike[str]) -> str | None:
+    """``None`` for a regular file (after symlinks), else what it is: ``a named pipe (FIFO)``, ``a folder``, …
+
+    Decided by ``os.stat`` without opening the file: opening a FIFO blocks until someone writes to it, and a
+    device may never end.
+
+    Raises:
+        FileNotFoundError: nothing is there.
+    """
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def require_regular(path: str | os.PathLike[str], role: str = "file") -> Path:
+    """``path`` if it is a regular file; anything else is one :class:`CxrfaError` line, never opened.
+
+    Raises:
+        CxrfaError: missing, or a FIFO, device, socket or folder.
+    """
+    try:
+        kind = file_kind(path)
+    except FileNotFoundError:
+        raise CxrfaError(f"{path}: {role} not found") from None
+    except OSError as err:
+        raise CxrfaError(f"{path}: cannot read the {role} ({err.strerror})") from None
+    if kind is not None:
+        raise CxrfaError(f"{path}: the {role} is {kind}, not a regular file; only regular files are read")
+    return Path(path)
+
+
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
+    """Hex SHA-256 of a file's bytes.
+
+    Raises:
+        CxrfaError: ``path`` is not a regular file (a FIFO would block forever).
+    """
+    require_regular(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):

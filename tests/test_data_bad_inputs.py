@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import zlib
 from collections.abc import Callable
@@ -62,6 +63,17 @@ def _escaping(root: Path) -> None:
     )
 
 
+def _nan_patient(root: Path) -> None:
+    # pandas reads "NaN" back as missing: a manifest holding it would be refused by every later command
+    _edit_csv(root, lambda lines: [lines[0], lines[1].replace(",0,1,57,", ",0,NaN,57,"), *lines[2:]])
+
+
+def _fifo_image(root: Path) -> None:
+    path = root / "images" / "00000003_000.png"
+    path.unlink()
+    os.mkfifo(path)  # opening it would block until someone writes: it must never be opened
+
+
 CASES = {
     "missing image": (_missing_image, ("row 4", "image not found", "00000003_000.png")),
     "truncated image": (_truncated_image, ("row 3", "cannot decode image", "00000002_000.png")),
@@ -70,6 +82,8 @@ CASES = {
     "unknown label": (_unknown_label, (ENTRY, "row 4", "unknown label 'Pneumonitis'")),
     "duplicate row": (_duplicate, (ENTRY, "row 6", "duplicate row", "row 2")),
     "path escapes root": (_escaping, (ENTRY, "row 5", "escapes the dataset root")),
+    "no patient id": (_nan_patient, (ENTRY, "row 2", "patient id 'NaN' reads as missing")),
+    "not a regular file": (_fifo_image, (ENTRY, "row 4", "named pipe (FIFO)", "00000003_000.png")),
 }
 
 
@@ -89,7 +103,16 @@ def test_bad_input_is_one_line_with_exit_2_and_no_manifest(tmp_path: Path, case:
 
 
 @pytest.mark.parametrize(
-    "case", ["missing image", "truncated image", "unknown label", "duplicate row", "path escapes root"]
+    "case",
+    [
+        "missing image",
+        "truncated image",
+        "unknown label",
+        "duplicate row",
+        "path escapes root",
+        "no patient id",
+        "not a regular file",
+    ],
 )
 def test_skip_bad_drops_the_rows_and_reports_why(tmp_path: Path, case: str) -> None:
     root = _nih(tmp_path)
