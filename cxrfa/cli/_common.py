@@ -65,15 +65,15 @@ def user_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _setup_logging()
-        from cxrfa.signals import exit_status, stop_signals_interrupt
+        from cxrfa.signals import Terminated, exit_now, exit_status, reason, stop_signals_interrupt
 
         try:
             with stop_signals_interrupt():  # SIGTERM/SIGHUP stop a command the way Ctrl-C does
                 return fn(*args, **kwargs)
         except KeyboardInterrupt as err:
-            console.print(
-                f"stopped ({err or 'interrupted'}); run the same command again to resume", highlight=False
-            )
+            console.print(f"{reason(err)}; run the same command again to resume", highlight=False)
+            if isinstance(err, Terminated):  # a signal from outside: cleanup done, exit without the teardown
+                exit_now(exit_status(err))
             raise typer.Exit(exit_status(err)) from None
         except CxrfaError as err:
             _fail(one_line(str(err)), err.exit_code)
