@@ -159,6 +159,28 @@ def test_generic_csv_unknown_label_in_mapping(tmp_path: Path) -> None:
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_semicolon_separated_csv_names_the_separator_not_internal_columns(tmp_path: Path) -> None:
+    (tmp_path / "l.csv").write_text("path;patient_id;Mass\na.png;p1;1\n")
+    args = ["data", "index", "--format", "csv", "--root", str(tmp_path), "--csv", str(tmp_path / "l.csv")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "m.csv")])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "found: path;patient_id;Mass (" in line and "separated by ';'" in line, line
+    assert "_file" not in line and "_line" not in line
+
+
+def test_a_fifo_as_the_label_csv_or_manifest_is_refused_unopened(workdir: Path) -> None:
+    tmp_path = workdir
+    fifo = tmp_path / "l.csv"
+    os.mkfifo(fifo)  # opening it would block this test forever
+    args = ["data", "index", "--format", "csv", "--root", str(tmp_path), "--csv", str(fifo)]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "m.csv")])
+    assert result.exit_code == 2 and "named pipe (FIFO)" in result.output, result.output
+    result = runner.invoke(app, ["train", "-m", "smoke", "--cell", "visual-clip", "--data", str(fifo)])
+    assert result.exit_code == 2 and "named pipe (FIFO)" in result.output, result.output
+    assert not (workdir / "mlruns").exists()  # refused in preflight, before any run
+
+
 # ---------------------------------------------------------------------------------------------------------
 # images too large to decode, paths that leave the root, manifests checked when read
 
