@@ -141,8 +141,8 @@ def ablate(
     from cxrfa.scheduler import Queue, Worker, open_queue
 
     started = time.monotonic()
+    storage, shown = open_queue(workers.storage, tracker)  # a bad --storage fails before minutes of preparing
     prepare(runs, progress)
-    storage, shown = open_queue(workers.storage, tracker)
     if not tracker.is_local and workers.storage is None:
         log.info(
             "the work queue is %s, on this machine only; workers on other machines need --storage", shown
