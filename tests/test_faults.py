@@ -131,7 +131,7 @@ def _assert_nowhere(root: Path, *outputs: str) -> None:
         assert SECRET not in output, output
 
 
-@pytest.mark.parametrize("form", ["query password", "sslpassword", "userinfo"])
+@pytest.mark.parametrize("form", ["query password", "sslpassword"])
 def test_command_errors_never_show_the_secret(workdir: Path, form: str) -> None:
     url = URL_FORMS[form]  # port 5: nothing listens, so every command fails when it connects
     outputs = []
@@ -289,9 +289,10 @@ def _children(pid: int) -> list[int]:
 
 
 def test_sigterm_to_the_supervisor_stops_every_worker_and_the_rerun_resumes(workdir: Path) -> None:
-    _matrix(workdir, "term", epochs=3)
+    _matrix(workdir, "term", epochs=2)
     store = workdir / "mlruns"
-    cmd = cxrfa_cmd("ablate", matrix="term", workers=2, explore="")
+    # one cell on two workers: one trains, one waits for work; both must stop
+    cmd = cxrfa_cmd("ablate", matrix="term", cells="visual-clip", workers=2, explore="")
     with open(workdir / "out.log", "wb") as out:
         proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -317,11 +318,12 @@ def test_sigterm_to_the_supervisor_stops_every_worker_and_the_rerun_resumes(work
     assert cells and all(r[1:] == ("KILLED", "stopped by SIGTERM") for r in cells if r[1] != "FINISHED"), runs
     kept = list((store / "checkpoints").glob("*.pt"))
     assert kept  # the epochs done are kept for the rerun
-    result = runner.invoke(app, ["ablate", "-m", "term", "--explore", ""])
+    result = runner.invoke(app, ["ablate", "-m", "term", "--cells", "visual-clip", "--explore", ""])
     assert result.exit_code == 0, result.output
-    finished = Tracker(None, "term").search("attributes.status = 'FINISHED' and tags.`cxrfa.cell` != ''")
-    assert sorted(r.name for r in finished) == ["align-clip/seed=0", "visual-clip/seed=0"]
-    assert any("cxrfa.resumed_from" in r.tags for r in finished)  # resumed from a checkpoint, not redone
+    (finished,) = Tracker(None, "term").search("attributes.status = 'FINISHED' and tags.`cxrfa.cell` != ''")
+    assert finished.name == "visual-clip/seed=0"
+    # resumed from its checkpoint, not redone
+    assert finished.tags["cxrfa.resumed_from"] == "epoch 0 (local checkpoint)"
 
 
 # ---------------------------------------------------------------------------------------------------------
