@@ -20,11 +20,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
 import yaml
 from _helpers import cxrfa_cmd
+from test_services import PASSWORD, PG_BIN, postgres  # noqa: F401 - the throw-away PostgreSQL server
 from typer.testing import CliRunner
 
 from cxrfa.cli import app
@@ -122,13 +124,14 @@ def test_tags_params_and_overlays_never_hold_the_secret(tmp_path: Path) -> None:
     _assert_nowhere(tmp_path)
 
 
-def _assert_nowhere(root: Path, *outputs: str) -> None:
+def _assert_nowhere(root: Path, *outputs: str, secrets: tuple[str, ...] = (SECRET,)) -> None:
     """``grep -r SECRET`` over every file under ``root`` (databases included) and the outputs finds nothing."""
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink():
-            assert SECRET.encode() not in path.read_bytes(), path
+            data = path.read_bytes()
+            assert not any(secret.encode() in data for secret in secrets), path
     for output in outputs:
-        assert SECRET not in output, output
+        assert not any(secret in output for secret in secrets), output
 
 
 @pytest.mark.parametrize("form", ["query password", "sslpassword"])
@@ -146,6 +149,29 @@ def test_command_errors_never_show_the_secret(workdir: Path, form: str) -> None:
         assert _lines(result.output)[-1].startswith("error: "), result.output
         outputs.append(result.output)
     _assert_nowhere(workdir, *outputs)
+
+
+@pytest.mark.services
+@pytest.mark.skipif(not (PG_BIN / "postgres").exists(), reason=f"PostgreSQL binaries not found in {PG_BIN}")
+def test_query_string_password_on_a_real_postgres_never_reaches_a_file_or_output(
+    workdir: Path,
+    postgres: str,  # noqa: F811 - the fixture imported above
+) -> None:
+    port = postgres.rsplit(":", 1)[1]
+    url = f"postgresql://cxrfa@127.0.0.1:{port}/optuna?password={quote(PASSWORD, safe='')}"
+    _matrix(workdir, "pgq", epochs=1)
+    outputs = []
+    for args in (
+        ["tune", "-m", "pgq", "--cell", "visual-clip", "-n", "1", "--storage", url],
+        ["ablate", "-m", "pgq", "--cells", "visual-clip", "--storage", url, "--explore", ""],
+        ["compare", "--experiment", "pgq", "--out", "out", "--n-boot", "50"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    overlay = workdir / "ablations" / "tuned" / "pgq" / "visual-clip.yaml"
+    assert "password=***" in overlay.read_text()  # the overlay records the storage, not its password
+    _assert_nowhere(workdir, *outputs, secrets=(PASSWORD, quote(PASSWORD, safe="")))
 
 
 # ---------------------------------------------------------------------------------------------------------
