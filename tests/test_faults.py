@@ -42,7 +42,10 @@ def _lines(output: str) -> list[str]:
 
 
 def _matrix(folder: Path, name: str, epochs: int) -> Path:
-    """The smoke matrix as ``<folder>/ablations/<name>.yaml`` with ``epochs`` epochs (patience as long)."""
+    """The smoke matrix as ``<folder>/ablations/<name>.yaml`` with ``epochs`` epochs (patience as long).
+
+    ``folder`` is a ``lab`` (its own ablations/ folder, never the repository's).
+    """
     spec = yaml.safe_load((REPO / "ablations" / "smoke.yaml").read_text())
     spec["name"] = name
     spec["base"]["train"].update({"epochs": epochs, "patience": epochs})
@@ -154,12 +157,12 @@ def test_command_errors_never_show_the_secret(workdir: Path, form: str) -> None:
 @pytest.mark.services
 @pytest.mark.skipif(not (PG_BIN / "postgres").exists(), reason=f"PostgreSQL binaries not found in {PG_BIN}")
 def test_query_string_password_on_a_real_postgres_never_reaches_a_file_or_output(
-    workdir: Path,
+    lab: Path,
     postgres: str,  # noqa: F811 - the fixture imported above
 ) -> None:
     port = postgres.rsplit(":", 1)[1]
     url = f"postgresql://cxrfa@127.0.0.1:{port}/optuna?password={quote(PASSWORD, safe='')}"
-    _matrix(workdir, "pgq", epochs=1)
+    _matrix(lab, "pgq", epochs=1)
     outputs = []
     for args in (
         ["tune", "-m", "pgq", "--cell", "visual-clip", "-n", "1", "--storage", url],
@@ -169,9 +172,9 @@ def test_query_string_password_on_a_real_postgres_never_reaches_a_file_or_output
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         outputs.append(result.output)
-    overlay = workdir / "ablations" / "tuned" / "pgq" / "visual-clip.yaml"
+    overlay = lab / "ablations" / "tuned" / "pgq" / "visual-clip.yaml"
     assert "password=***" in overlay.read_text()  # the overlay records the storage, not its password
-    _assert_nowhere(workdir, *outputs, secrets=(PASSWORD, quote(PASSWORD, safe="")))
+    _assert_nowhere(lab, *outputs, secrets=(PASSWORD, quote(PASSWORD, safe="")))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -199,8 +202,8 @@ def _resize(mount: Path, size_bytes: int) -> None:
     subprocess.run(["mount", "-o", f"remount,size={kib}k", str(mount)], check=True, capture_output=True)
 
 
-def test_full_disk_fails_in_one_line_and_the_rerun_finishes(workdir: Path, small_disk: Path) -> None:
-    _matrix(workdir, "disk", epochs=1)
+def test_full_disk_fails_in_one_line_and_the_rerun_finishes(lab: Path, small_disk: Path) -> None:
+    _matrix(lab, "disk", epochs=1)
     store = small_disk / "store"
     args = ["ablate", "-m", "disk", "--cells", "visual-clip", "--tracking-uri", str(store), "--explore", ""]
     from cxrfa.scheduler import open_queue
@@ -314,17 +317,17 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def test_sigterm_to_the_supervisor_stops_every_worker_and_the_rerun_resumes(workdir: Path) -> None:
-    _matrix(workdir, "term", epochs=2)
-    store = workdir / "mlruns"
+def test_sigterm_to_the_supervisor_stops_every_worker_and_the_rerun_resumes(lab: Path) -> None:
+    _matrix(lab, "term", epochs=2)
+    store = lab / "mlruns"
     # one cell on two workers: one trains, one waits for work; both must stop
     cmd = cxrfa_cmd("ablate", matrix="term", cells="visual-clip", workers=2, explore="")
-    with open(workdir / "out.log", "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    with open(lab / "out.log", "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=lab, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while len(list((store / "checkpoints").glob("*.pt"))) < 1:  # a cell is in the middle of training
-            assert proc.poll() is None, (workdir / "out.log").read_text()
+            assert proc.poll() is None, (lab / "out.log").read_text()
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.2)
         workers = [p for p in _children(proc.pid) if "--worker" in _cmdline(p)]
