@@ -93,8 +93,10 @@ SECRET_PARAMS = (
     "signature",
 )
 _SECRET_QUERY = re.compile(r"([?&;](?:" + "|".join(SECRET_PARAMS) + r")=)[^&;#\s'\"]*", re.IGNORECASE)
-# Environment variables whose values are secrets (libpq's, MLflow's, Databricks'): never printed or stored.
-_SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|API_KEY)", re.IGNORECASE)
+# Environment variables whose values are secrets (PGPASSWORD, MLFLOW_TRACKING_TOKEN, AWS_SECRET_ACCESS_KEY, …):
+# never printed or stored. Matched at the end of the name: TOKENIZERS_PARALLELISM=false is no secret, and
+# hiding every "false" would garble params and tags.
+_SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|SECRET_KEY|ACCESS_KEY|API_KEY)$", re.IGNORECASE)
 _HIDDEN = "***"
 
 

@@ -93,8 +93,10 @@ def test_redaction_hides_every_url_form(form: str) -> None:
 def test_environment_passwords_are_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGPASSWORD", SECRET)
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRET + "tok")
-    text = f"FATAL: password authentication failed ({SECRET}); bearer {SECRET}tok"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # named like a token, but no secret
+    text = f"FATAL: password authentication failed ({SECRET}); bearer {SECRET}tok; amp false"
     assert SECRET not in redact_text(text) and SECRET not in redact(f"postgresql://h/db?x={SECRET}")
+    assert redact_text(text).endswith("amp false")
 
 
 def test_log_records_are_redacted_arguments_and_tracebacks_too() -> None:
