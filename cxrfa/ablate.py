@@ -33,9 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = (
-    8.0  # how long stopped workers get to mark their runs KILLED (a stop leaves nothing after 10 s)
-)
+# how long stopped workers get to mark their runs KILLED, so a stopped ablation leaves nothing after 10 s
+STOP_GRACE_S = 8.0
 
 
 @dataclass
