@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -85,7 +86,9 @@ def reserve_space(folder: str | os.PathLike[str], nbytes: int = RESERVE_BYTES) -
     When a write fails for lack of space, :func:`release_reserves` deletes it, so marking the runs FAILED (a
     few database pages) still succeeds. Creating the reserve on a disk already full is a :class:`DiskFull`.
     """
-    path = Path(folder) / RESERVE_NAME
+    # one per process (ablations may share a store, from several machines)
+    path = Path(folder) / f"{RESERVE_NAME}-{socket.gethostname()}-{os.getpid()}"
+    _remove_stale_reserves(Path(folder))
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:
@@ -106,6 +109,17 @@ def reserve_space(folder: str | os.PathLike[str], nbytes: int = RESERVE_BYTES) -
             _RESERVES.remove(path)
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def _remove_stale_reserves(folder: Path) -> None:
+    """Delete this machine's reserve files whose process is gone (killed before it could delete its own)."""
+    if not Path("/proc/self").exists():  # no cheap liveness check here: leave them
+        return
+    for stale in folder.glob(f"{RESERVE_NAME}-{socket.gethostname()}-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 def release_reserves() -> None:
