@@ -320,9 +320,10 @@ def _children(pid: int) -> list[int]:
 
 
 def test_sigterm_to_the_supervisor_stops_every_worker_and_the_rerun_resumes(lab: Path) -> None:
-    _matrix(lab, "term", epochs=2)
+    # frozen features come from the cache, so an epoch can take a fraction of a second: six leave time to stop
+    _matrix(lab, "term", epochs=6)
     store = lab / "mlruns"
-    # one cell on two workers: one trains, one waits for work; both must stop
+    # one cell on two workers: one trains, one waits for work; both must stop, the first mid-training
     cmd = cxrfa_cmd("ablate", matrix="term", cells="visual-clip", workers=2, explore="")
     with open(lab / "out.log", "wb") as out:
         proc = subprocess.Popen(cmd, cwd=lab, stdout=out, stderr=subprocess.STDOUT)
@@ -354,7 +355,7 @@ def test_sigterm_to_the_supervisor_stops_every_worker_and_the_rerun_resumes(lab:
     (finished,) = Tracker(None, "term").search("attributes.status = 'FINISHED' and tags.`cxrfa.cell` != ''")
     assert finished.name == "visual-clip/seed=0"
     # resumed from its checkpoint, not redone
-    assert finished.tags["cxrfa.resumed_from"] == "epoch 0 (local checkpoint)"
+    assert finished.tags["cxrfa.resumed_from"].startswith("epoch "), finished.tags
 
 
 # ---------------------------------------------------------------------------------------------------------
