@@ -9,19 +9,22 @@ failing cell never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cxrfa.config import AblationMatrix, RunConfig
+from cxrfa.errors import CxrfaError
 from cxrfa.experiment import CellResult, run_cell
+from cxrfa.io import reserve_space
+from cxrfa.signals import reason, signal_of
 from cxrfa.tracking import TAG_BACKBONES, TAG_CELLS, TAG_CONTRASTS, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
 
 if TYPE_CHECKING:
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
     from cxrfa.scheduler import Queue, UnitState, Worker
 
 log = logging.getLogger(__name__)
+
+# how long stopped workers get to mark their runs KILLED, so a stopped ablation leaves nothing after 10 s
+STOP_GRACE_S = 8.0
 
 
 @dataclass
@@ -128,13 +134,14 @@ def ablate(
 
     Raises:
         CxrfaError: the queue storage cannot be used.
-        KeyboardInterrupt: passed through after the current child and the parent are marked KILLED.
+        KeyboardInterrupt: passed through after the current child and the parent are marked KILLED (also
+            :class:`cxrfa.signals.Terminated` for SIGTERM/SIGHUP; worker processes get the same signal).
     """
     from cxrfa.scheduler import Queue, Worker, open_queue
 
     started = time.monotonic()
+    storage, shown = open_queue(workers.storage, tracker)  # a bad --storage fails before minutes of preparing
     prepare(runs, progress)
-    storage, shown = open_queue(workers.storage, tracker)
     if not tracker.is_local and workers.storage is None:
         log.info(
             "the work queue is %s, on this machine only; workers on other machines need --storage", shown
@@ -158,12 +165,18 @@ def ablate(
         on_change=bar.update,
     )
     try:
-        if workers.count > 1:
-            _supervise(queue, states, worker, workers, bar)
-        else:
-            queue.work(states, worker)
-    except KeyboardInterrupt:
-        parent.end("KILLED", "interrupted")
+        with contextlib.ExitStack() as stack:
+            for folder in _local_folders(tracker, storage):  # room to record a full disk (cxrfa.io)
+                stack.enter_context(reserve_space(folder))
+            if workers.count > 1:
+                _supervise(queue, states, worker, workers, bar)
+            else:
+                queue.work(states, worker)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP (cxrfa.signals.Terminated)
+        parent.end("KILLED", reason(err))
+        raise
+    except CxrfaError as err:  # a full disk: every cell would fail the same way, so the ablation stops
+        parent.fail(str(err))
         raise
     finally:
         bar.close()
@@ -186,6 +199,13 @@ def ablate(
     else:
         parent.finish()
     return summary
+
+
+def _local_folders(tracker: Tracker, storage: Any) -> list[Path]:
+    """Folders of the local SQLite databases this ablation writes (tracking store, queue)."""
+    urls = [tracker.uri, str(getattr(getattr(storage, "engine", None), "url", ""))]
+    folders = {Path(u.removeprefix("sqlite:///")).parent for u in urls if u.startswith("sqlite:///")}
+    return sorted(folders)
 
 
 def _run(
@@ -232,15 +252,22 @@ def _supervise(
             time.sleep(POLL_S)
         for p in procs:
             p.wait()
-    except BaseException:
+    except BaseException as err:
+        # the signal that stopped us goes on to each worker: it marks its run KILLED (checkpoint kept) and its
+        # unit goes back in the queue; a worker still busy after the grace period is killed, and the queue's
+        # dead-owner check hands its unit on at the next start
+        stop = signal_of(err)
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)  # each marks its run KILLED and its unit goes back in the queue
+                p.send_signal(stop)
+        deadline = time.monotonic() + STOP_GRACE_S
         for p in procs:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("worker %d did not stop within %.0f s of %s; killed", p.pid, STOP_GRACE_S, stop)
                 p.kill()
+                p.wait()
         raise
 
 

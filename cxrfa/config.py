@@ -12,6 +12,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxrfa.errors import CxrfaError
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
+MAX_SEED = 2**32 - 1
 
 
 class _Frozen(BaseModel):
@@ -201,7 +205,7 @@ class TrainConfig(_Frozen):
     grad_clip: float = Field(1.0, ge=0.0)  # 0 = off
     patience: int = Field(3, ge=1)  # early stopping on the monitored val metric
     monitor: Literal["val/macro_auc", "val/map"] = "val/macro_auc"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None = torch's default (all cores)
     feature_cache: bool = True  # cache frozen encoder outputs on disk
@@ -210,6 +214,14 @@ class TrainConfig(_Frozen):
     # (cxrfa.data.fractions), the same for every cell and seed; val and test never shrink (left out of the
     # hash at 1.0)
     label_fraction: float = Field(1.0, gt=0.0, le=1.0, exclude_if=lambda fraction: fraction == 1.0)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        # checked here, not when torch first touches it: a typo fails before any run exists
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        return value
 
 
 class RunConfig(_Frozen):
@@ -222,6 +234,16 @@ class RunConfig(_Frozen):
     model: ModelConfig
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, value: int) -> int:
+        # numpy and torch take 32-bit unsigned seeds; outside, they fail (or wrap) only when the run starts
+        if not 0 <= value <= MAX_SEED:
+            raise ValueError(
+                f"seed {value} (from the matrix's seeds or --seeds/--seed) is outside 0 … {MAX_SEED}"
+            )
+        return value
 
     def config_hash(self) -> str:
         """Stable 12-hex-digit hash of the resolved config (same config -> same hash, across processes)."""
@@ -452,9 +474,32 @@ def validate(model: type[_Frozen], data: Mapping[str, Any], where: str) -> Any:
 PACKAGED_MATRICES = Path(__file__).parent / "matrices"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (plain YAML lets the last one win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
+    """A YAML file's content (safe types only; a duplicate key is an error).
+
+    Raises:
+        CxrfaError: unreadable, not valid YAML, or a key given twice, naming the file and line.
+    """
+    from cxrfa.io import require_regular
+
+    require_regular(path, "YAML file")  # a FIFO would block forever
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as err:
         raise CxrfaError(f"{path}: cannot read ({err.strerror})") from None
     except yaml.YAMLError as err:
@@ -485,6 +530,12 @@ def load_matrix(name_or_path: str) -> AblationMatrix:
     if not isinstance(raw, Mapping):
         raise CxrfaError(f"{path}: a matrix file must be a mapping with 'name' and 'cells'")
     matrix = validate(AblationMatrix, {**raw, "source": str(path)}, str(path))
+    if not matrix.cells:
+        raise CxrfaError(
+            f"{path}: 'cells' is empty; a matrix needs at least one cell (e.g. 'baseline: {{}}')"
+        )
+    if not matrix.seeds:
+        raise CxrfaError(f"{path}: 'seeds' is empty; list at least one seed, e.g. 'seeds: [0]'")
     expand(matrix, DEMO_BACKBONES)  # impossible cells fail now, naming the file
     return matrix
 

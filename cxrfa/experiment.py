@@ -309,9 +309,11 @@ def run_cell(
         if run is not None:
             run.fail(err.reason)
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        from cxrfa.signals import reason
+
         if run is not None:
-            run.end("KILLED", "interrupted")
+            run.end("KILLED", reason(err))  # "interrupted", or "stopped by SIGTERM"
         raise
     except BaseException as err:
         if run is not None:

@@ -3,7 +3,8 @@
 ``train``, ``ablate`` and ``tune`` call :func:`preflight` with every config they are about to run, before they
 open the tracking store: it reads each manifest (validated and confined, like ``cxrfa data index``) and resolves
 every backbone the configs need to local files (weights, model config, text tower, tokenizer) without building
-any model. Once the store is open, :func:`check_checkpoints` refuses a resume checkpoint that is not
+any model; every weights file (custom and open_clip alike) is opened tensors-only, so an unsafe one stops the
+command before any run exists. Once the store is open, :func:`check_checkpoints` refuses a resume checkpoint that is not
 tensors-only (a corrupt one is left for the run to move aside and restart). Without these, missing weights
 would fail each cell in turn while the others train for minutes.
 """
@@ -43,9 +44,13 @@ def check_backbone(cfg: BackboneConfig) -> None:
             )
         load_state(path, fix="give a state_dict file saved with torch.save", mmap=True)
         return
-    from cxrfa.models.weights import check_open_clip
+    from cxrfa.models.weights import _resolve, check_open_clip
 
     check_open_clip(cfg.arch, cfg.pretrained)
+    weights = _resolve(cfg.arch, cfg.pretrained).weights_file
+    # refused now like custom weights, not when the first run builds its model (a FAILED run per cell)
+    if weights is not None and weights.suffix != ".safetensors":  # safetensors hold no code by design
+        load_state(weights, fix="download the weights again", mmap=True)
 
 
 def check_checkpoints(runs: Sequence[RunConfig], folder: Path) -> None:

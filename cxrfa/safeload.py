@@ -51,9 +51,16 @@ class CorruptCheckpoint(CxrfaError):
     """A checkpoint's container is damaged (truncated, not a torch file)."""
 
 
-def _detail(err: BaseException) -> str:
+def _detail(err: BaseException, limit: int = 120) -> str:
     found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(err))
-    return found.group(0) if found else " ".join(str(err).split())[:120]
+    if found:
+        return found.group(0)
+    text = " ".join(str(err).split())
+    if len(text) <= limit:
+        return text
+    return (
+        text[:limit].rsplit(" ", 1)[0].rstrip(",;:.") + " …"
+    )  # whole words: "… `torch.load` fr" reads as a typo
 
 
 def unsafe(label: str, err: BaseException) -> UnsafeCheckpoint:

@@ -42,7 +42,9 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from cxrfa.config import RunConfig
 from cxrfa.errors import CxrfaError
 from cxrfa.experiment import StopRun
+from cxrfa.io import DiskFull, as_disk_full
 from cxrfa.owners import alive, me
+from cxrfa.signals import die_with_parent
 from cxrfa.tracking import (
     TAG_CONFIG_HASH,
     TrackedRun,
@@ -370,6 +372,10 @@ class Queue:
             trial.set_user_attr(OUTCOME, "interrupted")
             raise
         except Exception as err:  # noqa: BLE001 - one cell never stops the others
+            full = as_disk_full(err)
+            if full is not None:  # ...except a full disk, which would fail every cell the same way
+                self._stopped_by(unit, trial, full)
+                raise full from None
             reason = getattr(err, "reason", None) or str(err) or type(err).__name__
             if not isinstance(err, (NonFiniteLoss, CxrfaError)):
                 log.exception("%s failed", label)
@@ -387,6 +393,18 @@ class Queue:
         trial.set_user_attr(RUN_ID, result.run_id)
         worker.ran.append(label)
         return time.monotonic() - started
+
+    def _stopped_by(self, unit: str, trial: Trial, err: DiskFull) -> None:
+        """A full disk stopped the unit: its run (if still RUNNING: marking it may have failed for lack of
+        space) is marked FAILED with the reason, and the unit is retired so a rerun after freeing space runs
+        it again from its checkpoint."""
+        for run in self.tracker.search(
+            f"tags.`{TAG_CONFIG_HASH}` = '{unit}' and attributes.status = 'RUNNING'"
+        ):
+            if run.tags.get(OWNER) in (None, me()):
+                TrackedRun(self.tracker, run.run_id).fail(str(err))
+        trial.set_user_attr(OUTCOME, "interrupted")
+        trial.set_user_attr(FAILURE, str(err)[:2000])
 
 
 class _Claim:
@@ -474,9 +492,16 @@ def device_env(devices: Sequence[str], index: int) -> dict[str, str]:
 
 
 def spawn(args: Sequence[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``cxrfa <args>`` as a worker process; credentials travel in ``env``, never in ``args``."""
+    """Start ``cxrfa <args>`` as a worker process; credentials travel in ``env``, never in ``args``.
+
+    The worker gets SIGTERM when this process dies, however it dies (it then marks its run KILLED).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "cxrfa.cli", *args], env={**os.environ, **env}, stdout=out, stderr=out
+            [sys.executable, "-m", "cxrfa.cli", *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=out,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call; no locks taken between fork and exec
         )

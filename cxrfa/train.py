@@ -220,8 +220,10 @@ def _schedule(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # through a Python file object: a full disk then surfaces as OSError(ENOSPC) behind torch's RuntimeError,
+    # which atomic_path reports as DiskFull (torch's own file writer loses the errno)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 def fit(

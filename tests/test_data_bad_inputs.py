@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import zlib
 from collections.abc import Callable
@@ -62,6 +63,17 @@ def _escaping(root: Path) -> None:
     )
 
 
+def _nan_patient(root: Path) -> None:
+    # pandas reads "NaN" back as missing: a manifest holding it would be refused by every later command
+    _edit_csv(root, lambda lines: [lines[0], lines[1].replace(",0,1,57,", ",0,NaN,57,"), *lines[2:]])
+
+
+def _fifo_image(root: Path) -> None:
+    path = root / "images" / "00000003_000.png"
+    path.unlink()
+    os.mkfifo(path)  # opening it would block until someone writes: it must never be opened
+
+
 CASES = {
     "missing image": (_missing_image, ("row 4", "image not found", "00000003_000.png")),
     "truncated image": (_truncated_image, ("row 3", "cannot decode image", "00000002_000.png")),
@@ -70,6 +82,8 @@ CASES = {
     "unknown label": (_unknown_label, (ENTRY, "row 4", "unknown label 'Pneumonitis'")),
     "duplicate row": (_duplicate, (ENTRY, "row 6", "duplicate row", "row 2")),
     "path escapes root": (_escaping, (ENTRY, "row 5", "escapes the dataset root")),
+    "no patient id": (_nan_patient, (ENTRY, "row 2", "patient id 'NaN' reads as missing")),
+    "not a regular file": (_fifo_image, (ENTRY, "row 4", "named pipe (FIFO)", "00000003_000.png")),
 }
 
 
@@ -89,7 +103,16 @@ def test_bad_input_is_one_line_with_exit_2_and_no_manifest(tmp_path: Path, case:
 
 
 @pytest.mark.parametrize(
-    "case", ["missing image", "truncated image", "unknown label", "duplicate row", "path escapes root"]
+    "case",
+    [
+        "missing image",
+        "truncated image",
+        "unknown label",
+        "duplicate row",
+        "path escapes root",
+        "no patient id",
+        "not a regular file",
+    ],
 )
 def test_skip_bad_drops_the_rows_and_reports_why(tmp_path: Path, case: str) -> None:
     root = _nih(tmp_path)
@@ -134,6 +157,28 @@ def test_generic_csv_unknown_label_in_mapping(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "m.csv"), "--columns", "Pneumonitis=x"])
     assert result.exit_code == 2 and "unknown label 'Pneumonitis'" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_semicolon_separated_csv_names_the_separator_not_internal_columns(tmp_path: Path) -> None:
+    (tmp_path / "l.csv").write_text("path;patient_id;Mass\na.png;p1;1\n")
+    args = ["data", "index", "--format", "csv", "--root", str(tmp_path), "--csv", str(tmp_path / "l.csv")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "m.csv")])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "found: path;patient_id;Mass (" in line and "separated by ';'" in line, line
+    assert "_file" not in line and "_line" not in line
+
+
+def test_a_fifo_as_the_label_csv_or_manifest_is_refused_unopened(workdir: Path) -> None:
+    tmp_path = workdir
+    fifo = tmp_path / "l.csv"
+    os.mkfifo(fifo)  # opening it would block this test forever
+    args = ["data", "index", "--format", "csv", "--root", str(tmp_path), "--csv", str(fifo)]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "m.csv")])
+    assert result.exit_code == 2 and "named pipe (FIFO)" in result.output, result.output
+    result = runner.invoke(app, ["train", "-m", "smoke", "--cell", "visual-clip", "--data", str(fifo)])
+    assert result.exit_code == 2 and "named pipe (FIFO)" in result.output, result.output
+    assert not (workdir / "mlruns").exists()  # refused in preflight, before any run
 
 
 # ---------------------------------------------------------------------------------------------------------

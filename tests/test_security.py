@@ -239,3 +239,27 @@ def test_chmod_555_store_is_one_line(workdir: Path) -> None:
     assert result.exit_code == 2, result.output
     (line,) = _error_lines(result.output)
     assert line.startswith(f"error: tracking store {store.resolve()} is read-only")
+
+
+@pytest.mark.parametrize("kind", ["torch", "pickle"])
+def test_unsafe_open_clip_weights_fail_before_any_run(workdir: Path, kind: str) -> None:
+    weights = _crafted(workdir / "w" / "clip.pt", workdir / "ran", kind)
+    backbones = workdir / "bb.yaml"
+    backbones.write_text(f"clip: {{name: clip, arch: cxrfa-tiny-clip, pretrained: {weights}}}\n")
+    result = runner.invoke(
+        app, ["ablate", "-m", "smoke", "--cells", "visual-clip", "--backbones", str(backbones)]
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert line.startswith(f"error: {weights}: refused to load"), line
+    assert not (workdir / "ran").exists()  # never unpickled
+    assert not (workdir / "mlruns").exists()  # refused before the store was opened: no run, no parent
+
+
+def test_a_long_refusal_reason_is_cut_at_a_word() -> None:
+    from cxrfa.safeload import _detail
+
+    reason = "Weights only load failed. " + "Re-running `torch.load` from a trusted source may help. " * 4
+    shown = _detail(RuntimeError(reason))
+    assert shown.endswith(" …") and len(shown) <= 122
+    assert reason.startswith(shown.removesuffix(" …")) and reason[len(shown) - 2] == " "  # whole words only

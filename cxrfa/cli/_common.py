@@ -81,8 +81,16 @@ def user_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _setup_logging()
+        from cxrfa.signals import Terminated, exit_now, exit_status, reason, stop_signals_interrupt
+
         try:
-            return fn(*args, **kwargs)
+            with stop_signals_interrupt():  # SIGTERM/SIGHUP stop a command the way Ctrl-C does
+                return fn(*args, **kwargs)
+        except KeyboardInterrupt as err:
+            console.print(f"{reason(err)}; run the same command again to resume", highlight=False)
+            if isinstance(err, Terminated):  # a signal from outside: cleanup done, exit without the teardown
+                exit_now(exit_status(err))
+            raise typer.Exit(exit_status(err)) from None
         except CxrfaError as err:
             _fail(one_line(str(err)), err.exit_code)
         except OSError as err:
@@ -120,6 +128,9 @@ def one_line(message: str) -> str:
 def _fail(line: str, code: int) -> NoReturn:
     from rich.text import Text
 
+    from cxrfa.tracking import redact_text
+
+    line = redact_text(line)  # a driver's message may quote a URL's secrets back
     # the line as plain text: brackets in a message (cell[axis=v]) are never read as markup
     console.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
     raise typer.Exit(code) from None
@@ -132,7 +143,10 @@ def _setup_logging() -> None:
     root = logging.getLogger("cxrfa")
     if any(isinstance(h, BarSafeHandler) for h in root.handlers):
         return
+    from cxrfa.tracking import RedactingFilter
+
     handler = BarSafeHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler.addFilter(RedactingFilter())  # secrets never reach a log line
     handler.addFilter(ScratchPathFilter())
     handler.addFilter(BelowChanceFilter())
     handler.addFilter(_REPEATS)
@@ -145,6 +159,7 @@ def _setup_logging() -> None:
     if not top.handlers:
         library = BarSafeHandler(console=console, show_path=False, show_time=False, markup=False)
         library.setLevel(logging.WARNING)
+        library.addFilter(RedactingFilter())
         library.addFilter(_REPEATS)
         top.addHandler(library)
 

@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from cxrfa.data.image_limits import bomb_problem, oversized
 from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
+from cxrfa.io import require_regular
 
 
 def _to_uint8(array: np.ndarray, bits: int) -> np.ndarray:
@@ -37,7 +38,7 @@ def load_image(path: Path) -> Image.Image:
         CxrfaError: the file is missing, truncated, not an image or too large to decode safely (the message
             names the file).
     """
-    path = Path(path)
+    path = require_regular(path, "image")  # a FIFO or device in the data would block the loader forever
     try:
         with Image.open(path) as img:
             if problem := oversized(*img.size):

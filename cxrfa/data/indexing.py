@@ -20,10 +20,11 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from cxrfa.data.image_limits import bomb_problem, oversized
-from cxrfa.data.manifest import META_COLUMNS, Manifest, confined, make_manifest, path_escapes
+from cxrfa.data.manifest import META_COLUMNS, NA_STRINGS, Manifest, confined, make_manifest, path_escapes
 from cxrfa.data.readers import BadRow, RawTable, ReadOptions, get_reader
 from cxrfa.data.splits import carve_validation, stratified_patient_split, warn_overlap
 from cxrfa.errors import CxrfaError
+from cxrfa.io import file_kind
 from cxrfa.labels import Blank, Uncertain, get_label_set
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def reason(problem: str) -> str:
         ("pixel limit", "image too large"),
         ("duplicate", "duplicate row"),
         ("escapes", "path escapes root"),
-        ("patient", "no patient id"),
+        ("not a regular file", "not a regular file"),
+        ("patient id", "no patient id"),
         ("split", "no split"),
     ):
         if key in problem:
@@ -64,6 +66,10 @@ def reason(problem: str) -> str:
 def check_image(path: Path) -> str | None:
     """``None`` if the image exists and decodes, else the problem (without the file name)."""
     try:
+        if kind := file_kind(path):  # never open a FIFO or a device: it may block forever
+            return (
+                "image not found (a folder)" if kind == "a folder" else f"image is {kind}, not a regular file"
+            )
         with Image.open(path) as img:
             if problem := oversized(*img.size):
                 return problem
@@ -111,6 +117,10 @@ def _row_problems(raw: RawTable, root: Path, check_images: bool) -> list[BadRow]
             )
         elif pd.isna(pid) or not str(pid).strip():
             problems.append(BadRow(*key, "no patient id; every image needs one (splits are by patient)"))
+        elif str(pid).strip() in NA_STRINGS:
+            problems.append(
+                BadRow(*key, f"patient id {str(pid).strip()!r} reads as missing; give the real patient id")
+            )
         elif rel in first_seen:
             problems.append(BadRow(*key, f"duplicate row: {rel} is already listed at row {first_seen[rel]}"))
         else:

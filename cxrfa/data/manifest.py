@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxrfa.errors import CxrfaError
-from cxrfa.io import atomic_write_text
+from cxrfa.io import atomic_write_text, require_regular
 
 HEADER = "#cxrfa-manifest "
 META_COLUMNS: tuple[str, ...] = (
@@ -38,6 +38,13 @@ META_COLUMNS: tuple[str, ...] = (
     "report",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "patient_id", "split")
+# What pandas' CSV reader turns into a missing value (its default na_values): a patient id written as one of
+# these would read back as no patient id, so `data index` refuses it before writing the manifest.
+NA_STRINGS = frozenset(
+    "#N/A|#N/A N/A|#NA|-1.#IND|-1.#QNAN|-NaN|-nan|1.#IND|1.#QNAN|<NA>|N/A|NA|NULL|NaN|None|n/a|nan|null".split(
+        "|"
+    )
+)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
@@ -192,7 +199,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         CxrfaError: the file is missing, has no cxrfa header, lacks required columns, its root is the
             file-system root, or a row breaks a rule (naming the file, the row and the column).
     """
-    path = Path(path)
+    path = require_regular(path, "manifest")  # a FIFO named as the manifest would block forever
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:

@@ -20,10 +20,12 @@ import numpy as np
 import pandas as pd
 
 from cxrfa.errors import CxrfaError
+from cxrfa.io import require_regular
 from cxrfa.labels import CHEXPERT14, NIH14, Blank, Uncertain, harmonise
 
 NIH_NO_FINDING = "No Finding"
 log = logging.getLogger(__name__)
+_INTERNAL = ("_file", "_line")  # source file and row of each row, added by the readers
 
 
 @dataclass
@@ -110,7 +112,9 @@ def get_reader(name: str) -> ReaderInfo:
 
 
 def read_csv(path: Path, **kwargs: object) -> pd.DataFrame:
-    """Read a CSV; a missing, empty or malformed file is one :class:`CxrfaError` line naming it."""
+    """Read a CSV; a missing, empty, malformed or not regular (FIFO, device) file is one :class:`CxrfaError`
+    line naming it."""
+    require_regular(path, "CSV file")
     try:
         return pd.read_csv(path, **kwargs)  # type: ignore[arg-type]
     except FileNotFoundError:
@@ -126,8 +130,16 @@ def require_columns(frame: pd.DataFrame, path: Path, columns: list[str]) -> None
     """Raise one line naming the file and the missing columns."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
+        found = [
+            str(c) for c in frame.columns if c not in _INTERNAL
+        ]  # the user's columns, not our bookkeeping
+        hint = ""
+        if len(found) == 1 and (sep := next((s for s in ";\t|" if s in found[0]), None)):
+            hint = (
+                f" (the header is one column: the file seems separated by {sep!r}; save it comma-separated)"
+            )
         raise CxrfaError(
-            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; found: {', '.join(map(str, frame.columns))}"
+            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; found: {', '.join(found)}{hint}"
         )
 
 

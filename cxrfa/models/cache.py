@@ -9,8 +9,9 @@ Each file is a magic line, a JSON header (tensor names, dtypes, shapes, sha256 o
 
 ``key`` = sha256(encoder identity, sha256 of the image file bytes, preprocessing id), so a change of weights,
 image bytes or transform is a different key (a miss), never a stale hit. Files are written by atomic rename, so
-concurrent writers are safe (identical content; last rename wins). A file that fails to load or whose checksum
-does not match is rebuilt, never trusted.
+concurrent writers are safe (identical content; last rename wins). A file that fails to load, whose checksum
+does not match, or whose tensors are not what the encoder produces (names, dtypes, shapes, the encoder identity
+in the header) is rebuilt, never trusted: one warning per cache, with the count.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +41,7 @@ _MAGIC = b"CXRFA1\n"
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-def _save(path: Path, payload: dict[str, Tensor]) -> None:
+def _save(path: Path, payload: dict[str, Tensor], identity: str | None = None) -> None:
     """Write tensors as a small raw file: magic, JSON header (names, dtypes, shapes, sha256), then the bytes.
 
     Much faster to read back than a torch zip (thousands of per-image files per run).
@@ -52,14 +54,25 @@ def _save(path: Path, payload: dict[str, Tensor]) -> None:
             [k, str(arrays[k].dtype).removeprefix("torch."), list(arrays[k].shape)] for k in sorted(arrays)
         ],
         "sha256": hashlib.sha256(body).hexdigest(),
+        **({"identity": identity} if identity else {}),
     }
     head = json.dumps(header).encode()
     with atomic_path(path) as tmp:
         tmp.write_bytes(_MAGIC + len(head).to_bytes(4, "little") + head + body)
 
 
-def _load(path: Path) -> dict[str, Tensor] | None:
-    """The tensors of a cache file, or None when it is missing, unreadable or fails its checksum."""
+# tensor name -> (dtype, shape) a reader expects; None in a shape is any size
+Spec = dict[str, tuple[torch.dtype, tuple[int | None, ...]]]
+
+
+def _load(
+    path: Path, spec: Spec | None = None, identity: str | None = None, problems: list[str] | None = None
+) -> dict[str, Tensor] | None:
+    """The tensors of a cache file, or None when it is missing, unreadable, fails its checksum or does not
+    match ``spec`` / ``identity`` (a header written by another encoder).
+
+    A problem is appended to ``problems`` (the caller warns once for many files), or logged when it is None.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -83,9 +96,22 @@ def _load(path: Path) -> dict[str, Tensor] | None:
             offset += count
         if offset != len(body):
             raise ValueError("trailing bytes")
+        if identity is not None and header.get("identity", identity) != identity:
+            raise ValueError(f"written by encoder {header['identity']}, not {identity}")
+        for name, (dtype, shape) in (spec or {}).items():
+            found = tuple(out[name].shape) if name in out else ()
+            sizes_ok = len(found) == len(shape) and all(
+                e is None or e == f for e, f in zip(shape, found, strict=False)
+            )
+            if name not in out or out[name].dtype != dtype or not sizes_ok:
+                got = (str(out[name].dtype), tuple(out[name].shape)) if name in out else "nothing"
+                raise ValueError(f"{name}: expected {dtype} {shape}, found {got}")
         return out
-    except Exception as err:  # any corruption: truncation, bad header, wrong checksum
-        log.warning("feature cache file %s is corrupt (%s); rebuilding it", path, err)
+    except Exception as err:  # any corruption: truncation, bad header, wrong checksum, wrong shape
+        if problems is None:
+            log.warning("feature cache file %s is unusable (%s); rebuilding it", path, err)
+        else:
+            problems.append(f"{path}: {err}")
         return None
 
 
@@ -94,7 +120,7 @@ def cached_tensor(kind: str, key: str, compute: Callable[[], Tensor], root: Path
     digest = hashlib.sha256(key.encode()).hexdigest()
     path = (root or cxrfa_home() / "features") / kind / digest[:2] / f"{digest}.bin"
     hit = _load(path)
-    if hit is not None:
+    if hit is not None and "value" in hit:
         return hit["value"]
     value = compute().detach().cpu()
     _save(path, {"value": value})
@@ -143,10 +169,23 @@ class FeatureCache:
         tokens: list[Tensor | None] = [None] * m
         embeds: list[Tensor | None] = [None] * m
         if self.enabled:
+            spec: Spec = {
+                "tokens": (torch.float16, (None, encoder.image_dim)),  # (N, Dv): N checked across files below
+                "embedding": (torch.float16, (encoder.embed_dim,)),  # (De,)
+            }
+            problems: list[str] = []
             for i, key in enumerate(keys):
-                hit = _load(self.path(encoder, key))
+                hit = _load(self.path(encoder, key), spec, encoder.identity, problems)
                 if hit is not None:
                     tokens[i], embeds[i] = hit["tokens"], hit["embedding"]
+            problems += _odd_token_counts(tokens, [self.path(encoder, k) for k in keys])
+            if problems:  # one line for a cache, however many of its files are bad
+                log.warning(
+                    "feature cache %s: %d file(s) unusable and rebuilt (first: %s)",
+                    self.root / encoder.identity,
+                    len(problems),
+                    problems[0],
+                )
         todo = [i for i in range(m) if tokens[i] is None]
         if todo:
             log.info(
@@ -165,8 +204,36 @@ class FeatureCache:
                 for j, i in enumerate(rows):
                     tokens[i], embeds[i] = tok[j].clone(), emb[j].clone()
                     if self.enabled:
-                        _save(self.path(encoder, keys[i]), {"tokens": tokens[i], "embedding": embeds[i]})
+                        payload = {"tokens": tokens[i], "embedding": embeds[i]}
+                        _save(self.path(encoder, keys[i]), payload, encoder.identity)
                 bar.update(len(rows))
         bar.close()
         encoder.train(was_training)
+        fresh, cached = set(todo), [i for i in range(m) if i not in set(todo)]
+        if fresh and cached and tokens[todo[0]].shape != tokens[cached[0]].shape:  # type: ignore[union-attr]
+            # the cached files agreed on a token count the encoder does not produce: none of them is usable
+            log.warning(
+                "feature cache %s: token counts differ from the encoder's; rebuilding it",
+                self.root / encoder.identity,
+            )
+            for i in cached:
+                self.path(encoder, keys[i]).unlink(missing_ok=True)
+            return self.encode_dataset(encoder, manifest, batch_size, progress)
         return torch.stack(tokens), torch.stack(embeds)  # type: ignore[arg-type]
+
+
+def _odd_token_counts(tokens: list[Tensor | None], paths: list[Path]) -> list[str]:
+    """Drop (set to None) cached tokens whose count N differs from most files' N; returns their problems.
+
+    N depends on the architecture and preprocessing, which the key hashes but the encoder does not state.
+    """
+    counts = Counter(t.shape[0] for t in tokens if t is not None)
+    if len(counts) < 2:
+        return []
+    usual = counts.most_common(1)[0][0]
+    problems = []
+    for i, t in enumerate(tokens):
+        if t is not None and t.shape[0] != usual:
+            problems.append(f"{paths[i]}: {t.shape[0]} tokens where the others have {usual}")
+            tokens[i] = None
+    return problems

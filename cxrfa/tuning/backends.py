@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from urllib.parse import urlparse
 import optuna
 
 from cxrfa.errors import CxrfaError
-from cxrfa.tracking import Tracker, check_reachable, creation_lock, redact, side_path
+from cxrfa.tracking import Tracker, check_reachable, creation_lock, redact, redact_text, side_path
 from cxrfa.tuning.workers import count_states
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,13 @@ def open_storage(url: str | None, tracker: Tracker | None = None) -> tuple[optun
                 with creation_lock(url):  # two workers creating a new SQLite study database at once
                     return RDBStorage(url), redact(url)
             except Exception as err:  # noqa: BLE001 - driver missing, server down, bad credentials
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                first = (redact_text(str(err), url).strip().splitlines() or [type(err).__name__])[0]
+                hint = ""
+                if scheme == "sqlite" and any(w in first for w in ("not a database", "malformed", "corrupt")):
+                    db = url.removeprefix("sqlite:///")
+                    hint = f"; the file is damaged: move it aside (mv {db} {db}.corrupt) and rerun to start afresh"
                 raise CxrfaError(
-                    f"--storage {redact(url)}: cannot open the database ({first[:200]})"
+                    f"--storage {redact(url)}: cannot open the database ({first[:200]}){hint}"
                 ) from None
         if scheme == "journal":
             path = Path(url.removeprefix("journal:").removeprefix("//"))
@@ -78,9 +83,41 @@ def open_storage(url: str | None, tracker: Tracker | None = None) -> tuple[optun
                 f"--storage {url!r}: folder {path.parent} does not exist; create it or use another path"
             )
     path = path.resolve()
+    check_journal(path)
     # The open-file lock works on every local file system and NFS; the default symlink lock fails on some.
     backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
     return JournalStorage(backend), str(path)
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a damaged Optuna journal with one line that says how to recover, instead of Optuna's traceback.
+
+    Every complete line of a journal is one JSON object; Optuna itself skips an unfinished last line (a writer
+    stopped mid-write), so that one is allowed here too.
+
+    Raises:
+        CxrfaError: a line that is not UTF-8 JSON; the message names the file and the line, and gives the
+            commands that keep the readable lines before it (or move the whole file aside).
+    """
+    if not path.is_file():
+        return
+    lines = path.read_bytes().split(b"\n")[:-1]  # the part after the last newline is an unfinished write
+    for number, line in enumerate(lines, start=1):
+        try:
+            op = json.loads(line.decode("utf-8"))
+            if not isinstance(op, dict) or "op_code" not in op:
+                raise ValueError("not an Optuna journal entry")
+        except (UnicodeDecodeError, ValueError) as err:
+            what = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else f"not a journal entry ({err})"
+            keep = number - 1
+            fix = (
+                f"head -n {keep} {path} > {path}.fixed && mv {path} {path}.corrupt && mv {path}.fixed {path}"
+            )
+            raise CxrfaError(
+                f"{path}: the Optuna journal is damaged at line {number} ({what[:120]}); keep the {keep} readable "
+                f"line(s) before it with `{fix}`, or move it aside (`mv {path} {path}.corrupt`) to start the "
+                "studies afresh (finished trials stay in MLflow)"
+            ) from None
 
 
 def build_sampler(name: str, seed: int | None, trials: int) -> optuna.samplers.BaseSampler:

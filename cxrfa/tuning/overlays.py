@@ -27,7 +27,10 @@ def overlay_path(matrix: str, cell: str, root: Path = Path("ablations")) -> Path
 
 def write_overlay(path: Path, values: Mapping[str, Any], header: Sequence[str] = ()) -> Path:
     """Write dotted key -> value as YAML with a comment header, atomically."""
-    lines = [f"# {line}".rstrip() for line in header]
+    from cxrfa.tracking import redact_text
+
+    # the file users commit: a header quoting the command (its --storage) never carries a secret
+    lines = [f"# {redact_text(line)}".rstrip() for line in header]
     body = yaml.safe_dump({k: _plain(v) for k, v in values.items()}, sort_keys=True, default_flow_style=False)
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else "") + body)
     return path
