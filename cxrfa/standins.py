@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 STANDIN_ARCHS = ("cxrfa-tiny-clip", "cxrfa-tiny-biomedclip")
 # The recipe, chosen on val zero-shot AUROC and retrieval of the demo data (benchmarks/README.md, "Stand-in
 # pretraining"); larger batches give CLIP more negatives per step.
-STANDIN_EPOCHS = 6
-STANDIN_BATCH = 64
+STANDIN_EPOCHS = 12
+STANDIN_BATCH = 32
 STANDIN_LR = 1e-3
 # Part of the weights' file name: bump it whenever the recipe changes, so weights cached by an older recipe
 # (e.g. the unaligned ones of plain CLIP loss, below chance retrieval) are never reused.
