@@ -246,9 +246,12 @@ def varied_label_sentences(
 
 
 def finding_statements(label: str) -> tuple[list[str], list[str]]:
-    """Every phrasing of one finding stated (``"there is effusion."``) and negated (``"no effusion."``), in the
-    templates of :func:`varied_label_sentence`."""
-    from cxrfa.labels import display_name
+    """Every phrasing of one finding stated (``"there is effusion."``) and negated (``"no effusion."``): the
+    templates of :func:`varied_label_sentence` and the label's own prompts (:func:`cxrfa.labels.prompts_for`),
+    so a model trained on them reads the prompts that zero-shot scoring and the label embeddings use."""
+    from cxrfa.labels import display_name, prompts_for
 
     name = display_name(label)
-    return [t.format(name) for t in _STATE_PRESENT], [t.format(name) for t in _STATE_ABSENT]
+    stated = [t.format(name) for t in _STATE_PRESENT] + prompts_for(label)
+    negated = [t.format(name) for t in _STATE_ABSENT] + prompts_for(label, negative=True)
+    return stated, negated
