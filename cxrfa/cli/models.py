@@ -31,7 +31,12 @@ def list_command() -> None:
 
 @user_errors
 def pretrain_command(
-    data: Annotated[Path, typer.Option("--data", help="Manifest CSV with a report column.", dir_okay=False)],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="Manifest CSV (reports; label sentences when it has none).", dir_okay=False
+        ),
+    ],
     arch: Annotated[str, typer.Option("--arch", help="open_clip architecture, e.g. cxrfa-tiny-clip.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.", dir_okay=False)],
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the train pairs.")] = 6,
