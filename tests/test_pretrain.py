@@ -38,8 +38,9 @@ def manifest_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_loss_falls_and_retrieval_beats_chance(manifest_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny.pt"
-    result = pretrain(manifest_path, "cxrfa-tiny-clip", out, epochs=6, batch_size=16, lr=1e-3)
-    assert len(result.losses) == 6 and result.n_val > 80
+    # 123 pairs: 10 epochs are needed (6 gave R@1 0.32 against chance 0.34; 10 gave 0.45)
+    result = pretrain(manifest_path, "cxrfa-tiny-clip", out, epochs=10, batch_size=16, lr=1e-3)
+    assert len(result.losses) == 10 and result.n_val > 80
     assert result.losses[-1] < result.losses[0] - 0.2
     assert result.recall_at_1 > result.chance_at_1 + 0.05
     assert 0 < result.chance_at_1 < result.chance_at_5 < 1

@@ -31,7 +31,12 @@ def list_command() -> None:
 
 @user_errors
 def pretrain_command(
-    data: Annotated[Path, typer.Option("--data", help="Manifest CSV with a report column.", dir_okay=False)],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="Manifest CSV (reports; label sentences when it has none).", dir_okay=False
+        ),
+    ],
     arch: Annotated[str, typer.Option("--arch", help="open_clip architecture, e.g. cxrfa-tiny-clip.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.", dir_okay=False)],
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the train pairs.")] = 6,
@@ -50,16 +55,41 @@ def pretrain_command(
         data, arch, out, epochs=epochs, init=init, batch_size=batch_size, lr=lr, seed=seed, device=dev
     )
     losses = " ".join(f"{v:.3f}" for v in result.losses)
-    typer.echo(f"wrote {result.out} ({result.n_train} train pairs, {result.n_val} val)")
-    typer.echo(f"loss per epoch: {losses}")
-    retrieval = (
-        f"val image->report R@1 {result.recall_at_1:.3f} (chance {result.chance_at_1:.3f}), "
-        f"R@5 {result.recall_at_5:.3f} (chance {result.chance_at_5:.3f})"
+    typer.echo(
+        f"wrote {result.out} ({result.n_train} train pairs of images and {result.texts}, "
+        f"{result.n_val} val, {result.n_test} test; {result.seconds:.1f} s)"
     )
-    if below_chance(retrieval):  # a failed pretraining must not read like a routine line
-        console.print(f"[yellow]{retrieval}: below chance[/]", highlight=False)
-    else:
-        typer.echo(retrieval)
+    typer.echo(f"loss per epoch: {losses}")
+    typer.echo(
+        f"final loss {result.final_loss:.3f} (chance {result.chance_loss:.3f}: features that ignore the image; "
+        f"floor {result.floor_loss:.3f}: perfect alignment)"
+    )
+    for split, auc, r1, c1, r5, c5 in (
+        (
+            "val",
+            result.zeroshot_auc_val,
+            result.recall_at_1,
+            result.chance_at_1,
+            result.recall_at_5,
+            result.chance_at_5,
+        ),
+        (
+            "test",
+            result.zeroshot_auc_test,
+            result.test_recall_at_1,
+            result.test_chance_at_1,
+            result.test_recall_at_5,
+            result.test_chance_at_5,
+        ),
+    ):
+        line = (
+            f"{split}: zero-shot macro AUROC {auc:.3f} (chance 0.500); image->report R@1 {r1:.3f} "
+            f"(chance {c1:.3f}), R@5 {r5:.3f} (chance {c5:.3f})"
+        )
+        if below_chance(line):  # a failed pretraining must not read like a routine line
+            console.print(f"[yellow]{line}: below chance[/]", highlight=False)
+        else:
+            typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:
