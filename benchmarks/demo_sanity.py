@@ -72,6 +72,33 @@ def main() -> None:
             f" | {sim} | {'; '.join(terms)} |"
         )
 
+    _text_table(rows)
+
+
+def _fmt(ms: list[dict[str, float]], key: str, spec: str) -> str:
+    return format(_mean(ms, key), spec) if any(key in m for m in ms) else "–"
+
+
+def _text_table(rows: dict[str, list[dict[str, float]]]) -> None:
+    """Is the text still there? Trainable parameters, prototype drift and the backbones' own zero-shot."""
+    print()
+    print(
+        "| cell | trainable params | drift angle (°) | Procrustes vs text (chance) | Procrustes vs init "
+        "| stand-in zero-shot test (visual / text) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for cell, ms in rows.items():
+        text = _fmt(ms, "drift/procrustes_text", ".3f")
+        if text != "–":
+            text += f" ({_fmt(ms, 'drift/procrustes_text_chance', '.3f')})"
+        zeroshot = " / ".join(
+            _fmt(ms, f"standin/{role}/zeroshot_auc_test", ".3f") for role in ("visual", "text")
+        )
+        print(
+            f"| {cell} | {_fmt(ms, 'model/params_trainable', ',.0f')} | {_fmt(ms, 'drift/angle_deg', '.1f')} "
+            f"| {text} | {_fmt(ms, 'drift/procrustes_init', '.3f')} | {zeroshot} |"
+        )
+
 
 if __name__ == "__main__":
     main()
