@@ -39,3 +39,29 @@ def test_bench_gpu_writes_its_rows_on_cpu(tmp_path: Path) -> None:
     bare, ours = measures["bare open_clip encode_image"], measures["cxrfa encode_dataset (empty cache)"]
     assert math.isclose(measures["cxrfa / bare encode"], ours / bare, rel_tol=1e-9)
     assert {r["device"] for r in rows} == {"cpu"} and {r["n"] for r in rows} == {"12"}
+
+
+def test_auto_layout_one_single_thread_worker_per_core_when_runs_share_out() -> None:
+    from cxrfa.scheduler import auto_layout
+
+    full = auto_layout(39, cores=2, gpus=0)  # the demo on this kind of machine
+    assert (full.count, full.threads, full.devices) == (2, 1, ())
+    assert "1 thread" in full.reason
+    few = auto_layout(2, cores=2, gpus=0)  # under two runs per core: a worker's start-up would not pay
+    assert (few.count, few.threads) == (1, None)
+    big = auto_layout(100, cores=16, gpus=0)
+    assert (big.count, big.threads) == (16, 1)
+    gpu = auto_layout(8, cores=16, gpus=2)
+    assert (gpu.count, gpu.threads, gpu.devices) == (2, 8, ("cuda:0", "cuda:1"))
+
+
+def test_workers_option_rejects_a_non_count_in_one_line(workdir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cxrfa.cli import app
+
+    result = CliRunner().invoke(app, ["ablate", "--matrix", "smoke", "--workers", "two"])
+    assert result.exit_code == 2
+    assert "--workers 'two'" in result.output and "or auto" in result.output
+    assert "Traceback" not in result.output
+    assert not (workdir / "mlruns").exists()  # refused before the store is opened
