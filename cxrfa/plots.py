@@ -21,6 +21,8 @@ from cxrfa.metrics import ECE_BINS, auc_ap, expected_calibration_error
 
 _NCOLS = 5
 _PANEL = 2.6  # inches per small-multiple panel
+_UNIT_TICKS = (0.0, 0.5, 1.0)
+_UNIT_TICK_LABELS = ("0", "0.5", "1")
 
 
 def _grid(n: int, title: str, ncols: int = _NCOLS) -> tuple[Figure, list[Axes]]:
@@ -45,13 +47,19 @@ def _grid(n: int, title: str, ncols: int = _NCOLS) -> tuple[Figure, list[Axes]]:
     return fig, axes[:n]
 
 
+def _panel_title(ax: Axes, text: str) -> None:
+    """A panel title at a fixed height: an explicit ``y`` skips matplotlib's per-draw search for a place above
+    the tick labels (a third of the drawing time of a 14-panel figure)."""
+    ax.set_title(text, fontsize=9, y=1.0)
+
+
 def _known(y_true: np.ndarray, y_prob: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
     mask = np.isfinite(y_true[:, j])
     return y_true[mask, j], y_prob[mask, j]
 
 
 def _single_class(ax: Axes, label: str, y: np.ndarray) -> None:
-    ax.set_title(label, fontsize=9)
+    _panel_title(ax, label)
     ax.text(
         0.5,
         0.5,
@@ -83,9 +91,11 @@ def _label_panels(
         draw(ax, label, y, p)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
+        # fixed ticks: the automatic locator re-measures every tick label of 14-26 panels at each draw
+        ax.set_xticks(_UNIT_TICKS, _UNIT_TICK_LABELS, fontsize=7)
+        ax.set_yticks(_UNIT_TICKS, _UNIT_TICK_LABELS, fontsize=7)
         ax.set_xlabel(axis_names[0], fontsize=8)
         ax.set_ylabel(axis_names[1], fontsize=8)
-        ax.tick_params(labelsize=7)
     return fig
 
 
@@ -105,7 +115,7 @@ def roc_curves(
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, color="tab:blue", lw=1.5)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{label}\nAUROC {auc_ap(y, p)[0]:.3f}", fontsize=9)
+        _panel_title(ax, f"{label}\nAUROC {auc_ap(y, p)[0]:.3f}")
 
     return _label_panels(y_true, y_prob, labels, title, draw, ("false positive rate", "true positive rate"))
 
@@ -119,7 +129,7 @@ def pr_curves(
         precision, recall, _ = precision_recall_curve(y, p)
         ax.step(recall, precision, where="post", color="tab:orange", lw=1.5)
         ax.axhline(float(y.mean()), color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{label}\nAP {auc_ap(y, p)[1]:.3f} (prev. {y.mean():.3f})", fontsize=9)
+        _panel_title(ax, f"{label}\nAP {auc_ap(y, p)[1]:.3f} (prev. {y.mean():.3f})")
 
     return _label_panels(y_true, y_prob, labels, title, draw, ("recall", "precision"))
 
@@ -162,7 +172,7 @@ def confusion_grid(
                 fontsize=9,
                 color="white" if rates[r, c] > 0.6 else "black",
             )
-        ax.set_title(f"{label}\nthreshold {cut:.3g}", fontsize=9)
+        _panel_title(ax, f"{label}\nthreshold {cut:.3g}")
         ax.set_xticks([0, 1], ["neg", "pos"], fontsize=7)
         ax.set_yticks([0, 1], ["neg", "pos"], fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
