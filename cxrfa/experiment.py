@@ -23,7 +23,7 @@ from cxrfa.data.fractions import subsample_train
 from cxrfa.data.load import load_data
 from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
-from cxrfa.io import atomic_path, cxrfa_home
+from cxrfa.io import cxrfa_home
 from cxrfa.prompts import prompt_tags
 from cxrfa.standins import prepare_backbone
 from cxrfa.tracking import (
@@ -432,9 +432,9 @@ def evaluate_model(
     if run is None:
         return scalars
     run.log_metrics(scalars)  # final values at step 0: one bar per run in MLflow's chart view
+    # every file in one folder, logged in one call: each MLflow artifact call is a store round trip
     with run.scratch() as tmp:
-        write_evaluation(test, tmp / "eval")
-        run.log_artifacts(tmp / "eval", "evaluation")
+        write_evaluation(test, tmp / "evaluation")
         predictions_frame(list(test_part.frame["path"]), p_test, manifest.labels).to_csv(
             tmp / "test_predictions.csv", index=False
         )
@@ -444,20 +444,19 @@ def evaluate_model(
         truth = test_part.frame[["path", *manifest.labels]]
         truth.to_csv(tmp / "test_labels.csv", index=False, float_format="%.0f")
         (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        for name in ("test_predictions.csv", "val_predictions.csv", "test_labels.csv", "config.json"):
-            run.log_artifact(tmp / name)
-        run.log_figure(training_curves(result.history), "plots/training_curves.png")
-        with atomic_path(tmp / "model.pt") as path:
-            torch.save(
-                {
-                    "config": cfg.model_dump(mode="json"),
-                    "labels": manifest.labels,
-                    "state_dict": trained_state(model),
-                    "best_epoch": result.best_epoch,
-                },
-                path,
-            )
-        run.log_artifact(tmp / "model.pt", "checkpoint")
+        (tmp / "plots").mkdir()
+        training_curves(result.history).savefig(tmp / "plots" / "training_curves.png", format="png")
+        (tmp / "checkpoint").mkdir()
+        torch.save(  # straight into the folder that is logged: the checkpoint is written once
+            {
+                "config": cfg.model_dump(mode="json"),
+                "labels": manifest.labels,
+                "state_dict": trained_state(model),
+                "best_epoch": result.best_epoch,
+            },
+            tmp / "checkpoint" / "model.pt",
+        )
+        run.log_artifacts(tmp)
     return scalars
 
 
