@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrfa.metrics import ECE_BINS, auc_ap, expected_calibration_error
 
@@ -45,6 +44,44 @@ def _grid(n: int, title: str, ncols: int = _NCOLS) -> tuple[Figure, list[Axes]]:
         fig.delaxes(ax)
     fig.suptitle(title, fontsize=13)
     return fig, axes[:n]
+
+
+def _counts_at_cuts(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives when predicting positive at p >= each distinct score, highest score first.
+
+    Returns:
+        tps, fps: (T,) each, T = the number of distinct scores.
+    """
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), ps.size - 1]  # (T,) last row of each run of tied scores
+    tps = np.cumsum(ys)[last]
+    return tps, (last + 1) - tps
+
+
+def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) at every distinct score, from (0, 0): scikit-learn's ``roc_curve`` with
+    ``drop_intermediate=False``, without importing scikit-learn (and SciPy) into every run for two curves.
+
+    Args:
+        y: (n,) labels 0/1, both present.
+        p: (n,) scores.
+    """
+    tps, fps = _counts_at_cuts(y, p)
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
+def pr_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) as scikit-learn's ``precision_recall_curve`` returns them: lowest cut first (recall
+    decreasing), ending at (1, 0).
+
+    Args:
+        y: (n,) labels 0/1, at least one positive.
+        p: (n,) scores.
+    """
+    tps, fps = _counts_at_cuts(y, p)
+    precision = tps / (tps + fps)
+    return np.r_[precision[::-1], 1.0], np.r_[tps[::-1] / tps[-1], 0.0]
 
 
 def _panel_title(ax: Axes, text: str) -> None:
@@ -112,7 +149,7 @@ def roc_curves(
     """
 
     def draw(ax: Axes, label: str, y: np.ndarray, p: np.ndarray) -> None:
-        fpr, tpr, _ = roc_curve(y, p)
+        fpr, tpr = roc_points(y, p)
         ax.plot(fpr, tpr, color="tab:blue", lw=1.5)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         _panel_title(ax, f"{label}\nAUROC {auc_ap(y, p)[0]:.3f}")
@@ -126,7 +163,7 @@ def pr_curves(
     """One precision–recall panel per label (curve + prevalence baseline, AP in the title)."""
 
     def draw(ax: Axes, label: str, y: np.ndarray, p: np.ndarray) -> None:
-        precision, recall, _ = precision_recall_curve(y, p)
+        precision, recall = pr_points(y, p)
         ax.step(recall, precision, where="post", color="tab:orange", lw=1.5)
         ax.axhline(float(y.mean()), color="grey", lw=0.8, ls="--")
         _panel_title(ax, f"{label}\nAP {auc_ap(y, p)[1]:.3f} (prev. {y.mean():.3f})")

@@ -65,3 +65,24 @@ def test_workers_option_rejects_a_non_count_in_one_line(workdir: Path) -> None:
     assert "--workers 'two'" in result.output and "or auto" in result.output
     assert "Traceback" not in result.output
     assert not (workdir / "mlruns").exists()  # refused before the store is opened
+
+
+def test_plot_curves_equal_scikit_learn() -> None:
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from cxrfa.plots import pr_points, roc_points
+
+    rng = np.random.default_rng(3)
+    for n, levels in ((40, 5), (300, 1000), (7, 2)):
+        y = rng.integers(0, 2, n).astype(np.float64)
+        y[:2] = (0, 1)  # both classes
+        p = rng.integers(0, levels, n) / levels  # ties when levels is small
+        fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
+        ours = roc_points(y, p)
+        np.testing.assert_array_equal(ours[0], fpr)
+        np.testing.assert_array_equal(ours[1], tpr)
+        precision, recall, _ = precision_recall_curve(y, p)
+        ours = pr_points(y, p)
+        np.testing.assert_array_equal(ours[0], precision)
+        np.testing.assert_array_equal(ours[1], recall)
