@@ -86,3 +86,29 @@ def test_plot_curves_equal_scikit_learn() -> None:
         ours = pr_points(y, p)
         np.testing.assert_array_equal(ours[0], precision)
         np.testing.assert_array_equal(ours[1], recall)
+
+
+_HEAVY = ("torch", "mlflow", "optuna", "sklearn", "scipy", "matplotlib", "open_clip")
+_PROBE = """
+import sys
+from typer.testing import CliRunner
+from cxrfa.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+assert result.exit_code == 0, result.output
+print(",".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_help_and_data_commands_import_no_heavy_library(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from cxrfa.data.synth import synthesize
+
+    manifest = synthesize(tmp_path / "data", n=24, size=32, seed=0)
+    probe = _PROBE.format(heavy=_HEAVY)
+    for args in (["--help"], ["data", "--help"], ["data", "stats", str(manifest)]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True, cwd=REPO
+        )
+        assert done.stdout.strip().splitlines()[-1:] in ([], [""]), (args, done.stdout[-300:])
