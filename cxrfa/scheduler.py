@@ -461,7 +461,7 @@ class Layout:
     """Worker processes for one machine: how many, each one's CPU threads and device, and why."""
 
     count: int
-    threads: int | None  # None = torch's default (every core) in a single in-process worker
+    threads: int  # torch CPU threads per worker
     devices: tuple[str, ...]
     reason: str
 
@@ -480,13 +480,12 @@ def auto_layout(units: int, cores: int | None = None, gpus: int | None = None) -
         units: runs to do.
         cores: CPU cores this process may use (default: its affinity mask).
         gpus: visible CUDA devices (default: torch's count).
-    """
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if gpus is None:
-        import torch
 
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    Returns:
+        The layout; on CPUs every worker has 1 thread (:func:`cpu_threads`).
+    """
+    cores = _cores() if cores is None else cores
+    gpus = _gpus() if gpus is None else gpus
     units = max(1, units)
     if gpus > 0:
         count = min(gpus, units)
@@ -496,9 +495,30 @@ def auto_layout(units: int, cores: int | None = None, gpus: int | None = None) -
     count = max(1, min(cores, units // 2))
     if count == 1:
         why = "one core" if cores == 1 else f"{units} run(s), too few to share out"
-        return Layout(1, None, (), f"in this process ({why})")
-    threads = max(1, cores // count)
-    return Layout(count, threads, (), f"{count} of {cores} cores, {threads} thread(s) each")
+        return Layout(1, 1, (), f"in this process with 1 thread ({why})")
+    return Layout(count, 1, (), f"{count} of {cores} cores, 1 thread each")
+
+
+def cpu_threads(count: int, gpus: int | None = None) -> int:
+    """Torch CPU threads per worker when ``--threads`` is not given.
+
+    On a machine without GPUs: 1, whatever the layout, so a result never depends on how the runs were shared
+    out: torch's CPU kernels sum in an order that depends on their thread count (one worker with 2 threads
+    against two with 1 moved ``test/mse`` of the smoke matrix in its 9th digit). The cores go to workers
+    instead. With GPUs the threads only feed them: the cores shared out.
+    """
+    gpus = _gpus() if gpus is None else gpus
+    return threads_per_worker(count, None) if gpus > 0 else 1
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def threads_per_worker(workers: int, threads: int | None) -> int:

@@ -48,11 +48,18 @@ def test_auto_layout_one_single_thread_worker_per_core_when_runs_share_out() -> 
     assert (full.count, full.threads, full.devices) == (2, 1, ())
     assert "1 thread" in full.reason
     few = auto_layout(2, cores=2, gpus=0)  # under two runs per core: a worker's start-up would not pay
-    assert (few.count, few.threads) == (1, None)
+    assert (few.count, few.threads) == (1, 1)
     big = auto_layout(100, cores=16, gpus=0)
     assert (big.count, big.threads) == (16, 1)
     gpu = auto_layout(8, cores=16, gpus=2)
     assert (gpu.count, gpu.threads, gpu.devices) == (2, 8, ("cuda:0", "cuda:1"))
+
+
+def test_cpu_workers_default_to_one_thread_whatever_their_number() -> None:
+    from cxrfa.scheduler import cpu_threads, threads_per_worker
+
+    assert cpu_threads(1, gpus=0) == cpu_threads(2, gpus=0) == 1  # the same sums in every layout
+    assert cpu_threads(2, gpus=2) == threads_per_worker(2, None)
 
 
 def test_workers_option_rejects_a_non_count_in_one_line(workdir: Path) -> None:

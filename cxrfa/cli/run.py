@@ -234,7 +234,12 @@ def ablate(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option("--threads", min=1, help="CPU threads per worker (default: cores / workers)."),
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads per worker (default: 1 without a GPU, so results never depend on the layout; "
+            "cores / workers with GPUs).",
+        ),
     ] = None,
     storage: StorageOpt = None,
     fractions: Annotated[
@@ -268,7 +273,7 @@ def ablate(
     from cxrfa.ablate import Workers, plan
     from cxrfa.ablate import ablate as run_ablation
     from cxrfa.config import expand, load_backbones, load_matrix
-    from cxrfa.scheduler import device_env, threads_per_worker
+    from cxrfa.scheduler import cpu_threads, device_env
     from cxrfa.tracking import Tracker
 
     count = _workers(workers)  # a typo fails before anything is read
@@ -325,7 +330,7 @@ def ablate(
     pool = Workers(
         count=1 if worker else count,
         devices=device_list,
-        threads=threads or (threads_per_worker(count, None) if count > 1 or worker else None),
+        threads=threads or cpu_threads(count),
         storage=storage,
         args=tuple(args),
         env={"MLFLOW_TRACKING_URI": tracker.uri, **({"CXRFA_STORAGE": storage} if storage else {})},
