@@ -425,8 +425,10 @@ def evaluate_model(
     scalars = {f"test/{k}": v for k, v in test.scalars.items()}
     scalars["val/best_" + cfg.train.monitor.removeprefix("val/")] = result.best_value
     scalars["best_epoch"] = result.best_epoch
+    figures: dict[str, Any] = {}  # plots/<name>.png of the exploration, logged with the run's other files
     if cfg.model.text is not None and explore:
-        scalars.update(_explore(model, data["test"], manifest.labels, run, device, explore))
+        explored, figures = _explore(model, data["test"], manifest.labels, device, explore)
+        scalars.update(explored)
     for spec in cfg.data.external:  # external validation: the same model and thresholds on other manifests
         scalars.update(_evaluate_external(cfg, spec, model, manifest, p_val, run, device))
     if run is None:
@@ -445,7 +447,8 @@ def evaluate_model(
         truth.to_csv(tmp / "test_labels.csv", index=False, float_format="%.0f")
         (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
         (tmp / "plots").mkdir()
-        training_curves(result.history).savefig(tmp / "plots" / "training_curves.png", format="png")
+        for name, figure in {"training_curves": training_curves(result.history), **figures}.items():
+            figure.savefig(tmp / "plots" / f"{name}.png", format="png")
         (tmp / "checkpoint").mkdir()
         torch.save(  # straight into the folder that is logged: the checkpoint is written once
             {
@@ -513,22 +516,15 @@ def _evaluate_external(
 
 
 def _explore(
-    model: Any,
-    test_set: Dataset,
-    labels: list[str],
-    run: TrackedRun | None,
-    device: torch.device,
-    parts: Sequence[str],
-) -> dict[str, float]:
-    """Modality gap and label-similarity metrics (and plots, logged on the run) on a sample of the test set."""
+    model: Any, test_set: Dataset, labels: list[str], device: torch.device, parts: Sequence[str]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Modality gap and label-similarity metrics and their figures (name -> figure) on a sample of the test
+    set."""
     from cxrfa.explore import explore_model
 
     tokens, embedding, y_true = explore_sample(model, test_set, device)
     result = explore_model(model.heads, tokens, embedding, y_true, labels, parts=tuple(parts))
-    if run is not None:
-        for name, figure in result.figures.items():
-            run.log_figure(figure, f"plots/{name}.png")
-    return result.scalars
+    return result.scalars, dict(result.figures)
 
 
 def explore_sample(
