@@ -23,7 +23,7 @@ from cxrfa.data.fractions import subsample_train
 from cxrfa.data.load import load_data
 from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
-from cxrfa.io import atomic_path, cxrfa_home
+from cxrfa.io import cxrfa_home
 from cxrfa.prompts import prompt_tags
 from cxrfa.standins import prepare_backbone, standin_metrics
 from cxrfa.tracking import (
@@ -428,16 +428,18 @@ def evaluate_model(
     scalars = {f"test/{k}": v for k, v in test.scalars.items()}
     scalars["val/best_" + cfg.train.monitor.removeprefix("val/")] = result.best_value
     scalars["best_epoch"] = result.best_epoch
+    figures: dict[str, Any] = {}  # plots/<name>.png of the exploration, logged with the run's other files
     if cfg.model.text is not None and explore:
-        scalars.update(_explore(model, data["test"], manifest.labels, run, device, explore))
+        explored, figures = _explore(model, data["test"], manifest.labels, device, explore)
+        scalars.update(explored)
     for spec in cfg.data.external:  # external validation: the same model and thresholds on other manifests
         scalars.update(_evaluate_external(cfg, spec, model, manifest, p_val, run, device))
     if run is None:
         return scalars
     run.log_metrics(scalars)  # final values at step 0: one bar per run in MLflow's chart view
+    # every file in one folder, logged in one call: each MLflow artifact call is a store round trip
     with run.scratch() as tmp:
-        write_evaluation(test, tmp / "eval")
-        run.log_artifacts(tmp / "eval", "evaluation")
+        write_evaluation(test, tmp / "evaluation")
         predictions_frame(list(test_part.frame["path"]), p_test, manifest.labels).to_csv(
             tmp / "test_predictions.csv", index=False
         )
@@ -447,20 +449,20 @@ def evaluate_model(
         truth = test_part.frame[["path", *manifest.labels]]
         truth.to_csv(tmp / "test_labels.csv", index=False, float_format="%.0f")
         (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        for name in ("test_predictions.csv", "val_predictions.csv", "test_labels.csv", "config.json"):
-            run.log_artifact(tmp / name)
-        run.log_figure(training_curves(result.history), "plots/training_curves.png")
-        with atomic_path(tmp / "model.pt") as path:
-            torch.save(
-                {
-                    "config": cfg.model_dump(mode="json"),
-                    "labels": manifest.labels,
-                    "state_dict": trained_state(model),
-                    "best_epoch": result.best_epoch,
-                },
-                path,
-            )
-        run.log_artifact(tmp / "model.pt", "checkpoint")
+        (tmp / "plots").mkdir()
+        for name, figure in {"training_curves": training_curves(result.history), **figures}.items():
+            figure.savefig(tmp / "plots" / f"{name}.png", format="png")
+        (tmp / "checkpoint").mkdir()
+        torch.save(  # straight into the folder that is logged: the checkpoint is written once
+            {
+                "config": cfg.model_dump(mode="json"),
+                "labels": manifest.labels,
+                "state_dict": trained_state(model),
+                "best_epoch": result.best_epoch,
+            },
+            tmp / "checkpoint" / "model.pt",
+        )
+        run.log_artifacts(tmp)
     return scalars
 
 
@@ -517,22 +519,15 @@ def _evaluate_external(
 
 
 def _explore(
-    model: Any,
-    test_set: Dataset,
-    labels: list[str],
-    run: TrackedRun | None,
-    device: torch.device,
-    parts: Sequence[str],
-) -> dict[str, float]:
-    """Modality gap and label-similarity metrics (and plots, logged on the run) on a sample of the test set."""
+    model: Any, test_set: Dataset, labels: list[str], device: torch.device, parts: Sequence[str]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Modality gap and label-similarity metrics and their figures (name -> figure) on a sample of the test
+    set."""
     from cxrfa.explore import explore_model
 
     tokens, embedding, y_true = explore_sample(model, test_set, device)
     result = explore_model(model.heads, tokens, embedding, y_true, labels, parts=tuple(parts))
-    if run is not None:
-        for name, figure in result.figures.items():
-            run.log_figure(figure, f"plots/{name}.png")
-    return result.scalars
+    return result.scalars, dict(result.figures)
 
 
 def explore_sample(

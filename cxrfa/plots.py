@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrfa.metrics import ECE_BINS, auc_ap, expected_calibration_error
 
 _NCOLS = 5
 _PANEL = 2.6  # inches per small-multiple panel
+_UNIT_TICKS = (0.0, 0.5, 1.0)
+_UNIT_TICK_LABELS = ("0", "0.5", "1")
 
 
 def _grid(n: int, title: str, ncols: int = _NCOLS) -> tuple[Figure, list[Axes]]:
@@ -45,13 +46,57 @@ def _grid(n: int, title: str, ncols: int = _NCOLS) -> tuple[Figure, list[Axes]]:
     return fig, axes[:n]
 
 
+def _counts_at_cuts(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives when predicting positive at p >= each distinct score, highest score first.
+
+    Returns:
+        tps, fps: (T,) each, T = the number of distinct scores.
+    """
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), ps.size - 1]  # (T,) last row of each run of tied scores
+    tps = np.cumsum(ys)[last]
+    return tps, (last + 1) - tps
+
+
+def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) at every distinct score, from (0, 0): scikit-learn's ``roc_curve`` with
+    ``drop_intermediate=False``, without importing scikit-learn (and SciPy) into every run for two curves.
+
+    Args:
+        y: (n,) labels 0/1, both present.
+        p: (n,) scores.
+    """
+    tps, fps = _counts_at_cuts(y, p)
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
+def pr_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) as scikit-learn's ``precision_recall_curve`` returns them: lowest cut first (recall
+    decreasing), ending at (1, 0).
+
+    Args:
+        y: (n,) labels 0/1, at least one positive.
+        p: (n,) scores.
+    """
+    tps, fps = _counts_at_cuts(y, p)
+    precision = tps / (tps + fps)
+    return np.r_[precision[::-1], 1.0], np.r_[tps[::-1] / tps[-1], 0.0]
+
+
+def _panel_title(ax: Axes, text: str) -> None:
+    """A panel title at a fixed height: an explicit ``y`` skips matplotlib's per-draw search for a place above
+    the tick labels (a third of the drawing time of a 14-panel figure)."""
+    ax.set_title(text, fontsize=9, y=1.0)
+
+
 def _known(y_true: np.ndarray, y_prob: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
     mask = np.isfinite(y_true[:, j])
     return y_true[mask, j], y_prob[mask, j]
 
 
 def _single_class(ax: Axes, label: str, y: np.ndarray) -> None:
-    ax.set_title(label, fontsize=9)
+    _panel_title(ax, label)
     ax.text(
         0.5,
         0.5,
@@ -83,9 +128,11 @@ def _label_panels(
         draw(ax, label, y, p)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
+        # fixed ticks: the automatic locator re-measures every tick label of 14-26 panels at each draw
+        ax.set_xticks(_UNIT_TICKS, _UNIT_TICK_LABELS, fontsize=7)
+        ax.set_yticks(_UNIT_TICKS, _UNIT_TICK_LABELS, fontsize=7)
         ax.set_xlabel(axis_names[0], fontsize=8)
         ax.set_ylabel(axis_names[1], fontsize=8)
-        ax.tick_params(labelsize=7)
     return fig
 
 
@@ -102,10 +149,10 @@ def roc_curves(
     """
 
     def draw(ax: Axes, label: str, y: np.ndarray, p: np.ndarray) -> None:
-        fpr, tpr, _ = roc_curve(y, p)
+        fpr, tpr = roc_points(y, p)
         ax.plot(fpr, tpr, color="tab:blue", lw=1.5)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{label}\nAUROC {auc_ap(y, p)[0]:.3f}", fontsize=9)
+        _panel_title(ax, f"{label}\nAUROC {auc_ap(y, p)[0]:.3f}")
 
     return _label_panels(y_true, y_prob, labels, title, draw, ("false positive rate", "true positive rate"))
 
@@ -116,10 +163,10 @@ def pr_curves(
     """One precision–recall panel per label (curve + prevalence baseline, AP in the title)."""
 
     def draw(ax: Axes, label: str, y: np.ndarray, p: np.ndarray) -> None:
-        precision, recall, _ = precision_recall_curve(y, p)
+        precision, recall = pr_points(y, p)
         ax.step(recall, precision, where="post", color="tab:orange", lw=1.5)
         ax.axhline(float(y.mean()), color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{label}\nAP {auc_ap(y, p)[1]:.3f} (prev. {y.mean():.3f})", fontsize=9)
+        _panel_title(ax, f"{label}\nAP {auc_ap(y, p)[1]:.3f} (prev. {y.mean():.3f})")
 
     return _label_panels(y_true, y_prob, labels, title, draw, ("recall", "precision"))
 
@@ -162,7 +209,7 @@ def confusion_grid(
                 fontsize=9,
                 color="white" if rates[r, c] > 0.6 else "black",
             )
-        ax.set_title(f"{label}\nthreshold {cut:.3g}", fontsize=9)
+        _panel_title(ax, f"{label}\nthreshold {cut:.3g}")
         ax.set_xticks([0, 1], ["neg", "pos"], fontsize=7)
         ax.set_yticks([0, 1], ["neg", "pos"], fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)

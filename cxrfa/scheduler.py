@@ -474,6 +474,71 @@ class _KeepCheckpoint:
 # -- processes ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Worker processes for one machine: how many, each one's CPU threads and device, and why."""
+
+    count: int
+    threads: int  # torch CPU threads per worker
+    devices: tuple[str, ...]
+    reason: str
+
+
+def auto_layout(units: int, cores: int | None = None, gpus: int | None = None) -> Layout:
+    """The measured best layout for ``units`` runs on this machine (``--workers auto``).
+
+    With GPUs: one worker per GPU. On CPUs: one worker per core with one thread each, because the demo's runs
+    are small (a head on cached features, a 96 px CNN) and spend much of their time in single-threaded Python
+    (evaluation, plots, logging) that a second thread cannot speed up: two single-thread workers on 2 cores ran
+    the demo 1.70x faster than one worker with both threads (benchmarks/README.md, "Workers"). A worker process
+    costs a fresh interpreter and its imports (about 10 s here), so each gets at least two runs: fewer than
+    two runs per core run in this process. The queue hands out the longest runs first (:meth:`Queue.enqueue`).
+
+    Args:
+        units: runs to do.
+        cores: CPU cores this process may use (default: its affinity mask).
+        gpus: visible CUDA devices (default: torch's count).
+
+    Returns:
+        The layout; on CPUs every worker has 1 thread (:func:`cpu_threads`).
+    """
+    cores = _cores() if cores is None else cores
+    gpus = _gpus() if gpus is None else gpus
+    units = max(1, units)
+    if gpus > 0:
+        count = min(gpus, units)
+        threads = max(1, cores // count)
+        why = f"one per GPU of {gpus}, {threads} CPU thread(s) each"
+        return Layout(count, threads, tuple(f"cuda:{i}" for i in range(count)), why)
+    count = max(1, min(cores, units // 2))
+    if count == 1:
+        why = "one core" if cores == 1 else f"{units} run(s), too few to share out"
+        return Layout(1, 1, (), f"in this process with 1 thread ({why})")
+    return Layout(count, 1, (), f"{count} of {cores} cores, 1 thread each")
+
+
+def cpu_threads(count: int, gpus: int | None = None) -> int:
+    """Torch CPU threads per worker when ``--threads`` is not given.
+
+    On a machine without GPUs: 1, whatever the layout, so a result never depends on how the runs were shared
+    out: torch's CPU kernels sum in an order that depends on their thread count (one worker with 2 threads
+    against two with 1 moved ``test/mse`` of the smoke matrix in its 9th digit). The cores go to workers
+    instead. With GPUs the threads only feed them: the cores shared out.
+    """
+    gpus = _gpus() if gpus is None else gpus
+    return threads_per_worker(count, None) if gpus > 0 else 1
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def threads_per_worker(workers: int, threads: int | None) -> int:
     """CPU threads for each of ``workers`` processes: the cores shared out, so workers x threads <= cores."""
     return threads or max(1, (os.cpu_count() or 1) // workers)

@@ -48,6 +48,7 @@ def _matrix(lab: Path, name: str, cell: str, params: dict, train: dict | None = 
     raw = yaml.safe_load((lab / "ablations" / "smoke.yaml").read_text())
     raw["name"] = name
     raw["cells"] = {cell: {"model": {"visual": "clip"}, "train": train or {}}}
+    raw.pop("contrasts", None)  # smoke's contrasts name cells this copy no longer has
     raw["tune"] = {"metric": "val/macro_auc", "params": params}
     (lab / "ablations" / f"{name}.yaml").write_text(yaml.safe_dump(raw))
 

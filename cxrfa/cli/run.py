@@ -61,6 +61,28 @@ def _overrides(data: Path | None, no_cache: bool) -> dict[str, object]:
     return out
 
 
+def _workers(value: str) -> int | None:
+    """``--workers``: a positive count, or None for ``auto`` (:func:`cxrfa.scheduler.auto_layout`)."""
+    if value.strip().lower() == "auto":
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise CxrfaError(f"--workers {value!r}: give a number of worker processes (1, 2, ...) or auto")
+    return int(value)
+
+
+def _auto_workers(
+    runs: int, devices: tuple[str, ...], threads: int | None, worker: bool
+) -> tuple[int, tuple[str, ...], int | None]:
+    """``--workers auto``: (count, devices, threads) of the measured best layout, said in one log line."""
+    if worker:  # one queue worker of a larger ablation: the machine's layout is its caller's choice
+        return 1, devices, threads
+    from cxrfa.scheduler import auto_layout
+
+    layout = auto_layout(runs)
+    log.info("workers auto: %d worker process(es), %s", layout.count, layout.reason)
+    return layout.count, devices or layout.devices, threads or layout.threads
+
+
 def _external(specs: list[str] | None) -> list[ExternalSet]:
     """``--external [NAME=]PATH`` values as external sets."""
     from cxrfa.config import ExternalSet, validate
@@ -203,11 +225,13 @@ def ablate(
         ),
     ] = "gap,similarity",
     workers: Annotated[
-        int,
+        str,
         typer.Option(
-            "--workers", min=1, help="Worker processes on this machine (each its own device/threads)."
+            "--workers",
+            help="Worker processes on this machine (each its own device/threads): N, or auto = one per GPU, "
+            "else one per core with one thread each (longest runs first).",
         ),
-    ] = 1,
+    ] = "auto",
     worker: Annotated[
         bool,
         typer.Option(
@@ -219,7 +243,12 @@ def ablate(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option("--threads", min=1, help="CPU threads per worker (default: cores / workers)."),
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads per worker (default: 1 without a GPU, so results never depend on the layout; "
+            "cores / workers with GPUs).",
+        ),
     ] = None,
     storage: StorageOpt = None,
     fractions: Annotated[
@@ -253,9 +282,10 @@ def ablate(
     from cxrfa.ablate import Workers, plan
     from cxrfa.ablate import ablate as run_ablation
     from cxrfa.config import expand, load_backbones, load_matrix
-    from cxrfa.scheduler import device_env, threads_per_worker
+    from cxrfa.scheduler import cpu_threads, device_env
     from cxrfa.tracking import Tracker, side_path
 
+    count = _workers(workers)  # a typo fails before anything is read
     m = load_matrix(matrix)
     chosen = [c.strip() for c in cells.split(",")] if cells else None
     extra_sets = _external(external)
@@ -274,6 +304,10 @@ def ablate(
         runs = apply_overlays(m, runs)
     from cxrfa.preflight import check_checkpoints, preflight
 
+    device_list = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else ()
+    if count is None and not dry_run:  # the layout is the first line an ablation logs
+        count, device_list, threads = _auto_workers(len(runs), device_list, threads, worker)
+    count = count or 1
     if not dry_run:
         preflight(runs)  # missing weights, a bad manifest: exit 2 in seconds, before the store is opened
         _check_external(runs)
@@ -293,7 +327,6 @@ def ablate(
 
     check_checkpoints(runs, checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any run
     _announce_demo(data)
-    device_list = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else ()
     args = ["ablate", "--matrix", matrix, "--backbones", backbones, "--experiment", tracker.experiment]
     args += ["--explore", explore, *(["--data", str(data.resolve())] if data is not None else [])]
     args += [*(["--seeds", seeds] if seeds else []), *(["--cells", cells] if cells else [])]
@@ -313,9 +346,9 @@ def ablate(
         queue.parent.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{queue.resolve()}"
     pool = Workers(
-        count=1 if worker else workers,
+        count=1 if worker else count,
         devices=device_list,
-        threads=threads or (threads_per_worker(workers, None) if workers > 1 or worker else None),
+        threads=threads or cpu_threads(count),
         storage=storage,
         args=tuple(args),
         env={"MLFLOW_TRACKING_URI": tracker.uri, **({"CXRFA_STORAGE": storage} if storage else {})},

@@ -1,0 +1,109 @@
+"""Per-run fixed cost, in CPU seconds (a shared machine's load does not enter them), and the metric identity check.
+
+    python benchmarks/bench_run_cost.py figures --manifest ~/.cache/cxrfa/demo/synth-n2000-s96-seed0/manifest.csv
+    python benchmarks/bench_run_cost.py imports
+    python benchmarks/bench_run_cost.py same-metrics STORE_A STORE_B --experiment smoke
+
+``figures``: make and save the five evaluation figures of a run (random probabilities on the manifest's test
+split). ``imports``: a fresh interpreter imports the modules a run uses. ``same-metrics``: every ``test/``
+metric of each finished cell run in two tracking stores, compared to the last digit (exit 1 on a difference).
+Results are recorded in benchmarks/README.md, "Per-run cost".
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_IMPORTS = """
+import sys, time
+start = time.process_time()
+import cxrfa.experiment, cxrfa.evaluate, cxrfa.plots, cxrfa.tracking
+print(f"{time.process_time() - start:.2f} s CPU, {len(sys.modules)} modules")
+"""
+
+
+def figures(manifest_path: Path) -> None:
+    """CPU seconds to make and save each evaluation figure of one run."""
+    import numpy as np
+
+    from cxrfa.data.manifest import read_manifest
+    from cxrfa.evaluate import _PLOT_DPI, score_split
+    from cxrfa.plots import calibration_plot, confusion_grid, pr_curves, roc_curves, subgroup_chart
+
+    manifest = read_manifest(manifest_path)
+    rng = np.random.default_rng(0)
+    c = len(manifest.labels)
+    p_test = rng.random((len(manifest.split("test")), c))  # (N, C)
+    p_val = rng.random((len(manifest.split("val")), c))  # (Nv, C)
+    r = score_split(manifest, "test", p_test, p_val, n_boot=200, seed=0)
+    cuts = r.per_label.set_index("label")["threshold"].reindex(r.labels).tolist()
+    makers = {
+        "roc": lambda: roc_curves(r.y_true, r.y_prob, r.labels),
+        "pr": lambda: pr_curves(r.y_true, r.y_prob, r.labels),
+        "confusion": lambda: confusion_grid(r.confusion, r.labels, cuts, r.thresholds_from_val),
+        "calibration": lambda: calibration_plot(r.y_true, r.y_prob),
+        "subgroups": lambda: subgroup_chart(r.scalars),
+    }
+    total = 0.0
+    for name, make in makers.items():
+        start = time.process_time()
+        make().savefig(io.BytesIO(), format="png", dpi=_PLOT_DPI)
+        spent = time.process_time() - start
+        total += spent
+        print(f"| {name} | {spent:.2f} s CPU |")
+    print(f"| all five ({len(p_test)} test images x {c} labels) | {total:.2f} s CPU |")
+
+
+def imports() -> None:
+    """CPU seconds and module count of a fresh interpreter importing a run's modules."""
+    done = subprocess.run([sys.executable, "-c", _IMPORTS], capture_output=True, text=True, check=True)
+    print(done.stdout.strip())
+
+
+def same_metrics(store_a: str, store_b: str, experiment: str) -> bool:
+    """True when every finished cell run (by name) has the same ``test/`` metrics in both stores."""
+    from cxrfa.tracking import Tracker
+
+    def runs(store: str) -> dict[str, dict[str, float]]:
+        found = Tracker(store, experiment, create=False).search(
+            "tags.`cxrfa.cell` != '' and attributes.status = 'FINISHED'"
+        )
+        return {r.name: {k: v for k, v in r.metrics.items() if k.startswith("test/")} for r in found}
+
+    a, b = runs(store_a), runs(store_b)
+    same = bool(a) and a.keys() == b.keys()
+    for name in sorted(a.keys() | b.keys()):
+        ma, mb = a.get(name, {}), b.get(name, {})
+        differ = sorted(k for k in ma.keys() | mb.keys() if ma.get(k) != mb.get(k))
+        same = same and not differ
+        print(f"{name}: {len(ma)} test metrics, {len(differ)} differ {differ[:5] if differ else ''}")
+    print("all equal" if same else "NOT equal")
+    return same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    fig = sub.add_parser("figures")
+    fig.add_argument("--manifest", type=Path, required=True)
+    sub.add_parser("imports")
+    cmp = sub.add_parser("same-metrics")
+    cmp.add_argument("store_a")
+    cmp.add_argument("store_b")
+    cmp.add_argument("--experiment", default="smoke")
+    args = parser.parse_args()
+    if args.what == "figures":
+        figures(args.manifest)
+    elif args.what == "imports":
+        imports()
+    elif not same_metrics(args.store_a, args.store_b, args.experiment):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

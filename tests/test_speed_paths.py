@@ -1,0 +1,121 @@
+"""The speed paths: the GPU benchmark's tiny CPU run, and the ``--workers auto`` layout."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_gpu():  # benchmarks/ is not a package: load the script as a module
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "bench_gpu.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_gpu_writes_its_rows_on_cpu(tmp_path: Path) -> None:
+    bench = _bench_gpu()
+    out = tmp_path / "gpu.csv"
+    argv = ["--arch", "cxrfa-tiny-clip", "--n", "12", "--size", "48", "--batch-size", "4"]
+    bench.main([*argv, "--loader-workers", "0", "--device", "cpu", "--repeats", "1", "--out", str(out)])
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == bench.FIELDS
+    measures = {r["measure"]: float(r["value"]) for r in rows}
+    assert set(measures) == {
+        "bare open_clip encode_image",
+        "cxrfa encode_dataset (empty cache)",
+        "cxrfa / bare encode",
+        "head epoch, cached features",
+        "head epoch, re-encoding",
+        "re-encoding / cached epoch",
+    }
+    assert all(math.isfinite(v) and v > 0 for v in measures.values())
+    bare, ours = measures["bare open_clip encode_image"], measures["cxrfa encode_dataset (empty cache)"]
+    assert math.isclose(measures["cxrfa / bare encode"], ours / bare, rel_tol=1e-9)
+    assert {r["device"] for r in rows} == {"cpu"} and {r["n"] for r in rows} == {"12"}
+
+
+def test_auto_layout_one_single_thread_worker_per_core_when_runs_share_out() -> None:
+    from cxrfa.scheduler import auto_layout
+
+    full = auto_layout(39, cores=2, gpus=0)  # the demo on this kind of machine
+    assert (full.count, full.threads, full.devices) == (2, 1, ())
+    assert "1 thread" in full.reason
+    few = auto_layout(2, cores=2, gpus=0)  # under two runs per core: a worker's start-up would not pay
+    assert (few.count, few.threads) == (1, 1)
+    big = auto_layout(100, cores=16, gpus=0)
+    assert (big.count, big.threads) == (16, 1)
+    gpu = auto_layout(8, cores=16, gpus=2)
+    assert (gpu.count, gpu.threads, gpu.devices) == (2, 8, ("cuda:0", "cuda:1"))
+
+
+def test_cpu_workers_default_to_one_thread_whatever_their_number() -> None:
+    from cxrfa.scheduler import cpu_threads, threads_per_worker
+
+    assert cpu_threads(1, gpus=0) == cpu_threads(2, gpus=0) == 1  # the same sums in every layout
+    assert cpu_threads(2, gpus=2) == threads_per_worker(2, None)
+
+
+def test_workers_option_rejects_a_non_count_in_one_line(workdir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cxrfa.cli import app
+
+    result = CliRunner().invoke(app, ["ablate", "--matrix", "smoke", "--workers", "two"])
+    assert result.exit_code == 2
+    assert "--workers 'two'" in result.output and "or auto" in result.output
+    assert "Traceback" not in result.output
+    assert not (workdir / "mlruns").exists()  # refused before the store is opened
+
+
+def test_plot_curves_equal_scikit_learn() -> None:
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from cxrfa.plots import pr_points, roc_points
+
+    rng = np.random.default_rng(3)
+    for n, levels in ((40, 5), (300, 1000), (7, 2)):
+        y = rng.integers(0, 2, n).astype(np.float64)
+        y[:2] = (0, 1)  # both classes
+        p = rng.integers(0, levels, n) / levels  # ties when levels is small
+        fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
+        ours = roc_points(y, p)
+        np.testing.assert_array_equal(ours[0], fpr)
+        np.testing.assert_array_equal(ours[1], tpr)
+        precision, recall, _ = precision_recall_curve(y, p)
+        ours = pr_points(y, p)
+        np.testing.assert_array_equal(ours[0], precision)
+        np.testing.assert_array_equal(ours[1], recall)
+
+
+_HEAVY = ("torch", "mlflow", "optuna", "sklearn", "scipy", "matplotlib", "open_clip")
+_PROBE = """
+import sys
+from typer.testing import CliRunner
+from cxrfa.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+assert result.exit_code == 0, result.output
+print(",".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_help_and_data_commands_import_no_heavy_library(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from cxrfa.data.synth import synthesize
+
+    manifest = synthesize(tmp_path / "data", n=24, size=32, seed=0)
+    probe = _PROBE.format(heavy=_HEAVY)
+    for args in (["--help"], ["data", "--help"], ["data", "stats", str(manifest)]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True, cwd=REPO
+        )
+        assert done.stdout.strip().splitlines()[-1:] in ([], [""]), (args, done.stdout[-300:])
