@@ -93,11 +93,13 @@ def prepare(runs: Sequence[RunConfig], progress: bool) -> None:
 
     from cxrfa.experiment import load_data, prepare_backbone
     from cxrfa.io import cxrfa_home
+    from cxrfa.standins import warn_unaligned
 
     home = cxrfa_home()
     home.mkdir(parents=True, exist_ok=True)
     with FileLock(str(home / ".prepare.lock"), timeout=3600):
         done: set[str] = set()
+        resolved = []
         for cfg in runs:
             key = cfg.data.model_dump_json() + (
                 cfg.model.visual.model_dump_json() if cfg.model.visual else ""
@@ -107,8 +109,11 @@ def prepare(runs: Sequence[RunConfig], progress: bool) -> None:
                 continue
             done.add(key)
             manifest = load_data(cfg.data, progress)
-            prepare_backbone(cfg.model.visual, manifest)
-            prepare_backbone(cfg.model.text, manifest)
+            resolved += [
+                prepare_backbone(cfg.model.visual, manifest),
+                prepare_backbone(cfg.model.text, manifest),
+            ]
+    warn_unaligned(resolved)  # a stand-in near chance makes every text cell meaningless: say so up front
 
 
 def ablate(

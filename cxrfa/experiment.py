@@ -25,7 +25,7 @@ from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.io import atomic_path, cxrfa_home
 from cxrfa.prompts import prompt_tags
-from cxrfa.standins import prepare_backbone
+from cxrfa.standins import prepare_backbone, standin_metrics
 from cxrfa.tracking import (
     TAG_AXIS_PREFIX,
     TAG_BACKBONE_SOURCE,
@@ -293,6 +293,7 @@ def run_cell(
         run = tracker.start(run_name or f"{cfg.cell}/seed={cfg.seed}", tags, parent_id, describe(cfg))
         run.log_params(cfg.flat())
         run.log_metrics(subset.metrics())
+        run.log_metrics(standin_metrics(visual, text))  # how aligned the stand-in weights came out, if any
         if claim is not None:
             callbacks = [*callbacks, *claim.callbacks(run, ckpt)]
     try:

@@ -2,6 +2,12 @@
 
 The result is an open_clip state_dict, so it loads through the ``clip``/``biomedclip`` encoder path like any
 checkpoint (``pretrained: /path/to/file.pt``). Used to make the demo stand-ins and to adapt real CLIP models.
+
+Two things make small models trained from scratch actually align. Pairs with the same findings are positives of
+one another (most demo reports say "normal": plain CLIP loss would treat them as negatives and punish the true
+matches), and images are also paired with varied statements of their labels, with a per-finding contrast of a
+stated against a negated finding. After training, the saved weights are loaded the way runs load them and
+scored: CheXzero-style zero-shot AUROC (:mod:`cxrfa.zeroshot`) and image->text retrieval, each beside its chance.
 """
 
 from __future__ import annotations
@@ -9,9 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Hashable, Sequence
+import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,20 +35,63 @@ from cxrfa.models.weights import create_open_clip
 
 log = logging.getLogger(__name__)
 
+SENTENCE_SHARE = 0.5  # how often an image with a report is paired with a label sentence instead
+SENTENCE_VARIANTS = 4  # label sentences phrased per train image, tokenised once
+FINDING_WEIGHT = 1.0  # weight of the per-finding statement contrast (:func:`finding_loss`) in the loss
+
 
 @dataclass
 class PretrainResult:
-    """What a pretraining run produced."""
+    """What a pretraining run produced: its loss against chance, and how aligned the weights came out.
+
+    Retrieval: image -> text over a split's pairs, a hit = a text whose image has the same findings (label
+    vector); ``chance_*`` = the same recall for a random ranking (exact). Zero-shot: CheXzero-style macro AUROC
+    over the labels with both classes among known rows (:mod:`cxrfa.zeroshot`); 0.5 is chance. ``val`` numbers
+    are for choosing (recipes, warnings), ``test`` numbers for reporting.
+    """
 
     out: Path  # the checkpoint written
     arch: str
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
-    recall_at_1: float = 0.0  # val image -> report retrieval; a hit = a report with the same findings
-    recall_at_5: float = 0.0
-    chance_at_1: float = 0.0  # the same recall for a random ranking (exact)
-    chance_at_5: float = 0.0
+    final_loss: float = math.nan  # the last epoch's mean loss
+    chance_loss: float = math.nan  # what features that ignore the image score over the same batches
+    floor_loss: float = math.nan  # what perfectly aligned features score (the targets' entropy)
+    recall_at_1: float = math.nan  # val
+    recall_at_5: float = math.nan
+    chance_at_1: float = math.nan
+    chance_at_5: float = math.nan
+    test_recall_at_1: float = math.nan
+    test_recall_at_5: float = math.nan
+    test_chance_at_1: float = math.nan
+    test_chance_at_5: float = math.nan
+    zeroshot_auc_val: float = math.nan
+    zeroshot_auc_test: float = math.nan
+    zeroshot_per_label_test: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time, evaluation included
     n_train: int = 0
     n_val: int = 0
+    n_test: int = 0
+    texts: str = "reports"  # what the images were paired with: "reports" or "label sentences"
+
+    def metrics(self) -> dict[str, float]:
+        """The scalar results under the names runs log them (``standin/<role>/<name>``) and sidecars store."""
+        return {
+            "final_loss": self.final_loss,
+            "chance_loss": self.chance_loss,
+            "floor_loss": self.floor_loss,
+            "zeroshot_auc_val": self.zeroshot_auc_val,
+            "zeroshot_auc_test": self.zeroshot_auc_test,
+            "r1_val": self.recall_at_1,
+            "r5_val": self.recall_at_5,
+            "chance_r1_val": self.chance_at_1,
+            "chance_r5_val": self.chance_at_5,
+            "r1_test": self.test_recall_at_1,
+            "r5_test": self.test_recall_at_5,
+            "chance_r1_test": self.test_chance_at_1,
+            "chance_r5_test": self.test_chance_at_5,
+            "epochs": float(len(self.losses)),
+            "seconds": self.seconds,
+        }
 
 
 def has_reports(manifest: Manifest) -> bool:
@@ -63,12 +114,9 @@ def _pairs(manifest: Manifest, split: str) -> Manifest:
     return Manifest(frame, part.root, part.labels, part.label_set, part.source)
 
 
-def _images(part: Manifest, rows: np.ndarray, preprocess: object, memo: dict[int, Tensor]) -> Tensor:
-    """(b, 3, H, W) preprocessed images; kept in memory after first use (small demo images)."""
-    for i in rows:
-        if int(i) not in memo:
-            memo[int(i)] = preprocess(load_image(part.image_path(int(i))))  # type: ignore[operator]
-    return torch.stack([memo[int(i)] for i in rows])
+def _image_stack(part: Manifest, preprocess: Callable[[Any], Tensor]) -> Tensor:
+    """(M, 3, H, W) every image of ``part``, read and preprocessed once (the pretraining images are small)."""
+    return torch.stack([preprocess(load_image(path)) for path in part.image_paths()])
 
 
 def chance_recall(keys: Sequence[Hashable], k: int) -> float:
@@ -98,22 +146,90 @@ def finding_keys(part: Manifest) -> list[tuple[float, ...]]:
     return [tuple(row) for row in np.nan_to_num(part.label_matrix(), nan=-1.0).tolist()]
 
 
-@torch.no_grad()
-def _embed(
-    model: torch.nn.Module,
-    part: Manifest,
-    tokens: Tensor,
-    preprocess: object,
-    memo: dict[int, Tensor],
-    batch_size: int,
-    device: torch.device,
-) -> tuple[Tensor, Tensor]:
-    imgs, txts = [], []
-    for start in range(0, len(part), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(part)))
-        imgs.append(model.encode_image(_images(part, rows, preprocess, memo).to(device)).float().cpu())
-        txts.append(model.encode_text(tokens[rows].to(device)).float().cpu())
-    return torch.cat(imgs), torch.cat(txts)  # (N, De), (N, De)
+def positive_mask(keys: np.ndarray) -> Tensor:
+    """(b, b) True where two rows have the same key (row i of a (b, K) array; NaN equals NaN)."""
+    _, group = np.unique(np.nan_to_num(keys, nan=-1.0), axis=0, return_inverse=True)
+    group = torch.as_tensor(group.reshape(-1))
+    return group[:, None] == group[None, :]
+
+
+def multi_positive_clip_loss(logits: Tensor, positive: Tensor) -> Tensor:
+    """Symmetric CLIP loss with soft targets: each image's target is uniform over every text marked positive
+    for it (its own and those with the same findings), and each text's over its positive images.
+
+    Plain CLIP treats the identical "normal" reports of a batch as negatives of one another, so it punishes the
+    true matches; here they share the target mass (SupCon/UniCL-style normalised targets).
+
+    Args:
+        logits: (b, b) image-text logits, row = image, column = text.
+        positive: (b, b) boolean, symmetric, True on the diagonal.
+
+    Returns:
+        The mean of the image->text and text->image cross-entropies. Logits that ignore the image score exactly
+        ``log b``; perfectly aligned ones the targets' entropy (:func:`loss_floor`).
+    """
+    target = positive.to(logits.dtype) / positive.sum(1, keepdim=True)  # (b, b), rows sum to 1
+    i2t = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    t2i = (
+        -(target.T * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    )  # the mask is symmetric: target.T rows sum to 1
+    return 0.5 * (i2t + t2i)
+
+
+def loss_floor(positive: Tensor) -> float:
+    """The lowest :func:`multi_positive_clip_loss` a (b, b) mask allows: the mean log of each row's positives."""
+    return float(positive.sum(1).double().log().mean())
+
+
+def finding_loss(margin: Tensor, targets: Tensor) -> Tensor:
+    """Per image and label, a two-text contrast: the statement of the finding against its negation, the true
+    one positive; class-balanced per label, so the rare findings are not drowned by their absences.
+
+    For each label with a known positive and a known negative in the batch: the mean of its positives'
+    cross-entropy and its negatives' cross-entropy; then the mean over those labels. A margin that ignores the
+    image (constant per label) scores exactly ``log 2`` at best, the chance value.
+
+    Args:
+        margin: (b, C) logit of the stated minus the negated finding's text, per image.
+        targets: (b, C) 1/0/NaN (unknown: left out).
+    """
+    pos, neg = targets == 1, targets == 0  # (b, C) each
+    both = pos.any(0) & neg.any(0)  # (C,)
+    if not both.any():
+        return margin.sum() * 0.0
+    ce_pos = (F.softplus(-margin) * pos).sum(0) / pos.sum(0).clamp(min=1)  # (C,)
+    ce_neg = (F.softplus(margin) * neg).sum(0) / neg.sum(0).clamp(min=1)  # (C,)
+    return (0.5 * (ce_pos + ce_neg))[both].mean()
+
+
+class _StatementTokens:
+    """Each label's stated and negated phrasings (:func:`cxrfa.data.reports.finding_statements`), tokenised
+    once; each step encodes one random phrasing per label and polarity."""
+
+    def __init__(self, labels: list[str], tokenizer: Callable[[list[str]], Tensor]) -> None:
+        from cxrfa.data.reports import finding_statements
+
+        phrasings = [finding_statements(label) for label in labels]
+        self.stated = [tokenizer(present) for present, _ in phrasings]  # C x (P, L)
+        self.negated = [tokenizer(absent) for _, absent in phrasings]  # C x (Q, L)
+
+    def embed(
+        self, model: torch.nn.Module, rng: np.random.Generator, dev: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """(C, De) stated and (C, De) negated statement embeddings, L2-normalised, one phrasing each."""
+        pick = [t[int(rng.integers(len(t)))] for t in (*self.stated, *self.negated)]
+        emb = model.encode_text(torch.stack(pick).to(dev), normalize=True)  # (2C, De)
+        return emb[: len(self.stated)], emb[len(self.stated) :]
+
+
+def _texts(part: Manifest, with_reports: bool, variants: int, rng: np.random.Generator) -> list[list[str]]:
+    """Per train row, the texts it may be paired with: its report (if any) and ``variants`` label sentences."""
+    from cxrfa.data.reports import varied_label_sentences
+
+    sentences = varied_label_sentences(list(part.labels), part.label_matrix(), rng, variants)
+    if not with_reports:
+        return sentences
+    return [[report, *alt] for report, alt in zip(part.frame["report"].astype(str), sentences, strict=True)]
 
 
 def pretrain(
@@ -127,8 +243,14 @@ def pretrain(
     weight_decay: float = 0.05,
     seed: int = 0,
     device: str = "cpu",
+    sentence_share: float = SENTENCE_SHARE,
+    finding_weight: float = FINDING_WEIGHT,
 ) -> PretrainResult:
-    """Contrastive image–report pretraining on the train split; retrieval is measured on val.
+    """Contrastive image-text pretraining on the train split, then zero-shot and retrieval on val and test.
+
+    Every pair of a batch with the same findings is a positive (:func:`multi_positive_clip_loss`). Each image is
+    paired with its report or, with probability ``sentence_share``, with a freshly phrased statement of its
+    labels (:func:`cxrfa.data.reports.varied_label_sentence`); without reports, always with the latter.
 
     Args:
         manifest: a manifest (or its path); without reports, label sentences stand in for them.
@@ -136,18 +258,37 @@ def pretrain(
         out: checkpoint file to write (atomically).
         epochs: passes over the train pairs.
         init: starting weights (tag, file or folder); None = from scratch.
-        batch_size, lr, weight_decay: AdamW optimisation (constant lr after a short linear warmup).
-        seed: random init and shuffling.
+        batch_size, lr, weight_decay: AdamW optimisation (linear warmup over half an epoch, cosine decay).
+        seed: random init, shuffling and sentence phrasing.
         device: torch device.
+        sentence_share: how often an image with a report is paired with a label sentence instead.
+        finding_weight: weight of the per-finding contrast of a stated against a negated finding
+            (:func:`finding_loss`); 0 = image-text pairs only.
 
     Returns:
-        per-epoch losses and val image->report recall@1/@5 next to their chance levels.
+        per-epoch losses (image-text contrast plus the weighted finding contrast) with their chance value, val/test retrieval and zero-shot AUROC, wall time.
 
     Raises:
-        CxrfaError: no reports in the train split, or weights unavailable.
+        CxrfaError: no image-text pairs in the train split, or weights unavailable.
     """
     with torch.random.fork_rng():  # leave the caller's random state as it was
-        return _pretrain(manifest, arch, out, epochs, init, batch_size, lr, weight_decay, seed, device)
+        started = time.perf_counter()
+        result = _pretrain(
+            manifest,
+            arch,
+            out,
+            epochs,
+            init,
+            batch_size,
+            lr,
+            weight_decay,
+            seed,
+            device,
+            sentence_share,
+            finding_weight,
+        )
+        result.seconds = time.perf_counter() - started
+    return result
 
 
 def _pretrain(
@@ -161,40 +302,45 @@ def _pretrain(
     weight_decay: float,
     seed: int,
     device: str,
+    sentence_share: float,
+    finding_weight: float,
 ) -> PretrainResult:
-    import open_clip
-
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest)
-    if not has_reports(manifest):
+    with_reports = has_reports(manifest)
+    if not with_reports:
         log.info(
             "%s has no reports: pretraining on sentences built from the labels", manifest.source or "data"
         )
-    train, val = _pairs(manifest, "train"), _pairs(manifest, "val")
+    train = _pairs(manifest, "train")
     if len(train) < 2:
         where = manifest.source or "manifest"
         raise CxrfaError(
             f"{where}: pretraining needs image-report pairs; the train split has {len(train)} reports"
         )
     torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     dev = torch.device(device)
     bundle = create_open_clip(arch, init, dev)
-    model, preprocess, tokenizer = bundle.model, bundle.preprocess, bundle.tokenizer
-    train_tokens = tokenizer(train.frame["report"].astype(str).tolist())  # (M, L)
-    loss_fn = open_clip.ClipLoss()
+    model, tokenizer = bundle.model, bundle.tokenizer
+    images = _image_stack(train, bundle.preprocess)  # (M, 3, H, W)
+    options = _texts(train, with_reports, SENTENCE_VARIANTS, rng)  # M lists of texts, the report first
+    tokens = tokenizer([t for texts in options for t in texts])  # (M * T, L)
+    per_row = len(options[0])
+    keys = train.label_matrix()  # (M, C): pairs with equal rows are positives
+    statements = _StatementTokens(list(train.labels), tokenizer)
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
     )
-    steps_per_epoch = max(1, len(train) // batch_size)
-    warmup = max(1, steps_per_epoch // 2)
-    rng = np.random.default_rng(seed)
-    memo: dict[int, Tensor] = {}
-    result = PretrainResult(out=Path(out), arch=arch, n_train=len(train), n_val=len(val))
+    steps_per_epoch = math.ceil((len(train) - 1) / batch_size)
+    total_steps, warmup = steps_per_epoch * epochs, max(1, steps_per_epoch // 2)
+    result = PretrainResult(out=Path(out), arch=arch, n_train=len(train))
+    result.texts = "reports" if with_reports else "label sentences"
     step = 0
     for epoch in range(epochs):
         model.train()
         order = rng.permutation(len(train))
-        total, count = 0.0, 0
+        total, count, chance, floor = 0.0, 0, 0.0, 0.0
         bar = tqdm(
             range(0, len(order) - 1, batch_size),
             desc=f"pretrain {arch} epoch {epoch + 1}/{epochs}",
@@ -206,36 +352,103 @@ def _pretrain(
             rows = order[start : start + batch_size]
             if len(rows) < 2:
                 continue
+            # warmup, then cosine decay to zero: the few epochs end on small, settling steps
+            decay = min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / total_steps)))
             for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup)
-            images = _images(train, rows, preprocess, memo).to(dev)  # (b, 3, H, W)
-            img = model.encode_image(images, normalize=True)  # (b, De)
-            txt = model.encode_text(train_tokens[rows].to(dev), normalize=True)  # (b, De)
-            loss = loss_fn(img, txt, model.logit_scale.exp())
+                group["lr"] = lr * decay
+            if with_reports:  # the report, or with probability sentence_share one of the label sentences
+                pick = np.where(
+                    rng.random(len(rows)) < sentence_share, rng.integers(1, per_row, len(rows)), 0
+                )
+            else:
+                pick = rng.integers(0, per_row, len(rows))
+            img = model.encode_image(images[rows].to(dev), normalize=True)  # (b, De)
+            txt = model.encode_text(tokens[rows * per_row + pick].to(dev), normalize=True)  # (b, De)
+            positive = positive_mask(keys[rows]).to(dev)  # (b, b)
+            scale = model.logit_scale.exp()
+            loss = multi_positive_clip_loss(scale * img @ txt.T, positive)
+            if finding_weight > 0:
+                stated, negated = statements.embed(model, rng, dev)  # (C, De) each
+                margin = scale * (img @ stated.T - img @ negated.T)  # (b, C)
+                loss = loss + finding_weight * finding_loss(margin, torch.as_tensor(keys[rows]).to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            total, count, step = total + loss.item() * len(rows), count + len(rows), step + 1
+            b = len(rows)
+            total, count, step = total + loss.item() * b, count + b, step + 1
+            k = keys[rows]
+            contrasted = bool(np.any((k == 1).any(0) & (k == 0).any(0)))  # a label the finding term scores
+            chance += (math.log(b) + finding_weight * math.log(2) * contrasted) * b
+            floor += loss_floor(positive) * b
             bar.set_postfix(loss=f"{total / count:.4f}")
         result.losses.append(total / max(count, 1))
-        log.info("pretrain %s epoch %d/%d: loss %.4f", arch, epoch + 1, epochs, result.losses[-1])
-    if len(val) >= 2:
-        model.eval()
-        texts = val.frame["report"].astype(str).tolist()
-        img_emb, txt_emb = _embed(model, val, tokenizer(texts), preprocess, {}, batch_size, dev)
-        keys = finding_keys(val)
-        result.recall_at_1, result.recall_at_5 = (retrieval_recall(img_emb, txt_emb, keys, k) for k in (1, 5))
-        result.chance_at_1, result.chance_at_5 = (chance_recall(keys, k) for k in (1, 5))
+        result.chance_loss, result.floor_loss = chance / max(count, 1), floor / max(count, 1)
         log.info(
-            "val retrieval R@1 %.3f (chance %.3f), R@5 %.3f (chance %.3f)",
-            result.recall_at_1,
-            result.chance_at_1,
-            result.recall_at_5,
-            result.chance_at_5,
+            "pretrain %s epoch %d/%d: loss %.4f (chance %.4f, floor %.4f)",
+            arch,
+            epoch + 1,
+            epochs,
+            result.losses[-1],
+            result.chance_loss,
+            result.floor_loss,
         )
+    result.final_loss = result.losses[-1] if result.losses else math.nan
     with atomic_path(out) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    del model, opt, images
+    _evaluate(result, manifest, arch, dev)
     return result
+
+
+def _evaluate(result: PretrainResult, manifest: Manifest, arch: str, dev: torch.device) -> None:
+    """Zero-shot AUROC and retrieval on val and test, with the saved weights loaded the way runs load them."""
+    from cxrfa.config import BackboneConfig
+    from cxrfa.models.registry import build_encoder, list_encoders
+    from cxrfa.zeroshot import zero_shot_auc
+
+    name = next((e.name for e in list_encoders() if arch in e.archs and e.has_text), "clip")
+    encoder = build_encoder(BackboneConfig(name=name, arch=arch, pretrained=str(result.out)), dev)
+    encoder.eval()
+    labels = list(manifest.labels)
+    with torch.inference_mode():
+        pos = encoder.label_embeddings(labels)  # (C, De), its prompt templates averaged
+        neg = encoder.label_embeddings(labels, negative=True)  # (C, De)
+        for split in ("val", "test"):
+            part = _pairs(manifest, split)
+            if len(part) < 2:
+                continue
+            img = torch.cat(
+                [
+                    encoder.encode_image(batch.to(dev))[1].float().cpu()
+                    for batch in _image_stack(part, encoder.preprocess).split(256)
+                ]
+            )  # (N, De)
+            texts = part.frame["report"].astype(str).tolist()
+            txt = torch.cat(
+                [encoder.encode_text(texts[i : i + 256]).float().cpu() for i in range(0, len(texts), 256)]
+            )
+            auc = zero_shot_auc(part.label_matrix(), img, pos, neg, labels)
+            keys = finding_keys(part)
+            recall = [retrieval_recall(img, txt, keys, k) for k in (1, 5)]
+            chance = [chance_recall(keys, k) for k in (1, 5)]
+            if split == "val":
+                result.n_val, result.zeroshot_auc_val = len(part), auc[1]
+                result.recall_at_1, result.recall_at_5 = recall
+                result.chance_at_1, result.chance_at_5 = chance
+            else:
+                result.n_test, result.zeroshot_auc_test, result.zeroshot_per_label_test = (
+                    len(part),
+                    auc[1],
+                    auc[0],
+                )
+                result.test_recall_at_1, result.test_recall_at_5 = recall
+                result.test_chance_at_1, result.test_chance_at_5 = chance
+            log.info(
+                "%s: zero-shot macro AUROC %.3f; image->text R@1 %.3f (chance %.3f), R@5 %.3f (chance %.3f)",
+                split,
+                auc[1],
+                *[v for pair in zip(recall, chance, strict=True) for v in pair],
+            )

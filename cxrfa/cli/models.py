@@ -48,12 +48,37 @@ def pretrain_command(
         data, arch, out, epochs=epochs, init=init, batch_size=batch_size, lr=lr, seed=seed, device=device
     )
     losses = " ".join(f"{v:.3f}" for v in result.losses)
-    typer.echo(f"wrote {result.out} ({result.n_train} train pairs, {result.n_val} val)")
+    typer.echo(
+        f"wrote {result.out} ({result.n_train} train pairs of images and {result.texts}, "
+        f"{result.n_val} val, {result.n_test} test; {result.seconds:.1f} s)"
+    )
     typer.echo(f"loss per epoch: {losses}")
     typer.echo(
-        f"val image->report R@1 {result.recall_at_1:.3f} (chance {result.chance_at_1:.3f}), "
-        f"R@5 {result.recall_at_5:.3f} (chance {result.chance_at_5:.3f})"
+        f"final loss {result.final_loss:.3f} (chance {result.chance_loss:.3f}: features that ignore the image; "
+        f"floor {result.floor_loss:.3f}: perfect alignment)"
     )
+    for split, auc, r1, c1, r5, c5 in (
+        (
+            "val",
+            result.zeroshot_auc_val,
+            result.recall_at_1,
+            result.chance_at_1,
+            result.recall_at_5,
+            result.chance_at_5,
+        ),
+        (
+            "test",
+            result.zeroshot_auc_test,
+            result.test_recall_at_1,
+            result.test_chance_at_1,
+            result.test_recall_at_5,
+            result.test_chance_at_5,
+        ),
+    ):
+        typer.echo(
+            f"{split}: zero-shot macro AUROC {auc:.3f} (chance 0.500); image->report R@1 {r1:.3f} "
+            f"(chance {c1:.3f}), R@5 {r5:.3f} (chance {c5:.3f})"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -179,3 +179,76 @@ def label_sentence(present: list[str]) -> str:
 def label_sentences(labels: list[str], matrix: np.ndarray) -> list[str]:
     """One :func:`label_sentence` per row of a (M, C) 1/0/NaN label matrix (unknown labels are not stated)."""
     return [label_sentence([lab for lab, v in zip(labels, row, strict=True) if v == 1]) for row in matrix]
+
+
+# Varied label statements for contrastive pretraining: the same findings in several phrasings and orders, so the
+# text tower learns the finding words and their negation rather than one fixed sentence per label vector.
+_STATE_PRESENT = (
+    "{} is present.",
+    "there is {}.",
+    "evidence of {}.",
+    "{}.",
+    "findings of {}.",
+    "{} is seen.",
+)
+_STATE_ABSENT = ("no {}.", "there is no {}.", "no evidence of {}.", "{} is not seen.", "without {}.")
+_STATE_NORMAL = (
+    "no acute cardiopulmonary abnormality.",
+    "normal chest radiograph.",
+    "the lungs are clear.",
+    "no active disease.",
+)
+
+
+def varied_label_sentence(
+    present: list[str], absent: list[str], rng: np.random.Generator, max_absent: int = 3
+) -> str:
+    """One randomly phrased statement of an image's findings: every present label (shuffled, each with a random
+    template) and up to ``max_absent`` of its known-absent labels negated; a normal phrase when none is present.
+
+    Every present finding is stated, so the text describes the same label vector as the image (absent labels not
+    mentioned are absent, as in a report).
+
+    Args:
+        present: labels present in the image.
+        absent: labels known to be absent.
+        rng: the generator (the caller decides what is reproducible).
+        max_absent: at most this many absent labels are negated.
+
+    Returns:
+        A lower-case sentence, e.g. ``"there is effusion. cardiomegaly is seen. no pneumothorax."``.
+    """
+    from cxrfa.labels import display_name
+
+    parts = [str(rng.choice(_STATE_PRESENT)).format(display_name(lab)) for lab in rng.permutation(present)]
+    if not present:
+        parts.append(str(rng.choice(_STATE_NORMAL)))
+    k = int(rng.integers(0, min(max_absent, len(absent)) + 1))
+    negated = [
+        str(rng.choice(_STATE_ABSENT)).format(display_name(lab)) for lab in rng.permutation(absent)[:k]
+    ]
+    order = rng.permutation(len(parts) + len(negated))
+    both = [*parts, *negated]
+    return " ".join(both[i] for i in order)
+
+
+def varied_label_sentences(
+    labels: list[str], matrix: np.ndarray, rng: np.random.Generator, per_row: int
+) -> list[list[str]]:
+    """``per_row`` :func:`varied_label_sentence` phrasings for each row of a (M, C) 1/0/NaN label matrix
+    (unknown labels are neither stated nor negated)."""
+    out = []
+    for row in matrix:
+        present = [lab for lab, v in zip(labels, row, strict=True) if v == 1]
+        absent = [lab for lab, v in zip(labels, row, strict=True) if v == 0]
+        out.append([varied_label_sentence(present, absent, rng) for _ in range(per_row)])
+    return out
+
+
+def finding_statements(label: str) -> tuple[list[str], list[str]]:
+    """Every phrasing of one finding stated (``"there is effusion."``) and negated (``"no effusion."``), in the
+    templates of :func:`varied_label_sentence`."""
+    from cxrfa.labels import display_name
+
+    name = display_name(label)
+    return [t.format(name) for t in _STATE_PRESENT], [t.format(name) for t in _STATE_ABSENT]

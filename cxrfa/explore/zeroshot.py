@@ -1,7 +1,9 @@
 """Backbone-level exploration inputs and CheXzero-style zero-shot classification.
 
 Zero-shot: each label has a positive and a negative prompt set (:func:`cxrfa.labels.prompts_for`); an image's
-probability for the label is the softmax over its (positive, negative) cosine logits, taken at the positive.
+probability for the label is the softmax over its (positive, negative) cosine logits, taken at the positive. The
+scoring itself is :mod:`cxrfa.zeroshot` (shared with the stand-ins' pretraining check); this module feeds it an
+encoder's embeddings of a manifest split.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxrfa.errors import CxrfaError
-from cxrfa.explore._common import ArrayLike, l2_normalise, to_numpy
-from cxrfa.metrics import masked_auc
+from cxrfa.explore._common import to_numpy
+from cxrfa.zeroshot import LOGIT_SCALE, zero_shot_auc, zero_shot_probs
 
 if TYPE_CHECKING:
     from cxrfa.data.manifest import Manifest
@@ -23,7 +25,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOGIT_SCALE = 100.0  # CLIP's trained logit scale; AUROC does not depend on it, probabilities do
+__all__ = [
+    "LOGIT_SCALE",
+    "encode_split",
+    "prompt_embeddings",
+    "require_split",
+    "zero_shot",
+    "zero_shot_probs",
+]
 
 
 def _require_text(encoder: Encoder) -> None:
@@ -94,24 +103,6 @@ def encode_split(
     return to_numpy(embedding), part.label_matrix().astype(np.float64), part
 
 
-def zero_shot_probs(
-    img: ArrayLike, pos: ArrayLike, neg: ArrayLike, logit_scale: float = LOGIT_SCALE
-) -> np.ndarray:
-    """P(label present) (N, C) = softmax over (s·cos(img, pos_c), s·cos(img, neg_c)) at the positive.
-
-    Args:
-        img: image embeddings (N, D).
-        pos: positive-prompt label embeddings (C, D).
-        neg: negative-prompt label embeddings (C, D).
-        logit_scale: the softmax temperature's inverse, s.
-    """
-    img_n = l2_normalise(to_numpy(img))
-    cos_pos = img_n @ l2_normalise(to_numpy(pos)).T  # (N, C)
-    cos_neg = img_n @ l2_normalise(to_numpy(neg)).T  # (N, C)
-    # a two-way softmax at the positive is the logistic of the logit difference (numerically stable form)
-    return 1.0 / (1.0 + np.exp(-logit_scale * (cos_pos - cos_neg)))
-
-
 def zero_shot(
     encoder: Encoder,
     manifest: Manifest,
@@ -132,7 +123,7 @@ def zero_shot(
     _require_text(encoder)
     img, y_true, part = encode_split(encoder, manifest, split, cache, batch_size, progress)
     labels = part.labels
-    probs = zero_shot_probs(img, prompt_embeddings(encoder, labels), prompt_embeddings(encoder, labels, True))
-    per_label, macro = masked_auc(y_true, probs, labels)
+    pos, neg = prompt_embeddings(encoder, labels), prompt_embeddings(encoder, labels, negative=True)
+    per_label, macro = zero_shot_auc(y_true, img, pos, neg, labels)
     log.info("zero-shot macro AUROC on %s (%d images): %.4f", split, len(part), macro)
     return per_label, macro

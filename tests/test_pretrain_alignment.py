@@ -1,0 +1,159 @@
+"""Stand-in alignment: the multi-positive loss, the zero-shot scorer, and stand-ins that come out aligned, with
+their results written beside the weights and logged on every run that uses them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from cxrfa.config import BackboneConfig, DataConfig
+from cxrfa.data.load import load_data
+from cxrfa.data.reports import varied_label_sentence
+from cxrfa.pretrain import loss_floor, multi_positive_clip_loss, positive_mask
+from cxrfa.standins import (
+    read_sidecar,
+    sidecar_path,
+    standin_metrics,
+    standin_path,
+    unaligned_reason,
+    warn_unaligned,
+)
+from cxrfa.zeroshot import zero_shot_auc, zero_shot_probs
+
+SMOKE = DataConfig(demo_n=240, demo_size=64)  # the smoke matrix's data, built once per test session
+
+
+def _ce(logits: np.ndarray, target: np.ndarray) -> float:
+    """Mean over rows of -Σ_j target_ij log softmax(logits_i)_j, by hand."""
+    out = []
+    for row, t in zip(logits, target, strict=True):
+        log_p = row - math.log(sum(math.exp(v) for v in row))
+        out.append(-sum(tj * lp for tj, lp in zip(t, log_p, strict=True)))
+    return float(np.mean(out))
+
+
+def test_multi_positive_loss_matches_a_hand_computation() -> None:
+    """Rows 0 and 1 have the same findings: each image's target is half on either text, so their identical
+    texts are not negatives of one another."""
+    keys = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    positive = positive_mask(keys)
+    assert positive.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    logits = np.array([[2.0, 1.5, -1.0], [0.5, 3.0, 0.0], [0.2, -0.4, 1.0]])
+    target = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    hand = 0.5 * (_ce(logits, target) + _ce(logits.T, target.T))
+    got = float(multi_positive_clip_loss(torch.tensor(logits), positive))
+    assert got == pytest.approx(hand, abs=1e-12)
+    # raising the logit of image 0 with the identical text 1 lowers the loss; plain CLIP (only the diagonal is
+    # positive) would push that true match apart as a negative
+    for mask, sign in ((positive, -1.0), (torch.eye(3, dtype=torch.bool), 1.0)):
+        x = torch.tensor(logits, requires_grad=True)
+        multi_positive_clip_loss(x, mask).backward()
+        assert sign * float(x.grad[0, 1]) > 0
+    # features that ignore the image score log b; perfect alignment the targets' entropy (the floor)
+    assert float(multi_positive_clip_loss(torch.zeros(3, 3), positive)) == pytest.approx(math.log(3))
+    perfect = torch.where(positive, 50.0, -50.0).double()
+    assert float(multi_positive_clip_loss(perfect, positive)) == pytest.approx(loss_floor(positive), abs=1e-9)
+    assert loss_floor(positive) == pytest.approx((2 * math.log(2) + 0) / 3)
+
+
+def test_unknown_labels_make_their_own_key() -> None:
+    keys = np.array([[1, np.nan], [1, np.nan], [1, 0]], dtype=np.float32)
+    assert positive_mask(keys)[0].tolist() == [True, True, False]
+
+
+def test_varied_label_sentences_state_every_present_finding() -> None:
+    rng = np.random.default_rng(0)
+    texts = {
+        varied_label_sentence(["Effusion", "Pleural_Thickening"], ["Mass", "Hernia"], rng) for _ in range(40)
+    }
+    assert len(texts) > 10  # phrasing and order vary
+    assert all("effusion" in t and "pleural thickening" in t for t in texts)
+    assert all("mass" not in t or "no" in t or "without" in t or "not" in t for t in texts)
+
+
+def test_zero_shot_scores_match_sklearn() -> None:
+    """Per label: softmax over (positive, negated) prompt logits; AUROC over known rows equals roc_auc_score."""
+    rng = np.random.default_rng(3)
+    img, pos, neg = rng.normal(size=(30, 8)), rng.normal(size=(3, 8)), rng.normal(size=(3, 8))
+    y = (rng.random((30, 3)) < 0.4).astype(float)
+    y[:4, 0] = np.nan  # unknown: masked out
+    y[:, 2] = 0.0  # one class only: no AUROC, left out of the macro mean
+    per_label, macro = zero_shot_auc(y, img, pos, neg, ["a", "b", "c"])
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    diff = unit(img) @ unit(pos).T - unit(img) @ unit(neg).T  # (N, C)
+    probs = zero_shot_probs(img, pos, neg)
+    np.testing.assert_allclose(probs, np.exp(100 * diff) / (np.exp(100 * diff) + 1.0), rtol=1e-9)
+    assert (probs == 1.0).sum() > 5  # saturated: ranking by these would tie images the margin tells apart
+    expected = [roc_auc_score(y[4:, 0], diff[4:, 0]), roc_auc_score(y[:, 1], diff[:, 1])]
+    assert [per_label["a"], per_label["b"]] == pytest.approx(expected, abs=1e-14)
+    assert math.isnan(per_label["c"]) and macro == pytest.approx(np.mean(expected), abs=1e-15)
+    assert (
+        zero_shot_auc(y, torch.tensor(img), torch.tensor(pos), torch.tensor(neg), ["a", "b", "c"])[1] == macro
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_standin() -> BackboneConfig:
+    """The clip stand-in of the smoke data, pretrained once per session (shared with the other tests)."""
+    from cxrfa.standins import ensure_standin
+
+    cfg = BackboneConfig(name="clip", arch="cxrfa-tiny-clip", pretrained="demo", standin=True)
+    return ensure_standin(cfg, load_data(SMOKE, progress=False))
+
+
+def test_smoke_standin_is_aligned_and_its_results_sit_beside_it(smoke_standin: BackboneConfig) -> None:
+    weights = Path(str(smoke_standin.pretrained))
+    assert weights == standin_path("cxrfa-tiny-clip", load_data(SMOKE, progress=False))
+    assert weights.name.endswith("-r2.pt")  # the recipe is in the cache key: older weights are not reused
+    record = json.loads(sidecar_path(weights).read_text())
+    assert record["arch"] == "cxrfa-tiny-clip" and len(record["losses"]) == record["metrics"]["epochs"]
+    m = read_sidecar(smoke_standin)
+    assert m["final_loss"] < m["chance_loss"] - 0.3  # learnt from the image, not just text statistics
+    assert m["floor_loss"] < m["final_loss"]
+    assert m["zeroshot_auc_test"] > 0.65 and m["zeroshot_auc_val"] > 0.6  # chance: 0.5
+    assert m["r1_test"] > m["chance_r1_test"]
+    assert unaligned_reason(m) is None
+    logged = standin_metrics(smoke_standin, smoke_standin)
+    assert logged["standin/visual/zeroshot_auc_test"] == logged["standin/text/zeroshot_auc_test"]
+    assert {"standin/visual/r5_test", "standin/visual/chance_r5_test"} <= set(logged)
+    plain = smoke_standin.model_copy(update={"standin": False})
+    assert standin_metrics(plain, None) == {}  # real weights have no sidecar
+
+
+def test_unaligned_standins_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    weights = tmp_path / "w.pt"
+    sidecar_path(weights).write_text(
+        json.dumps({"metrics": {"zeroshot_auc_val": 0.52, "r5_val": 0.4, "chance_r5_val": 0.6}})
+    )
+    cfg = BackboneConfig(name="clip", arch="cxrfa-tiny-clip", pretrained=str(weights), standin=True)
+    caplog.set_level("WARNING")
+    warn_unaligned([cfg, cfg, None])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1  # once per stand-in
+    assert (
+        "cxrfa-tiny-clip" in warnings[0] and "0.520 (chance 0.5" in warnings[0] and "R@5 0.400" in warnings[0]
+    )
+
+
+def test_a_run_logs_its_standin_results(smoke_standin: BackboneConfig, tmp_path: Path) -> None:
+    """A smoke cell's MLflow run carries standin/visual/* from the sidecar of the stand-in it used."""
+    from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
+    from cxrfa.experiment import run_cell
+    from cxrfa.tracking import Tracker
+
+    (cfg,) = expand(
+        load_matrix("smoke"), DEMO_BACKBONES, cells=["visual-clip"], overrides={"train.epochs": 1}
+    )
+    tracker = Tracker(str(tmp_path / "store"), "standins")
+    result = run_cell(cfg, tracker, explore=(), progress=False)
+    logged = tracker.get(str(result.run_id)).metrics
+    expected = read_sidecar(smoke_standin)
+    assert logged["standin/visual/zeroshot_auc_test"] == pytest.approx(expected["zeroshot_auc_test"])
+    assert logged["standin/visual/chance_r5_test"] == pytest.approx(expected["chance_r5_test"])
+    assert not any(k.startswith("standin/text/") for k in logged)  # a visual-only cell
