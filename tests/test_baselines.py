@@ -7,6 +7,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from cxrfa.config import DEMO_BACKBONES, RunConfig, expand, load_matrix
@@ -109,3 +110,19 @@ def test_zeroshot_and_probe_need_a_frozen_backbone() -> None:
     cfg = _cells("visual-custom")["visual-custom"]
     with pytest.raises(ValueError, match="kind='probe' reads frozen embeddings"):
         RunConfig.model_validate({**cfg.model_dump(mode="json"), "kind": "probe"})
+
+
+def test_custom_cnn_input_ignores_exposure() -> None:
+    """Per-image standardisation: a darker, flatter exposure of the same film gives the same network input."""
+    from PIL import Image
+
+    from cxrfa.config import BackboneConfig
+    from cxrfa.models.encoders import CustomCNNEncoder
+
+    enc = CustomCNNEncoder(BackboneConfig(name="custom", arch="cxrfa-cnn-small", frozen=False), "cpu")  # type: ignore[arg-type]
+    film = np.random.default_rng(0).integers(40, 200, (64, 64)).astype(np.float64)
+    bright = Image.fromarray(film.astype(np.uint8))
+    dark = Image.fromarray((film * 0.5 + 10).round().astype(np.uint8))
+    a, b = enc.preprocess(bright), enc.preprocess(dark)  # (3, 64, 64) each
+    assert float(a.mean()) == pytest.approx(0.0, abs=1e-5) and float(a.std()) == pytest.approx(1.0, abs=1e-4)
+    assert torch.allclose(a, b, atol=0.03)  # equal up to the 8-bit rounding of the darker copy
