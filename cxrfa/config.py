@@ -229,6 +229,12 @@ class RunConfig(_Frozen):
 
     cell: str = "default"
     seed: int = 0
+    # what the cell is: a trained model, or a baseline with no head training (cxrfa.baselines): zero-shot
+    # prompts, a linear probe on frozen embeddings, or logistic regression on downsampled pixels. Left out of
+    # the config (and its hash) at "trained", so finished runs keep their hashes
+    kind: Literal["trained", "zeroshot", "probe", "pixels"] = Field(
+        "trained", exclude_if=lambda kind: kind == "trained"
+    )
     axes: dict[str, str] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig
@@ -244,6 +250,15 @@ class RunConfig(_Frozen):
                 f"seed {value} (from the matrix's seeds or --seeds/--seed) is outside 0 … {MAX_SEED}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _baseline_possible(self) -> RunConfig:
+        if self.kind in ("zeroshot", "probe") and not self.model.visual.frozen:
+            raise ValueError(
+                f"kind={self.kind!r} reads frozen embeddings; model.visual must be a frozen backbone "
+                "(clip/biomedclip), not a trainable one"
+            )
+        return self
 
     def config_hash(self) -> str:
         """Stable 12-hex-digit hash of the resolved config (same config -> same hash, across processes)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -214,6 +214,10 @@ def run_tags(cfg: RunConfig, manifest: Manifest, backbone_source: str) -> dict[s
 
 def describe(cfg: RunConfig) -> str:
     """A cell run's description in the MLflow UI: the model and losses in words."""
+    if cfg.kind != "trained":
+        from cxrfa.baselines import describe_baseline
+
+        return describe_baseline(cfg)
     m, on = cfg.model, [k for k, w in cfg.loss.weights.items() if w > 0]
     text = f"text {m.text.name} ({m.text.source})" if m.text is not None else "no text branch"
     heads = [f"transformer1 x{m.t1_layers}"] + [f"transformer2 x{m.t2_layers}"] * (m.t2_layers > 0)
@@ -297,9 +301,24 @@ def run_cell(
         if claim is not None:
             callbacks = [*callbacks, *claim.callbacks(run, ckpt)]
     try:
-        metrics, fit_result = _train_and_evaluate(
-            cfg, manifest, subset.manifest, visual, text, run, ckpt, callbacks, explore, progress, evaluate
-        )  # type: ignore[arg-type]
+        if cfg.kind != "trained":  # the field's baselines fit no heads (cxrfa.baselines)
+            from cxrfa.baselines import run_baseline
+
+            metrics, fit_result = run_baseline(cfg, manifest, subset.manifest, visual, run, evaluate)  # type: ignore[arg-type]
+        else:
+            metrics, fit_result = _train_and_evaluate(
+                cfg,
+                manifest,
+                subset.manifest,
+                visual,
+                text,
+                run,
+                ckpt,
+                callbacks,
+                explore,
+                progress,
+                evaluate,
+            )  # type: ignore[arg-type]
         if claim is not None:
             claim.check()
     except StopRun as stop:
@@ -414,7 +433,6 @@ def evaluate_model(
     device: torch.device,
 ) -> dict[str, float]:
     """Val picks thresholds, test reports; every number and file is logged on the run."""
-    from cxrfa.evaluate import predictions_frame, score_split, write_evaluation
     from cxrfa.plots import training_curves
 
     loaders = {
@@ -423,17 +441,65 @@ def evaluate_model(
     }
     p_val, _ = predict(model, loaders["val"], device, cfg.train.amp)  # (Nv, C), in manifest row order
     p_test, _ = predict(model, loaders["test"], device, cfg.train.amp)  # (N, C)
-    test_part = manifest.split("test")
-    test = score_split(manifest, "test", p_test, p_val, n_boot=200, seed=cfg.seed)
-    scalars = {f"test/{k}": v for k, v in test.scalars.items()}
-    scalars["val/best_" + cfg.train.monitor.removeprefix("val/")] = result.best_value
-    scalars["best_epoch"] = result.best_epoch
+    extra = {"val/best_" + cfg.train.monitor.removeprefix("val/"): result.best_value}
+    extra["best_epoch"] = result.best_epoch
     figures: dict[str, Any] = {}  # plots/<name>.png of the exploration, logged with the run's other files
     if cfg.model.text is not None and explore:
         explored, figures = _explore(model, data["test"], manifest.labels, device, explore)
-        scalars.update(explored)
+        extra.update(explored)
     for spec in cfg.data.external:  # external validation: the same model and thresholds on other manifests
-        scalars.update(_evaluate_external(cfg, spec, model, manifest, p_val, run, device))
+        extra.update(_evaluate_external(cfg, spec, model, manifest, p_val, run, device))
+
+    def trained_files(folder: Path) -> None:
+        """The plots and the checkpoint, into the folder that is logged: the checkpoint is written once."""
+        (folder / "plots").mkdir()
+        for name, figure in {"training_curves": training_curves(result.history), **figures}.items():
+            figure.savefig(folder / "plots" / f"{name}.png", format="png")
+        (folder / "checkpoint").mkdir()
+        torch.save(
+            {
+                "config": cfg.model_dump(mode="json"),
+                "labels": manifest.labels,
+                "state_dict": trained_state(model),
+                "best_epoch": result.best_epoch,
+            },
+            folder / "checkpoint" / "model.pt",
+        )
+
+    return log_evaluation(cfg, manifest, p_val, p_test, run, extra, trained_files)
+
+
+def log_evaluation(
+    cfg: RunConfig,
+    manifest: Manifest,
+    p_val: np.ndarray,
+    p_test: np.ndarray,
+    run: TrackedRun | None,
+    extra: Mapping[str, float],
+    files: Callable[[Path], None] | None = None,
+) -> dict[str, float]:
+    """Score test predictions (thresholds from val) and log the metrics, predictions, labels and config.
+
+    Shared by trained runs and the baseline cells (:mod:`cxrfa.baselines`), so every row of ``compare`` is
+    scored and stored alike.
+
+    Args:
+        cfg: the run's config.
+        manifest: the whole manifest (val and test rows in order).
+        p_val: (Nv, C) val probabilities; p_test: (N, C) test probabilities.
+        run: the tracked run, or None.
+        extra: further final values logged with the test metrics (e.g. ``val/best_macro_auc``).
+        files: writes the run's own further files (plots, checkpoint) into the folder that is logged.
+
+    Returns:
+        ``test/<metric>`` for every test metric, then ``extra``.
+    """
+    from cxrfa.evaluate import predictions_frame, score_split, write_evaluation
+
+    test_part = manifest.split("test")
+    test = score_split(manifest, "test", p_test, p_val, n_boot=200, seed=cfg.seed)
+    scalars = {f"test/{k}": v for k, v in test.scalars.items()}
+    scalars.update(extra)
     if run is None:
         return scalars
     run.log_metrics(scalars)  # final values at step 0: one bar per run in MLflow's chart view
@@ -449,19 +515,8 @@ def evaluate_model(
         truth = test_part.frame[["path", *manifest.labels]]
         truth.to_csv(tmp / "test_labels.csv", index=False, float_format="%.0f")
         (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        (tmp / "plots").mkdir()
-        for name, figure in {"training_curves": training_curves(result.history), **figures}.items():
-            figure.savefig(tmp / "plots" / f"{name}.png", format="png")
-        (tmp / "checkpoint").mkdir()
-        torch.save(  # straight into the folder that is logged: the checkpoint is written once
-            {
-                "config": cfg.model_dump(mode="json"),
-                "labels": manifest.labels,
-                "state_dict": trained_state(model),
-                "best_epoch": result.best_epoch,
-            },
-            tmp / "checkpoint" / "model.pt",
-        )
+        if files is not None:
+            files(tmp)
         run.log_artifacts(tmp)
     return scalars
 

@@ -11,7 +11,7 @@ import pytest
 from cxrfa.config import DEMO_BACKBONES, REAL_BACKBONES, BackboneConfig, expand, load_backbones, load_matrix
 from cxrfa.errors import CxrfaError
 
-SHIPPED = ["full", "smoke", "visual-only", "dual-branch", "alignment"]
+SHIPPED = ["full", "smoke", "visual-only", "dual-branch", "alignment", "ladder", "baselines"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -24,9 +24,9 @@ def test_shipped_matrices_expand(name: str) -> None:
     assert f"cxrfa ablate --matrix {name}" in Path(m.source).read_text()
 
 
-def test_full_matrix_is_the_nine_design_cells_and_text_controls_times_three_seeds() -> None:
+def test_full_matrix_is_the_nine_design_cells_text_controls_and_baselines_times_three_seeds() -> None:
     runs = expand(load_matrix("full"), DEMO_BACKBONES)
-    assert len(runs) == 39
+    assert len(runs) == 45
     cells = {r.cell: r for r in runs}
     assert set(cells) == {
         "visual-clip",
@@ -42,6 +42,8 @@ def test_full_matrix_is_the_nine_design_cells_and_text_controls_times_three_seed
         "dual-learned-custom",
         "align-clip",
         "align-biomedclip",
+        "zeroshot-clip",
+        "probe-clip",
     }
     assert cells["visual-clip"].model.text is None and not cells["visual-clip"].model.aligner
     assert (

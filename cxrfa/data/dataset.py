@@ -120,6 +120,26 @@ class CXRDataset(torch.utils.data.Dataset):
         }
 
 
+class PerImageStandardize(torch.nn.Module):
+    """(3, H, W) tensor -> zero mean, unit standard deviation over the whole image.
+
+    For CNNs trained from scratch on radiographs: exposure, windowing and bit-depth scaling differ between
+    sites, scanners and datasets, so a fixed mean/std (0.5/0.5, or one dataset's statistics) leaves each image's
+    brightness and contrast as a feature the network must learn to ignore, and one held-out set's statistics
+    are not another's. Standardising each image removes both; a constant image maps to zeros.
+    """
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean()) / x.std().clamp_min(self.eps)
+
+    def __repr__(self) -> str:  # part of the encoder identity (cache keys): keep it stable and explicit
+        return f"{type(self).__name__}(eps={self.eps})"
+
+
 def train_augment(size: int) -> Callable[[Image.Image], Image.Image]:
     """Light train-time augmentation on PIL images, to compose before a backbone's own transform.
 

@@ -287,6 +287,8 @@ class CustomCNNEncoder(Encoder):
         super().__init__()
         from torchvision import transforms as T
 
+        from cxrfa.data.dataset import PerImageStandardize
+
         if cfg.arch not in CUSTOM_ARCHS:
             raise CxrfaError(f"unknown custom CNN {cfg.arch!r}; known: {', '.join(CUSTOM_ARCHS)}")
         factory, size = CUSTOM_ARCHS[cfg.arch]
@@ -297,7 +299,7 @@ class CustomCNNEncoder(Encoder):
                 T.Grayscale(num_output_channels=3),
                 T.Resize((size, size)),
                 T.ToTensor(),
-                T.Normalize([0.5] * 3, [0.5] * 3),
+                PerImageStandardize(),  # not a fixed mean/std: radiographs' exposure varies by site and set
             ]
         )
         weights = self._load(cfg)
@@ -330,5 +332,6 @@ class CustomCNNEncoder(Encoder):
 
 @register_encoder("custom", archs=tuple(CUSTOM_ARCHS), has_text=False)
 def build_custom(cfg: BackboneConfig, device: torch.device) -> Encoder:
-    """A CNN trained from scratch end to end (no text tower); grayscale -> 3 channels, resize, normalise."""
+    """A CNN trained from scratch end to end (no text tower); grayscale -> 3 channels, resize, per-image
+    standardisation."""
     return CustomCNNEncoder(cfg, device)
