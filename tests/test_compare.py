@@ -422,3 +422,25 @@ def test_without_the_manifest_the_bootstrap_says_it_resamples_images(lab: Path) 
     assert comp.methods.unit.startswith("images: patient ids unavailable")
     assert any("too narrow" in w for w in comp.methods.warnings)
     assert CONSTANT not in comp.cells.index and any("no manifest" in n for n in comp.methods.notes)
+
+
+def test_a_label_fraction_ablation_tests_each_declared_family_at_each_fraction() -> None:
+    from cxrfa.compare.analysis import Methods, _families
+    from cxrfa.compare.runs import Selection
+    from cxrfa.tracking import TAG_CONTRASTS, RunInfo
+
+    def run(tags: dict[str, str]) -> RunInfo:
+        return RunInfo("r", "r", "FINISHED", tags, {}, {}, "")
+
+    parent = run({TAG_CONTRASTS: json.dumps({"text": ["dual - visual", "dual - learned"]})})
+    cells = [f"{c}@{f}" for f in ("0.1", "1") for c in ("visual", "dual")] + ["learned@1"]
+    sel = Selection(parent, {c: [run({})] for c in cells}, "h")
+    methods = Methods(100, 0, "patients", True, {}, "h", "demo", "m", "e", None, {}, [], [], "", "")
+    families = _families(sel, None, methods)
+    assert families == {
+        "text @ 10% labels": [("dual@0.1", "visual@0.1")],
+        "text @ 100% labels": [("dual@1", "visual@1"), ("dual@1", "learned@1")],
+    }
+    assert methods.notes == [
+        "contrast dual − learned (text @ 10% labels) not tested: a cell has no finished runs"
+    ]
