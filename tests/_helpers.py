@@ -41,15 +41,26 @@ def start_text(cmd: list[str], **popen: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def tiny_heads(labels: int, tokens: int, dim: int, output: str = "mean") -> AlignmentModel:
+def tiny_heads(
+    labels: int, tokens: int, dim: int, output: str = "mean", report: bool = False, text_proj: str = "fixed"
+) -> AlignmentModel:
     """Alignment heads with the text branch (width 32, 2 heads, one transformer2 layer, aligner, no dropout)
     on ``tokens`` visual tokens of size ``dim``, with random (labels, 12) label-text embeddings drawn from the
-    global torch generator."""
+    global torch generator; ``report`` builds the image projection of the report term, ``text_proj`` picks the
+    text map (``free``: a trainable projection)."""
     from cxrfa.config import BackboneConfig, ModelConfig
     from cxrfa.models.alignment import AlignmentModel
 
     clip = BackboneConfig(name="clip", arch="x")
     cfg = ModelConfig(
-        visual=clip, text=clip, width=32, heads=2, t2_layers=1, aligner=True, output=output, dropout=0.0
+        visual=clip,
+        text=clip,
+        width=32,
+        heads=2,
+        t2_layers=1,
+        aligner=True,
+        output=output,
+        dropout=0.0,
+        text_proj=text_proj,
     )
-    return AlignmentModel(cfg, dim, tokens, torch.randn(labels, 12), labels)
+    return AlignmentModel(cfg, dim, tokens, torch.randn(labels, 12), labels, report=report)

@@ -49,7 +49,7 @@ def test_epoch_chance_is_the_mean_over_the_batches_where_the_term_was_on_and_noi
     None
 ):
     torch.manual_seed(0)
-    heads = tiny_heads(C, N, DV)
+    heads = tiny_heads(C, N, DV, report=True)
     model = _Features(heads)
     loss_cfg = LossConfig(**TERMS)
     cfg, cpu = TrainConfig(grad_clip=0.0), torch.device("cpu")

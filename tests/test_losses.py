@@ -272,7 +272,7 @@ def test_orth_reference_is_the_label_text_as_the_branch_receives_it() -> None:
     uncentred text gave 0.903 against 0.083 for an untrained model)."""
     torch.manual_seed(0)
     c, n, dv = 6, 4, 8
-    heads = tiny_heads(c, n, dv)
+    heads = tiny_heads(c, n, dv, text_proj="free")  # a projection drawn at random, as before training
     raw = torch.ones(c, 12) + 0.1 * torch.randn(c, 12)  # nearly one direction
     heads.label_text.copy_(raw)
     heads.text_centre.copy_(raw.mean(0))

@@ -34,7 +34,9 @@ def pretrain_command(
     data: Annotated[
         Path,
         typer.Option(
-            "--data", help="Manifest CSV (reports; label sentences when it has none).", dir_okay=False
+            "--data",
+            help="Manifest CSV with image-report pairs (label sentences when it has none).",
+            dir_okay=False,
         ),
     ],
     arch: Annotated[str, typer.Option("--arch", help="open_clip architecture, e.g. cxrfa-tiny-clip.")],

@@ -305,9 +305,6 @@ def ablate(
     from cxrfa.preflight import check_checkpoints, preflight
 
     device_list = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else ()
-    if count is None and not dry_run:  # the layout is the first line an ablation logs
-        count, device_list, threads = _auto_workers(len(runs), device_list, threads, worker)
-    count = count or 1
     if not dry_run:
         preflight(runs)  # missing weights, a bad manifest: exit 2 in seconds, before the store is opened
         _check_external(runs)
@@ -326,6 +323,8 @@ def ablate(
     from cxrfa.experiment import checkpoint_dir
 
     check_checkpoints(runs, checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any run
+    if count is None:  # the layout is the first line a checked ablation logs (bad input stays one line)
+        count, device_list, threads = _auto_workers(len(runs), device_list, threads, worker)
     _announce_demo(data)
     args = ["ablate", "--matrix", matrix, "--backbones", backbones, "--experiment", tracker.experiment]
     args += ["--explore", explore, *(["--data", str(data.resolve())] if data is not None else [])]
