@@ -146,6 +146,7 @@ def test_info_lines_naming_a_scratch_folder_are_left_out() -> None:
 def test_a_value_below_its_chance_level_is_a_yellow_warning() -> None:
     assert below_chance("val retrieval R@1 0.520 (chance 0.658), R@5 0.920 (chance 0.877)")
     assert not below_chance("val retrieval R@1 0.700 (chance 0.658), R@5 0.920 (chance 0.877)")
+    assert not below_chance("stand-in cxrfa-tiny-clip: loss 3.343 (chance 4.154); test zero-shot AUROC 0.766")
     flag = BelowChanceFilter()
     low = _record(logging.INFO, "val retrieval R@1 %.3f (chance %.3f)", 0.52, 0.658)
     high = _record(logging.INFO, "val retrieval R@1 %.3f (chance %.3f)", 0.72, 0.658)

@@ -236,7 +236,8 @@ class ScratchPathFilter(logging.Filter):
         return record.levelno >= logging.WARNING or not _SCRATCH.search(record.getMessage())
 
 
-_VERSUS_CHANCE = re.compile(r"(-?\d+(?:\.\d+)?) \(chance (-?\d+(?:\.\d+)?)\)")
+# a score beside its chance level; a loss is not a score (below chance is where a loss should be)
+_VERSUS_CHANCE = re.compile(r"(?<!loss )(-?\d+(?:\.\d+)?) \(chance (-?\d+(?:\.\d+)?)\)")
 
 
 class BelowChanceFilter(logging.Filter):
