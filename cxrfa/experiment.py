@@ -53,6 +53,7 @@ from cxrfa.train import (
 
 log = logging.getLogger(__name__)
 
+TAG_TEXT_ASSIGNMENT = "cxrfa.text_assignment"  # shuffled text: label -> the label whose text it got
 TAG_EXTERNAL_PREFIX = "cxrfa.external."  # + <name>.data_hash / <name>.labels: what an external set was
 EXPLORE_SAMPLE = (
     512  # test images used for embedding exploration (tokens of a real test set don't fit in RAM)
@@ -385,7 +386,8 @@ def _train_and_evaluate(
         if cfg.model.text_order == "shuffled":  # label -> the label whose text it was given
             labels, assigned = manifest.labels, model.heads.text_assignment
             given = {lab: labels[j] for lab, j in zip(labels, assigned, strict=True)}
-            run.log_params({"model.text_assignment": json.dumps(given)})
+            # a tag, not a param: params are the config, which a cell shares across seeds (compare keys on it)
+            run.set_tags({TAG_TEXT_ASSIGNMENT: json.dumps(given)})
     # the label fraction's train rows; val/test (and the long-tail groups of evaluation) from the whole manifest
     data = run_datasets(cfg, model, train_manifest, progress)
 

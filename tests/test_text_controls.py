@@ -217,6 +217,7 @@ def test_a_run_logs_its_size_drift_and_text_assignment(tmp_path: Path) -> None:
         assert np.isfinite(logged.metrics[key]) and logged.metrics[key] == result.metrics[key], key
     assert logged.metrics["drift/procrustes_text"] < logged.metrics["drift/procrustes_text_chance"]
     assert logged.metrics["model/params_trainable"] < logged.metrics["model/params_total"]  # frozen encoder
-    given = json.loads(logged.params["model.text_assignment"])
+    given = json.loads(logged.tags["cxrfa.text_assignment"])
+    assert "model.text_assignment" not in logged.params  # params stay the config, shared by the seeds
     assert len(given) == 14 and all(label != text for label, text in given.items())
     assert sorted(given.values()) == sorted(given)
