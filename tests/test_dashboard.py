@@ -116,7 +116,7 @@ def test_serves_the_studies_until_terminated(tmp_path) -> None:
             assert len(json.load(reply)["trials"]) == 2
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        proc.communicate(timeout=20)  # drains its output: a full pipe would hold the process's exit
     assert not _connects(port)
 
 

@@ -81,6 +81,7 @@ def user_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _setup_logging()
+        _REPEATS.repeats.clear()  # a command reports its own repeated warnings, not those logged before it
         from cxrfa.signals import Terminated, exit_now, exit_status, reason, stop_signals_interrupt
 
         try:

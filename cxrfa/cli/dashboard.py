@@ -96,8 +96,11 @@ def dashboard(
         raise CxrfaError(
             f"port {port} on {HOST} is in use; pass another --port (0 picks a free one)"
         ) from None
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # Ctrl-C or a stop signal: the dashboard's job is done
+        from cxrfa.signals import exit_now
+
+        # at once: after serving requests optuna-dashboard leaves threads that hold the interpreter's exit
+        exit_now(0)
 
 
 def register(app: typer.Typer) -> None:
