@@ -36,6 +36,17 @@ def cxrfa_cmd(*args: object, **options: object) -> list[str]:
     return python_m("cxrfa.cli", *args, **options)
 
 
+# smoke-sized overrides of a shipped matrix: a small demo set, narrow heads, one epoch
+SMOKE = {
+    "data.demo_n": 240,
+    "data.demo_size": 64,
+    "model.width": 32,
+    "model.heads": 2,
+    "train.epochs": 1,
+    "train.batch_size": 32,
+}
+
+
 def start_text(cmd: list[str], **popen: Any) -> subprocess.Popen[str]:
     """Start ``cmd`` with stdout and stderr together, read from ``.stdout`` as text."""
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)

@@ -8,19 +8,11 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from _helpers import SMOKE
 from sklearn.metrics import roc_auc_score
 
 from cxrfa.config import DEMO_BACKBONES, RunConfig, expand, load_matrix
 from cxrfa.data.manifest import Manifest
-
-SMOKE = {
-    "data.demo_n": 240,
-    "data.demo_size": 64,
-    "model.width": 32,
-    "model.heads": 2,
-    "train.epochs": 1,
-    "train.batch_size": 32,
-}
 
 
 def _cells(*names: str) -> dict[str, RunConfig]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from _helpers import SMOKE
 
 from cxrfa.config import DEMO_BACKBONES, RunConfig, expand, load_matrix
 
@@ -16,14 +17,6 @@ PARTS: dict[str, set[str]] = {
     "expression & consistency between the two classifiers": {"loss.expression", "loss.consistency"},
     "image-branch supcon": {"loss.supcon"},
     "report contrast": {"loss.report"},
-}
-SMOKE = {
-    "data.demo_n": 240,
-    "data.demo_size": 64,
-    "model.width": 32,
-    "model.heads": 2,
-    "train.epochs": 1,
-    "train.batch_size": 32,
 }
 
 
