@@ -88,6 +88,7 @@ def dashboard(
         highlight=False,
         soft_wrap=True,  # the URL and path stay whole, for copying
     )
+    _exit_on_stop_signals()
     try:
         serve(opened, host=HOST, port=port)
     except OSError as err:
@@ -106,3 +107,16 @@ def dashboard(
 def register(app: typer.Typer) -> None:
     """Add ``dashboard`` to the main app."""
     app.command()(dashboard)
+
+
+def _exit_on_stop_signals() -> None:
+    """SIGTERM/SIGHUP end the dashboard at once: it only reads, so there is nothing to clean up, and an exception
+    raised into the web server's loop was seen to leave the process running under load."""
+    import signal
+    import threading
+
+    from cxrfa.signals import STOP_SIGNALS, exit_now
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda signum, frame: exit_now(0))
