@@ -53,6 +53,7 @@ from cxrfa.tracking import (
     creation_lock,
     redact,
     redact_text,
+    side_path,
 )
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,11 @@ class ClaimLost(StopRun):
 
 
 def default_queue_url(tracker: Tracker) -> str:
-    """``queue.db`` beside a local SQLite tracking store, else ``./mlruns/queue.db``."""
-    folder = Path(tracker.uri.removeprefix("sqlite:///")).parent if tracker.is_local else Path("mlruns")
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder.resolve() / QUEUE_DB}"
+    """``queue.db`` with a local SQLite store's other side files (:func:`cxrfa.tracking.side_path`), else
+    ``./mlruns/queue.db``."""
+    path = side_path(tracker.uri, QUEUE_DB) or Path("mlruns") / QUEUE_DB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path.resolve()}"
 
 
 def open_queue(url: str | None, tracker: Tracker) -> tuple[optuna.storages.RDBStorage, str]:

@@ -283,7 +283,7 @@ def ablate(
     from cxrfa.ablate import ablate as run_ablation
     from cxrfa.config import expand, load_backbones, load_matrix
     from cxrfa.scheduler import cpu_threads, device_env
-    from cxrfa.tracking import Tracker, side_path
+    from cxrfa.tracking import Tracker
 
     count = _workers(workers)  # a typo fails before anything is read
     m = load_matrix(matrix)
@@ -335,15 +335,6 @@ def ablate(
         # the same sets, paths made absolute: a worker's configs (and their hashes) equal this process's
         *(a for e in extra_sets for a in ("--external", f"{e.name}={e.path}" if e.name else e.path)),
     ]
-    queue = side_path(tracker.uri, "queue.db")
-    if (
-        storage is None
-        and queue is not None
-        and queue.parent != Path(tracker.uri.removeprefix("sqlite:///")).parent
-    ):
-        # an SQLite file's queue goes with its other side files (the queue engine's default is beside the db)
-        queue.parent.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{queue.resolve()}"
     pool = Workers(
         count=1 if worker else count,
         devices=device_list,
