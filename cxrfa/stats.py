@@ -1,17 +1,18 @@
 """Statistics for comparing runs. ``compare`` uses :func:`paired_seed_test`, :func:`seed_patient_t`,
-:func:`shared_patient_var`, :func:`holm` and :func:`delong_test`; the bootstrap-interval helpers before them serve
-single-run CIs (:func:`paired_bootstrap`) and the benchmark that measured why the seed-pair bootstrap was replaced.
+:func:`shared_patient_var`, :func:`holm` and :func:`delong_test`; the bootstrap helpers before them score runs on
+patient resamples (:func:`label_boot`) and serve the benchmark that measured why the seed-pair bootstrap was
+replaced.
 
 * :func:`label_boot` scores one model on the test set and on B patient resamples (a resample draws patients with
   replacement and keeps all their images; every model scored with the same seed and rows sees the same
   resamples, so differences are paired).
-* :func:`seed_patient_mean` / :func:`paired_delta`: a two-level bootstrap over seeds and patients. Each replicate
-  draws K seeds (or seed pairs) with replacement and scores them on that replicate's patient resample; the same
-  patient resample serves every seed, because every seed is scored on the same test patients. The interval is
-  the percentile interval of the replicate means, so it stays inside the metric's range.
+* :func:`paired_delta`: a two-level bootstrap over seeds and patients. Each replicate draws K seed pairs with
+  replacement and scores them on that replicate's patient resample; the same patient resample serves every seed,
+  because every seed is scored on the same test patients. The interval is the percentile interval of the
+  replicate means, so it stays inside the metric's range.
 * The p-value of a paired difference is the centred bootstrap test: p = (1 + #{|Δ*_b − Δ̂| ≥ |Δ̂|}) / (B + 1);
-  its floor is 1/(B+1), shown as "≤ 1/(B+1)" (:func:`format_p`). :func:`holm` adjusts p-values across the cells
-  tested against one baseline.
+  its floor is 1/(B+1), shown as "≤ 1/(B+1)" (:func:`format_p`). :func:`holm` adjusts p-values within one family of
+  contrasts (and the per-label p-values over labels).
 * :func:`mean_std_ci`: mean, std and a 95% t-interval over seeds for metrics that only exist per run; for a
   bounded metric the interval is computed on the logit scale of its range and mapped back, so it never leaves
   the range (:func:`metric_range`).
@@ -184,14 +185,6 @@ def centred_p(replicates: np.ndarray, observed: float) -> tuple[float, int, bool
     return (extreme + 1) / (reps.size + 1), int(reps.size), extreme == 0
 
 
-def seed_patient_mean(scores: Sequence[BootScores], seed: int = 0) -> Estimate:
-    """Mean over seeds of a metric, with a 95% interval that includes seed and patient variation."""
-    value = float(np.mean([s.point for s in scores]))
-    reps = hierarchical_replicates([s.boot for s in scores], seed)
-    low, high = percentile_ci(reps)
-    return Estimate(value, low, high, n=int(np.isfinite(reps).sum()))
-
-
 def paired_delta(cell: Sequence[BootScores], base: Sequence[BootScores], seed: int = 0) -> Estimate:
     """Mean per-seed-pair difference cell − baseline, its seed-and-patient interval and p-value.
 
@@ -211,42 +204,6 @@ def paired_delta(cell: Sequence[BootScores], base: Sequence[BootScores], seed: i
     low, high = percentile_ci(reps)
     p, n, floor = centred_p(reps, value)
     return Estimate(value, low, high, p, n, floor)
-
-
-def paired_bootstrap(
-    y_true: np.ndarray,
-    prob_a: np.ndarray,
-    prob_b: np.ndarray,
-    metric: PairedMetric = "macro_auc",
-    n_boot: int = 1000,
-    seed: int = 0,
-    patients: Sequence[object] | None = None,
-) -> Estimate:
-    """Paired patient bootstrap of metric(B) − metric(A) for two models scored on the same test images.
-
-    Args:
-        y_true: (N, C) labels, 1/0/NaN.
-        prob_a: (N, C) probabilities of model A (the baseline).
-        prob_b: (N, C) probabilities of model B.
-        metric: ``macro_auc`` or ``map``.
-        n_boot: number of resamples.
-        seed: seed of the patient resamples.
-        patients: (N,) patient id per row; None = each row is its own patient.
-
-    Raises:
-        ValueError: unknown metric or mismatched shapes.
-    """
-    if metric not in ("macro_auc", "map"):
-        raise ValueError(f"metric must be 'macro_auc' or 'map', not {metric!r}")
-    prob_a, prob_b = np.asarray(prob_a, dtype=np.float64), np.asarray(prob_b, dtype=np.float64)
-    if prob_a.shape != prob_b.shape:
-        raise ValueError(f"shapes differ: prob_a {prob_a.shape}, prob_b {prob_b.shape}")
-    a = label_boot(y_true, prob_a, n_boot, seed, patients).macro(metric)
-    b = label_boot(y_true, prob_b, n_boot, seed, patients).macro(metric)
-    if not math.isfinite(a.point):
-        log.warning("paired bootstrap: %s undefined (no label with both classes present)", metric)
-        return Estimate(float("nan"), float("nan"), float("nan"), float("nan"), 0)
-    return paired_delta([b], [a], seed)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
