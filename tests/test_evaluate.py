@@ -15,7 +15,7 @@ from cxrfa.cli import app
 from cxrfa.data.manifest import Manifest, make_manifest, write_manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.evaluate import PLOT_FILES, evaluate_predictions, predictions_frame
-from cxrfa.metrics import choose_thresholds, compute_metrics
+from cxrfa.metrics import choose_thresholds, compute_metrics, list_metrics
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Effusion"]
 FILES = ("metrics.json", "per_label.csv", *PLOT_FILES)
@@ -117,8 +117,18 @@ def test_cli_evaluate(manifest: Manifest, tmp_path: Path) -> None:
     args += ["--val-predictions", str(val_path), "--n-boot", "20"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "macro_auc" in result.stdout and "val-chosen" in result.stdout
+    assert "val-chosen" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    # the table's rows are the metric registry's headline metrics that were computed, with their direction
+    scalars = json.loads((out / "metrics.json").read_text())
+    scalars = scalars.get("scalars", scalars)
+    shown = [line.split("│")[1].strip() for line in result.stdout.splitlines() if line.count("│") == 3]
+    expected = [f"{m.name} {m.arrow}" for m in list_metrics() if m.headline and m.name in scalars]
+    assert (
+        "mse ↓" in expected
+        and shown[: len(expected)] == expected
+        and shown[len(expected) :] == ["thresholds"]
+    )
 
 
 def _drop_row(f: pd.DataFrame) -> pd.DataFrame:

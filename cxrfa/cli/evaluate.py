@@ -14,8 +14,6 @@ if TYPE_CHECKING:
 
     from cxrfa.metrics import MetricsResult
 
-_HEADLINE = ("macro_auc", "micro_auc", "map", "macro_f1", "mse", "ece", "fair/worst_tpr_gap")
-
 
 def _read_predictions(path: Path) -> pd.DataFrame:
     """Read a predictions CSV, turning unreadable files into one-line user errors."""
@@ -118,16 +116,19 @@ def _print(result: MetricsResult, split: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from cxrfa.metrics import list_metrics
+
     s = result.scalars
     table = Table(title=f"{split} metrics ({len(result.y_true)} images)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in _HEADLINE:
-        if key in s:
+    for spec in list_metrics():  # the registry's headline metrics, as compare's report shows them
+        key = spec.name
+        if spec.headline and key in s:
             extra = ""
             if f"{key}_ci_low" in s:
                 extra = f"  [{s[f'{key}_ci_low']:.3f}, {s[f'{key}_ci_high']:.3f}]"
-            table.add_row(key, f"{s[key]:.4f}{extra}")
+            table.add_row(f"{key} {spec.arrow}", f"{s[key]:.4f}{extra}")
     table.add_row("thresholds", "val-chosen" if result.thresholds_from_val else "0.5")
     Console().print(table)  # stdout: the result; logs and errors go to stderr
 
