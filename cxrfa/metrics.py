@@ -205,6 +205,44 @@ def _row_counts(codes: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarra
         done += b
 
 
+def _stratified_row_counts(
+    codes: np.ndarray, strata: np.ndarray, n_boot: int, seed: Sequence[int]
+) -> Iterator[np.ndarray]:
+    """Yield (b, N) row-count matrices, ``n_boot`` resamples in all, of a cluster bootstrap inside each stratum.
+
+    A cluster is one patient's rows in one stratum (a patient whose images fall in two age bins is a cluster in
+    each). Each resample draws, in every stratum, as many of its clusters as it has, with replacement
+    (``np.random.default_rng(seed)``; per chunk, strata in code order), so every stratum keeps its size and its
+    replicates vary only with its own patients. Rows of no stratum (code −1, unknown) get 0.
+
+    Args:
+        codes: (N,) cluster (patient) code of each row (:func:`cluster_codes`).
+        strata: (N,) stratum code of each row, −1 for none.
+        n_boot: number of resamples.
+        seed: seed of the generator (a stream of its own per stratification).
+    """
+    rng = np.random.default_rng(list(seed))
+    known = strata >= 0
+    n_codes = int(codes.max()) + 1 if codes.size else 1
+    pair = strata[known].astype(np.int64) * n_codes + codes[known]  # (n_known,) one id per (stratum, patient)
+    unique, cluster = np.unique(pair, return_inverse=True)  # (K,), (n_known,) cluster of each known row
+    members = [
+        np.flatnonzero(unique // n_codes == g) for g in np.unique(unique // n_codes)
+    ]  # clusters per stratum
+    done = 0
+    while done < n_boot:
+        b = min(_BOOT_CHUNK, n_boot - done)
+        per_cluster = np.zeros((b, unique.size))  # (b, K) draws of each cluster
+        for m in members:
+            idx = rng.integers(0, m.size, size=(b, m.size))  # (b, K_g) the stratum's clusters drawn
+            flat = (idx + np.arange(b)[:, None] * m.size).ravel()
+            per_cluster[:, m] = np.bincount(flat, minlength=b * m.size).reshape(b, m.size)
+        counts = np.zeros((b, strata.size))
+        counts[:, known] = per_cluster[:, cluster]  # every row of a drawn cluster, as often
+        yield counts
+        done += b
+
+
 def bootstrap_per_label(
     y_true: np.ndarray,
     y_prob: np.ndarray,
@@ -606,6 +644,8 @@ class Weighted:
         thresholds: (C,) decision thresholds (chosen on val).
         label_groups: (C,) ``head``/``medium``/``tail`` or "" per label.
         subgroups: attribute -> subgroup names and each row's index into them (:func:`subgroup_codes`).
+        strata_w: attribute -> (b, N) row weights of a resample drawn inside each of its subgroups (the
+            subgroup metrics' weights); an attribute not in it uses ``w``.
     """
 
     y: np.ndarray
@@ -615,6 +655,7 @@ class Weighted:
     thresholds: np.ndarray
     label_groups: np.ndarray
     subgroups: Subgroups
+    strata_w: dict[str, np.ndarray] = field(default_factory=dict)
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def per_label(self) -> tuple[np.ndarray, np.ndarray]:
@@ -706,22 +747,24 @@ def _nan_reduce(reduce: Callable[..., np.ndarray], stacked: np.ndarray) -> np.nd
 
 
 def tpr_gaps(s: Weighted, subgroups: Subgroups | None = None) -> dict[str, np.ndarray]:
-    """(b,) TPR gap of each subgroup (``sex/F``, ``age/60-80`` ...) as :func:`_fairness` defines it, weighted.
+    """(b,) TPR gap of each subgroup (``sex/F``, ``age/60-80`` ...) as :func:`_fairness` defines it, weighted
+    (an attribute's gaps under its within-subgroup weights ``s.strata_w[attr]`` when there are some).
 
     Args:
         s: the weighted predictions.
-        subgroups: codes to use instead of ``s.subgroups`` (a permutation null).
+        subgroups: codes to use instead of ``s.subgroups`` (a permutation null; weights ``s.w``).
     """
     pred, pos = s.decisions()
     hits = (pred & pos).astype(np.float64)  # (N, C)
     posf = pos.astype(np.float64)
     out: dict[str, np.ndarray] = {}
     for attr, (names, codes) in (subgroups if subgroups is not None else s.subgroups).items():
+        w = s.w if subgroups is not None else s.strata_w.get(attr, s.w)  # (b, N)
 
-        def tpr(rows: np.ndarray) -> np.ndarray:
-            n_pos = s.w @ (posf * rows[:, None])  # (b, C)
+        def tpr(rows: np.ndarray, w: np.ndarray = w) -> np.ndarray:
+            n_pos = w @ (posf * rows[:, None])  # (b, C)
             with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(n_pos > 0, (s.w @ (hits * rows[:, None])) / np.maximum(n_pos, 1e-300), np.nan)
+                return np.where(n_pos > 0, (w @ (hits * rows[:, None])) / np.maximum(n_pos, 1e-300), np.nan)
 
         member = [codes == g for g in range(len(names))]  # (N,) each
         tprs = [tpr(rows) for rows in member]
@@ -826,10 +869,30 @@ register_metric(MetricSpec("mse", "MSE (Brier)", _UNIT, False, True, _w_mse))
 register_metric(MetricSpec("macro_f1", "macro F1 at val thresholds", _UNIT, True, True, _w_f1))
 register_metric(MetricSpec("ece", "ECE (15 bins)", _UNIT, False, True, _w_ece))
 register_metric(
-    MetricSpec("fair/worst_tpr_gap", "worst subgroup |TPR gap|", _UNIT, False, True, _w_worst_gap)
+    MetricSpec(
+        "fair/worst_tpr_gap",
+        "worst subgroup |TPR gap|",
+        _UNIT,
+        False,
+        True,
+        _w_worst_gap,
+        "seeds and patients inside each subgroup",
+    )
 )
+# The two embedding metrics are logged per run only, so compare cannot resample their patients. The gap is
+# measured on image-side features of the first test images (the same images for every seed), which runs do not
+# log: its seed interval misses the patient variation those images share. The label-prototype similarity is a
+# function of the label embeddings alone (no test image enters it): the seed interval is its whole interval.
 register_metric(
-    MetricSpec("embed/modality_gap", "modality gap", (0.0, 2.0), False, False, None, "seeds only (per run)")
+    MetricSpec(
+        "embed/modality_gap",
+        "modality gap",
+        (0.0, 2.0),
+        False,
+        False,
+        None,
+        "seeds only (image features not logged)",
+    )
 )
 register_metric(
     MetricSpec(
@@ -839,7 +902,7 @@ register_metric(
         False,
         False,
         None,
-        "seeds only (per run)",
+        "seeds (no test images in it)",
     )
 )
 
@@ -857,8 +920,11 @@ def score_weighted(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every paired metric of one model on the test set and on ``n_boot`` patient resamples.
 
-    The resamples depend only on ``(patients, n_boot, seed)`` (:func:`_row_counts`), so every model scored with
-    the same arguments sees the same resamples and differences are paired.
+    The resamples depend only on ``(patients, subgroups, n_boot, seed)``, so every model scored with the same
+    arguments sees the same resamples and differences are paired. A resample draws patients from the whole test
+    set (:func:`_row_counts`); the subgroup TPR gaps and the worst gap use their own resamples, drawn inside each
+    subgroup of the attribute (:func:`_stratified_row_counts`), so a subgroup keeps its size and its interval
+    holds its own patients' variation, not the chance of how many of its patients a resample happened to draw.
 
     Args:
         y_true: (N, C) labels, 1/0/NaN.
@@ -881,13 +947,19 @@ def score_weighted(
     groups = np.asarray(label_groups if label_groups is not None else [""] * c, dtype=object)
     sub = subgroup_codes(subgroups)
     include = np.isfinite(per_label_auc_ap(y, prob)[0])
-    batches = [np.ones((1, n))]
+    batches: list[tuple[np.ndarray, dict[str, np.ndarray]]] = [(np.ones((1, n)), {})]
     if n_boot > 0:
-        batches += list(_row_counts(cluster_codes(patients, n), n_boot, seed))
+        codes = cluster_codes(patients, n)
+        within = {  # the subgroup metrics' resamples: patients drawn inside each subgroup of the attribute
+            attr: _stratified_row_counts(codes, index, n_boot, (seed, 3, SUBGROUP_ATTRIBUTES.index(attr)))
+            for attr, (_, index) in sub.items()
+        }
+        for w in _row_counts(codes, n_boot, seed):
+            batches.append((w, {attr: next(chunks) for attr, chunks in within.items()}))
     values: dict[str, list[np.ndarray]] = {m.name: [] for m in specs if m.score is not None}
     aucs = []
-    for w in batches:
-        s = Weighted(y, prob, w, include, thr, groups, sub)
+    for w, strata_w in batches:
+        s = Weighted(y, prob, w, include, thr, groups, sub, strata_w)
         for m in specs:
             if m.score is not None:
                 values[m.name].append(m.score(s))

@@ -4,6 +4,7 @@ against explicit references, the report's order and caveats, a read-only store."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,19 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from cxrfa.cli import app
-from cxrfa.compare import CONSTANT, compare, to_latex, to_markdown, write_report
+from cxrfa.compare import CONSTANT, Comparison, compare, to_latex, to_markdown, write_report
+from cxrfa.compare.report import (
+    cell_rows,
+    contrast_rows,
+    fairness_rows,
+    family_rows,
+    per_label_rows,
+    subgroup_rows,
+)
 from cxrfa.config import BackboneConfig, DataConfig, ModelConfig, RunConfig, load_matrix
 from cxrfa.data.manifest import make_manifest, read_manifest, write_manifest
 from cxrfa.errors import CxrfaError
+from cxrfa.metrics import list_metrics
 from cxrfa.stats import holm, label_boot, paired_seed_test, seed_patient_t
 from cxrfa.tracking import TAG_CELLS, TAG_CONTRASTS, TAG_PREFIX, TrackedRun, Tracker
 
@@ -215,9 +225,49 @@ def test_compare_tests_the_declared_contrasts_against_an_independent_computation
     assert comp.cells.loc[CONSTANT, "macro_auc"] == pytest.approx(0.5)
     # a metric only logged per run (the modality gap): seeds-only t-interval and a plain paired t-test
     gaps = comp.contrasts[(comp.contrasts["metric"] == "embed/modality_gap")]
-    assert (gaps["resample"] == "seeds only").all() and gaps["delta"].abs().max() < 1e-12
+    assert (gaps["resample"] == "seeds only (image features not logged)").all()
+    assert gaps["delta"].abs().max() < 1e-12
+    worst = comp.contrasts[comp.contrasts["metric"] == "fair/worst_tpr_gap"]
+    assert (worst["resample"] == "seeds and patients inside each subgroup").all()
     ref = seed_patient_t([0.01, 0.02, 0.03], 0.0, null=None)
     assert comp.cells.loc["align-clip", "embed/modality_gap low"] == pytest.approx(max(ref.low, 0.0))
+
+
+def _readme_columns() -> set[str]:
+    """The column names README's "How to read the report" explains (the second-to-last cell of each row)."""
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = re.split(r"\n##+ ", text.split("### How to read the report")[1])[0]
+    names = set()
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            names.update(cells[-2].split(", "))
+    return names
+
+
+def _report_headers(comp: Comparison) -> list[set[str]]:
+    """Each report table's columns, a cell, metric or contrast column named as README names its kind."""
+    heads = {f"{m.name} {m.arrow}" + ("" if m.paired else " †") for m in list_metrics()}
+    cells = set(comp.cells.index)
+
+    def kind(column: str) -> str:
+        if column in cells:
+            return "one column per cell"
+        if column in heads:
+            return "metric ↑/↓"
+        if column.startswith("Δ "):
+            return "Δ metric ↑/↓ [95% CI]"
+        return "`cell − other`" if " − " in column else column
+
+    tables = [
+        contrast_rows(comp),
+        cell_rows(comp, True),
+        cell_rows(comp, False),
+        fairness_rows(comp),
+        subgroup_rows(comp),
+        per_label_rows(comp),
+    ] + [family_rows(comp, f) for f in dict.fromkeys(comp.contrasts["family"])]
+    return [{kind(c) for c in header} for header, _ in tables]
 
 
 def test_the_report_answers_first_with_one_interval_per_number_and_keeps_its_caveats(lab: Path) -> None:
@@ -252,6 +302,10 @@ def test_the_report_answers_first_with_one_interval_per_number_and_keeps_its_cav
     assert sex["fair/sex/tpr_gap/F low"] < sex["fair/sex/tpr_gap/F"] < sex["fair/sex/tpr_gap/F high"]
     assert 0 < sex["null_mean"] <= sex["null_q95"]
     assert "## TPR gap per subgroup" in md and "## Worst subgroup TPR gap against its null level" in md
+    # README's "How to read the report" names every column of every table
+    readme = _readme_columns()
+    for header in _report_headers(comp):
+        assert header <= readme, header - readme
     tex = to_latex(comp)
     assert r"\toprule" in tex and r"$\uparrow$" in tex and tex.startswith("% Warning: Stand-in")
     assert "stand-in" in tex.split(r"\caption{")[1].lower()

@@ -310,7 +310,15 @@ def test_every_paired_metric_on_the_test_set_equals_compute_metrics() -> None:
 
 
 def test_a_resample_of_every_paired_metric_equals_scoring_the_resampled_rows() -> None:
-    from cxrfa.metrics import _row_counts, cluster_codes, list_metrics, score_weighted
+    from cxrfa.metrics import (
+        SUBGROUP_ATTRIBUTES,
+        _row_counts,
+        _stratified_row_counts,
+        cluster_codes,
+        list_metrics,
+        score_weighted,
+        subgroup_codes,
+    )
 
     y, prob, sub, thr, groups, patients = _registry_case()
     labels = [f"L{j}" for j in range(y.shape[1])]
@@ -325,10 +333,17 @@ def test_a_resample_of_every_paired_metric_equals_scoring_the_resampled_rows() -
         label_groups=groups,
         subgroups=sub,
     )
-    counts = next(_row_counts(cluster_codes(patients, len(y)), 3, 4))  # (3, N): the same draws
-    for b in range(3):
-        rows = np.repeat(np.arange(len(y)), counts[b].astype(int))  # the resample's rows, explicitly
-        ref = compute_metrics(
+    codes = cluster_codes(patients, len(y))
+    counts = next(_row_counts(codes, 3, 4))  # (3, N): the same draws
+    # the subgroup gaps' own draws, inside each subgroup of each attribute
+    within = {
+        attr: next(_stratified_row_counts(codes, index, 3, (4, 3, SUBGROUP_ATTRIBUTES.index(attr))))
+        for attr, (_, index) in subgroup_codes(sub).items()
+    }
+
+    def scored(weights: np.ndarray) -> dict[str, float]:
+        rows = np.repeat(np.arange(len(y)), weights.astype(int))  # the resample's rows, explicitly
+        return compute_metrics(
             y[rows],
             prob[rows],
             labels,
@@ -337,11 +352,39 @@ def test_a_resample_of_every_paired_metric_equals_scoring_the_resampled_rows() -
             label_groups=dict(zip(labels, groups, strict=True)),
             n_boot=0,
         ).scalars
+
+    for b in range(3):
+        ref = scored(counts[b])
+        gaps = {}
+        for attr, w in within.items():
+            gaps |= {k: v for k, v in scored(w[b]).items() if k.startswith(f"fair/{attr}/tpr_gap/")}
+        ref |= gaps | {"fair/worst_tpr_gap": max(abs(v) for v in gaps.values() if np.isfinite(v))}
         for name, v in values.items():
             assert v[1 + b] == pytest.approx(ref[name], abs=1e-12, nan_ok=True), (name, b)
         assert per_label[1 + b] == pytest.approx(
             [ref[f"auc/{lab}"] for lab in labels], abs=1e-12, nan_ok=True
         )
+
+
+def test_subgroup_resamples_draw_patients_inside_each_subgroup_so_each_keeps_its_size() -> None:
+    from cxrfa.metrics import _row_counts, _stratified_row_counts, cluster_codes, subgroup_codes
+
+    _, _, sub, _, _, patients = _registry_case()
+    codes = cluster_codes(patients, len(patients))
+    names, index = subgroup_codes(sub)["view"]
+    counts = np.concatenate(list(_stratified_row_counts(codes, index, 120, (0, 3, 2))))  # (120, N)
+    assert counts.shape == (120, len(patients))
+    for g in range(len(names)):
+        rows = index == g
+        clusters = {p: np.flatnonzero(rows & (codes == p)) for p in np.unique(codes[rows])}
+        drawn = np.stack([counts[:, r[0]] for r in clusters.values()], axis=1)  # (B, patients in g)
+        assert (drawn.sum(axis=1) == len(clusters)).all()  # as many draws as g has patients, every time
+        for r in clusters.values():  # a drawn patient brings all its rows in g, and only those
+            assert (counts[:, r] == counts[:, r[:1]]).all()
+        assert drawn.std() > 0  # and they are resampled
+    # a plain patient resample lets a subgroup's number of patients wander with the draw of the whole test set
+    plain = next(_row_counts(codes, 50, 0))  # (50, N)
+    assert np.ptp(np.stack([plain[:, r[0]] for r in clusters.values()], axis=1).sum(axis=1)) > 0
 
 
 def test_the_worst_gap_null_is_above_zero_and_its_permutations_are_seeded() -> None:

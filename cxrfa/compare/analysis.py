@@ -5,8 +5,9 @@ subgroup gap against its null level.
 Every interval and test is :func:`cxrfa.stats.seed_patient_t` / :func:`cxrfa.stats.paired_seed_test`: a t-interval
 over seeds (or seed pairs) whose variance adds the patient variance all seeds share, from one set of patient
 resamples used for every run (so differences are paired). The metrics are the :class:`cxrfa.metrics.MetricSpec`
-registry: a metric recomputable from the logged predictions is resampled over patients; one only logged per run
-(the modality gap) gets the seed part alone, and says so.
+registry: a metric recomputable from the logged predictions is resampled over patients (the subgroup gaps inside
+each subgroup); one only logged per run (the embedding metrics) gets the seed part alone, and says why
+(:attr:`cxrfa.metrics.MetricSpec.resample`).
 """
 
 from __future__ import annotations
@@ -439,7 +440,7 @@ def _contrast_table(
                         "p": res.p,
                         "prob_improvement": res.prob_improvement,
                         "mde": res.mde,
-                        "resample": "seeds and patients" if ra is not None else "seeds only",
+                        "resample": spec.resample if ra is not None or not spec.paired else "seeds only",
                     }
                 )
     frame = pd.DataFrame(rows)

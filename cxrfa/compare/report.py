@@ -48,8 +48,9 @@ def _p(p: object) -> str:
 
 
 def _head(spec: MetricSpec) -> str:
-    """A metric's column name: its key and its direction (↑ higher is better, ↓ lower is better)."""
-    return f"{spec.name} {spec.arrow}"
+    """A metric's column name: its key, its direction (↑ higher is better, ↓ lower is better) and † when its
+    interval holds no patient resampling (the methods say why)."""
+    return f"{spec.name} {spec.arrow}" + ("" if spec.paired else " †")
 
 
 def _verdict(row: pd.Series, spec: MetricSpec) -> str:
@@ -208,8 +209,15 @@ def methods_lines(comp: Comparison) -> list[str]:
         "model must beat on MSE, mAP and ECE (its macro AUROC is 0.5 by construction).",
         "Worst subgroup gap: the largest |TPR gap| over sex, age and view subgroups is above 0 even when groups do "
         "not differ; its null level permutes the subgroup labels over images (200 permutations per run).",
-        "Metrics marked 'seeds only' are logged per run (not recomputable from predictions): their interval and "
-        "test hold seed variation only.",
+        "Subgroup TPR gaps and the worst gap: each attribute's resamples draw patients inside each of its "
+        "subgroups (as many as the subgroup has), so a subgroup keeps its size and its interval holds its own "
+        "patients' variation.",
+        "† Seed interval only, for two reasons. embed/modality_gap is measured on the image-side features of the "
+        "first test images, the same images for every seed, and runs log only the number: its interval holds the "
+        "seed spread (each seed's own sampling noise included) but not the patient variation those images share, "
+        "so it is narrower than a patient-resampled one. embed/mean_offdiag_sim/final is a function of the label "
+        "embeddings alone (no test image enters it): it has no patient variation, and the seed interval is its "
+        "whole interval.",
         f"Seeds: {seeds}.",
         f"Tuning: {m.tuning}.",
         f"Data: {m.data} (data hash {m.data_hash}); backbones: {', '.join(m.backbone_sources) or '?'}.",
