@@ -302,6 +302,15 @@ def test_the_report_answers_first_with_one_interval_per_number_and_keeps_its_cav
     assert sex["fair/sex/tpr_gap/F low"] < sex["fair/sex/tpr_gap/F"] < sex["fair/sex/tpr_gap/F high"]
     assert 0 < sex["null_mean"] <= sex["null_q95"]
     assert "## TPR gap per subgroup" in md and "## Worst subgroup TPR gap against its null level" in md
+    # every Markdown table row has as many cells as its header ("|" inside a cell escaped)
+    widths: list[set[int]] = [set()]
+    for line in md.splitlines():
+        if line.startswith("|"):
+            widths[-1].add(len(re.split(r"(?<!\\)\|", line)))
+        elif widths[-1]:
+            widths.append(set())
+    assert len(widths) > 5 and all(len(w) <= 1 for w in widths), widths
+    assert "| cell | worst \\|TPR gap\\| ↓ [95% CI] | null mean | null 95th percentile |" in md
     # README's "How to read the report" names every column of every table
     readme = _readme_columns()
     for header in _report_headers(comp):

@@ -257,8 +257,10 @@ def _sections(comp: Comparison) -> list[tuple[str, tuple[list[str], list[list[st
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return out + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    def line(cells: list[str]) -> str:  # a "|" inside a cell (|TPR gap|) would end the cell: escaped
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), "|" + "|".join("---" for _ in header) + "|", *[line(row) for row in rows]]
 
 
 def to_markdown(comp: Comparison, figures: dict[str, str] | None = None) -> str:
