@@ -45,11 +45,8 @@ def main() -> None:
     rows: dict[str, list[dict[str, float]]] = defaultdict(list)
     for run in sorted(tracker.children(parent.run_id), key=lambda r: r.start_time):
         if run.status == "FINISHED":
-            metrics = dict(run.metrics)
-            for key in list(metrics):  # the last epoch's training curves
-                if key.startswith("train/"):
-                    metrics[key] = tracker.metric_history(run.run_id, key)[-1][1]
-            rows[run.tags[TAG_CELL]].append(metrics)
+            # a run's metrics hold each key's value at its largest step: a training curve's last epoch
+            rows[run.tags[TAG_CELL]].append(dict(run.metrics))
     visual_ece = [m["test/ece"] for cell, ms in rows.items() if cell.startswith("visual") for m in ms]
     print(f"parent {parent.run_id}; visual-only ECE {statistics.mean(visual_ece):.4f}" if visual_ece else "")
     print(

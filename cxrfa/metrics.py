@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cxrfa.data.ages import AGE_BINS, age_bins
+
 log = logging.getLogger(__name__)
 
 ECE_BINS = 15
-AGE_EDGES: tuple[float, ...] = (0.0, 20.0, 40.0, 60.0, 80.0, np.inf)
-# "80plus" rather than "80+": metric keys are logged to MLflow, which rejects "+" in names.
-AGE_BINS: tuple[str, ...] = ("0-20", "20-40", "40-60", "60-80", "80plus")
 SUBGROUP_ATTRIBUTES: tuple[str, ...] = ("sex", "age", "view")
 LABEL_GROUPS: tuple[str, ...] = ("head", "medium", "tail")
 _BOOT_CHUNK = 50  # resamples held in memory at once: (chunk, N) row-count matrix
@@ -400,17 +399,6 @@ def calibration_in_the_large(
 def _safe_name(value: object) -> str:
     """A subgroup value as a metric-key segment (MLflow allows only ``[\\w.\\- ]`` besides ``/``)."""
     return re.sub(r"[^\w.\- ]", "_", str(value)).strip() or "unknown"
-
-
-def age_bins(age: pd.Series) -> pd.Series:
-    """Ages in years -> :data:`AGE_BINS` names (left-closed: 20 is in ``20-40``); unknown or negative -> NaN.
-
-    The project's one age binning: fairness metrics and ``cxrfa data stats`` both use it, so a subgroup has the
-    same name in a metric key, a stats table and a plot.
-    """
-    years = pd.to_numeric(age, errors="coerce")
-    binned = pd.cut(years.where(years >= 0), list(AGE_EDGES), right=False, labels=list(AGE_BINS))
-    return binned.astype(object).where(binned.notna(), np.nan)
 
 
 def _group_codes(subgroups: pd.DataFrame, attr: str) -> pd.Series:

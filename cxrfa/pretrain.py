@@ -94,23 +94,16 @@ class PretrainResult:
         }
 
 
-def has_reports(manifest: Manifest) -> bool:
-    """Whether any row of the manifest has a non-empty report."""
-    reports = manifest.frame.get("report")
-    return reports is not None and bool(reports.dropna().astype(str).str.strip().ne("").any())
-
-
 def _pairs(manifest: Manifest, split: str) -> Manifest:
     """The split's image-report pairs; for a manifest without any report, every image paired with a sentence
     built from its labels (:func:`cxrfa.data.reports.label_sentence`)."""
     part = manifest.split(split)
-    if not has_reports(manifest):
+    if not manifest.has_reports():
         from cxrfa.data.reports import label_sentences
 
         frame = part.frame.assign(report=label_sentences(list(part.labels), part.label_matrix()))
         return Manifest(frame.reset_index(drop=True), part.root, part.labels, part.label_set, part.source)
-    has_report = part.frame["report"].notna() & (part.frame["report"].astype(str).str.strip() != "")
-    frame = part.frame[has_report.to_numpy(dtype=bool)].reset_index(drop=True)
+    frame = part.frame[part.report_rows()].reset_index(drop=True)
     return Manifest(frame, part.root, part.labels, part.label_set, part.source)
 
 
@@ -307,7 +300,7 @@ def _pretrain(
 ) -> PretrainResult:
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest)
-    with_reports = has_reports(manifest)
+    with_reports = manifest.has_reports()
     if not with_reports:
         log.info(
             "%s has no reports: pretraining on sentences built from the labels", manifest.source or "data"

@@ -448,10 +448,6 @@ class Tracker:
         except Exception as err:  # noqa: BLE001
             raise self._error(f"cannot list the artifacts of run {run_id}", err) from None
 
-    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        """Every logged (step, value) of one metric of a run, in logging order."""
-        return [(m.step, m.value) for m in self._client.get_metric_history(run_id, key)]
-
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
         """Download one artifact (file or folder) of a run into ``dst``; returns the local path."""
         from mlflow.artifacts import download_artifacts

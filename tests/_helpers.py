@@ -36,6 +36,14 @@ def cxrfa_cmd(*args: object, **options: object) -> list[str]:
     return python_m("cxrfa.cli", *args, **options)
 
 
+def metric_steps(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """Every logged (step, value) of one metric of a run, in logging order, read with MLflow's own client (cxrfa
+    itself reads only a run's latest values)."""
+    from mlflow import MlflowClient
+
+    return [(m.step, m.value) for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)]
+
+
 # smoke-sized overrides of a shipped matrix: a small demo set, narrow heads, one epoch
 SMOKE = {
     "data.demo_n": 240,

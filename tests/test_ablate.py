@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from _helpers import cli_args, cxrfa_cmd, start_text
+from _helpers import cli_args, cxrfa_cmd, metric_steps, start_text
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -160,7 +160,7 @@ def test_processes_started_together_on_a_fresh_store_run_each_cell_once(workdir:
     for pid, run in pids.items():  # the pool's workers train with their pinned single thread
         assert run.tags["cxrfa.threads"] == "1" or pid == str(plain.pid)
     for run in runs:  # final metrics at step 0: one bar per run in MLflow's chart view
-        assert tracker.metric_history(run.run_id, "test/macro_auc") == [(0, run.metrics["test/macro_auc"])]
+        assert metric_steps(tracker.uri, run.run_id, "test/macro_auc") == [(0, run.metrics["test/macro_auc"])]
         assert "visual" in run.tags["mlflow.note.content"]
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxrfa.data.ages import AGE_BINS, age_bins
 from cxrfa.data.manifest import make_manifest
 from cxrfa.data.stats import manifest_stats
-from cxrfa.metrics import AGE_BINS, age_bins, compute_metrics
+from cxrfa.metrics import compute_metrics
 
 
 def test_age_bins_edges_and_unknowns() -> None:

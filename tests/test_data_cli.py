@@ -73,7 +73,9 @@ def test_formats_come_from_the_reader_registry(tmp_path: Path) -> None:
     import pytest
 
     from cxrfa.data.indexing import index_dataset
-    from cxrfa.data.readers import _READERS, ReadOptions, list_readers, read_generic, register_reader
+    from cxrfa.data.readers import ReadOptions, list_readers, register_reader
+    from cxrfa.data.readers.base import _READERS
+    from cxrfa.data.readers.generic import read_generic
     from cxrfa.errors import CxrfaError
     from cxrfa.pipeline import load_recipe
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cxrfa.data.dataset import CXRDataset, load_image, train_augment
-from cxrfa.data.manifest import make_manifest
+from cxrfa.data.manifest import make_manifest, read_manifest, write_manifest
 from cxrfa.errors import CxrfaError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -104,6 +104,27 @@ def test_dataset_items(tmp_path: Path) -> None:
     assert batch["image"].shape == (2, 3, 20, 20) and batch["labels"].shape == (2, 2)
     fixed = CXRDataset(manifest, to_tensor, domains=np.array([5, 6, 7]))
     assert fixed[2]["domain"] == 7
+
+
+def test_a_report_is_a_cell_with_text_in_memory_and_read_back(tmp_path: Path) -> None:
+    reports = ["Cardiomegaly.", None, "", "   ", "Effusion.", "No acute disease."]
+    frame = pd.DataFrame(
+        {
+            "path": [f"{k}.png" for k in range(6)],
+            "patient_id": [str(k) for k in range(6)],
+            "split": "train",
+            "report": reports,
+            "Mass": 0,
+        }
+    )
+    manifest = make_manifest(frame, tmp_path, ["Mass"], "custom")
+    rows = [True, False, False, False, True, True]  # missing, empty and blank are no report
+    assert manifest.report_rows().tolist() == rows and manifest.has_reports()
+    back = read_manifest(write_manifest(manifest, tmp_path / "m.csv"))
+    assert back.report_rows().tolist() == rows
+    silent = make_manifest(frame.assign(report=[None, "", " ", None, None, ""]), tmp_path, ["Mass"], "custom")
+    assert not silent.has_reports() and not silent.report_rows().any()
+    assert not make_manifest(frame.drop(columns="report"), tmp_path, ["Mass"], "custom").has_reports()
 
 
 def test_train_augment_is_light_and_keeps_laterality(tmp_path: Path) -> None:

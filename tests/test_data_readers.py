@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from cxrfa.data.indexing import index_dataset
 from cxrfa.data.manifest import read_manifest, write_manifest
+from cxrfa.data.readers import ReadOptions, get_reader, list_readers
 from cxrfa.data.splits import overlapping_patients, stratified_patient_split
 from cxrfa.labels import CHEXPERT14, NIH14
 
@@ -239,7 +241,7 @@ def test_generic_csv_mapping_one_label_keeps_the_columns_named_like_the_others(
             "Covid": ["0"] * 4,
         }
     ).to_csv(root / "labels.csv", index=False)
-    with caplog.at_level(logging.INFO, logger="cxrfa.data.readers"):
+    with caplog.at_level(logging.INFO, logger="cxrfa.data.readers.generic"):
         result = index_dataset(
             "csv",
             root,
@@ -258,3 +260,93 @@ def test_generic_csv_mapping_one_label_keeps_the_columns_named_like_the_others(
     assert frame["Mass"].tolist() == [0, 1, 0, 0]  # named like the label: kept, not silently unknown
     assert frame["Effusion"].tolist()[:3] == [1, 1, 0] and np.isnan(frame["Effusion"].iat[3])  # via synonym
     assert frame["Nodule"].isna().all()  # not in the CSV: unknown
+
+
+# Raw label cells and what every reader must make of them: 1, 0, or the uncertain / blank policy; "bad" cells
+# make a bad row. The same tokens go through each reader that reads a value per label.
+TOKENS: dict[str, int | str] = {
+    "1.0": 1,
+    "1": 1,
+    " 1 ": 1,
+    "1.00": 1,
+    "true": 1,
+    "Yes": 1,
+    "0.0": 0,
+    "0": 0,
+    "FALSE": 0,
+    "no": 0,
+    "-1.0": "uncertain",
+    "-1": "uncertain",
+    "": "blank",
+    "nan": "blank",
+    "NaN": "blank",
+    "None": "blank",
+    "NONE": "blank",
+    "<NA>": "blank",
+    "NA": "blank",
+    "null": "blank",
+    "2": "bad",
+    "x": "bad",
+    "maybe": "bad",
+}
+
+
+def _token_rows() -> pd.DataFrame:
+    """Real CheXpert fixture rows (their own 1.0/0.0/-1.0/blank cells kept), one token each in Cardiomegaly."""
+    rows = pd.read_csv(CHEXPERT_CSV, dtype=str, keep_default_na=False).head(len(TOKENS))
+    rows["Cardiomegaly"] = list(TOKENS)
+    return rows
+
+
+def _as_chexpert(rows: pd.DataFrame, root: Path) -> ReadOptions:
+    rows.to_csv(root / "train.csv", index=False)
+    return ReadOptions(root, root / "train.csv", list(CHEXPERT14))
+
+
+def _as_mimic(rows: pd.DataFrame, root: Path) -> ReadOptions:
+    ids = pd.DataFrame(
+        {
+            "dicom_id": [f"d{k}" for k in range(len(rows))],
+            "subject_id": [str(10000000 + k) for k in range(len(rows))],
+            "study_id": [str(50000000 + k) for k in range(len(rows))],
+        }
+    )
+    ids.assign(ViewPosition="PA").to_csv(root / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    ids.assign(split="train").to_csv(root / "mimic-cxr-2.0.0-split.csv", index=False)
+    labels = pd.concat([ids[["subject_id", "study_id"]], rows[list(CHEXPERT14)]], axis=1)
+    labels.to_csv(root / "mimic-cxr-2.0.0-chexpert.csv", index=False)
+    return ReadOptions(root, None, list(CHEXPERT14))
+
+
+def _as_csv(rows: pd.DataFrame, root: Path) -> ReadOptions:
+    rows.assign(pid=[f"p{k}" for k in range(len(rows))]).to_csv(root / "labels.csv", index=False)
+    return ReadOptions(
+        root, root / "labels.csv", list(CHEXPERT14), columns={"path": "Path", "patient_id": "pid"}
+    )
+
+
+# Every reader whose source has a value per label; NIH lists finding names instead (no value cells to parse).
+VALUE_READERS = {"chexpert": _as_chexpert, "mimic": _as_mimic, "csv": _as_csv}
+
+
+@pytest.mark.parametrize(("uncertain", "blank"), [("ones", "zero"), ("zeros", "unknown"), ("ignore", "zero")])
+def test_every_reader_reads_the_same_label_tokens_alike(tmp_path: Path, uncertain: str, blank: str) -> None:
+    assert {info.name for info in list_readers()} == {*VALUE_READERS, "nih"}  # a new reader joins this test
+    rows = _token_rows()
+    matrices, bad_lines = {}, {}
+    for name, build in VALUE_READERS.items():
+        (tmp_path / name).mkdir()
+        options = replace(build(rows, tmp_path / name), uncertain=uncertain, blank=blank)  # type: ignore[arg-type]
+        table = get_reader(name).read(options)
+        matrices[name] = table.frame[list(CHEXPERT14)].to_numpy(dtype=np.float32)  # (N, 14), in row order
+        bad_lines[name] = [row.line for row in table.bad]
+        assert all("'Cardiomegaly'" in row.problem for row in table.bad), table.bad
+    policy = {"uncertain": {"ones": 1, "zeros": 0, "ignore": None}[uncertain]}
+    policy["blank"] = 0 if blank == "zero" else None
+    expected = [policy.get(v, v) if v != "bad" else None for v in TOKENS.values()]  # type: ignore[call-overload]
+    lines = [k + 2 for k, v in enumerate(TOKENS.values()) if v == "bad"]
+    for name, y in matrices.items():
+        got = [None if np.isnan(v) else int(v) for v in y[:, CHEXPERT14.index("Cardiomegaly")]]
+        assert got == expected, name
+        assert bad_lines[name] == lines, name
+        np.testing.assert_array_equal(y, matrices["chexpert"], err_msg=name)  # the real cells too

@@ -116,7 +116,7 @@ def test_the_checker_sees_cycles_and_only_top_level_edges() -> None:
 LIBRARY_MUST_NOT_IMPORT = {
     "cxrfa.models": ("cxrfa.pretrain", "cxrfa.standins", "cxrfa.experiment", "cxrfa.postrun", "cxrfa.cli"),
     "cxrfa.explore": ("cxrfa.experiment", "cxrfa.postrun", "cxrfa.cli", "cxrfa.ablate", "cxrfa.tuning"),
-    "cxrfa.data": ("cxrfa.models", "cxrfa.experiment", "cxrfa.postrun", "cxrfa.cli"),
+    "cxrfa.data": ("cxrfa.models", "cxrfa.metrics", "cxrfa.experiment", "cxrfa.postrun", "cxrfa.cli"),
 }
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _helpers import cxrfa_cmd, start_text
+from _helpers import cxrfa_cmd, metric_steps, start_text
 
 from cxrfa.errors import CxrfaError
 from cxrfa.tracking import Tracker, redact, redact_text, resolve_uri
@@ -71,7 +71,7 @@ def test_experiments_open_as_training_experiments(tmp_path: Path) -> None:
     run.log_metrics({"test/macro_auc": 0.7})
     (info,) = tracker.search()
     assert info.tags["mlflow.note.content"] == "what this run is"
-    assert tracker.metric_history(run.run_id, "test/macro_auc") == [(0, 0.7)]
+    assert metric_steps(tracker.uri, run.run_id, "test/macro_auc") == [(0, 0.7)]  # finals at step 0
     import mlflow
 
     experiment = mlflow.MlflowClient(tracker.uri).get_experiment(tracker.experiment_id)

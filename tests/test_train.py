@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import cxrfa_cmd
+from _helpers import cxrfa_cmd, metric_steps
 from typer.testing import CliRunner
 
 from cxrfa.cli import app
@@ -51,7 +51,7 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
         assert key in run.metrics, key
     per_label = [k for k in run.metrics if k.startswith("test/auc/")]  # labels with both classes in test
     assert len(per_label) >= 3 and len([k for k in run.metrics if k.startswith("test/ap/")]) == len(per_label)
-    history = Tracker(None, "smoke").metric_history(run.run_id, "val/macro_auc")
+    history = metric_steps(Tracker(None, "smoke").uri, run.run_id, "val/macro_auc")
     assert [step for step, _ in history] == [0, 1]
     files = set(Tracker(None, "smoke").list_artifacts(run.run_id))
     assert {

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from _helpers import cxrfa_cmd, start_text
+from _helpers import cxrfa_cmd, metric_steps, start_text
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -171,7 +171,7 @@ def test_pruned_trials_stop_early_and_count_as_finished(lab: Path) -> None:
         "pruned" in r.tags["cxrfa.failure"] for r in runs
     )
     for run in runs:
-        assert len(Tracker(None, "prune").metric_history(run.run_id, "val/macro_auc")) == 2
+        assert len(metric_steps(Tracker(None, "prune").uri, run.run_id, "val/macro_auc")) == 2
         assert "test/macro_auc" not in run.metrics
     for trial in _study(
         "prune.visual-clip"

@@ -63,11 +63,15 @@ def index(
     label_set: Annotated[str, typer.Option("--label-set", help="nih14 | chexpert14 | cxr-lt26")] = "nih14",
     uncertain: Annotated[
         Uncertain,
-        typer.Option("--uncertain", help="CheXpert -1.0: ones, zeros or ignore (= unknown)."),
+        typer.Option(
+            "--uncertain", help="A -1 label (CheXpert's uncertain): ones, zeros or ignore (= unknown)."
+        ),
     ] = "ignore",
     blank: Annotated[
         Blank,
-        typer.Option("--blank", help="A blank CheXpert cell: zero (default) or unknown."),
+        typer.Option(
+            "--blank", help="A blank label cell (empty, NA, nan, None, any case): zero (default) or unknown."
+        ),
     ] = "zero",
     frontal_only: Annotated[bool, typer.Option("--frontal-only", help="Keep PA/AP views only.")] = False,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the patient-level split.")] = 0,
@@ -82,7 +86,7 @@ def index(
     """Index a dataset (NIH, CheXpert, MIMIC-CXR-JPG or a generic CSV) into a manifest, checking every row."""
     from cxrfa.data.indexing import index_dataset
     from cxrfa.data.manifest import write_manifest
-    from cxrfa.data.readers import parse_columns
+    from cxrfa.data.readers.generic import parse_columns
 
     result = index_dataset(
         fmt,

@@ -79,6 +79,20 @@ class Manifest:
         """(N, C) float32 array: 1, 0 or NaN (unknown)."""
         return self.frame[self.labels].to_numpy(dtype=np.float32, na_value=np.nan)
 
+    def report_rows(self) -> np.ndarray:
+        """(N,) bool: the rows with a report; missing, empty and whitespace-only are no report.
+
+        The one "has a report" test: pretraining pairs and the report loss term both ask it.
+        """
+        reports = self.frame.get("report")
+        if reports is None:
+            return np.zeros(len(self.frame), dtype=bool)
+        return (reports.notna() & reports.astype(str).str.strip().ne("")).to_numpy(dtype=bool)
+
+    def has_reports(self) -> bool:
+        """Whether any row has a report (:meth:`report_rows`)."""
+        return bool(self.report_rows().any())
+
     def image_path(self, i: int) -> Path:
         """The file of row ``i``, symlinks resolved.
 

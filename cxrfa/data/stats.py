@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cxrfa.data.ages import AGE_BINS, age_bins
 from cxrfa.data.manifest import SPLITS, Manifest
 from cxrfa.data.splits import overlapping_patients
 from cxrfa.labels import group_by_prevalence
-from cxrfa.metrics import AGE_BINS, age_bins
 
 
 @dataclass

@@ -115,7 +115,7 @@ def image_groups(y_true: ArrayLike, labels: Sequence[str]) -> list[str]:
 def image_attributes(frame: pd.DataFrame) -> dict[str, list[str]]:
     """Per-image colourings from manifest columns: ``site`` (domain), ``view``, ``sex``, ``age`` (binned as the
     fairness metrics bin it); missing values read ``unknown``, absent columns are left out."""
-    from cxrfa.metrics import age_bins
+    from cxrfa.data.ages import age_bins
 
     columns = {"site": "domain", "view": "view", "sex": "sex"}
     out = {
@@ -377,7 +377,7 @@ def _colourings(layout: UmapLayout) -> list[_Colouring]:
         vals = np.asarray(values, dtype=object)
         kinds = sorted(set(values) - {"unknown"}, key=lambda v: (values.count(v) * -1, v))
         if name == "age":
-            from cxrfa.metrics import AGE_BINS
+            from cxrfa.data.ages import AGE_BINS
 
             kinds = [a for a in AGE_BINS if a in kinds]
         cats = [(k, vals == k, _ATTRIBUTE_PALETTE[i % len(_ATTRIBUTE_PALETTE)]) for i, k in enumerate(kinds)]
