@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 from cxrfa.cli import app
 from cxrfa.tracking import TAG_CELLS, Tracker
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 # the runs of the smoke matrix with seeds 0 and 1, as sorted (cell, seed) pairs
 SMOKE_RUNS = [("align-clip", "0"), ("align-clip", "1"), ("visual-clip", "0"), ("visual-clip", "1")]
