@@ -22,7 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _arm(pruner: str, args: argparse.Namespace, root: Path) -> dict[str, float | str]:
-    from cxrfa.config import load_backbones, load_matrix
+    from cxrfa.config import load_matrix
+    from cxrfa.models.registry import load_backbones
     from cxrfa.tracking import Tracker
     from cxrfa.tuning import TuneSettings, select_cell, tune
 
@@ -96,8 +97,9 @@ def main() -> None:
 
 def _warm_up(args: argparse.Namespace, root: Path) -> None:
     """Build the demo data, stand-in weights and feature cache outside the timed arms."""
-    from cxrfa.config import load_backbones, load_matrix
+    from cxrfa.config import load_matrix
     from cxrfa.experiment import run_cell
+    from cxrfa.models.registry import load_backbones
     from cxrfa.tuning import select_cell
 
     matrix = load_matrix(args.matrix)

@@ -555,8 +555,12 @@ def load_matrix(name_or_path: str) -> AblationMatrix:
     return matrix
 
 
-def load_backbones(spec: str) -> BackboneSet:
-    """``real``, ``demo``, or a YAML file mapping backbone names to BackboneConfig fields."""
+def read_backbones(spec: str) -> BackboneSet:
+    """``real``, ``demo``, or a YAML file mapping backbone names to BackboneConfig fields.
+
+    The encoder names are not checked here (the registry is in the model layer, above this one): read a set
+    through :func:`cxrfa.models.registry.load_backbones`, which checks them.
+    """
     if spec == "real":
         return REAL_BACKBONES
     if spec == "demo":
@@ -565,12 +569,7 @@ def load_backbones(spec: str) -> BackboneSet:
     if not path.is_file():
         raise CxrfaError(f"--backbones {spec!r}: expected 'real', 'demo' or a YAML file that exists")
     raw = read_yaml(path) or {}
-    bset = validate(BackboneSet, {"name": path.stem, "backbones": raw}, str(path))
-    from cxrfa.models.registry import check_encoder_name  # torch-heavy: only for a user's backbone file
-
-    for key, backbone in bset.backbones.items():
-        check_encoder_name(backbone.name, f"{path}: {key}.name: ")
-    return bset
+    return validate(BackboneSet, {"name": path.stem, "backbones": raw}, str(path))
 
 
 def _resolve_backbones(tree: dict[str, Any], backbones: BackboneSet) -> dict[str, Any]:

@@ -28,10 +28,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cxrfa.config import AblationMatrix, BackboneSet, load_backbones, load_matrix, read_yaml, validate
+from cxrfa.config import AblationMatrix, BackboneSet, load_matrix, read_yaml, validate
 from cxrfa.data.readers import get_reader
 from cxrfa.errors import CxrfaError
 from cxrfa.labels import Blank, Uncertain
+from cxrfa.models.registry import load_backbones
 from cxrfa.tracking import TAG_PARENT, TAG_PIPELINE, TAG_PRETRAIN, TAG_TUNED_TRIALS, TAG_TUNING, Tracker
 
 log = logging.getLogger(__name__)

@@ -220,10 +220,13 @@ class Queue:
                 states[unit] = UnitState(cfg, 1 + max((int(t.user_attrs[ATTEMPT]) for t in mine), default=-1))
                 new.append(states[unit])
             for st in sorted(new, key=lambda st: (st.cfg.model.visual.frozen, -st.cfg.train.epochs)):
-                self._add(st.cfg, st.attempt)
+                self.add(st.cfg, st.attempt)
         return states
 
-    def _add(self, cfg: RunConfig, attempt: int) -> None:
+    def add(self, cfg: RunConfig, attempt: int) -> None:
+        """Put attempt ``attempt`` of ``cfg``'s unit in the queue as it is, whatever is there already: what
+        :meth:`enqueue` and :meth:`refresh` do once they decide the unit is missing (two machines deciding at the
+        same moment both add it, and the canonical rule drops the copy)."""
         attrs = {
             UNIT: cfg.config_hash(),
             ATTEMPT: attempt,
@@ -301,7 +304,7 @@ class Queue:
         key = (unit, st.attempt)
         self._no_live[key] = self._no_live.get(key, 0) + 1
         if self._no_live[key] >= 2:  # still nothing after a poll: nobody will put it back, so we do
-            self._add(st.cfg, st.attempt)
+            self.add(st.cfg, st.attempt)
             self._no_live.pop(key)
         return True
 

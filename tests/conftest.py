@@ -1,4 +1,5 @@
-"""Test-session setup: offline, a private cxrfa home shared by the session (demo data, stand-ins, feature cache)."""
+"""Test-session setup: offline, a private cxrfa home shared by the session (demo data, stand-ins, feature cache),
+and the session-wide fixtures built once per run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import pytest
@@ -20,6 +22,9 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("CXRFA_HOME", tempfile.mkdtemp(prefix="cxrfa-test-home-"))
 
 REPO = Path(__file__).resolve().parents[1]
+
+if TYPE_CHECKING:
+    from cxrfa.config import BackboneConfig
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +52,23 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "ablations").mkdir()
     shutil.copy(REPO / "ablations" / "smoke.yaml", tmp_path / "ablations" / "smoke.yaml")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smoke_standin() -> BackboneConfig:
+    """The clip stand-in (the smoke matrix's one backbone) pretrained on the smoke data in the session home,
+    resolved: built here once per run, on one thread as every test runs, so a test that needs it ready, or
+    links a second home to it, never pretrains it again."""
+    from _helpers import SMOKE
+
+    from cxrfa.config import DEMO_BACKBONES, DataConfig
+    from cxrfa.data.load import load_data
+    from cxrfa.standins import ensure_standin
+
+    data = DataConfig(demo_n=SMOKE["data.demo_n"], demo_size=SMOKE["data.demo_size"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return ensure_standin(DEMO_BACKBONES.backbones["clip"], load_data(data, progress=False))
+    finally:
+        torch.set_num_threads(before)

@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 from cxrfa.cli import app
 from cxrfa.tracking import TAG_CELLS, Tracker
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 # the runs of the smoke matrix with seeds 0 and 1, as sorted (cell, seed) pairs
 SMOKE_RUNS = [("align-clip", "0"), ("align-clip", "1"), ("visual-clip", "0"), ("visual-clip", "1")]
@@ -186,7 +188,7 @@ def test_a_worker_silent_on_another_machine_loses_its_cell_after_the_grace_perio
     lost = tracker.start(
         "visual-clip/seed=0", {"cxrfa.config_hash": cfg.config_hash(), "cxrfa.owner": "elsewhere:4242:1"}
     )
-    queue._add(cfg, 0)  # and a machine that started at the same moment enqueued the cell again
+    queue.add(cfg, 0)  # and a machine that started at the same moment enqueued the cell again
     started = time.monotonic()
     worker = scheduler.Worker(lambda c, claim: run_cell(c, tracker, claim=claim, explore=(), progress=False))
     queue.work(states, worker)

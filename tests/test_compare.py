@@ -30,6 +30,8 @@ from cxrfa.metrics import list_metrics
 from cxrfa.stats import holm, label_boot, paired_seed_test, seed_patient_t
 from cxrfa.tracking import TAG_CELLS, TAG_CONTRASTS, TAG_PREFIX, TrackedRun, Tracker
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 LABELS = ["Atelectasis", "Effusion", "Hernia"]
 N_TEST = 90

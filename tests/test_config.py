@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cxrfa.config import DEMO_BACKBONES, REAL_BACKBONES, BackboneConfig, expand, load_backbones, load_matrix
+from cxrfa.config import DEMO_BACKBONES, REAL_BACKBONES, BackboneConfig, expand, load_matrix
 from cxrfa.errors import CxrfaError
+from cxrfa.models.registry import load_backbones
 
 SHIPPED = ["full", "smoke", "visual-only", "dual-branch", "alignment", "ladder", "baselines"]
 

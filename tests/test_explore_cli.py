@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from cxrfa.cli import app
 from cxrfa.data.synth import synthesize
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 

@@ -20,6 +20,8 @@ from cxrfa.explore import (
 )
 from cxrfa.explore.report import write_umap_report
 
+pytestmark = pytest.mark.slow
+
 LABELS = ["Atelectasis", "Effusion", "Pleural_Thickening", "Mass"]
 
 

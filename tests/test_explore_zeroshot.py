@@ -20,6 +20,8 @@ from cxrfa.models.cache import FeatureCache
 from cxrfa.models.registry import build_encoder
 from cxrfa.pretrain import pretrain
 
+pytestmark = pytest.mark.slow
+
 MICRO_CLIP = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},

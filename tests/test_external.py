@@ -23,6 +23,8 @@ from cxrfa.evaluate import external_rows
 from cxrfa.metrics import choose_thresholds
 from cxrfa.tracking import Tracker
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 FIXTURES = Path(__file__).parent / "fixtures"
 # NIH-14 and CheXpert-14 share these findings (Effusion is CheXpert's "Pleural Effusion")

@@ -10,6 +10,8 @@ from _helpers import SMOKE
 
 from cxrfa.config import DEMO_BACKBONES, RunConfig, expand, load_matrix
 
+pytestmark = pytest.mark.slow
+
 # The parts of the seed's alignment model, in the seed's order: the resolved-config keys each part switches on.
 PARTS: dict[str, set[str]] = {
     "semantic & domain alignment": {"loss.semantic", "loss.domain"},

@@ -14,6 +14,8 @@ from cxrfa.pipeline import load_recipe, run_pipeline
 from cxrfa.tracking import Tracker
 from cxrfa.tuning import overlay_path
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 

@@ -34,6 +34,8 @@ from cxrfa.stats import SeedTest, label_boot
 from cxrfa.stats import paired_seed_test as stats_paired_seed_test
 from cxrfa.train import fit, make_loader, predict
 
+pytestmark = pytest.mark.slow
+
 C, K, TOKENS, DV, DE = 12, 4, 4, 16, 12  # labels, latent dims (< C), visual tokens, token and text widths
 N_TRAIN, N_VAL, N_TEST = 240, 160, 800
 PREVALENCE = 0.03  # about 7 train positives per label

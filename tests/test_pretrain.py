@@ -18,6 +18,8 @@ from cxrfa.models import build_encoder
 from cxrfa.pretrain import chance_recall, finding_keys, pretrain, retrieval_recall
 from cxrfa.standins import ensure_standin, standin_path
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

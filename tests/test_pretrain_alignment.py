@@ -110,15 +110,6 @@ def test_zero_shot_scores_match_sklearn() -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def smoke_standin() -> BackboneConfig:
-    """The clip stand-in of the smoke data, pretrained once per session (shared with the other tests)."""
-    from cxrfa.standins import ensure_standin
-
-    cfg = BackboneConfig(name="clip", arch="cxrfa-tiny-clip", pretrained="demo", standin=True)
-    return ensure_standin(cfg, load_data(SMOKE, progress=False))
-
-
 def test_smoke_standin_is_aligned_and_its_results_sit_beside_it(smoke_standin: BackboneConfig) -> None:
     weights = Path(str(smoke_standin.pretrained))
     assert weights == standin_path("cxrfa-tiny-clip", load_data(SMOKE, progress=False))

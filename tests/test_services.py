@@ -113,8 +113,11 @@ def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="session")
-def team_ablation(mlflow_server: str, postgres: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two `ablate --worker` processes on one matrix; one is killed with SIGKILL in the middle of a cell."""
+def team_ablation(
+    mlflow_server: str, postgres: str, tmp_path_factory: pytest.TempPathFactory, smoke_standin: object
+) -> dict:
+    """Two `ablate --worker` processes on one matrix; one is killed with SIGKILL in the middle of a cell.
+    (The stand-in is in the session home before B's home links to it: neither worker pretrains it.)"""
     root = tmp_path_factory.mktemp("team")
     spec = yaml.safe_load((REPO / "ablations" / "smoke.yaml").read_text())
     spec["name"] = "team"

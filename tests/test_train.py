@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from cxrfa.cli import app
 from cxrfa.tracking import Tracker
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 TRAIN = ["train", "--matrix", "smoke", "--cell", "align-clip", "--seed", "0"]
 

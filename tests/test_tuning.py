@@ -31,6 +31,8 @@ from cxrfa.tuning import (
     tune,
 )
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 

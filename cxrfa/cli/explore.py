@@ -119,6 +119,7 @@ def _open(source: Source, split: str | None = None) -> tuple[Manifest, Encoder]:
     from cxrfa.explore._common import step
     from cxrfa.explore.report import load_backbone, load_data
     from cxrfa.explore.zeroshot import require_split
+    from cxrfa.standins import ensure_standin
 
     # no spinners: synthesis and stand-in pretraining log and show bars of their own
     demo = " (the demo is synthesised once)" if source.data is None else ""
@@ -127,7 +128,8 @@ def _open(source: Source, split: str | None = None) -> tuple[Manifest, Encoder]:
     if split is not None:
         require_split(manifest, split)
     with step(f"preparing backbone {source.backbone} (a demo stand-in is pretrained once)", spinner=False):
-        return manifest, load_backbone(source.backbone, source.backbones, manifest, source.device)
+        prepare = functools.partial(ensure_standin, manifest=manifest)
+        return manifest, load_backbone(source.backbone, source.backbones, prepare, source.device)
 
 
 def _encode(source: Source, images: Images) -> tuple[np.ndarray, np.ndarray, np.ndarray, Manifest]:

@@ -162,8 +162,9 @@ def train(
 
     Example:  cxrfa train --matrix full --cell align-clip --seed 0
     """
-    from cxrfa.config import expand, load_backbones, load_matrix
+    from cxrfa.config import expand, load_matrix
     from cxrfa.experiment import checkpoint_dir, run_cell
+    from cxrfa.models.registry import load_backbones
     from cxrfa.preflight import check_checkpoints, preflight
     from cxrfa.tracking import Tracker
     from cxrfa.train import NonFiniteLoss
@@ -281,7 +282,8 @@ def ablate(
 
     from cxrfa.ablate import Workers, plan
     from cxrfa.ablate import ablate as run_ablation
-    from cxrfa.config import expand, load_backbones, load_matrix
+    from cxrfa.config import expand, load_matrix
+    from cxrfa.models.registry import load_backbones
     from cxrfa.scheduler import cpu_threads, device_env
     from cxrfa.tracking import Tracker
 

@@ -97,7 +97,8 @@ def tune(
       cxrfa tune --matrix full --cell align-clip --trials 50 --storage postgresql://user@db/optuna --n-jobs 2
     """
     from cxrfa.cli.run import _announce_demo, _overrides
-    from cxrfa.config import load_backbones, load_matrix
+    from cxrfa.config import load_matrix
+    from cxrfa.models.registry import load_backbones
     from cxrfa.tracking import Tracker, redact
     from cxrfa.tuning import TuneSettings, check_space, open_storage, select_cell
     from cxrfa.tuning import tune as run_study

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from cxrfa.explore.umap_view import umap_figure, umap_html, umap_layout
 from cxrfa.io import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
+    from cxrfa.config import BackboneConfig
     from cxrfa.data.manifest import Manifest
     from cxrfa.models.encoders import Encoder
 
@@ -62,26 +63,27 @@ def load_data(data: Path | None) -> Manifest:
     return load_run_data(DataConfig(manifest=None if data is None else str(data)))
 
 
-def load_backbone(name: str, backbones: str, manifest: Manifest, device: str = "auto") -> Encoder:
+def load_backbone(
+    name: str, backbones: str, prepare: Callable[[BackboneConfig], BackboneConfig], device: str = "auto"
+) -> Encoder:
     """Build the encoder ``name`` of a backbone set (``demo``, ``real`` or a YAML file).
 
-    A demo stand-in (``pretrained: demo``) is pretrained on ``manifest`` once and cached.
+    ``prepare`` makes the backbone's weights ready first and returns the config to build (the command passes
+    the demo stand-ins' one-off pretraining: exploring never starts a pretraining run itself).
 
     Raises:
         CxrfaError: unknown backbone set or name, missing weights.
     """
-    from cxrfa.config import load_backbones
-    from cxrfa.models.registry import build_encoder
+    from cxrfa.models.registry import build_encoder, load_backbones
 
     bset = load_backbones(backbones)
     if name not in bset.backbones:
         raise CxrfaError(
             f"--backbone {name!r} is not in backbone set {bset.name!r}; known: {', '.join(bset.backbones)}"
         )
-    from cxrfa.standins import prepare_backbone
     from cxrfa.train import resolve_device
 
-    return build_encoder(prepare_backbone(bset.backbones[name], manifest), resolve_device(device))
+    return build_encoder(prepare(bset.backbones[name]), resolve_device(device))
 
 
 def write_gap_report(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from cxrfa.config import BackboneConfig
+from cxrfa.config import BackboneConfig, BackboneSet, read_backbones
 from cxrfa.errors import CxrfaError
 
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ def register_encoder(
 
 def list_encoders() -> list[EncoderInfo]:
     """Every registered encoder entry, by name."""
-    import cxrfa.models.encoders  # noqa: F401  (registers the built-in entries)
-
+    # the built-in entries are registered by cxrfa.models.encoders, which the package's __init__ imports before
+    # any of its modules can be used (an import of it here would close a cycle: encoders imports this module)
     return [info for _, (_, info) in sorted(_REGISTRY.items())]
 
 
@@ -63,6 +63,19 @@ def check_encoder_name(name: str, where: str = "") -> None:
     known = [info.name for info in list_encoders()]
     if name not in known:
         raise CxrfaError(f"{where}unknown encoder {name!r}; known: {', '.join(known)} (cxrfa models list)")
+
+
+def load_backbones(spec: str) -> BackboneSet:
+    """A backbone set (``real``, ``demo`` or a YAML file, read by :func:`cxrfa.config.read_backbones`) whose
+    every encoder name is registered.
+
+    Raises:
+        CxrfaError: no such set or file, a bad field, or an unknown encoder name (naming the file and the key).
+    """
+    bset = read_backbones(spec)
+    for key, backbone in bset.backbones.items():
+        check_encoder_name(backbone.name, f"{spec}: {key}.name: ")
+    return bset
 
 
 def build_encoder(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Encoder:
