@@ -31,6 +31,31 @@ if shots.chromium() is None:
 
 CELLS = list(SKILL)  # visual-clip, dual-clip, align-clip
 TRIAL = "align-clip/trial=0"
+# Every place where a table header wraps to a new line inside a word: [header, its text up to the break].
+WORD_BREAKS = r"""
+() => {
+  // each place where a table header's text wraps to a new line inside a word: [header, text before the break]
+  const out = [];
+  for (const th of document.querySelectorAll('th')) {
+    const text = th.textContent;
+    const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+    let seen = '', lastTop = null, prev = '';
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (let i = 0; i < node.length; i++) {
+        const range = document.createRange(); range.setStart(node, i); range.setEnd(node, i + 1);
+        const rect = range.getClientRects()[0];
+        const ch = node.data[i];
+        if (rect && ch.trim()) {
+          if (lastTop !== null && rect.top > lastTop + 2 && !/[\s_\/]/.test(prev)) out.push([text, seen]);
+          lastTop = rect.top;
+        }
+        prev = ch; seen += ch;
+      }
+    }
+  }
+  return out;
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +123,9 @@ def test_the_reports_first_screen_holds_every_contrast_sentence_and_its_table(
     assert _inside(table.bounding_box(), shots.REPORT_VIEWPORT)
     assert table.locator("tbody tr").count() == 3
     assert "align-clip − visual-clip" in table.inner_text()
+    assert (
+        page.evaluate(WORD_BREAKS) == []
+    )  # a header wraps between words or after "_" and "/", never in a word
     # nothing wider than the screen: no column hides behind a horizontal scroll
     assert page.evaluate("() => document.documentElement.scrollWidth") <= shots.REPORT_VIEWPORT["width"]
     page.close()

@@ -344,7 +344,8 @@ def _png(fig: Any) -> str:
 
 
 def _html_table(header: list[str], rows: list[list[str]], cls: str) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    # a long metric name wraps after a "_" or "/", never inside a word (as "macro_auc_hea" + "d" did)
+    head = "".join(f"<th>{html.escape(h).replace('_', '_<wbr>').replace('/', '/<wbr>')}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -356,7 +357,8 @@ _CSS = (
     ".warn{background:#fff4ce;border-left:4px solid #e0a800;padding:.4em .8em;margin:.4em 0;font-size:.9em}"
     "table{border-collapse:collapse;max-width:1400px;table-layout:auto}td,th{border-bottom:1px solid #ddd;"
     "padding:4px 8px;text-align:right;white-space:normal;overflow-wrap:anywhere}"
-    "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+    "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3;overflow-wrap:normal}"
+    ".result td:nth-child(2),.result th:nth-child(2){text-align:left}"  # the contrast's name is text
     ".result{font-size:15px}.detail{font-size:12px}ul.answers li{font-size:1em}"
     ".note{font-size:.85em;color:#444;max-width:1250px}img{max-width:100%}li{margin:.2em 0;font-size:.9em}"
 )
