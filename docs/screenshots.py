@@ -169,7 +169,10 @@ def report(browser: Any, store: str, experiment: str, out: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="cxrfa-shots-") as tmp:
         # --no-log: a picture leaves the store as it was
         compare = ["compare", "--experiment", experiment, "--tracking-uri", store, "--out", tmp, "--no-log"]
-        subprocess.run(cxrfa(*compare), check=True)
+        # its output names the temporary folder, gone once the picture is taken: shown only when it fails
+        done = subprocess.run(cxrfa(*compare), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if done.returncode:
+            sys.exit(f"`cxrfa {' '.join(compare)}` failed:\n{done.stdout}")
         page = browser.new_page(viewport=REPORT_VIEWPORT)
         page.goto((Path(tmp) / "comparison.html").as_uri())
         page.screenshot(path=out / "report.png")
