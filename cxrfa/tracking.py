@@ -742,10 +742,12 @@ class CellView:
 
 def cell_view_state(metrics: tuple[str, ...] = HEADLINE_METRICS) -> dict[str, Any]:
     """The runs-page state of MLflow 3.17's UI (its search facets and persisted view keys) that shows cells:
-    runs grouped by ``cxrfa.cell`` (mean over the seeds), ``metrics`` and the seed as columns, every run shown
-    (MLflow shows the first 10 otherwise), sorted by the first metric, charts filtered to ``metrics``."""
+    the ablations' cell runs only (not their parents, nor tuning trials, which carry a cell tag too), grouped
+    by ``cxrfa.cell`` (mean over the seeds), ``metrics`` and the seed as columns, every run shown (MLflow shows
+    the first 10 otherwise), sorted by the first metric, charts filtered to ``metrics``."""
     columns = [f"metrics.`{m}`" for m in metrics] + [f"tags.`{TAG_SEED}`"]
     return {
+        "searchFilter": f"tags.`{TAG_CELL}` IS NOT NULL and tags.`{TAG_TRIAL}` IS NULL",
         "orderByKey": f"metrics.`{metrics[0]}`",
         "orderByAsc": False,
         "selectedColumns": columns,

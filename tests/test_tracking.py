@@ -236,7 +236,7 @@ def test_cell_view_links_open_runs_grouped_by_cell_in_the_training_view(tmp_path
     import re
     from urllib.parse import parse_qs, urlsplit
 
-    from cxrfa.tracking import MLFLOW_SHARED_VIEW, VIEW_KEY, cell_views
+    from cxrfa.tracking import MLFLOW_SHARED_VIEW, TAG_CELL, TAG_TRIAL, VIEW_KEY, cell_views
 
     cells = _cell_store(tmp_path)
     (view,) = cell_views(cells.uri, "http://127.0.0.1:5000")
@@ -259,6 +259,12 @@ def test_cell_view_links_open_runs_grouped_by_cell_in_the_training_view(tmp_path
     pattern = re.compile(state["chartsSearchFilter"])
     assert pattern.search("test/macro_auc") and pattern.search("test/map")
     assert not pattern.search("compare/visual-clip/test/macro_auc") and not pattern.search("test/auc/Mass")
+    # the view's search keeps the cell runs of ablations: not their parent, nor a tuning trial with a cell tag
+    cells.start("align-clip/trial=0", {TAG_CELL: "align-clip", TAG_TRIAL: "0"}).finish()
+    assert {r.name for r in cells.search(state["searchFilter"])} == {
+        "visual-clip/seed=0",
+        "align-clip/seed=0",
+    }
     # written once: a second listing leaves the tag as it is
     cell_views(cells.uri, "http://127.0.0.1:5000")
     assert cells._client.get_experiment(cells.experiment_id).tags == tags

@@ -60,16 +60,22 @@ def _verdict(row: pd.Series, spec: MetricSpec) -> str:
     return f"{row['cell']} {'better' if better else 'worse'}"
 
 
-def answers(comp: Comparison) -> list[str]:
-    """One plain sentence per tested contrast of the headline metric."""
+def answers(comp: Comparison, short: bool = False) -> list[str]:
+    """One plain sentence per tested contrast of the headline metric. ``short`` leaves out the family, the metric
+    and P(improvement), which the HTML report says once beside them (its first screen holds a dozen sentences
+    and their table)."""
     spec = comp.spec
     out = []
     for _, r in comp.headline_contrasts().iterrows():
+        contrast = f"{r['cell']} − {r['other']}"
+        if not short:
+            contrast = f"{r['family']} ({contrast}, {spec.name} {spec.arrow})"
         out.append(
-            f"{r['family']} ({r['cell']} − {r['other']}, {spec.name} {spec.arrow}): "
+            f"{contrast}: "
             f"{_interval(r['delta'], r['low'], r['high'], sign=True)}, Holm p = {_p(r['p_holm'])} — "
             f"{_verdict(r, spec)}; smallest detectable {_num(r['mde'])} with {int(r['pairs'])} seed pair"
-            f"{'s' * (r['pairs'] != 1)}; P(improvement) {_num(r['prob_improvement'], 2)}."
+            f"{'s' * (r['pairs'] != 1)}"
+            + ("." if short else f"; P(improvement) {_num(r['prob_improvement'], 2)}.")
         )
     return out
 
@@ -354,7 +360,8 @@ def _png(fig: Any) -> str:
 
 
 def _html_table(header: list[str], rows: list[list[str]], cls: str) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    # a long metric name wraps after a "_" or "/", never inside a word (as "macro_auc_hea" + "d" did)
+    head = "".join(f"<th>{html.escape(h).replace('_', '_<wbr>').replace('/', '/<wbr>')}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -366,8 +373,11 @@ _CSS = (
     ".warn{background:#fff4ce;border-left:4px solid #e0a800;padding:.4em .8em;margin:.4em 0;font-size:.9em}"
     "table{border-collapse:collapse;max-width:1400px;table-layout:auto}td,th{border-bottom:1px solid #ddd;"
     "padding:4px 8px;text-align:right;white-space:normal;overflow-wrap:anywhere}"
-    "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-    ".result{font-size:15px}.detail{font-size:12px}ul.answers li{font-size:1em}"
+    "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3;overflow-wrap:normal}"
+    ".result td:nth-child(2),.result th:nth-child(2){text-align:left}"  # the contrast's name is text
+    # the answers and their table share the first screen, a dozen contrasts included
+    "h2.lead{margin:.7em 0 .3em}ul.answers{margin:0;padding-left:1.2em}ul.answers li{font-size:.95em;margin:.1em 0}"
+    ".result{font-size:14px}.result td{padding:3px 8px}.detail{font-size:12px}"
     ".note{font-size:.85em;color:#444;max-width:1250px}img{max-width:100%}li{margin:.2em 0;font-size:.9em}"
 )
 
@@ -377,7 +387,12 @@ def to_html(comp: Comparison, figs: dict[str, Any]) -> str:
     warnings = "".join(
         f'<div class="warn"><b>Warning.</b> {html.escape(w)}</div>' for w in comp.methods.warnings
     )
-    answer_items = "".join(f"<li>{html.escape(a)}</li>" for a in answers(comp))
+    families = comp.headline_contrasts()["family"]
+    answer_items = "".join(
+        f"<li><b>{html.escape(str(f))}</b> {html.escape(a)}</li>"
+        for f, a in zip(families, answers(comp, short=True), strict=True)
+    )
+    spec = comp.spec
     images = "".join(
         f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{_png(fig)}"/>'
         for title, fig in figs.items()
@@ -391,8 +406,9 @@ def to_html(comp: Comparison, figs: dict[str, Any]) -> str:
         "<!doctype html><html><head><meta charset='utf-8'><title>cxrfa comparison</title>"
         f"<style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(_title(comp))}</h1>{warnings}"
-        f"<h2>Answers</h2><ul class='answers'>{answer_items}</ul>"
-        f"<h2>Contrasts</h2>{_html_table(*contrast_rows(comp), 'result')}"
+        f"<h2 class='lead'>Answers: Δ {html.escape(_head(spec))} [95% CI], Holm p within each family</h2>"
+        f"<ul class='answers'>{answer_items}</ul>"
+        f"<h2 class='lead'>Contrasts</h2>{_html_table(*contrast_rows(comp), 'result')}"
         f"{images}{tables}<h2>Cells</h2><ul>{legend}</ul>"
         f"<h2>Methods and provenance</h2><ul>{methods}</ul></body></html>"
     )
