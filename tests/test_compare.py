@@ -509,3 +509,13 @@ def test_a_label_fraction_ablation_tests_each_declared_family_at_each_fraction()
     assert methods.notes == [
         "contrast dual − learned (text @ 10% labels) not tested: a cell has no finished runs"
     ]
+
+
+def test_a_two_seed_difference_interval_stays_inside_the_range_a_difference_can_take() -> None:
+    """Two seeds that disagree wildly give a t interval (t = 12.7) far past ±1; a Δ AUROC cannot leave [−1, 1]."""
+    from cxrfa.compare.analysis import _clip, _delta_bounds
+
+    res = paired_seed_test([0.95, 0.05], [0.05, 0.95])
+    assert res.low < -1 and res.high > 1  # the raw interval
+    assert _clip(res, _delta_bounds((0.0, 1.0))) == (-1.0, 1.0)
+    assert _clip(res, _delta_bounds(None)) == (res.low, res.high)  # an unbounded metric keeps its interval

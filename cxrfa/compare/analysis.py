@@ -346,6 +346,12 @@ def _clip(res: SeedTest, bounds: tuple[float, float] | None) -> tuple[float, flo
     return float(np.clip(res.low, *bounds)), float(np.clip(res.high, *bounds))
 
 
+def _delta_bounds(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The range a difference of two values in ``bounds`` lives in: a t interval on two seeds (t = 12.7) can
+    reach past it, and is clipped to it like a level's."""
+    return None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+
+
 def _level(
     points: list[float], reps: np.ndarray | None, n_patients: int, bounds: tuple[float, float] | None
 ) -> tuple[float, float, float]:
@@ -433,8 +439,7 @@ def _contrast_table(
                         "metric": spec.name,
                         "pairs": len(common),
                         "delta": res.value,
-                        "low": res.low,
-                        "high": res.high,
+                        **dict(zip(("low", "high"), _clip(res, _delta_bounds(spec.bounds)), strict=True)),
                         "se": res.se,
                         "df": res.df,
                         "p": res.p,
@@ -514,8 +519,8 @@ def _per_label(
         if len(pairs) == 1 and one_image_each:
             p = _delong_p(test, *pairs[0])
         out["delta"][cell] = np.array([t.value for t in tests])
-        out["dlow"][cell] = np.array([t.low for t in tests])
-        out["dhigh"][cell] = np.array([t.high for t in tests])
+        clipped = np.array([_clip(t, (-1.0, 1.0)) for t in tests]).reshape(c, 2)  # a Δ AUROC's range
+        out["dlow"][cell], out["dhigh"][cell] = clipped[:, 0], clipped[:, 1]
         out["p"][cell] = holm(p)
 
     def frame(values: dict[str, np.ndarray]) -> pd.DataFrame:
