@@ -98,21 +98,26 @@ def label_heatmaps(
     cells, labels = list(per_label.index), list(per_label.columns)
     ticks = [f"{lab} (n+={int(n)})" for lab, n in zip(labels, label_info["n_pos"].fillna(0), strict=True)]
     width = max(6.0, 0.55 * len(labels) + 3)
-    fig = Figure(figsize=(width, 2 * (0.4 * len(cells) + 1.6)), layout="constrained")
+    fig = Figure(figsize=(width, 2 * (0.4 * len(cells) + 2.4)), layout="constrained")  # + rotated names
     ax_d, ax_a = fig.subplots(2, 1)
     d = delta.to_numpy(dtype=float)
     span = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 0.05
     span = max(span, 1e-3)
     im = ax_d.imshow(d, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
-    fig.colorbar(im, ax=ax_d, label=f"Δ AUROC vs {baseline} (0 = same)")
+    # short bar labels: a bar is as tall as a panel of few cells, and the titles say the rest
+    fig.colorbar(im, ax=ax_d, fraction=0.03, pad=0.01).set_label("Δ AUROC", fontsize=8)
     _annotate(ax_d, d, "+.2f", lambda v: abs(v) > 0.6 * span)
-    ax_d.set_title(f"Δ test AUROC per label vs {baseline} (mean over seed pairs)", fontsize=9)
+    ax_d.set_title(
+        f"Δ test AUROC per label vs {baseline} (mean over seed pairs; 0 = same, blue = better)", fontsize=9
+    )
     a = per_label.to_numpy(dtype=float)
     im = ax_a.imshow(a, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    fig.colorbar(im, ax=ax_a, label="AUROC (full 0–1 scale; 0.5 = chance)")
+    fig.colorbar(im, ax=ax_a, fraction=0.03, pad=0.01).set_label("AUROC", fontsize=8)
     _annotate(ax_a, a, ".2f", lambda v: v < 0.6)
     ax_a.set_title(
-        "Test AUROC per label (mean over seeds); labels head → tail, n+ = test positives", fontsize=9
+        "Test AUROC per label (mean over seeds; full 0–1 scale, 0.5 = chance); labels head → tail, n+ = test "
+        "positives",
+        fontsize=9,
     )
     for ax in (ax_d, ax_a):
         ax.set_yticks(range(len(cells)), cells, fontsize=8)
