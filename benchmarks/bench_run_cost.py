@@ -22,7 +22,7 @@ from pathlib import Path
 _IMPORTS = """
 import sys, time
 start = time.process_time()
-import cxrfa.experiment, cxrfa.evaluate, cxrfa.plots, cxrfa.tracking
+import cxrfa.cell, cxrfa.evaluate, cxrfa.plots, cxrfa.tracking
 print(f"{time.process_time() - start:.2f} s CPU, {len(sys.modules)} modules")
 """
 

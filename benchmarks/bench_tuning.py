@@ -96,8 +96,8 @@ def main() -> None:
 
 def _warm_up(args: argparse.Namespace, root: Path) -> None:
     """Build the demo data, stand-in weights and feature cache outside the timed arms."""
+    from cxrfa.cell import run_cell
     from cxrfa.config import load_backbones, load_matrix
-    from cxrfa.experiment import run_cell
     from cxrfa.tuning import select_cell
 
     matrix = load_matrix(args.matrix)

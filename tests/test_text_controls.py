@@ -21,7 +21,7 @@ from cxrfa.config import (
     expand,
     load_matrix,
 )
-from cxrfa.experiment import FeatureDataset
+from cxrfa.data.features import FeatureDataset
 from cxrfa.labels import NIH14
 from cxrfa.models import AlignmentModel, build_encoder, build_model
 from cxrfa.models.alignment import derangement
@@ -197,7 +197,7 @@ def test_learned_queries_log_their_drift() -> None:
 
 
 def test_a_run_logs_its_size_drift_and_text_assignment(tmp_path: Path) -> None:
-    from cxrfa.experiment import run_cell
+    from cxrfa.cell import run_cell
     from cxrfa.tracking import Tracker
 
     small = {"data.demo_n": 240, "data.demo_size": 64, "model.width": 32, "model.heads": 2}
