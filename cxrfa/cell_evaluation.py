@@ -37,14 +37,18 @@ def evaluate_model(
     device: torch.device,
 ) -> dict[str, float]:
     """Val picks thresholds, test reports; every number and file is logged on the run."""
-    from cxrfa.plots import training_curves
+    from cxrfa.plots import DPI, training_curves
 
-    loaders = {
-        s: make_loader(data[s], cfg.train.batch_size * 2, shuffle=False, cfg=cfg.train, device=device)
-        for s in ("val", "test")
-    }
-    p_val, _ = predict(model, loaders["val"], device, cfg.train.amp)  # (Nv, C), in manifest row order
-    p_test, _ = predict(model, loaders["test"], device, cfg.train.amp)  # (N, C)
+    def predicted(split: str) -> np.ndarray:
+        loader = make_loader(
+            data[split], cfg.train.batch_size * 2, shuffle=False, cfg=cfg.train, device=device
+        )
+        return predict(model, loader, device, cfg.train.amp)[0]  # (N, C), in manifest row order
+
+    # val as fit predicted it at the kept epoch (same weights, same loader); predicted again only when that
+    # epoch ran before a resume
+    p_val = result.best_val if result.best_val is not None else predicted("val")  # (Nv, C)
+    p_test = predicted("test")  # (N, C)
     extra = {"val/best_" + cfg.train.monitor.removeprefix("val/"): result.best_value}
     extra["best_epoch"] = result.best_epoch
     figures: dict[str, Any] = {}  # plots/<name>.png of the exploration, logged with the run's other files
@@ -58,7 +62,7 @@ def evaluate_model(
         """The plots and the checkpoint, into the folder that is logged: the checkpoint is written once."""
         (folder / "plots").mkdir()
         for name, figure in {"training_curves": training_curves(result.history), **figures}.items():
-            figure.savefig(folder / "plots" / f"{name}.png", format="png")
+            figure.savefig(folder / "plots" / f"{name}.png", format="png", dpi=DPI)
         (folder / "checkpoint").mkdir()
         torch.save(
             {

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from cxrfa.metrics import ECE_BINS, auc_ap, expected_calibration_error
 
+DPI = 90  # every figure a run writes is saved at this resolution (text rendering is most of a savefig)
 _NCOLS = 5
 _PANEL = 2.6  # inches per small-multiple panel
 _UNIT_TICKS = (0.0, 0.5, 1.0)
