@@ -119,21 +119,30 @@ def _label_panels(
     draw: Callable[[Axes, str, np.ndarray, np.ndarray], None],
     axis_names: tuple[str, str],
 ) -> Figure:
-    """One unit-square panel per label: ``draw(ax, label, y, p)`` on the label's known rows, or a one-class note."""
+    """One unit-square panel per label: ``draw(ax, label, y, p)`` on the label's known rows, or a one-class note.
+
+    Every panel has the same unit axes, so only the outer ones are labelled, as with shared axes: tick labels and
+    axis names on the lowest drawn panel of each column and on the first column (text is most of a figure's
+    drawing).
+    """
     fig, axes = _grid(len(labels), title)
-    for j, (ax, label) in enumerate(zip(axes, labels, strict=True)):
-        y, p = _known(y_true, y_prob, j)
-        if y.size == 0 or y.min() == y.max():
+    ncols, known = min(_NCOLS, len(labels)), [_known(y_true, y_prob, j) for j in range(len(labels))]
+    drawn = [y.size > 0 and y.min() < y.max() for y, _ in known]
+    for j, (ax, label, (y, p)) in enumerate(zip(axes, labels, known, strict=True)):
+        if not drawn[j]:
             _single_class(ax, label, y)
             continue
         draw(ax, label, y, p)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
+        bottom, left = not any(drawn[j + ncols :: ncols]), j % ncols == 0
         # fixed ticks: the automatic locator re-measures every tick label of 14-26 panels at each draw
-        ax.set_xticks(_UNIT_TICKS, _UNIT_TICK_LABELS, fontsize=7)
-        ax.set_yticks(_UNIT_TICKS, _UNIT_TICK_LABELS, fontsize=7)
-        ax.set_xlabel(axis_names[0], fontsize=8)
-        ax.set_ylabel(axis_names[1], fontsize=8)
+        ax.set_xticks(_UNIT_TICKS, _UNIT_TICK_LABELS if bottom else [], fontsize=7)
+        ax.set_yticks(_UNIT_TICKS, _UNIT_TICK_LABELS if left else [], fontsize=7)
+        if bottom:
+            ax.set_xlabel(axis_names[0], fontsize=8)
+        if left:
+            ax.set_ylabel(axis_names[1], fontsize=8)
     return fig
 
 

@@ -45,6 +45,9 @@ def test_roc_and_pr_curves(case, tmp_path: Path) -> None:
         assert all(len(ax.lines) == 2 for ax in fig.axes[:13])  # curve + chance/prevalence line
         assert len(fig.axes[13].lines) == 0 and "one class" in fig.axes[13].texts[0].get_text()
         assert labels[0] in fig.axes[0].get_title()
+        # unit axes everywhere: names on the first column and the lowest drawn panel of each column only
+        assert [bool(ax.get_ylabel()) for ax in fig.axes[:13]] == [j % 5 == 0 for j in range(13)]
+        assert [j for j, ax in enumerate(fig.axes[:13]) if ax.get_xlabel()] == [8, 9, 10, 11, 12]
         _fourteen_panels(_saved(fig, tmp_path, name))
 
 
