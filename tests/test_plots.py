@@ -62,6 +62,8 @@ def test_confusion_grid_states_its_thresholds(case, tmp_path: Path) -> None:
     assert [t.get_text() for t in fig.axes[0].texts] == [str(tn), str(fp), str(fn), str(tp)]
     assert fig.axes[3].get_title() == f"{labels[3]}\nthreshold {thresholds[3]:.3g}"
     assert "chosen on val" in fig.get_suptitle()
+    assert [j for j, ax in enumerate(fig.axes) if ax.get_xlabel() == "predicted"] == [9, 10, 11, 12, 13]
+    assert [j for j, ax in enumerate(fig.axes) if ax.get_ylabel() == "true"] == [0, 5, 10]
     _fourteen_panels(_saved(fig, tmp_path, "confusion"))
     default = plots.confusion_grid(res.confusion, labels)  # no val predictions: 0.5, and said so
     assert "threshold 0.5" in default.get_suptitle() and "chosen on val" not in default.get_suptitle()
