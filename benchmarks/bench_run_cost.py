@@ -3,10 +3,13 @@
     python benchmarks/bench_run_cost.py figures --manifest ~/.cache/cxrfa/demo/synth-n2000-s96-seed0/manifest.csv
     python benchmarks/bench_run_cost.py imports
     python benchmarks/bench_run_cost.py same-metrics STORE_A STORE_B --experiment smoke
+    python benchmarks/bench_run_cost.py profile --matrix full --cell dual-clip --seed 1 --store /tmp/store
 
 ``figures``: make and save the five evaluation figures of a run (random probabilities on the manifest's test
 split). ``imports``: a fresh interpreter imports the modules a run uses. ``same-metrics``: every ``test/``
 metric of each finished cell run in two tracking stores, compared to the last digit (exit 1 on a difference).
+``profile``: one cell's ``run_cell`` in this process under cProfile timed in CPU seconds, as a table of the
+run's parts (run it in a warm ``CXRFA_HOME``: data, stand-ins and feature cache built by an earlier run).
 Results are recorded in benchmarks/README.md, "Per-run cost".
 """
 
@@ -22,7 +25,7 @@ from pathlib import Path
 _IMPORTS = """
 import sys, time
 start = time.process_time()
-import cxrfa.experiment, cxrfa.evaluate, cxrfa.plots, cxrfa.tracking
+import cxrfa.cell, cxrfa.evaluate, cxrfa.plots, cxrfa.tracking
 print(f"{time.process_time() - start:.2f} s CPU, {len(sys.modules)} modules")
 """
 
@@ -32,8 +35,8 @@ def figures(manifest_path: Path) -> None:
     import numpy as np
 
     from cxrfa.data.manifest import read_manifest
-    from cxrfa.evaluate import _PLOT_DPI, score_split
-    from cxrfa.plots import calibration_plot, confusion_grid, pr_curves, roc_curves, subgroup_chart
+    from cxrfa.evaluate import score_split
+    from cxrfa.plots import DPI, calibration_plot, confusion_grid, pr_curves, roc_curves, subgroup_chart
 
     manifest = read_manifest(manifest_path)
     rng = np.random.default_rng(0)
@@ -52,7 +55,7 @@ def figures(manifest_path: Path) -> None:
     total = 0.0
     for name, make in makers.items():
         start = time.process_time()
-        make().savefig(io.BytesIO(), format="png", dpi=_PLOT_DPI)
+        make().savefig(io.BytesIO(), format="png", dpi=DPI)
         spent = time.process_time() - start
         total += spent
         print(f"| {name} | {spent:.2f} s CPU |")
@@ -86,6 +89,52 @@ def same_metrics(store_a: str, store_b: str, experiment: str) -> bool:
     return same
 
 
+# the parts of one run, as (row name, cProfile function name, file suffix): cumulative CPU seconds of each
+_PARTS = (
+    ("whole `run_cell`", "run_cell", "cxrfa/cell.py"),
+    ("`fit`", "fit", "cxrfa/train.py"),
+    ("`evaluate_model`", "evaluate_model", "cxrfa/cell_evaluation.py"),
+    ("of which `write_evaluation` (5 figures + files)", "write_evaluation", "cxrfa/evaluate.py"),
+    ("of which matplotlib `savefig` (all figures)", "savefig", "matplotlib/figure.py"),
+    ("of which `predict` (all calls, `fit`'s included)", "predict", "cxrfa/train.py"),
+    ("of which exploration (gap, similarity)", "_explore", "cxrfa/cell_evaluation.py"),
+    ("of which `score_split` (metrics + bootstrap)", "score_split", "cxrfa/evaluate.py"),
+    ("`build_model`", "build_model", "cxrfa/models/model.py"),
+    ("prototype drift metrics", "drift_metrics", "cxrfa/models/drift.py"),
+    ("MLflow: run start", "start", "cxrfa/tracking.py"),
+    ("MLflow: artifacts", "log_artifacts", "cxrfa/tracking.py"),
+    ("imports", "_find_and_load", "importlib._bootstrap>"),
+)
+
+
+def profile(matrix: str, cell: str, seed: int, store: str, top: int) -> None:
+    """cProfile of one cell's ``run_cell`` in CPU seconds: the run's parts, then the top entries."""
+    import cProfile
+    import pstats
+
+    from cxrfa.cell import run_cell
+    from cxrfa.config import expand, load_backbones, load_matrix
+    from cxrfa.tracking import Tracker
+
+    m = load_matrix(matrix)
+    cfg = next(c for c in expand(m, load_backbones("demo"), seeds=[seed], cells=[cell]))
+    tracker = Tracker(store, m.name)
+    prof = cProfile.Profile(time.process_time)  # CPU seconds: time waiting for a shared core is not counted
+    result = prof.runcall(run_cell, cfg, tracker, progress=False)
+    stats = pstats.Stats(prof)
+    cumulative = {
+        (path, name): row[3]
+        for (path, _, name), row in stats.stats.items()  # type: ignore[attr-defined]
+    }
+    whole = next(v for (p, n), v in cumulative.items() if n == "run_cell" and p.endswith("cxrfa/cell.py"))
+    print(f"{cfg.cell}/seed={cfg.seed}: {result.status}, test/macro_auc {result.metrics['test/macro_auc']!r}")
+    print("| part | CPU seconds | share of the run |\n|---|---|---|")
+    for row, name, suffix in _PARTS:
+        spent = sum(v for (p, n), v in cumulative.items() if n == name and p.endswith(suffix))
+        print(f"| {row} | {spent:.2f} | {spent / whole:.0%} |")
+    stats.sort_stats("cumulative").print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -96,11 +145,19 @@ def main() -> None:
     cmp.add_argument("store_a")
     cmp.add_argument("store_b")
     cmp.add_argument("--experiment", default="smoke")
+    prof = sub.add_parser("profile")
+    prof.add_argument("--matrix", default="full")
+    prof.add_argument("--cell", default="dual-clip")
+    prof.add_argument("--seed", type=int, default=1)
+    prof.add_argument("--store", required=True)
+    prof.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
     if args.what == "figures":
         figures(args.manifest)
     elif args.what == "imports":
         imports()
+    elif args.what == "profile":
+        profile(args.matrix, args.cell, args.seed, args.store, args.top)
     elif not same_metrics(args.store_a, args.store_b, args.experiment):
         raise SystemExit(1)
 

@@ -97,8 +97,8 @@ def main() -> None:
 
 def _warm_up(args: argparse.Namespace, root: Path) -> None:
     """Build the demo data, stand-in weights and feature cache outside the timed arms."""
+    from cxrfa.cell import run_cell
     from cxrfa.config import load_matrix
-    from cxrfa.experiment import run_cell
     from cxrfa.models.registry import load_backbones
     from cxrfa.tuning import select_cell
 

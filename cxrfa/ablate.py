@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxrfa.cell import CellResult, run_cell
 from cxrfa.config import AblationMatrix, RunConfig
+from cxrfa.data.features import EncodedSplits
 from cxrfa.errors import CxrfaError
-from cxrfa.experiment import CellResult, run_cell
 from cxrfa.io import reserve_space
 from cxrfa.signals import reason, signal_of
 from cxrfa.tracking import TAG_BACKBONES, TAG_CELLS, TAG_CONTRASTS, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
 
 if TYPE_CHECKING:
-    from cxrfa.experiment import CellClaim
+    from cxrfa.cell import CellClaim
     from cxrfa.scheduler import Queue, UnitState, Worker
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,9 @@ def prepare(runs: Sequence[RunConfig], progress: bool) -> None:
     """
     from filelock import FileLock
 
-    from cxrfa.experiment import load_data, prepare_backbone
+    from cxrfa.data.load import load_data
     from cxrfa.io import cxrfa_home
-    from cxrfa.standins import warn_unaligned
+    from cxrfa.standins import prepare_backbone, warn_unaligned
 
     home = cxrfa_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,12 @@ def ablate(
     bar = _Bar(states, matrix.name, progress)
     worker = Worker(
         functools.partial(
-            _run, tracker=tracker, parent_id=parent.run_id, explore=tuple(explore), progress=progress
+            _run,
+            tracker=tracker,
+            parent_id=parent.run_id,
+            explore=tuple(explore),
+            progress=progress,
+            features=EncodedSplits(),  # this process's cells share each split's encoding
         ),
         threads=workers.threads,
         on_change=bar.update,
@@ -221,12 +227,20 @@ def _run(
     parent_id: str,
     explore: tuple[str, ...],
     progress: bool,
+    features: EncodedSplits,
 ) -> CellResult:
     import torch
 
     threads = {TAG_THREADS: str(cfg.train.threads or torch.get_num_threads())}
     return run_cell(
-        cfg, tracker, parent_id=parent_id, explore=explore, progress=progress, claim=claim, extra_tags=threads
+        cfg,
+        tracker,
+        parent_id=parent_id,
+        explore=explore,
+        progress=progress,
+        claim=claim,
+        extra_tags=threads,
+        features=features,
     )
 
 

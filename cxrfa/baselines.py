@@ -10,7 +10,7 @@ A cell's ``kind`` (:class:`cxrfa.config.RunConfig`) picks one; ``trained`` cells
 - ``pixels``: the same logistic regressions on each image downsampled to 32 x 32 grey values: the floor every
   learned cell must beat. ``model.visual`` is not used.
 
-Each returns val and test probabilities that :func:`cxrfa.experiment.log_evaluation` scores and logs exactly
+Each returns val and test probabilities that :func:`cxrfa.record.log_evaluation` scores and logs exactly
 as for a trained run (val picks thresholds, test reports), so ``compare`` shows a baseline as one more row.
 
 Seeds: all three are deterministic (lbfgs has no randomness; the seed is still passed as the solver's
@@ -34,6 +34,7 @@ from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.metrics import masked_auc, per_label_auc_ap
 from cxrfa.prompts import prompt_tags
+from cxrfa.record import log_evaluation
 from cxrfa.tracking import TrackedRun
 from cxrfa.train import FitResult, resolve_device
 
@@ -273,7 +274,7 @@ def run_baseline(
     run: TrackedRun | None,
     evaluate: bool,
 ) -> tuple[dict[str, float], FitResult]:
-    """Run one baseline cell inside :func:`cxrfa.experiment.run_cell` (which tracks it) and score it.
+    """Run one baseline cell inside :func:`cxrfa.cell.run_cell` (which tracks it) and score it.
 
     Args:
         cfg: the run's config (``cfg.kind`` is a baseline).
@@ -287,7 +288,6 @@ def run_baseline(
         The logged final values and a :class:`cxrfa.train.FitResult` with no epochs (best_epoch 0) whose best
         value is the val metric the config monitors.
     """
-    from cxrfa.experiment import log_evaluation  # the run path imports this module: import it back lazily
 
     if cfg.data.external:
         log.warning("cell %s: external sets are not scored for baseline cells (kind=%s)", cfg.cell, cfg.kind)

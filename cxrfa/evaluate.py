@@ -28,7 +28,6 @@ from cxrfa.metrics import MetricsResult, choose_thresholds, compute_metrics
 log = logging.getLogger(__name__)
 
 PLOT_FILES: tuple[str, ...] = ("roc.png", "pr.png", "confusion.png", "calibration.png", "subgroups.png")
-_PLOT_DPI = 90
 
 
 def predictions_frame(paths: Sequence[str], probs: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
@@ -320,7 +319,7 @@ def write_evaluation(result: MetricsResult, out: Path) -> dict[str, Path]:
     }
     for name, make in figures.items():
         with atomic_path(out / name) as tmp:
-            make().savefig(tmp, format="png", dpi=_PLOT_DPI)
+            make().savefig(tmp, format="png", dpi=plots.DPI)
         written[name] = out / name
     log.info("wrote evaluation to %s", out)
     return written

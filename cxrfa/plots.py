@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from cxrfa.metrics import ECE_BINS, auc_ap, expected_calibration_error
 
+DPI = 90  # every figure a run writes is saved at this resolution (text rendering is most of a savefig)
 _NCOLS = 5
 _PANEL = 2.6  # inches per small-multiple panel
 _UNIT_TICKS = (0.0, 0.5, 1.0)
@@ -110,6 +111,12 @@ def _single_class(ax: Axes, label: str, y: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+def _outer(j: int, ncols: int, drawn: Sequence[bool]) -> tuple[bool, bool]:
+    """Whether panel ``j`` of a grid of same-axes panels is the lowest drawn one of its column, and whether it is in
+    the first column: the panels that carry tick labels and axis names, as with shared axes."""
+    return not any(drawn[j + ncols :: ncols]), j % ncols == 0
+
+
 def _label_panels(
     y_true: np.ndarray,
     y_prob: np.ndarray,
@@ -118,21 +125,30 @@ def _label_panels(
     draw: Callable[[Axes, str, np.ndarray, np.ndarray], None],
     axis_names: tuple[str, str],
 ) -> Figure:
-    """One unit-square panel per label: ``draw(ax, label, y, p)`` on the label's known rows, or a one-class note."""
+    """One unit-square panel per label: ``draw(ax, label, y, p)`` on the label's known rows, or a one-class note.
+
+    Every panel has the same unit axes, so only the outer ones are labelled, as with shared axes: tick labels and
+    axis names on the lowest drawn panel of each column and on the first column (text is most of a figure's
+    drawing).
+    """
     fig, axes = _grid(len(labels), title)
-    for j, (ax, label) in enumerate(zip(axes, labels, strict=True)):
-        y, p = _known(y_true, y_prob, j)
-        if y.size == 0 or y.min() == y.max():
+    ncols, known = min(_NCOLS, len(labels)), [_known(y_true, y_prob, j) for j in range(len(labels))]
+    drawn = [y.size > 0 and y.min() < y.max() for y, _ in known]
+    for j, (ax, label, (y, p)) in enumerate(zip(axes, labels, known, strict=True)):
+        if not drawn[j]:
             _single_class(ax, label, y)
             continue
         draw(ax, label, y, p)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
+        bottom, left = _outer(j, ncols, drawn)
         # fixed ticks: the automatic locator re-measures every tick label of 14-26 panels at each draw
-        ax.set_xticks(_UNIT_TICKS, _UNIT_TICK_LABELS, fontsize=7)
-        ax.set_yticks(_UNIT_TICKS, _UNIT_TICK_LABELS, fontsize=7)
-        ax.set_xlabel(axis_names[0], fontsize=8)
-        ax.set_ylabel(axis_names[1], fontsize=8)
+        ax.set_xticks(_UNIT_TICKS, _UNIT_TICK_LABELS if bottom else [], fontsize=7)
+        ax.set_yticks(_UNIT_TICKS, _UNIT_TICK_LABELS if left else [], fontsize=7)
+        if bottom:
+            ax.set_xlabel(axis_names[0], fontsize=8)
+        if left:
+            ax.set_ylabel(axis_names[1], fontsize=8)
     return fig
 
 
@@ -195,7 +211,8 @@ def confusion_grid(
         else "threshold 0.5 (no val predictions)"
     )
     fig, axes = _grid(len(labels), f"Confusion matrices: predicted positive when p ≥ threshold; {how}")
-    for ax, label, cut in zip(axes, labels, cuts, strict=True):
+    ncols = min(_NCOLS, len(labels))
+    for j, (ax, label, cut) in enumerate(zip(axes, labels, cuts, strict=True)):
         counts = np.asarray(confusion[label], dtype=np.float64)  # (2, 2)
         rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -210,10 +227,13 @@ def confusion_grid(
                 color="white" if rates[r, c] > 0.6 else "black",
             )
         _panel_title(ax, f"{label}\nthreshold {cut:.3g}")
-        ax.set_xticks([0, 1], ["neg", "pos"], fontsize=7)
-        ax.set_yticks([0, 1], ["neg", "pos"], fontsize=7)
-        ax.set_xlabel("predicted", fontsize=8)
-        ax.set_ylabel("true", fontsize=8)
+        bottom, left = _outer(j, ncols, [True] * len(labels))  # every 2x2 panel alike: label the outer ones
+        ax.set_xticks([0, 1], ["neg", "pos"] if bottom else [], fontsize=7)
+        ax.set_yticks([0, 1], ["neg", "pos"] if left else [], fontsize=7)
+        if bottom:
+            ax.set_xlabel("predicted", fontsize=8)
+        if left:
+            ax.set_ylabel("true", fontsize=8)
     return fig
 
 

@@ -1,6 +1,6 @@
 """After a run: read a logged run back (its config, data and trained model), re-evaluate it, explore it.
 
-The run pipeline (:mod:`cxrfa.experiment`) writes what these functions read: ``config.json``, the checkpoint
+The run pipeline (:mod:`cxrfa.cell`) writes what these functions read: ``config.json``, the checkpoint
 and the val/test predictions. Nothing here trains; the exploration modules never import back from here.
 """
 
@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cxrfa.cell import run_datasets
+from cxrfa.cell_evaluation import explore_sample
 from cxrfa.config import RunConfig, validate
 from cxrfa.data.load import load_data
 from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
-from cxrfa.experiment import explore_sample, run_datasets
 from cxrfa.safeload import load_state
 from cxrfa.standins import prepare_backbone
 from cxrfa.tracking import TrackedRun, Tracker

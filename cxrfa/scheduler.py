@@ -39,9 +39,9 @@ from urllib.parse import urlparse
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from cxrfa.cell import StopRun
 from cxrfa.config import RunConfig
 from cxrfa.errors import CxrfaError
-from cxrfa.experiment import StopRun
 from cxrfa.io import DiskFull, as_disk_full
 from cxrfa.owners import alive, me
 from cxrfa.signals import die_with_parent
@@ -413,7 +413,7 @@ class Queue:
 
 
 class _Claim:
-    """A held unit, as :func:`cxrfa.experiment.run_cell` sees it (:class:`cxrfa.experiment.CellClaim`)."""
+    """A held unit, as :func:`cxrfa.cell.run_cell` sees it (:class:`cxrfa.cell.CellClaim`)."""
 
     def __init__(self, queue: Queue, trial: Trial, unit: str) -> None:
         self.queue, self.trial, self.unit = queue, trial, unit

@@ -69,6 +69,9 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     resumed_from: int | None = None  # epoch the run continued after, if it resumed from a checkpoint
+    # (Nv, C) val probabilities of the kept weights, as predicted at their epoch (evaluation needs not predict
+    # val again); None when the kept epoch ran before a resume
+    best_val: np.ndarray | None = field(default=None, repr=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -273,6 +276,7 @@ def fit(
     start_epoch, best_value, best_epoch, bad_epochs = 0, -math.inf, -1, 0
     history: list[dict[str, float]] = []
     best_state: dict[str, torch.Tensor] | None = None
+    best_val: np.ndarray | None = None
     resumed_from = None
     if checkpoint is not None and (state := load_resume_state(checkpoint, "cpu", RESUME_KEYS)) is not None:
         load_trained_state(model, state["model"])
@@ -326,6 +330,7 @@ def fit(
         if value > best_value or best_epoch < 0 or (math.isnan(best_value) and not math.isnan(value)):
             best_value, best_epoch, bad_epochs = value, epoch, 0
             best_state = {k: v.detach().clone() for k, v in trained_state(model).items()}
+            best_val = y_prob
         else:
             bad_epochs += 1
         bar.set_postfix_str(
@@ -353,7 +358,7 @@ def fit(
 
     if best_state is not None:
         load_trained_state(model, best_state)
-    return FitResult(best_epoch, best_value, epoch + 1, history, stopped_early, resumed_from)
+    return FitResult(best_epoch, best_value, epoch + 1, history, stopped_early, resumed_from, best_val)
 
 
 def _train_epoch(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -83,3 +85,47 @@ def tiny_heads(
         text_proj=text_proj,
     )
     return AlignmentModel(cfg, dim, tokens, torch.randn(labels, 12), labels, report=report)
+
+
+class OnFeatures(torch.nn.Module):
+    """Heads as a model that trains on cached features (``forward_features``), the way ``fit`` calls it."""
+
+    def __init__(self, heads: torch.nn.Module) -> None:
+        super().__init__()
+        self.heads = heads
+
+    def forward_features(self, tok: torch.Tensor, emb: torch.Tensor, report: object = None) -> dict:
+        return self.heads(tok, emb)
+
+
+def png_grey(path: Path) -> np.ndarray:
+    """(H, W) grey levels 0-255 of a PNG file, after checking it is one."""
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def assert_drawn(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A PNG that shows a drawing: ``size`` (width, height) pixels when given, ink on a white canvas, and more
+    grey levels than a blank or single-colour image has. Returns its (H, W) grey levels."""
+    grey = png_grey(path)
+    if size is not None:
+        assert (grey.shape[1], grey.shape[0]) == size, (path, grey.shape)
+    ink = (grey < 200).mean()
+    assert 0.002 < ink < 0.6 and len(np.unique(grey)) > 8, (path, ink)
+    return grey
+
+
+def panels_drawn(grey: np.ndarray, rows: int, cols: int, title_px: int) -> list[bool]:
+    """Which cells of a ``rows`` x ``cols`` grid of panels (below a title band ``title_px`` high) hold a
+    panel: a dark line (an axes frame) across more than 40% of the cell's width; a removed slot has none."""
+    body = grey[title_px:] < 128
+    h, w = body.shape[0] / rows, body.shape[1] / cols
+    cells = []
+    for r in range(rows):
+        for c in range(cols):
+            cell = body[int(r * h) : int((r + 1) * h), int(c * w) : int((c + 1) * w)]
+            cells.append(bool(cell.mean(axis=1).max() > 0.4))
+    return cells

@@ -170,8 +170,8 @@ def test_a_worker_silent_on_another_machine_loses_its_cell_after_the_grace_perio
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cxrfa import scheduler
+    from cxrfa.cell import run_cell
     from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
-    from cxrfa.experiment import run_cell
 
     monkeypatch.setattr(scheduler, "HEARTBEAT_S", 1)
     monkeypatch.setattr(scheduler, "GRACE_S", 2)

@@ -54,7 +54,7 @@ def test_probe_chooses_c_on_val_and_never_reads_test_labels(manifest: Manifest) 
 
 def test_pixel_macro_auroc_equals_sklearn(manifest: Manifest) -> None:
     from cxrfa.baselines import run_pixels
-    from cxrfa.experiment import log_evaluation
+    from cxrfa.record import log_evaluation
     from cxrfa.train import resolve_device
 
     cfg = _cells("pixels")["pixels"]
@@ -72,7 +72,7 @@ def test_pixel_macro_auroc_equals_sklearn(manifest: Manifest) -> None:
 
 
 def test_baseline_runs_log_the_metrics_of_a_trained_run() -> None:
-    from cxrfa.experiment import run_cell
+    from cxrfa.cell import run_cell
 
     cells = _cells("visual-custom", "zeroshot-clip", "probe-clip", "pixels")
     got = {

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import assert_drawn, panels_drawn
 from typer.testing import CliRunner
 
+from cxrfa import plots
 from cxrfa.cli import app
 from cxrfa.data.manifest import Manifest, make_manifest, write_manifest
 from cxrfa.errors import CxrfaError
@@ -65,6 +67,13 @@ def test_evaluate_writes_files_and_matches_rows_by_path(
     assert "threshold 0.5" in caplog.text
     for name in FILES:
         assert (out / name).stat().st_size > 0, name
+    for name in PLOT_FILES:
+        assert_drawn(out / name)
+    # the per-label figures: one 2.6-inch panel per label in a row (3 labels), at the figures' resolution
+    size = (round(3 * 2.6 * plots.DPI), round((2.6 + 0.4) * plots.DPI))
+    for name in ("roc.png", "pr.png", "confusion.png"):
+        grey = assert_drawn(out / name, size)
+        assert panels_drawn(grey, 1, 3, title_px=round(0.75 * plots.DPI)) == [True] * 3, name
     assert not list(out.glob(".*tmp"))
     part = manifest.split("test")
     direct = compute_metrics(part.label_matrix(), pred[LABELS].to_numpy(), LABELS, n_boot=0)

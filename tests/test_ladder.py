@@ -58,7 +58,7 @@ def test_each_rung_adds_exactly_one_part_to_the_one_before() -> None:
 
 @pytest.fixture(scope="module")
 def ran() -> dict[str, object]:
-    from cxrfa.experiment import run_cell
+    from cxrfa.cell import run_cell
 
     # evaluate=False: fit only (the test split, its bootstrap and plots are the same code for every cell)
     return {

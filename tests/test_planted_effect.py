@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from cxrfa.config import BackboneConfig, LossConfig, ModelConfig, TrainConfig
-from cxrfa.experiment import FeatureDataset
+from cxrfa.data.features import FeatureDataset
 from cxrfa.models.alignment import AlignmentModel
 from cxrfa.stats import SeedTest, label_boot
 from cxrfa.stats import paired_seed_test as stats_paired_seed_test

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import assert_drawn, panels_drawn
 from matplotlib.figure import Figure
 
 from cxrfa import plots
 from cxrfa.metrics import compute_metrics
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +24,17 @@ def case() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return y, p, [f"Finding number {j}" for j in range(14)]
 
 
-def _saved(fig: Figure, tmp_path: Path, name: str) -> Path:
+def _saved(fig: Figure, tmp_path: Path, name: str) -> np.ndarray:
+    """Save at 60 dpi; the PNG's (H, W) grey levels, checked to be a drawing of the figure's pixel size."""
     out = tmp_path / f"{name}.png"
     fig.savefig(out, dpi=60)
-    assert out.read_bytes()[:8] == PNG_MAGIC
-    return out
+    width, height = fig.get_size_inches() * 60
+    return assert_drawn(out, (round(width), round(height)))
+
+
+def _fourteen_panels(grey: np.ndarray) -> None:
+    """14 labels: panels drawn in the first 14 slots of a 3 x 5 grid, the 15th slot blank."""
+    assert panels_drawn(grey, 3, 5, title_px=round(0.75 * 60)) == [True] * 14 + [False]
 
 
 def test_roc_and_pr_curves(case, tmp_path: Path) -> None:
@@ -40,7 +45,10 @@ def test_roc_and_pr_curves(case, tmp_path: Path) -> None:
         assert all(len(ax.lines) == 2 for ax in fig.axes[:13])  # curve + chance/prevalence line
         assert len(fig.axes[13].lines) == 0 and "one class" in fig.axes[13].texts[0].get_text()
         assert labels[0] in fig.axes[0].get_title()
-        _saved(fig, tmp_path, name)
+        # unit axes everywhere: names on the first column and the lowest drawn panel of each column only
+        assert [bool(ax.get_ylabel()) for ax in fig.axes[:13]] == [j % 5 == 0 for j in range(13)]
+        assert [j for j, ax in enumerate(fig.axes[:13]) if ax.get_xlabel()] == [8, 9, 10, 11, 12]
+        _fourteen_panels(_saved(fig, tmp_path, name))
 
 
 def test_confusion_grid_states_its_thresholds(case, tmp_path: Path) -> None:
@@ -54,7 +62,9 @@ def test_confusion_grid_states_its_thresholds(case, tmp_path: Path) -> None:
     assert [t.get_text() for t in fig.axes[0].texts] == [str(tn), str(fp), str(fn), str(tp)]
     assert fig.axes[3].get_title() == f"{labels[3]}\nthreshold {thresholds[3]:.3g}"
     assert "chosen on val" in fig.get_suptitle()
-    _saved(fig, tmp_path, "confusion")
+    assert [j for j, ax in enumerate(fig.axes) if ax.get_xlabel() == "predicted"] == [9, 10, 11, 12, 13]
+    assert [j for j, ax in enumerate(fig.axes) if ax.get_ylabel() == "true"] == [0, 5, 10]
+    _fourteen_panels(_saved(fig, tmp_path, "confusion"))
     default = plots.confusion_grid(res.confusion, labels)  # no val predictions: 0.5, and said so
     assert "threshold 0.5" in default.get_suptitle() and "chosen on val" not in default.get_suptitle()
     assert default.axes[0].get_title().endswith("threshold 0.5")

@@ -151,8 +151,8 @@ def test_unaligned_standins_are_reported(tmp_path: Path, caplog: pytest.LogCaptu
 
 def test_a_run_logs_its_standin_results(smoke_standin: BackboneConfig, tmp_path: Path) -> None:
     """A smoke cell's MLflow run carries standin/visual/* from the sidecar of the stand-in it used."""
+    from cxrfa.cell import run_cell
     from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
-    from cxrfa.experiment import run_cell
     from cxrfa.tracking import Tracker
 
     (cfg,) = expand(

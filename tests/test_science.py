@@ -63,10 +63,9 @@ def _smoke(cell: str, **overrides: object):
 
 
 def _cold(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    from cxrfa import experiment, standins
+    from cxrfa import standins
 
-    monkeypatch.setenv("CXRFA_HOME", str(home))
-    experiment._FEATURES.clear()  # the per-process memo of encoded splits
+    monkeypatch.setenv("CXRFA_HOME", str(home))  # each run_cell below encodes for itself: no memo to clear
     # a cold home pretrains its stand-ins for one epoch, not the recipe's 12: what these tests check (the run's
     # random state, pretraining on data without reports) does not depend on how well they are aligned
     recipe = standins.standin_settings
@@ -77,7 +76,7 @@ def test_cold_and_warm_caches_and_fresh_homes_give_identical_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cold cache pretrains the stand-in inside the run; that must not move the run's random state."""
-    from cxrfa.experiment import run_cell
+    from cxrfa.cell import run_cell
 
     cfg = _smoke("align-clip", **{"train.epochs": 1})
     _cold(monkeypatch, tmp_path / "a")
@@ -94,8 +93,9 @@ def test_demo_backbones_run_on_data_without_reports(
 ) -> None:
     """Real datasets without reports (NIH, CheXpert): the stand-ins pretrain on sentences built from the train
     labels, and the report term is skipped with one log line."""
+    from cxrfa.cell import run_cell
+    from cxrfa.data.load import load_data
     from cxrfa.data.manifest import Manifest, write_manifest
-    from cxrfa.experiment import load_data, run_cell
 
     demo = load_data(DataConfig(demo_n=240, demo_size=64), progress=False)
     frame = demo.frame.drop(columns=["report"])
@@ -114,7 +114,7 @@ def test_demo_backbones_run_on_data_without_reports(
 
 def test_trainable_encoder_cell_trains_with_the_report_term() -> None:
     """Image datasets carry the report text; the report term gets the cached embeddings, not the strings."""
-    from cxrfa.experiment import run_cell
+    from cxrfa.cell import run_cell
 
     cfg = _smoke("align-clip", **{"model.visual": "custom", "train.epochs": 1})
     assert cfg.loss.report > 0 and not cfg.model.visual.frozen

@@ -119,3 +119,67 @@ def test_help_and_data_commands_import_no_heavy_library(tmp_path: Path) -> None:
             [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True, cwd=REPO
         )
         assert done.stdout.strip().splitlines()[-1:] in ([], [""]), (args, done.stdout[-300:])
+
+
+def test_fit_keeps_the_kept_epochs_val_prediction_for_evaluation() -> None:
+    """Evaluation reads val from ``fit`` instead of predicting it again: it must be the kept weights' own."""
+    import numpy as np
+    import torch
+    from _helpers import OnFeatures, tiny_heads
+
+    from cxrfa.config import LossConfig, TrainConfig
+    from cxrfa.data.features import FeatureDataset
+    from cxrfa.train import fit, make_loader, predict
+
+    torch.manual_seed(0)
+    heads = tiny_heads(labels=4, tokens=5, dim=8)
+
+    tokens = torch.randn(60, 5, 8)
+    labels = (torch.rand(60, 4) < 0.4).float().numpy()
+    train_set = FeatureDataset(tokens[:40], tokens[:40].mean(1), labels[:40], np.zeros(40, dtype=np.int64))
+    val_set = FeatureDataset(tokens[40:], tokens[40:].mean(1), labels[40:], np.zeros(20, dtype=np.int64))
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=3e-2, device="cpu", amp=False, patience=4)
+    model = OnFeatures(heads)
+    result = fit(model, train_set, val_set, list("abcd"), cfg, LossConfig(semantic=0.5), progress=False)
+    assert result.best_val is not None and result.best_val.shape == (20, 4)
+    loader = make_loader(val_set, cfg.batch_size * 2, shuffle=False, cfg=cfg, device=torch.device("cpu"))
+    assert np.array_equal(result.best_val, predict(model, loader, torch.device("cpu"), cfg.amp)[0])
+
+
+def test_encoded_splits_encode_each_split_once_unless_the_cache_is_off() -> None:
+    """An ablation worker's cells share one encoding per split; with the cache off every cell re-encodes."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from cxrfa.data.features import EncodedSplits
+    from cxrfa.data.manifest import Manifest
+
+    frame = pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(6)],
+            "patient_id": [str(i) for i in range(6)],
+            "A": [1.0, 0.0] * 3,
+        }
+    )
+    frame["split"] = ["train", "train", "val", "val", "test", "test"]
+    manifest = Manifest(frame, Path("."), ["A"], "custom")
+
+    class Source:
+        def __init__(self, enabled: bool) -> None:
+            self.enabled, self.calls = enabled, []
+
+        def encode_dataset(self, encoder, rows, batch_size=64, progress=True):
+            self.calls.append(list(rows.frame["path"]))
+            return torch.zeros(len(rows), 2, 3), torch.zeros(len(rows), 3)
+
+    class Encoder:
+        identity = "enc"
+
+    memo, cached, off = EncodedSplits(), Source(enabled=True), Source(enabled=False)
+    for _ in range(3):
+        tokens, _ = memo.get(cached, Encoder(), manifest, "train", progress=False)
+        memo.get(off, Encoder(), manifest, "test", progress=False)
+    assert cached.calls == [["0.png", "1.png"]] and tokens.shape == (2, 2, 3) and len(memo) == 1
+    assert off.calls == [["4.png", "5.png"]] * 3
+    assert np.isfinite(tokens.numpy()).all()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import OnFeatures
 from scipy.linalg import orthogonal_procrustes
 from scipy.spatial import procrustes
 
@@ -21,7 +22,7 @@ from cxrfa.config import (
     expand,
     load_matrix,
 )
-from cxrfa.experiment import FeatureDataset
+from cxrfa.data.features import FeatureDataset
 from cxrfa.labels import NIH14
 from cxrfa.models import AlignmentModel, build_encoder, build_model
 from cxrfa.models.alignment import derangement
@@ -80,15 +81,15 @@ def test_fixed_text_map_keeps_the_geometry_and_stays_frozen_through_training() -
     data = FeatureDataset(tokens, tokens.mean(1), labels, np.zeros(40, dtype=np.int64))
     train = TrainConfig(epochs=1, batch_size=20, lr=1e-2, device="cpu", amp=False)
 
-    class Model(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.heads = heads
-
-        def forward_features(self, tok: torch.Tensor, emb: torch.Tensor, report: object = None) -> dict:
-            return self.heads(tok, emb)
-
-    fit(Model(), data, data, [str(i) for i in range(6)], train, LossConfig(semantic=0.5), progress=False)
+    fit(
+        OnFeatures(heads),
+        data,
+        data,
+        [str(i) for i in range(6)],
+        train,
+        LossConfig(semantic=0.5),
+        progress=False,
+    )
     after = heads.state_dict()
     for name in ("text_basis", "label_text", "text_centre"):
         assert torch.equal(after[name], before[name]), name
@@ -96,7 +97,9 @@ def test_fixed_text_map_keeps_the_geometry_and_stays_frozen_through_training() -
     assert not torch.equal(
         after["t2.layers.0.linear1.weight"], before["t2.layers.0.linear1.weight"]
     )  # it trained
-    assert "heads.text_basis" in trained_state(Model())  # saved with the checkpoint, so a resumed run has it
+    assert "heads.text_basis" in trained_state(
+        OnFeatures(heads)
+    )  # saved with the checkpoint, so a resumed run has it
 
 
 def test_adapter_starts_at_the_fixed_map_and_only_its_residual_trains() -> None:
@@ -197,7 +200,7 @@ def test_learned_queries_log_their_drift() -> None:
 
 
 def test_a_run_logs_its_size_drift_and_text_assignment(tmp_path: Path) -> None:
-    from cxrfa.experiment import run_cell
+    from cxrfa.cell import run_cell
     from cxrfa.tracking import Tracker
 
     small = {"data.demo_n": 240, "data.demo_size": 64, "model.width": 32, "model.heads": 2}

@@ -167,7 +167,7 @@ def test_only_runs_of_stopped_processes_are_marked_killed(tmp_path: Path) -> Non
 
 
 def test_an_sqlite_file_keeps_its_side_files_in_one_folder_beside_it(tmp_path: Path) -> None:
-    from cxrfa.experiment import checkpoint_dir
+    from cxrfa.cell import checkpoint_dir
     from cxrfa.tracking import side_path
     from cxrfa.tuning import default_storage_path
 

@@ -15,9 +15,9 @@ from _helpers import cxrfa_cmd, metric_steps, start_text
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from cxrfa.cell import checkpoint_dir
 from cxrfa.cli import app
 from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
-from cxrfa.experiment import checkpoint_dir
 from cxrfa.tracking import Tracker
 from cxrfa.tuning import (
     OWNER,

@@ -162,8 +162,8 @@ def train(
 
     Example:  cxrfa train --matrix full --cell align-clip --seed 0
     """
+    from cxrfa.cell import checkpoint_dir, run_cell
     from cxrfa.config import expand, load_matrix
-    from cxrfa.experiment import checkpoint_dir, run_cell
     from cxrfa.models.registry import load_backbones
     from cxrfa.preflight import check_checkpoints, preflight
     from cxrfa.tracking import Tracker
@@ -322,7 +322,7 @@ def ablate(
             )
         console.print(table)
         return
-    from cxrfa.experiment import checkpoint_dir
+    from cxrfa.cell import checkpoint_dir
 
     check_checkpoints(runs, checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any run
     if count is None:  # the layout is the first line a checked ablation logs (bad input stays one line)

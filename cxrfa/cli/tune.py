@@ -142,7 +142,7 @@ def tune(
             sampler_seed=sampler_seed,
         ),
     )
-    from cxrfa.experiment import checkpoint_dir
+    from cxrfa.cell import checkpoint_dir
 
     check_checkpoints([cfg], checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any trial
     _announce_demo(data)

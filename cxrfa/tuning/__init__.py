@@ -2,7 +2,7 @@
 
 A study belongs to one (matrix, cell) and is named ``<matrix>.<cell>`` by default. Each trial samples the
 matrix's ``tune.params`` (dotted config paths), applies them to the cell's resolved config, validates the result
-like any config and runs it through :func:`cxrfa.experiment.run_cell` as an MLflow run nested under the study's
+like any config and runs it through :func:`cxrfa.cell.run_cell` as an MLflow run nested under the study's
 parent run. The objective is the matrix's ``tune.metric`` on ``val`` at the epoch the run keeps; it is reported
 every epoch so the pruner can stop a poor trial early. ``test`` never drives anything here.
 

@@ -1,4 +1,4 @@
-"""The study loop: trials as nested MLflow runs of :func:`cxrfa.experiment.run_cell`, pruning, stop rules."""
+"""The study loop: trials as nested MLflow runs of :func:`cxrfa.cell.run_cell`, pruning, stop rules."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial
 
+from cxrfa.cell import CellResult, StopRun, checkpoint_dir, run_cell
 from cxrfa.config import AblationMatrix, RunConfig, SearchSpace
+from cxrfa.data.features import EncodedSplits
 from cxrfa.errors import CxrfaError
-from cxrfa.experiment import CellResult, StopRun, checkpoint_dir, run_cell
 from cxrfa.tracking import (
     TAG_CONFIG_HASH,
     TAG_STUDY,
@@ -241,6 +242,7 @@ class _Objective:
         self.study, self.cfg, self.space, self.tracker = study, cfg, space, tracker
         self.parent_id, self.total, self.where = parent_id, total, where
         self.ran = 0
+        self.features = EncodedSplits()  # every trial of this process reads each split's encoding once
 
     def __call__(self, trial: Trial) -> float:
         if not holds_slot(self.study, trial.number, self.total):
@@ -280,6 +282,7 @@ class _Objective:
                 run_name=f"{cfg.cell}/trial={trial.number}",
                 explore=(),
                 progress=False,
+                features=self.features,
                 **_VAL_ONLY,
             )
         except TrialPruned as stop:

@@ -1,7 +1,9 @@
 """``run_cell``: one resolved config -> data -> model -> fit -> evaluate -> tracked MLflow run.
 
 This is the single path every command takes (``train``, ``ablate``, ``tune``): a cell in an ablation and an
-Optuna trial differ only in the config they pass and the callbacks they add.
+Optuna trial differ only in the config they pass and the callbacks they add. The datasets it trains on live in
+:mod:`cxrfa.data.features`, the evaluation of the trained model in :mod:`cxrfa.cell_evaluation`, and what a
+scored run records on its MLflow run in :mod:`cxrfa.record`.
 """
 
 from __future__ import annotations
@@ -9,16 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxrfa.config import BackboneConfig, ExternalSet, RunConfig
+from cxrfa.config import BackboneConfig, RunConfig
+from cxrfa.data.features import EncodedSplits, FeatureDataset, WithReports, domain_codes
 from cxrfa.data.fractions import subsample_train
 from cxrfa.data.load import load_data
 from cxrfa.data.manifest import Manifest
@@ -39,25 +41,11 @@ from cxrfa.tracking import (
     Tracker,
     side_path,
 )
-from cxrfa.train import (
-    Callback,
-    FitResult,
-    NonFiniteLoss,
-    fit,
-    make_loader,
-    predict,
-    resolve_device,
-    seed_everything,
-    trained_state,
-)
+from cxrfa.train import Callback, FitResult, NonFiniteLoss, fit, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
 TAG_TEXT_ASSIGNMENT = "cxrfa.text_assignment"  # shuffled text: label -> the label whose text it got
-TAG_EXTERNAL_PREFIX = "cxrfa.external."  # + <name>.data_hash / <name>.labels: what an external set was
-EXPLORE_SAMPLE = (
-    512  # test images used for embedding exploration (tokens of a real test set don't fit in RAM)
-)
 
 
 class StopRun(Exception):
@@ -83,85 +71,35 @@ class CellResult:
     fit: FitResult | None = None
 
 
-class WithReports(Dataset):
-    """Adds each row's frozen report embedding (De_t,) as ``report_emb`` to a dataset's items (NaN = none)."""
-
-    def __init__(self, dataset: Dataset, reports: torch.Tensor) -> None:
-        self.dataset, self.reports = dataset, reports
-
-    def __len__(self) -> int:
-        return len(self.reports)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {**self.dataset[i], "report_emb": self.reports[i]}
-
-
 def report_embeddings(cfg: RunConfig, model: Any, manifest: Manifest) -> torch.Tensor | None:
     """(M, De_t) train-split report embeddings for the report term, or None when it is off or impossible."""
     if cfg.loss.report <= 0 or model.text_encoder is None:
         return None
-    reports = manifest.split("train").frame.get("report")
-    if reports is None or not reports.dropna().astype(str).str.strip().ne("").any():
+    train = manifest.split("train")
+    if not train.has_reports():
         log.info("report term skipped: %s has no reports", manifest.source or "the manifest")
         return None
+    reports = train.frame["report"]
     return model.encode_reports(reports.where(reports.notna(), None).tolist())
-
-
-class FeatureDataset(Dataset):
-    """Cached encoder outputs as training examples: tokens (M, N, Dv), embedding (M, De), labels (M, C)."""
-
-    def __init__(
-        self, tokens: torch.Tensor, embedding: torch.Tensor, labels: np.ndarray, domain: np.ndarray
-    ) -> None:
-        self.tokens, self.embedding = tokens, embedding
-        self.labels = torch.tensor(labels, dtype=torch.float32)
-        self.domain = torch.tensor(domain, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {
-            "tokens": self.tokens[i],
-            "embedding": self.embedding[i],
-            "labels": self.labels[i],
-            "domain": self.domain[i],
-        }
 
 
 # ---------------------------------------------------------------------------------------------------------
 # data + backbones
 
 
-def domain_codes(manifest: Manifest, split: Manifest) -> np.ndarray:
-    """Integer domain code per row of ``split``, stable across splits of the same manifest."""
-    values = sorted(manifest.frame["domain"].fillna("").astype(str).unique())
-    lookup = {v: i for i, v in enumerate(values)}
-    return split.frame["domain"].fillna("").astype(str).map(lookup).to_numpy(dtype=np.int64)
+def run_datasets(
+    cfg: RunConfig, model: Any, manifest: Manifest, progress: bool, features: EncodedSplits | None = None
+) -> dict[str, Dataset]:
+    """The train/val/test datasets a run trains and evaluates on: cached frozen features or images.
 
+    ``features`` keeps encoded splits for later cells of the same owner (a fresh memo when None).
+    """
+    from cxrfa.models.cache import FeatureCache
 
-_FEATURES: dict[tuple[str, str, str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def encoded_split(
-    encoder: Any, manifest: Manifest, split: str, use_cache: bool, progress: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen-encoder outputs for one split, from the on-disk feature cache (and a per-process memo)."""
-    key = (encoder.identity, manifest.data_hash(), split, use_cache)
-    if key not in _FEATURES:
-        from cxrfa.models.cache import FeatureCache
-
-        cache = FeatureCache(enabled=use_cache)
-        _FEATURES[key] = cache.encode_dataset(encoder, manifest.split(split), progress=progress)
-        if not use_cache:  # the memo is the cache: without it every cell really re-encodes
-            return _FEATURES.pop(key)
-    return _FEATURES[key]
-
-
-def run_datasets(cfg: RunConfig, model: Any, manifest: Manifest, progress: bool) -> dict[str, Dataset]:
-    """The train/val/test datasets a run trains and evaluates on: cached frozen features or images."""
     out: dict[str, Dataset] = {}
     encoder = model.encoder
+    source = FeatureCache(enabled=cfg.train.feature_cache)
+    features = features if features is not None else EncodedSplits()
     for split in ("train", "val", "test"):
         part = manifest.split(split)
         if len(part) == 0:
@@ -169,7 +107,7 @@ def run_datasets(cfg: RunConfig, model: Any, manifest: Manifest, progress: bool)
                 f"{manifest.source or 'manifest'}: split {split!r} is empty; re-index with a split"
             )
         if cfg.model.visual.frozen:
-            tokens, embedding = encoded_split(encoder, manifest, split, cfg.train.feature_cache, progress)
+            tokens, embedding = features.get(source, encoder, manifest, split, progress)
             out[split] = FeatureDataset(tokens, embedding, part.label_matrix(), domain_codes(manifest, part))
         else:
             from torchvision.transforms import Compose
@@ -259,6 +197,7 @@ def run_cell(
     progress: bool = True,
     evaluate: bool = True,
     claim: CellClaim | None = None,
+    features: EncodedSplits | None = None,
 ) -> CellResult:
     """Train and evaluate one config; track it as one MLflow run when a tracker is given.
 
@@ -270,6 +209,9 @@ def run_cell(
 
     Runs of the same config left RUNNING by stopped processes are marked KILLED; with a queue ``claim`` (every
     worker of ``ablate``) that includes workers on other machines, and the cell resumes from their checkpoint.
+
+    ``features``: encoded splits shared with the caller's other cells (an ablation worker keeps one for all
+    the cells it runs); None encodes (or reads the feature cache) for this cell alone.
     """
     started = time.monotonic()
     if cfg.train.threads is not None:
@@ -319,6 +261,7 @@ def run_cell(
                 explore,
                 progress,
                 evaluate,
+                features,
             )  # type: ignore[arg-type]
         if claim is not None:
             claim.check()
@@ -368,7 +311,9 @@ def _train_and_evaluate(
     explore: Sequence[str],
     progress: bool,
     evaluate: bool,
+    features: EncodedSplits | None,
 ) -> tuple[dict[str, float], FitResult]:
+    from cxrfa.cell_evaluation import evaluate_model
     from cxrfa.models import build_model
     from cxrfa.models.drift import drift_metrics, label_prototypes
     from cxrfa.models.model import parameter_counts
@@ -389,7 +334,7 @@ def _train_and_evaluate(
             # a tag, not a param: params are the config, which a cell shares across seeds (compare keys on it)
             run.set_tags({TAG_TEXT_ASSIGNMENT: json.dumps(given)})
     # the label fraction's train rows; val/test (and the long-tail groups of evaluation) from the whole manifest
-    data = run_datasets(cfg, model, train_manifest, progress)
+    data = run_datasets(cfg, model, train_manifest, progress, features)
 
     class _Log:
         def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
@@ -422,183 +367,3 @@ def _train_and_evaluate(
     if run is not None:
         run.log_metrics(drift)
     return {**scalars, **sizes, **drift}, result
-
-
-def evaluate_model(
-    cfg: RunConfig,
-    model: Any,
-    manifest: Manifest,
-    data: Mapping[str, Dataset],
-    result: FitResult,
-    run: TrackedRun | None,
-    explore: Sequence[str],
-    device: torch.device,
-) -> dict[str, float]:
-    """Val picks thresholds, test reports; every number and file is logged on the run."""
-    from cxrfa.plots import training_curves
-
-    loaders = {
-        s: make_loader(data[s], cfg.train.batch_size * 2, shuffle=False, cfg=cfg.train, device=device)
-        for s in ("val", "test")
-    }
-    p_val, _ = predict(model, loaders["val"], device, cfg.train.amp)  # (Nv, C), in manifest row order
-    p_test, _ = predict(model, loaders["test"], device, cfg.train.amp)  # (N, C)
-    extra = {"val/best_" + cfg.train.monitor.removeprefix("val/"): result.best_value}
-    extra["best_epoch"] = result.best_epoch
-    figures: dict[str, Any] = {}  # plots/<name>.png of the exploration, logged with the run's other files
-    if cfg.model.text is not None and explore:
-        explored, figures = _explore(model, data["test"], manifest.labels, device, explore)
-        extra.update(explored)
-    for spec in cfg.data.external:  # external validation: the same model and thresholds on other manifests
-        extra.update(_evaluate_external(cfg, spec, model, manifest, p_val, run, device))
-
-    def trained_files(folder: Path) -> None:
-        """The plots and the checkpoint, into the folder that is logged: the checkpoint is written once."""
-        (folder / "plots").mkdir()
-        for name, figure in {"training_curves": training_curves(result.history), **figures}.items():
-            figure.savefig(folder / "plots" / f"{name}.png", format="png")
-        (folder / "checkpoint").mkdir()
-        torch.save(
-            {
-                "config": cfg.model_dump(mode="json"),
-                "labels": manifest.labels,
-                "state_dict": trained_state(model),
-                "best_epoch": result.best_epoch,
-            },
-            folder / "checkpoint" / "model.pt",
-        )
-
-    return log_evaluation(cfg, manifest, p_val, p_test, run, extra, trained_files)
-
-
-def log_evaluation(
-    cfg: RunConfig,
-    manifest: Manifest,
-    p_val: np.ndarray,
-    p_test: np.ndarray,
-    run: TrackedRun | None,
-    extra: Mapping[str, float],
-    files: Callable[[Path], None] | None = None,
-) -> dict[str, float]:
-    """Score test predictions (thresholds from val) and log the metrics, predictions, labels and config.
-
-    Shared by trained runs and the baseline cells (:mod:`cxrfa.baselines`), so every row of ``compare`` is
-    scored and stored alike.
-
-    Args:
-        cfg: the run's config.
-        manifest: the whole manifest (val and test rows in order).
-        p_val: (Nv, C) val probabilities; p_test: (N, C) test probabilities.
-        run: the tracked run, or None.
-        extra: further final values logged with the test metrics (e.g. ``val/best_macro_auc``).
-        files: writes the run's own further files (plots, checkpoint) into the folder that is logged.
-
-    Returns:
-        ``test/<metric>`` for every test metric, then ``extra``.
-    """
-    from cxrfa.evaluate import predictions_frame, score_split, write_evaluation
-
-    test_part = manifest.split("test")
-    test = score_split(manifest, "test", p_test, p_val, n_boot=200, seed=cfg.seed)
-    scalars = {f"test/{k}": v for k, v in test.scalars.items()}
-    scalars.update(extra)
-    if run is None:
-        return scalars
-    run.log_metrics(scalars)  # final values at step 0: one bar per run in MLflow's chart view
-    # every file in one folder, logged in one call: each MLflow artifact call is a store round trip
-    with run.scratch() as tmp:
-        write_evaluation(test, tmp / "evaluation")
-        predictions_frame(list(test_part.frame["path"]), p_test, manifest.labels).to_csv(
-            tmp / "test_predictions.csv", index=False
-        )
-        predictions_frame(list(manifest.split("val").frame["path"]), p_val, manifest.labels).to_csv(
-            tmp / "val_predictions.csv", index=False
-        )
-        truth = test_part.frame[["path", *manifest.labels]]
-        truth.to_csv(tmp / "test_labels.csv", index=False, float_format="%.0f")
-        (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        if files is not None:
-            files(tmp)
-        run.log_artifacts(tmp)
-    return scalars
-
-
-def _evaluate_external(
-    cfg: RunConfig,
-    spec: ExternalSet,
-    model: Any,
-    manifest: Manifest,
-    p_val: np.ndarray,
-    run: TrackedRun | None,
-    device: torch.device,
-) -> dict[str, float]:
-    """Predict one external test set and score it on the labels it shares with the run (``external/<name>/``).
-
-    Frozen encoders read the images through the feature cache, like the run's own splits. Logs the set's data
-    hash as a tag, its metrics, predictions and evaluation files on the run.
-    """
-    from cxrfa.evaluate import external_rows, predictions_frame, score_external, write_evaluation
-
-    rows, shared, data_hash = external_rows(spec, manifest.labels)
-    domains = np.zeros(len(rows), dtype=np.int64)  # unseen sites: the domain code is used by training only
-    if cfg.model.visual.frozen:
-        from cxrfa.models.cache import FeatureCache
-
-        cache = FeatureCache(enabled=cfg.train.feature_cache)
-        tokens, embedding = cache.encode_dataset(model.encoder, rows, progress=False)
-        dataset: Dataset = FeatureDataset(tokens, embedding, rows.label_matrix(), domains)
-    else:
-        from cxrfa.data.dataset import CXRDataset
-
-        dataset = CXRDataset(rows, model.encoder.preprocess, domains=domains, keep_decoded=False)
-    loader = make_loader(dataset, cfg.train.batch_size * 2, shuffle=False, cfg=cfg.train, device=device)
-    probs, _ = predict(model, loader, device, cfg.train.amp)  # (N, C), in the external rows' order
-    result = score_external(manifest, rows, list(shared), probs, p_val, n_boot=200, seed=cfg.seed)
-    prefix = f"external/{spec.key}/"
-    scalars = {prefix + k: v for k, v in result.scalars.items()}
-    scalars[prefix + "n_images"] = float(len(rows))
-    scalars[prefix + "n_labels"] = float(len(shared))
-    if run is not None:
-        run.set_tags(
-            {
-                f"{TAG_EXTERNAL_PREFIX}{spec.key}.data_hash": data_hash,
-                f"{TAG_EXTERNAL_PREFIX}{spec.key}.labels": json.dumps(shared),
-            }
-        )
-        with run.scratch() as tmp:
-            write_evaluation(result, tmp / spec.key)
-            keep = [manifest.labels.index(lab) for lab in shared]
-            predictions_frame(list(rows.frame["path"]), probs[:, keep], list(shared)).to_csv(
-                tmp / spec.key / "predictions.csv", index=False
-            )
-            run.log_artifacts(tmp / spec.key, f"external/{spec.key}")
-    return scalars
-
-
-def _explore(
-    model: Any, test_set: Dataset, labels: list[str], device: torch.device, parts: Sequence[str]
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Modality gap and label-similarity metrics and their figures (name -> figure) on a sample of the test
-    set."""
-    from cxrfa.explore import explore_model
-
-    tokens, embedding, y_true = explore_sample(model, test_set, device)
-    result = explore_model(model.heads, tokens, embedding, y_true, labels, parts=tuple(parts))
-    return result.scalars, dict(result.figures)
-
-
-def explore_sample(
-    model: Any, test_set: Dataset, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Encoder tokens (M, N, Dv), embeddings (M, De) and labels (M, C) of the first EXPLORE_SAMPLE test images."""
-    n = min(len(test_set), EXPLORE_SAMPLE)  # type: ignore[arg-type]
-    items = [test_set[i] for i in range(n)]
-    model.eval()
-    with torch.no_grad():
-        if "tokens" in items[0]:
-            tokens = torch.stack([it["tokens"] for it in items]).float().to(device)
-            embedding = torch.stack([it["embedding"] for it in items]).float().to(device)
-        else:
-            images = torch.stack([it["image"] for it in items]).to(device)
-            tokens, embedding = model.encoder.encode_image(images)
-    return tokens, embedding, torch.stack([it["labels"] for it in items]).numpy()
