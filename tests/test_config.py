@@ -25,9 +25,9 @@ def test_shipped_matrices_expand(name: str) -> None:
     assert f"cxrfa ablate --matrix {name}" in Path(m.source).read_text()
 
 
-def test_full_matrix_is_the_nine_design_cells_text_controls_and_baselines_times_three_seeds() -> None:
+def test_full_matrix_is_the_nine_design_cells_text_controls_ladder_and_baselines_times_three_seeds() -> None:
     runs = expand(load_matrix("full"), DEMO_BACKBONES)
-    assert len(runs) == 45
+    assert len(runs) == 60
     cells = {r.cell: r for r in runs}
     assert set(cells) == {
         "visual-clip",
@@ -45,6 +45,11 @@ def test_full_matrix_is_the_nine_design_cells_text_controls_and_baselines_times_
         "align-biomedclip",
         "zeroshot-clip",
         "probe-clip",
+        "pixels",
+        "ladder-domain",
+        "ladder-orthogonal",
+        "ladder-expression",
+        "ladder-supcon",
     }
     assert cells["visual-clip"].model.text is None and not cells["visual-clip"].model.aligner
     assert (
@@ -70,6 +75,8 @@ def test_full_matrix_is_the_nine_design_cells_text_controls_and_baselines_times_
         align = cells[name]
         assert align.model.orthogonal and align.model.aligner
         assert align.loss.domain > 0 and align.loss.consistency > 0 and align.loss.report > 0
+        assert align.loss.expression > 0 and align.loss.supcon > 0  # the seed's whole model
+    assert cells["pixels"].kind == "pixels"
     assert cells["dual-biomedclip"].model.text.name == "biomedclip"
 
 

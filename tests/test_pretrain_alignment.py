@@ -113,7 +113,7 @@ def test_zero_shot_scores_match_sklearn() -> None:
 def test_smoke_standin_is_aligned_and_its_results_sit_beside_it(smoke_standin: BackboneConfig) -> None:
     weights = Path(str(smoke_standin.pretrained))
     assert weights == standin_path("cxrfa-tiny-clip", load_data(SMOKE, progress=False))
-    assert weights.name.endswith("-r2.pt")  # the recipe is in the cache key: older weights are not reused
+    assert weights.name.endswith("-r3.pt")  # the recipe is in the cache key: older weights are not reused
     record = json.loads(sidecar_path(weights).read_text())
     assert record["arch"] == "cxrfa-tiny-clip" and len(record["losses"]) == record["metrics"]["epochs"]
     m = read_sidecar(smoke_standin)
