@@ -19,9 +19,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from _helpers import cxrfa_cmd
+from optuna.trial import TrialState
+from test_services import PG_BIN, postgres  # noqa: F401 - the throw-away PostgreSQL server fixture
 
 from cxrfa.tracking import Tracker
 
@@ -367,9 +370,8 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
     _wait_for_epoch(store, "slow", 1)
     # what Slurm sends before preempting or at the time limit (submitit's own test hook does the same)
     subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
-    again = _cxrfa(env, "ablate", "--wait", **opts)  # the requeued task is already queued: nothing new
+    again = _cxrfa(env, "ablate", "--wait", **opts)  # follows the requeued task
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "nothing to submit" in again.stderr
     runs = _runs(store, "slow")
     _finished_once(runs, 1)
     (done,) = [r for r in runs if r[1] == "FINISHED"]
@@ -378,3 +380,44 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
     assert resumed.startswith("epoch "), resumed
     steps = [step for step, _ in tracker.metric_history(done[2], "val/macro_auc")]
     assert min(steps) > 0 and max(steps) == 5  # its epochs continued where the preempted task stopped
+
+
+@pytest.mark.skipif(not (PG_BIN / "postgres").exists(), reason=f"no PostgreSQL binaries in {PG_BIN}")
+def test_tune_on_slurm_against_postgres_holds_exactly_the_trials_asked_for(
+    slurm: dict[str, str],
+    postgres: str,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ablations").mkdir()
+    shutil.copy(REPO / "ablations" / "smoke.yaml", tmp_path / "ablations" / "smoke.yaml")
+    env = {**os.environ, **slurm, "CXRFA_STORAGE": f"{postgres}/optuna"}
+    search = {"trials": 8, "sampler": "random", "study": "slurm-study", "launcher": "slurm", "workers": 2}
+    cmd = cxrfa_cmd("tune", "--wait", matrix="smoke", cell="visual-clip", **search, tracking_uri="store")
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "submitted Slurm job array" in out.stderr
+    study = optuna.load_study(
+        study_name="slurm-study", storage=optuna.storages.RDBStorage(f"{postgres}/optuna")
+    )
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 8
+    runs = Tracker(str(tmp_path / "store"), "smoke", create=False).search("tags.`cxrfa.trial` != ''")
+    numbers = [
+        int(r.tags["cxrfa.trial"]) for r in runs if r.tags.get("cxrfa.trial_state") in ("COMPLETE", "PRUNED")
+    ]
+    assert sorted(numbers) == sorted(t.number for t in finished)  # one run per trial, no number twice
+    assert len({r.tags["cxrfa.owner"] for r in runs}) == 2  # both tasks ran trials
+
+
+def test_tune_on_slurm_refuses_sqlite(tmp_path: Path) -> None:
+    out = _cxrfa(
+        dict(os.environ),
+        "tune",
+        matrix="smoke",
+        cell="visual-clip",
+        trials=2,
+        launcher="slurm",
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        timeout=120,
+    )
+    assert out.returncode == 2 and "SQLite breaks on a shared filesystem" in out.stderr, out.stderr
