@@ -76,8 +76,8 @@ def parse_time(text: str) -> int:
     return total
 
 
-def check_slurm() -> str:
-    """The cluster's name, from ``sinfo``; before anything is written or submitted.
+def check_slurm() -> None:
+    """That a Slurm controller answers ``sinfo``; called before anything is written or submitted.
 
     Raises:
         CxrfaError: no Slurm client here, or no controller answers.
@@ -96,7 +96,6 @@ def check_slurm() -> str:
         first = (out.stderr.strip().splitlines() or ["no output"])[-1]
         where = f" (SLURM_CONF={os.environ['SLURM_CONF']})" if "SLURM_CONF" in os.environ else ""
         raise CxrfaError(f"--launcher slurm: no Slurm controller reachable{where}: {first[:200]}")
-    return out.stdout.split()[0] if out.stdout.split() else "?"
 
 
 def executor(opts: SlurmOptions, name: str) -> Any:

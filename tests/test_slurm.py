@@ -376,6 +376,12 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
     _finished_once(runs, 1)
     (done,) = [r for r in runs if r[1] == "FINISHED"]
     tracker = Tracker(str(store), "slow", create=False)
+    (stopped,) = [r for r in runs if r[1] == "KILLED"]  # ended by our handler, not killed by the signal
+    assert tracker.get(stopped[2]).tags.get("cxrfa.failure") == "stopped by SIGUSR2"
+    acct = subprocess.run(
+        ["sacct", "-n", "-X", "-D", "-o", "State", "-j", job], env=env, capture_output=True, text=True
+    )
+    assert "REQUEUED" in acct.stdout, acct.stdout  # submitit requeued the same task
     resumed = tracker.get(done[2]).tags.get("cxrfa.resumed_from", "")
     assert resumed.startswith("epoch "), resumed
     steps = [step for step, _ in tracker.metric_history(done[2], "val/macro_auc")]
