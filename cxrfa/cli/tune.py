@@ -132,11 +132,11 @@ def tune(
     from cxrfa.tuning import TuneSettings, check_space, open_storage, select_cell
     from cxrfa.tuning import tune as run_study
 
-    check_launcher(launcher, dry_run=False)  # no Slurm: one line, before anything is opened
-    if launcher == "slurm":
+    if launcher == "slurm":  # an SQLite storage is refused whether or not a cluster answers
         from cxrfa.launch import check_shared_storage
 
         check_shared_storage(storage)
+    check_launcher(launcher, dry_run=False)  # no Slurm: one line, before anything is opened
     m = load_matrix(matrix)
     cfg = select_cell(m, load_backbones(backbones), cell, seed, _overrides(data, False))
     check_space(m.tune, cfg, m.source or m.name)  # bad input fails before any store is created
