@@ -347,6 +347,10 @@ def ablate(
             _print_sbatch(slurm, m.name, sum(item.finished_run is None for item in plan(runs, tracker)))
         return
     check_checkpoints(runs, checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any run
+    if slurm is not None:  # the cluster's tasks are the workers: no local layout
+        _announce_demo(data)
+        _submit(m, runs, tracker, slurm, backbones, data, storage, explore, wait, tracking_uri)
+        return
     if count is None:  # the layout is the first line a checked ablation logs (bad input stays one line)
         count, device_list, threads = _auto_workers(len(runs), device_list, threads, worker)
     _announce_demo(data)
@@ -370,9 +374,6 @@ def ablate(
     )
     if worker and device_list:
         os.environ.update(device_env(device_list, 0))
-    if slurm is not None:
-        _submit(m, runs, tracker, slurm, backbones, data, storage, explore, wait, tracking_uri)
-        return
     summary = run_ablation(
         m,
         runs,
