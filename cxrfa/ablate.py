@@ -4,7 +4,8 @@ Every invocation goes through the ablation's work queue (:mod:`cxrfa.tuning.queu
 yet FINISHED, then claims and runs units until every one of its units is final. So a second process (a second
 terminal, ``--workers N``, or ``--worker`` on other machines sharing the stores) never repeats a cell, a stopped
 worker's cell is taken over and resumed from its checkpoint, and re-running the command skips what finished. One
-failing cell never stops the others.
+failing cell never stops the others. On a Slurm cluster (:func:`submit_to_slurm`) the same queue hands the units
+to the tasks of a job array instead of local processes.
 """
 
 from __future__ import annotations

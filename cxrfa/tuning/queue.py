@@ -5,9 +5,8 @@ PostgreSQL). One study per ablation; each cell x seed is a *unit*: a trial enque
 carry the resolved config. Optuna does the hard parts: ``ask`` pops a WAITING trial atomically, so exactly one
 worker claims it; a heartbeat thread refreshes the claimed trial every ``heartbeat_s`` seconds; a trial whose
 heartbeat stopped for ``grace_s`` seconds (both :func:`cxrfa.claims.timeouts`) is failed by the next worker that
-looks, and
-``RetryHeartbeatStaleTrialCallback`` enqueues a copy, which a free worker claims and resumes from the checkpoint
-the stopped worker kept as a run artifact. A worker whose process is gone on this very machine is noticed at
+looks, and ``RetryHeartbeatStaleTrialCallback`` enqueues a copy, which a free worker claims and resumes from the
+checkpoint the stopped worker kept as a run artifact. A worker whose process is gone on this very machine is noticed at
 once (:func:`cxrfa.claims.is_stale`: its owner id names a dead pid) instead of after the grace period.
 
 Two processes may enqueue the same unit at once (machines starting together); the copies are told apart by the
