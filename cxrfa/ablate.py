@@ -1,10 +1,11 @@
 """``ablate``: run every cell x seed of a matrix as child runs under one parent, on any number of workers.
 
-Every invocation goes through the ablation's work queue (:mod:`cxrfa.scheduler`): it enqueues the units not
+Every invocation goes through the ablation's work queue (:mod:`cxrfa.tuning.queue`): it enqueues the units not
 yet FINISHED, then claims and runs units until every one of its units is final. So a second process (a second
 terminal, ``--workers N``, or ``--worker`` on other machines sharing the stores) never repeats a cell, a stopped
 worker's cell is taken over and resumed from its checkpoint, and re-running the command skips what finished. One
-failing cell never stops the others.
+failing cell never stops the others. On a Slurm cluster (:func:`submit_to_slurm`) the same queue hands the units
+to the tasks of a job array instead of local processes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -26,11 +28,21 @@ from cxrfa.data.features import EncodedSplits
 from cxrfa.errors import CxrfaError
 from cxrfa.io import reserve_space
 from cxrfa.signals import reason, signal_of
-from cxrfa.tracking import TAG_BACKBONES, TAG_CELLS, TAG_CONTRASTS, TAG_DATA, TAG_MATRIX, TAG_THREADS, Tracker
+from cxrfa.tracking import (
+    TAG_BACKBONES,
+    TAG_CELLS,
+    TAG_CONTRASTS,
+    TAG_DATA,
+    TAG_MATRIX,
+    TAG_THREADS,
+    TrackedRun,
+    Tracker,
+)
 
 if TYPE_CHECKING:
     from cxrfa.cell import CellClaim
-    from cxrfa.scheduler import Queue, UnitState, Worker
+    from cxrfa.launch import SlurmOptions
+    from cxrfa.tuning.queue import Queue, UnitState, Worker
 
 log = logging.getLogger(__name__)
 
@@ -143,25 +155,12 @@ def ablate(
         KeyboardInterrupt: passed through after the current child and the parent are marked KILLED (also
             :class:`cxrfa.signals.Terminated` for SIGTERM/SIGHUP; worker processes get the same signal).
     """
-    from cxrfa.scheduler import Queue, Worker, open_queue
+    from cxrfa.tuning.queue import Worker
 
     started = time.monotonic()
-    storage, shown = open_queue(workers.storage, tracker)  # a bad --storage fails before minutes of preparing
-    prepare(runs, progress)
-    if not tracker.is_local and workers.storage is None:
-        log.info(
-            "the work queue is %s, on this machine only; workers on other machines need --storage", shown
-        )
-    name = parent_name(matrix, backbones, data)
-    queue = Queue(storage, f"ablate.{tracker.experiment}.{name}", tracker)
-    tags = {TAG_MATRIX: matrix.name, TAG_BACKBONES: backbones, TAG_DATA: data or "demo"}
-    parent = tracker.parent(name, tags, description=_description(matrix, backbones, data))
-    # `compare` lists cells in this order: the runs' cell names (with any `@<fraction>`), then the file's others
-    order = list(dict.fromkeys([*(r.cell for r in runs), *matrix.cells]))
-    parent.set_tags({TAG_CELLS: json.dumps(order)})
-    parent.set_tags({TAG_CONTRASTS: json.dumps(matrix.contrasts)})  # and tests these, Holm within each family
-    parent.log_text(_matrix_text(matrix), "matrix.yaml")
-    states = queue.enqueue(runs)
+    queue, parent, states = open_ablation(
+        matrix, runs, tracker, backbones=backbones, data=data, storage=workers.storage, progress=progress
+    )
     bar = _Bar(states, matrix.name, progress)
     worker = Worker(
         functools.partial(
@@ -177,7 +176,9 @@ def ablate(
     )
     try:
         with contextlib.ExitStack() as stack:
-            for folder in _local_folders(tracker, storage):  # room to record a full disk (cxrfa.io)
+            for folder in _local_folders(
+                tracker, queue.study._storage
+            ):  # room to record a full disk (cxrfa.io)
                 stack.enter_context(reserve_space(folder))
             if workers.count > 1:
                 _supervise(queue, states, worker, workers, bar)
@@ -191,8 +192,65 @@ def ablate(
         raise
     finally:
         bar.close()
+    return close_ablation(matrix, tracker, parent, states, started, worker.ran)
+
+
+def open_ablation(
+    matrix: AblationMatrix,
+    runs: Sequence[RunConfig],
+    tracker: Tracker,
+    *,
+    backbones: str,
+    data: str | None,
+    storage: str | None,
+    progress: bool = True,
+    build: bool = True,
+) -> tuple[Queue, TrackedRun, dict[str, UnitState]]:
+    """The ablation's queue (its units enqueued), its parent run and where each unit stands.
+
+    ``build=False`` leaves building the shared data and stand-ins to the workers (a cluster's login node).
+
+    Raises:
+        CxrfaError: the queue storage cannot be used.
+    """
+    from cxrfa.tuning.queue import Queue, open_queue
+
+    queue_storage, shown = open_queue(storage, tracker)  # a bad --storage fails before minutes of preparing
+    if build:
+        prepare(runs, progress)
+    if not tracker.is_local and storage is None:
+        log.info(
+            "the work queue is %s, on this machine only; workers on other machines need --storage", shown
+        )
+    name = parent_name(matrix, backbones, data)
+    queue = Queue(queue_storage, queue_name(tracker, name), tracker)
+    tags = {TAG_MATRIX: matrix.name, TAG_BACKBONES: backbones, TAG_DATA: data or "demo"}
+    parent = tracker.parent(name, tags, description=_description(matrix, backbones, data))
+    # `compare` lists cells in this order: the runs' cell names (with any `@<fraction>`), then the file's others
+    order = list(dict.fromkeys([*(r.cell for r in runs), *matrix.cells]))
+    parent.set_tags({TAG_CELLS: json.dumps(order)})
+    parent.set_tags({TAG_CONTRASTS: json.dumps(matrix.contrasts)})  # and tests these, Holm within each family
+    parent.log_text(_matrix_text(matrix), "matrix.yaml")
+    queue.reap()  # a unit whose worker is known dead goes back in the queue before counting what is left
+    return queue, parent, queue.enqueue(runs)
+
+
+def queue_name(tracker: Tracker, parent: str) -> str:
+    """The queue (Optuna study) of the ablation whose parent run is named ``parent``."""
+    return f"ablate.{tracker.experiment}.{parent}"
+
+
+def close_ablation(
+    matrix: AblationMatrix,
+    tracker: Tracker,
+    parent: TrackedRun,
+    states: Mapping[str, UnitState],
+    started: float,
+    ran: Sequence[str] = (),
+) -> AblationSummary:
+    """Read every unit's result, log the totals on the parent and end it (FAILED if a cell failed)."""
     summary = AblationSummary(
-        matrix.name, parent.run_id, seconds=time.monotonic() - started, ran_here=worker.ran
+        matrix.name, parent.run_id, seconds=time.monotonic() - started, ran_here=list(ran)
     )
     summary.results = [_result(tracker, st) for st in states.values()]
     parent.log_metrics(
@@ -249,7 +307,8 @@ def _supervise(
 ) -> None:
     """Start ``workers.count`` worker processes and wait until every unit is final. If every worker process
     ended while units are left (each crashed), this process finishes them itself."""
-    from cxrfa.scheduler import POLL_S, device_env, spawn, threads_per_worker
+    from cxrfa.claims import timeouts
+    from cxrfa.tuning.queue import device_env, spawn, threads_per_worker
 
     threads = threads_per_worker(workers.count, workers.threads)
     procs: list[subprocess.Popen[bytes]] = []
@@ -268,7 +327,7 @@ def _supervise(
                 log.warning("every worker process ended with cells left; running them here")
                 queue.work(states, worker)
                 break
-            time.sleep(POLL_S)
+            time.sleep(timeouts().poll_s)
         for p in procs:
             p.wait()
     except BaseException as err:
@@ -334,3 +393,113 @@ def _matrix_text(matrix: AblationMatrix) -> str:
     import yaml
 
     return yaml.safe_dump(matrix.model_dump(mode="json", exclude={"source"}), sort_keys=False)
+
+
+# -- on a Slurm cluster ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Submitted:
+    """What ``--launcher slurm`` submitted: the array (None when nothing was left to run) and its logs."""
+
+    array: str | None
+    tasks: int
+    logs: Path
+    summary: AblationSummary | None = None  # with --wait: the ablation's results
+
+
+def submit_to_slurm(
+    matrix: AblationMatrix,
+    runs: Sequence[RunConfig],
+    tracker: Tracker,
+    slurm: SlurmOptions,
+    *,
+    backbones: str,
+    data: str | None,
+    storage: str | None,
+    explore: Sequence[str] = ("gap", "similarity"),
+    wait: bool = False,
+    progress: bool = True,
+) -> Submitted:
+    """Enqueue the units not finished and submit one Slurm array task per unit left waiting.
+
+    The tasks find the tracking store and the queue through ``MLFLOW_TRACKING_URI`` and ``CXRFA_STORAGE``
+    (sbatch passes the environment on), so no credential is written into the job's files. With ``wait`` it
+    follows the units until each is final or every task ended; then the parent run is closed as ``ablate``
+    closes it (KILLED, with what is left, when a task was cancelled or killed).
+
+    Raises:
+        CxrfaError: no Slurm controller answers (nothing is submitted), or the queue cannot be used.
+    """
+    from cxrfa import launch
+    from cxrfa.claims import timeouts
+
+    launch.check_slurm()
+    started = time.monotonic()
+    queue, parent, states = open_ablation(
+        matrix, runs, tracker, backbones=backbones, data=data, storage=storage, build=False
+    )
+    arrays = json.loads(tracker.get(parent.run_id).tags.get(launch.TAG_ARRAYS, "[]"))
+    # a task still queued (or requeued after a preemption) claims a unit when it starts: submit for the rest
+    waiting = queue.waiting_units(states) - launch.pending(arrays)
+    os.environ["MLFLOW_TRACKING_URI"] = tracker.uri  # for the tasks, through sbatch's environment
+    if storage:
+        os.environ["CXRFA_STORAGE"] = storage
+    out = Submitted(None, 0, slurm.logs.resolve())
+    if waiting > 0:
+        task = launch.Task(
+            slurm_task,
+            runs=list(runs),
+            experiment=tracker.experiment,
+            queue=queue.name,
+            parent_id=parent.run_id,
+            explore=tuple(explore),
+        )
+        jobs = launch.submit(launch.executor(slurm, f"cxrfa-{matrix.name}"), [task] * waiting)
+        out.array, out.tasks = launch.array_id(jobs), len(jobs)
+        arrays.append(out.array)
+        parent.set_tags({launch.TAG_ARRAYS: json.dumps(arrays)})
+    if not wait:
+        if out.array is None and queue.refresh(states):  # nothing left: close the parent as --wait would
+            out.summary = close_ablation(matrix, tracker, parent, states, started)
+        return out
+    bar = _Bar(states, matrix.name, progress)
+
+    def final() -> bool:
+        queue.reap()
+        done = queue.refresh(states)
+        bar.update()
+        return done
+
+    try:
+        complete = launch.wait_for(final, arrays, timeouts().poll_s)
+    finally:
+        bar.close()
+    if not complete:
+        left = sum(st.status == "PENDING" for st in states.values())
+        parent.end("KILLED", f"{left} unit(s) left when every task had ended; run the same command again")
+        out.summary = AblationSummary(matrix.name, parent.run_id, seconds=time.monotonic() - started)
+        out.summary.results = [_result(tracker, st) for st in states.values()]
+        return out
+    out.summary = close_ablation(matrix, tracker, parent, states, started)
+    return out
+
+
+def slurm_task(
+    runs: Sequence[RunConfig], experiment: str, queue: str, parent_id: str, explore: tuple[str, ...]
+) -> list[str]:
+    """One Slurm array task: claim one waiting unit of the ablation's queue and run it; returns its label."""
+    from cxrfa import launch
+    from cxrfa.tuning.queue import Queue, Worker, cpu_threads, open_queue
+
+    tracker = Tracker(os.environ.get("MLFLOW_TRACKING_URI"), experiment)
+    storage, _ = open_queue(os.environ.get("CXRFA_STORAGE"), tracker)
+    work = Queue(storage, queue, tracker)
+    prepare(runs, progress=False)  # the first task builds the shared stand-ins, the others find them
+    worker = Worker(
+        functools.partial(_run, tracker=tracker, parent_id=parent_id, explore=explore, progress=False),
+        threads=cpu_threads(1),
+        progress=False,
+    )
+    launch.preemptible(lambda: work.work_one(worker), work.put_back)
+    return worker.ran

@@ -169,7 +169,7 @@ def describe(cfg: RunConfig) -> str:
 
 
 class CellClaim(Protocol):
-    """A work-queue claim on one cell x seed (:mod:`cxrfa.scheduler`): while it is held no other worker runs the
+    """A work-queue claim on one cell x seed (:mod:`cxrfa.tuning.queue`): while it is held no other worker runs the
     same config, so its runs still RUNNING belong to stopped workers and their checkpoints may be taken over."""
 
     def fetch_checkpoint(self, tracker: Tracker, checkpoint: Path) -> str | None:

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from cxrfa import __version__
+from cxrfa.claims import OWNER
 from cxrfa.errors import CxrfaError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ TAG_BACKBONE_SOURCE = "cxrfa.backbone.source"
 TAG_AXIS_PREFIX = "cxrfa.axis."
 TAG_CODE_VERSION = "cxrfa.code_version"
 TAG_FAILURE = "cxrfa.failure"
-TAG_OWNER = "cxrfa.owner"  # host:pid:start of the process that runs (or ran) it
+TAG_OWNER = OWNER  # host:pid:start of the process that runs (or ran) it
 TAG_RESUMED_FROM = "cxrfa.resumed_from"
 TAG_THREADS = "cxrfa.threads"  # torch CPU threads the run trained with
 TAG_PARENT = "cxrfa.parent"  # name of a matrix invocation's parent run
@@ -500,7 +501,7 @@ class Tracker:
         description: str | None = None,
     ) -> TrackedRun:
         """Create a RUNNING run owned by this process (nested under ``parent_id`` when given)."""
-        from cxrfa.owners import me
+        from cxrfa.claims import me
 
         all_tags = {TAG_CODE_VERSION: code_version(), MLFLOW_RUN_NAME: name, TAG_OWNER: me(), **tags}
         if parent_id:
@@ -516,17 +517,19 @@ class Tracker:
     def abandon_unfinished(self, config_hash: str, claimed: bool = False) -> list[RunInfo]:
         """Mark RUNNING runs of this config hash left by stopped processes KILLED; returns them.
 
-        A run whose owner is a live process is left alone, unless ``claimed``: the caller holds this config's
-        queue claim, so the engine has declared the run's worker dead (no heartbeat), wherever it was.
+        A run is stale by :func:`cxrfa.claims.is_stale` with no heartbeat of its own (a run keeps none): its
+        owner is a dead process of this machine, or it has none. Any run is, when ``claimed``: the caller holds
+        this config's queue claim, so the engine has declared the run's worker dead (no heartbeat), wherever it
+        was.
         """
-        from cxrfa.owners import alive
+        from cxrfa.claims import is_stale
 
         stale = []
+        now = time.time()
         for run in self.search(
             f"tags.`{TAG_CONFIG_HASH}` = '{config_hash}' and attributes.status = 'RUNNING'"
         ):
-            owner = run.tags.get(TAG_OWNER)
-            if claimed or (owner is None or not alive(owner)):
+            if claimed or is_stale(run.tags.get(TAG_OWNER), None, now):
                 TrackedRun(self, run.run_id).end("KILLED", "its worker stopped; the cell was run again")
                 stale.append(run)
         return stale

@@ -169,12 +169,12 @@ def test_processes_started_together_on_a_fresh_store_run_each_cell_once(workdir:
 def test_a_worker_silent_on_another_machine_loses_its_cell_after_the_grace_period(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cxrfa import scheduler
     from cxrfa.cell import run_cell
     from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
+    from cxrfa.tuning import queue as scheduler
 
-    monkeypatch.setattr(scheduler, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(scheduler, "GRACE_S", 2)
+    monkeypatch.setenv("CXRFA_HEARTBEAT_S", "1")
+    monkeypatch.setenv("CXRFA_GRACE_S", "2")
     tracker = Tracker(str(workdir / "store"), "smoke")
     (cfg,) = expand(load_matrix("smoke"), DEMO_BACKBONES, cells=["visual-clip"])
     storage, _ = scheduler.open_queue(None, tracker)
@@ -205,7 +205,7 @@ def test_a_worker_silent_on_another_machine_loses_its_cell_after_the_grace_perio
 
 def test_each_worker_gets_its_device_and_a_share_of_the_cores() -> None:
     from cxrfa.errors import CxrfaError
-    from cxrfa.scheduler import device_env, threads_per_worker
+    from cxrfa.tuning.queue import device_env, threads_per_worker
 
     visible = "CUDA_VISIBLE_DEVICES"
     devices = [device_env(("cuda:0", "cuda:1"), i) for i in range(3)]

@@ -208,7 +208,7 @@ def test_full_disk_fails_in_one_line_and_the_rerun_finishes(lab: Path, small_dis
     _matrix(lab, "disk", epochs=1)
     store = small_disk / "store"
     args = ["ablate", "-m", "disk", "--cells", "visual-clip", "--tracking-uri", str(store), "--explore", ""]
-    from cxrfa.scheduler import open_queue
+    from cxrfa.tuning.queue import open_queue
 
     open_queue(None, Tracker(str(store), "disk"))  # the store and its queue exist, as after an earlier run
     # room for the reserve and the runs' rows, not for the first checkpoint (about 250 KiB)
@@ -288,8 +288,8 @@ def test_a_worker_dies_with_its_supervisor() -> None:
 def test_spawned_workers_ask_to_die_with_their_supervisor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cxrfa import scheduler
     from cxrfa.signals import die_with_parent
+    from cxrfa.tuning import queue as scheduler
 
     seen: dict[str, object] = {}
     monkeypatch.setattr(scheduler.subprocess, "Popen", lambda *a, **kw: seen.update(kw))

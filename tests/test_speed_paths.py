@@ -42,7 +42,7 @@ def test_bench_gpu_writes_its_rows_on_cpu(tmp_path: Path) -> None:
 
 
 def test_auto_layout_one_single_thread_worker_per_core_when_runs_share_out() -> None:
-    from cxrfa.scheduler import auto_layout
+    from cxrfa.tuning.queue import auto_layout
 
     full = auto_layout(39, cores=2, gpus=0)  # the demo on this kind of machine
     assert (full.count, full.threads, full.devices) == (2, 1, ())
@@ -56,7 +56,7 @@ def test_auto_layout_one_single_thread_worker_per_core_when_runs_share_out() -> 
 
 
 def test_cpu_workers_default_to_one_thread_whatever_their_number() -> None:
-    from cxrfa.scheduler import cpu_threads, threads_per_worker
+    from cxrfa.tuning.queue import cpu_threads, threads_per_worker
 
     assert cpu_threads(1, gpus=0) == cpu_threads(2, gpus=0) == 1  # the same sums in every layout
     assert cpu_threads(2, gpus=2) == threads_per_worker(2, None)

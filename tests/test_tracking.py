@@ -81,7 +81,7 @@ def test_experiments_open_as_training_experiments(tmp_path: Path) -> None:
 def test_concurrent_first_use_of_a_new_store(tmp_path: Path) -> None:
     """Processes creating the same new store at once (MLflow and queue migrations) all succeed."""
     code = (
-        "import sys; from cxrfa.tracking import Tracker; from cxrfa.scheduler import open_queue; "
+        "import sys; from cxrfa.tracking import Tracker; from cxrfa.tuning.queue import open_queue; "
         "t = Tracker(sys.argv[1], 'exp'); open_queue(None, t); print(t.experiment_id)"
     )
     store = str(tmp_path / "new")

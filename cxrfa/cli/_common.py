@@ -75,6 +75,86 @@ NoCacheOpt = Annotated[
 ]
 
 
+LauncherOpt = Annotated[
+    str,
+    typer.Option(
+        "--launcher",
+        help="local: worker processes on this machine (--workers); slurm: one Slurm job array through "
+        "submitit, one task per unit (needs shared stores: --tracking-uri, --storage).",
+    ),
+]
+PartitionOpt = Annotated[str | None, typer.Option("--partition", help="Slurm: the partition to submit to.")]
+GpusPerTaskOpt = Annotated[
+    int | None, typer.Option("--gpus-per-task", min=0, help="Slurm: GPUs for each task.")
+]
+CpusPerTaskOpt = Annotated[
+    int | None, typer.Option("--cpus-per-task", min=1, help="Slurm: CPU cores for each task.")
+]
+TimeOpt = Annotated[
+    str,
+    typer.Option(
+        "--time",
+        help="Slurm: time limit of each task (H:MM:SS, D-HH:MM:SS or minutes); a task stopped at it, or "
+        "preempted, is requeued and resumes from its checkpoint.",
+    ),
+]
+ArrayParallelismOpt = Annotated[
+    int, typer.Option("--array-parallelism", min=1, help="Slurm: tasks of the array running at once.")
+]
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait", help="Slurm: follow the tasks with a progress bar until every unit is final, then report."
+    ),
+]
+
+
+def check_launcher(launcher: str, dry_run: bool) -> str:
+    """``--launcher``, checked before anything is opened: with ``slurm`` (and not a dry run) a Slurm controller
+    must answer, so a command with no cluster leaves one line and exit 2, nothing written or submitted.
+
+    Raises:
+        CxrfaError: an unknown launcher, or no Slurm reachable.
+    """
+    from cxrfa.launch import LAUNCHERS, check_slurm
+
+    if launcher not in LAUNCHERS:
+        raise CxrfaError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    if launcher == "slurm" and not dry_run:
+        check_slurm()
+    return launcher
+
+
+def slurm_options(
+    launcher: str,
+    partition: str | None,
+    gpus_per_task: int | None,
+    cpus_per_task: int | None,
+    time: str,
+    array_parallelism: int,
+    tracker: Any,
+) -> Any:
+    """The :class:`cxrfa.launch.SlurmOptions` of ``--launcher slurm``, or None for ``--launcher local``; the
+    tasks' logs go beside the store's worker logs (``<store side files>/slurm``).
+
+    Raises:
+        CxrfaError: an unknown launcher, or a ``--time`` sbatch would not take.
+    """
+    from cxrfa.cell import checkpoint_dir
+    from cxrfa.launch import SlurmOptions, parse_time
+
+    if check_launcher(launcher, dry_run=True) == "local":
+        return None
+    return SlurmOptions(
+        partition=partition,
+        gpus_per_task=gpus_per_task,
+        cpus_per_task=cpus_per_task,
+        time_min=parse_time(time),
+        array_parallelism=array_parallelism,
+        logs=checkpoint_dir(tracker).parent / "slurm",
+    )
+
+
 def user_errors(fn: F) -> F:
     """Decorate a command: a :class:`CxrfaError` prints ``error: <line>`` and exits 2; bugs still raise."""
 

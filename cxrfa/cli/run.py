@@ -9,16 +9,25 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cxrfa.cli._common import (
+    ArrayParallelismOpt,
     BackbonesOpt,
+    CpusPerTaskOpt,
     DataOpt,
     ExperimentOpt,
+    GpusPerTaskOpt,
+    LauncherOpt,
     MatrixOpt,
     NoCacheOpt,
+    PartitionOpt,
     PortOpt,
+    TimeOpt,
     TrackingUriOpt,
+    WaitOpt,
+    check_launcher,
     command_line,
     console,
     print_next,
+    slurm_options,
     store_options,
     user_errors,
 )
@@ -26,8 +35,10 @@ from cxrfa.errors import CxrfaError
 from cxrfa.tracking import UI_PORT
 
 if TYPE_CHECKING:
-    from cxrfa.config import ExternalSet, RunConfig
-    from cxrfa.tracking import CellView
+    from cxrfa.ablate import AblationSummary
+    from cxrfa.config import AblationMatrix, ExternalSet, RunConfig
+    from cxrfa.launch import SlurmOptions
+    from cxrfa.tracking import CellView, Tracker
 
 log = logging.getLogger("cxrfa")
 
@@ -62,7 +73,7 @@ def _overrides(data: Path | None, no_cache: bool) -> dict[str, object]:
 
 
 def _workers(value: str) -> int | None:
-    """``--workers``: a positive count, or None for ``auto`` (:func:`cxrfa.scheduler.auto_layout`)."""
+    """``--workers``: a positive count, or None for ``auto`` (:func:`cxrfa.tuning.queue.auto_layout`)."""
     if value.strip().lower() == "auto":
         return None
     if not value.strip().isdigit() or int(value) < 1:
@@ -76,7 +87,7 @@ def _auto_workers(
     """``--workers auto``: (count, devices, threads) of the measured best layout, said in one log line."""
     if worker:  # one queue worker of a larger ablation: the machine's layout is its caller's choice
         return 1, devices, threads
-    from cxrfa.scheduler import auto_layout
+    from cxrfa.tuning.queue import auto_layout
 
     layout = auto_layout(runs)
     log.info("workers auto: %d worker process(es), %s", layout.count, layout.reason)
@@ -261,6 +272,13 @@ def ablate(
         ),
     ] = None,
     external: ExternalOpt = None,
+    launcher: LauncherOpt = "local",
+    partition: PartitionOpt = None,
+    gpus_per_task: GpusPerTaskOpt = None,
+    cpus_per_task: CpusPerTaskOpt = None,
+    time: TimeOpt = "4:00:00",
+    array_parallelism: ArrayParallelismOpt = 256,
+    wait: WaitOpt = False,
 ) -> None:
     """Run every cell x seed of an ablation matrix as MLflow child runs under one parent — resumably.
 
@@ -275,6 +293,8 @@ def ablate(
       cxrfa ablate --matrix full --workers 2         # two processes on this machine
       cxrfa ablate --matrix full --data nih.csv --backbones real --workers 2 --devices cuda:0,cuda:1 \\
           --tracking-uri http://mlflow:5000 --storage postgresql://cxrfa@db/cxrfa   # on every GPU machine
+      cxrfa ablate --matrix full --launcher slurm --partition gpu --gpus-per-task 1 --time 4:00:00 \
+          --array-parallelism 8 --tracking-uri http://mlflow:5000 --storage postgresql://cxrfa@db/cxrfa
     """
     import os
 
@@ -284,10 +304,11 @@ def ablate(
     from cxrfa.ablate import ablate as run_ablation
     from cxrfa.config import expand, load_matrix
     from cxrfa.models.registry import load_backbones
-    from cxrfa.scheduler import cpu_threads, device_env
     from cxrfa.tracking import Tracker
+    from cxrfa.tuning.queue import cpu_threads, device_env
 
     count = _workers(workers)  # a typo fails before anything is read
+    check_launcher(launcher, dry_run)
     m = load_matrix(matrix)
     chosen = [c.strip() for c in cells.split(",")] if cells else None
     extra_sets = _external(external)
@@ -311,6 +332,9 @@ def ablate(
         preflight(runs)  # missing weights, a bad manifest: exit 2 in seconds, before the store is opened
         _check_external(runs)
     tracker = Tracker(tracking_uri, experiment or m.name)
+    from cxrfa.cell import checkpoint_dir
+
+    slurm = slurm_options(launcher, partition, gpus_per_task, cpus_per_task, time, array_parallelism, tracker)
     if dry_run:
         table = Table(title=f"matrix {m.name}: {len(runs)} runs (experiment {tracker.experiment})")
         for col in ("cell", "seed", "axes", "config hash", "finished run"):
@@ -321,10 +345,14 @@ def ablate(
                 item.cfg.cell, str(item.cfg.seed), axes, item.cfg.config_hash(), item.finished_run or "–"
             )
         console.print(table)
+        if slurm is not None:
+            _print_sbatch(slurm, m.name, sum(item.finished_run is None for item in plan(runs, tracker)))
         return
-    from cxrfa.cell import checkpoint_dir
-
     check_checkpoints(runs, checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any run
+    if slurm is not None:  # the cluster's tasks are the workers: no local layout
+        _announce_demo(data)
+        _submit(m, runs, tracker, slurm, backbones, data, storage, explore, wait, tracking_uri)
+        return
     if count is None:  # the layout is the first line a checked ablation logs (bad input stays one line)
         count, device_list, threads = _auto_workers(len(runs), device_list, threads, worker)
     _announce_demo(data)
@@ -365,8 +393,16 @@ def ablate(
             highlight=False,
         )
         raise typer.Exit(1 if summary.failed else 0)
+    _report(summary, tracking_uri, tracker.experiment)
+
+
+def _report(summary: AblationSummary, tracking_uri: str | None, experiment: str) -> None:
+    """The ablation's table of runs and what to do next; exit status 1 if a cell failed."""
+    from rich.table import Table
+
     table = Table(
-        title=f"{m.name}: {len(summary.results)} runs in {summary.seconds:.0f} s (parent {summary.parent_id})"
+        title=f"{summary.matrix}: {len(summary.results)} runs in {summary.seconds:.0f} s "
+        f"(parent {summary.parent_id})"
     )
     for col in ("cell", "seed", "status", "test/macro_auc", "test/map", "run id / reason"):
         table.add_column(col)
@@ -375,10 +411,56 @@ def ablate(
         shown = ["–" if v is None else f"{v:.4f}" for v in (auc, ap)]
         table.add_row(r.cfg.cell, str(r.cfg.seed), r.status, *shown, r.reason or r.run_id or "")
     console.print(table)
-    store = store_options(tracking_uri, tracker.experiment)
+    store = store_options(tracking_uri, experiment)
     print_next(command_line("compare", **store), command_line("ui", tracking_uri=store["tracking_uri"]))
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _print_sbatch(slurm: SlurmOptions, name: str, tasks: int) -> None:
+    """``--dry-run --launcher slurm``: the sbatch script of the array that would be submitted."""
+    from cxrfa.launch import executor, sbatch_script
+
+    console.print(f"[bold]sbatch script[/] of {tasks} task(s) (nothing submitted):", highlight=False)
+    print(sbatch_script(executor(slurm, f"cxrfa-{name}"), tasks))  # plain, so it can be saved and read
+
+
+def _submit(
+    m: AblationMatrix,
+    runs: list[RunConfig],
+    tracker: Tracker,
+    slurm: SlurmOptions,
+    backbones: str,
+    data: Path | None,
+    storage: str | None,
+    explore: str,
+    wait: bool,
+    tracking_uri: str | None,
+) -> None:
+    """``--launcher slurm``: submit the array, say where it and its logs are, and with ``--wait`` report."""
+    from cxrfa.ablate import submit_to_slurm
+
+    out = submit_to_slurm(
+        m,
+        runs,
+        tracker,
+        slurm,
+        backbones=backbones,
+        data=str(data) if data else None,
+        storage=storage,
+        explore=[e for e in explore.split(",") if e],
+        wait=wait,
+    )
+    if out.array is None:
+        console.print("nothing to submit: every unit is finished, running or queued", highlight=False)
+    else:
+        console.print(
+            f"submitted Slurm job array {out.array}: {out.tasks} task(s); logs in {out.logs}/{out.array}_*/; "
+            f"watch with `squeue -j {out.array}` or `cxrfa ui`",
+            highlight=False,
+        )
+    if out.summary is not None:
+        _report(out.summary, tracking_uri, tracker.experiment)
 
 
 @user_errors

@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from cxrfa.cli._common import (
+    ArrayParallelismOpt,
     BackbonesOpt,
+    CpusPerTaskOpt,
     DataOpt,
     ExperimentOpt,
+    GpusPerTaskOpt,
+    LauncherOpt,
     MatrixOpt,
+    PartitionOpt,
+    TimeOpt,
     TrackingUriOpt,
+    WaitOpt,
+    check_launcher,
     command_line,
     console,
     print_next,
+    slurm_options,
     store_options,
     typed,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from cxrfa.config import AblationMatrix, RunConfig
+    from cxrfa.launch import SlurmOptions
+    from cxrfa.tracking import Tracker
+    from cxrfa.tuning import TuneSettings
 
 pipeline_app = typer.Typer(
     help="Study recipes: data -> pretrain -> tune -> ablate -> compare.", no_args_is_help=True
@@ -84,6 +99,19 @@ def tune(
             help="Seed the sampler (one worker only: workers with the same seed draw the same values).",
         ),
     ] = None,
+    launcher: LauncherOpt = "local",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=1, help="--launcher slurm: Optuna workers to submit (one array task each)."
+        ),
+    ] = 1,
+    partition: PartitionOpt = None,
+    gpus_per_task: GpusPerTaskOpt = None,
+    cpus_per_task: CpusPerTaskOpt = None,
+    time: TimeOpt = "4:00:00",
+    array_parallelism: ArrayParallelismOpt = 256,
+    wait: WaitOpt = False,
 ) -> None:
     """Tune one cell's loss weights (the matrix's tune: section) with Optuna; export the best as an overlay.
 
@@ -95,6 +123,8 @@ def tune(
     Examples:
       cxrfa tune --matrix smoke --cell align-clip --trials 8
       cxrfa tune --matrix full --cell align-clip --trials 50 --storage postgresql://user@db/optuna --n-jobs 2
+      cxrfa tune --matrix full --cell align-clip --trials 50 --launcher slurm --workers 8 --gpus-per-task 1 \
+          --storage postgresql://user@db/optuna --tracking-uri http://mlflow:5000 --wait
     """
     from cxrfa.cli.run import _announce_demo, _overrides
     from cxrfa.config import load_matrix
@@ -103,6 +133,11 @@ def tune(
     from cxrfa.tuning import TuneSettings, check_space, open_storage, select_cell
     from cxrfa.tuning import tune as run_study
 
+    if launcher == "slurm":  # an SQLite storage is refused whether or not a cluster answers
+        from cxrfa.launch import check_shared_storage
+
+        check_shared_storage(storage)
+    check_launcher(launcher, dry_run=False)  # no Slurm: one line, before anything is opened
     m = load_matrix(matrix)
     cfg = select_cell(m, load_backbones(backbones), cell, seed, _overrides(data, False))
     check_space(m.tune, cfg, m.source or m.name)  # bad input fails before any store is created
@@ -146,6 +181,9 @@ def tune(
 
     check_checkpoints([cfg], checkpoint_dir(tracker))  # a planted checkpoint: exit 2 before any trial
     _announce_demo(data)
+    slurm = slurm_options(launcher, partition, gpus_per_task, cpus_per_task, time, array_parallelism, tracker)
+    if slurm is not None and not _on_slurm(m, cfg, tracker, settings, slurm, workers, wait):
+        return
     result = run_study(m, cfg, tracker, settings)
     counts = result.counts
     console.print(
@@ -173,6 +211,52 @@ def tune(
     )
     if result.finished < trials:
         raise typer.Exit(1)
+
+
+def _on_slurm(
+    m: AblationMatrix,
+    cfg: RunConfig,
+    tracker: Tracker,
+    settings: TuneSettings,
+    slurm: SlurmOptions,
+    workers: int,
+    wait: bool,
+) -> bool:
+    """Submit the study's workers; with ``--wait`` follow it until it holds ``--trials`` finished trials (then
+    True: the caller reports it and exports the overlay as a local run would), else False."""
+    from tqdm.auto import tqdm
+
+    from cxrfa.claims import timeouts
+    from cxrfa.launch import submit_study, wait_for
+    from cxrfa.tuning import study_progress
+
+    array, count = submit_study(m, cfg, tracker, settings, slurm, workers)
+    console.print(
+        f"submitted Slurm job array {array}: {count} Optuna worker(s); logs in {slurm.logs.resolve()}/{array}_*/; "
+        f"watch with `squeue -j {array}` or `cxrfa dashboard`",
+        highlight=False,
+    )
+    if not wait:
+        return False
+    name = settings.study_name or f"{m.name}.{cfg.cell}"
+    bar = tqdm(total=settings.trials, desc=f"tune {name}", unit="trial", dynamic_ncols=True)
+
+    def done() -> bool:
+        bar.n = min(settings.trials, study_progress(name, settings.storage, tracker))
+        bar.refresh()
+        return bar.n >= settings.trials
+
+    try:
+        complete = wait_for(done, [array], timeouts().poll_s)
+    finally:
+        bar.close()
+    if not complete:
+        console.print(
+            f"every task ended with {bar.n}/{settings.trials} trials finished; run the same command again",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    return True
 
 
 @pipeline_app.command("run")

@@ -17,7 +17,7 @@ Several workers (processes, machines or ``n_jobs`` threads) share one storage: a
 comes after ``trials`` live-or-finished trials is surplus and is dropped before it trains (marked FAIL with the
 user attribute ``cxrfa.surplus``), so the total is exact however the workers race. Each running trial records
 its owner (host:pid) and a heartbeat; on every start, RUNNING trials of a dead worker (its process gone, or no
-heartbeat for ``STALE_AFTER_S``) are marked FAIL, and so is their MLflow run.
+heartbeat for the grace period of :mod:`cxrfa.claims`) are marked FAIL, and so is their MLflow run.
 """
 
 from cxrfa.tuning.backends import (

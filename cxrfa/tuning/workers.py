@@ -1,8 +1,8 @@
 """Several workers on one study: trial ownership, heartbeats, stale trials, exact slots, counts.
 
-Journal files have no built-in heartbeat, so each running trial records its owner (``host:pid``) and
-refreshes a heartbeat user attribute; a RUNNING trial whose process is gone (same host) or whose heartbeat is
-older than :data:`STALE_AFTER_S` belongs to a dead worker and is marked FAIL.
+Journal files have no built-in heartbeat, so each running trial records its owner and refreshes a heartbeat
+user attribute (:mod:`cxrfa.claims`); a RUNNING trial that :func:`cxrfa.claims.is_stale` calls stale (its process
+gone on this host, or silent for the grace period) belongs to a dead worker and is marked FAIL.
 """
 
 from __future__ import annotations
@@ -10,36 +10,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from cxrfa.owners import alive, me
+from cxrfa.claims import HEARTBEAT, OWNER, is_stale, me
+from cxrfa.claims import heartbeat as beating
 from cxrfa.tracking import TAG_STUDY, TAG_TRIAL, TAG_TRIAL_STATE, TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
 
 
-HEARTBEAT_S = 15.0  # a running trial refreshes its heartbeat this often
-STALE_AFTER_S = 120.0  # a RUNNING trial without a heartbeat for this long belongs to a dead worker
-OWNER = "cxrfa.owner"
-HEARTBEAT = "cxrfa.heartbeat"
 SURPLUS = "cxrfa.surplus"
 CONFIG = "cxrfa.config"  # the dotted config values a trial applied (what the overlay exports)
 FAILURE = "cxrfa.failure"
 
 
 def _is_stale(t: FrozenTrial, now: float) -> bool:
-    owner = t.user_attrs.get(OWNER)
-    if owner is not None and not alive(owner):
-        return True
     beat = t.user_attrs.get(HEARTBEAT)
-    if beat is None and t.datetime_start is not None:
+    if beat is None and t.datetime_start is not None:  # claimed, not yet beating
         beat = t.datetime_start.timestamp()
-    return beat is not None and now - float(beat) > STALE_AFTER_S
+    return is_stale(t.user_attrs.get(OWNER), beat, now)
 
 
 def fail_stale_trials(study: optuna.Study, tracker: Tracker | None) -> list[int]:
@@ -65,21 +58,8 @@ def fail_stale_trials(study: optuna.Study, tracker: Tracker | None) -> list[int]
 def heartbeat(trial: Trial) -> Iterator[None]:
     """Record the owner and refresh a heartbeat while the trial runs (journal files have no built-in one)."""
     trial.set_user_attr(OWNER, me())
-    trial.set_user_attr(HEARTBEAT, time.time())
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(Exception):  # a failed beat only makes the trial look stale later
-                trial.set_user_attr(HEARTBEAT, time.time())
-
-    thread = threading.Thread(target=beat, daemon=True, name=f"cxrfa-heartbeat-{trial.number}")
-    thread.start()
-    try:
+    with beating(lambda: trial.set_user_attr(HEARTBEAT, time.time()), f"trial-{trial.number}"):
         yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def count_states(study: optuna.Study) -> dict[str, int]:

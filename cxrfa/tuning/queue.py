@@ -3,11 +3,11 @@
 The engine is Optuna's RDB storage used as a queue (a SQLite file beside a local tracking store, or the team's
 PostgreSQL). One study per ablation; each cell x seed is a *unit*: a trial enqueued WAITING whose user attributes
 carry the resolved config. Optuna does the hard parts: ``ask`` pops a WAITING trial atomically, so exactly one
-worker claims it; a heartbeat thread refreshes the claimed trial every :data:`HEARTBEAT_S` seconds; a trial whose
-heartbeat stopped for :data:`GRACE_S` seconds is failed by the next worker that looks, and
-``RetryHeartbeatStaleTrialCallback`` enqueues a copy, which a free worker claims and resumes from the checkpoint
-the stopped worker kept as a run artifact. A worker whose process is gone on this very machine is noticed at
-once (its owner id names a dead pid) instead of after the grace period.
+worker claims it; a heartbeat thread refreshes the claimed trial every ``heartbeat_s`` seconds; a trial whose
+heartbeat stopped for ``grace_s`` seconds (both :func:`cxrfa.claims.timeouts`) is failed by the next worker that
+looks, and ``RetryHeartbeatStaleTrialCallback`` enqueues a copy, which a free worker claims and resumes from the
+checkpoint the stopped worker kept as a run artifact. A worker whose process is gone on this very machine is noticed at
+once (:func:`cxrfa.claims.is_stale`: its owner id names a dead pid) instead of after the grace period.
 
 Two processes may enqueue the same unit at once (machines starting together); the copies are told apart by the
 *canonical* rule: for a unit (config hash, attempt), only the lowest-numbered trial that is not retired may run; a
@@ -16,7 +16,7 @@ Retired are trials failed for a stopped worker (their copy takes over) and dropp
 waiting or running is enqueued as a new ``attempt`` (one past its earlier ones), so re-running ``ablate`` after a
 cell failed tries it again once, however many processes start together.
 
-Only this module and :mod:`cxrfa.tuning` import optuna.
+The queue is Optuna storage, so it lives in :mod:`cxrfa.tuning`, the only package that imports optuna.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from cxrfa.cell import StopRun
+from cxrfa.claims import OWNER, is_stale, me, timeouts
 from cxrfa.config import RunConfig
 from cxrfa.errors import CxrfaError
 from cxrfa.io import DiskFull, as_disk_full
-from cxrfa.owners import alive, me
 from cxrfa.signals import die_with_parent
 from cxrfa.tracking import (
     TAG_CONFIG_HASH,
@@ -58,17 +58,13 @@ from cxrfa.tracking import (
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = int(os.environ.get("CXRFA_HEARTBEAT_S", "10"))  # a claimed unit's heartbeat period
-GRACE_S = int(os.environ.get("CXRFA_GRACE_S", "60"))  # silence after which another worker takes the unit over
-POLL_S = 2.0  # how often an idle worker looks for work and for stopped workers
 MAX_RETRY = 3  # a unit whose worker stopped more often than this counts as failed
 QUEUE_DB = "queue.db"
 
 UNIT = "cxrfa.unit"  # config hash of the cell x seed
 ATTEMPT = "cxrfa.attempt"
-CONFIG = "cxrfa.config"  # the resolved RunConfig, as JSON
+RUN_CONFIG = "cxrfa.run_config"  # the resolved RunConfig, as JSON
 LABEL = "cxrfa.label"  # <cell>/seed=<k>, for people reading the study
-OWNER = "cxrfa.owner"  # host:pid:start of the worker that claimed it
 OUTCOME = "cxrfa.outcome"  # finished | skipped | failed | duplicate | idle | interrupted | lost
 FAILURE = "cxrfa.failure"
 RUN_ID = "cxrfa.run_id"
@@ -115,7 +111,8 @@ def open_queue(url: str | None, tracker: Tracker) -> tuple[optuna.storages.RDBSt
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are marked experimental
         callback = (retry or optuna.storages.RetryFailedTrialCallback)(max_retry=MAX_RETRY)
-        kwargs: dict[str, Any] = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
+        times = timeouts()
+        kwargs: dict[str, Any] = {"heartbeat_interval": times.heartbeat_s, "grace_period": times.grace_s}
         kwargs["heartbeat_stale_trial_callback" if retry else "failed_trial_callback"] = callback
         if scheme == "sqlite":  # several local workers write to one file: wait for the lock, don't fail
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
@@ -167,6 +164,10 @@ class Queue:
         )
         self._no_live: dict[tuple[str, int], int] = {}
         self._lost = False
+        self._outcome: str | None = None  # of the unit this process last claimed
+        self.interrupted: dict[str, Any] | None = (
+            None  # user attributes of the unit a stop signal interrupted
+        )
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ class Queue:
             UNIT: cfg.config_hash(),
             ATTEMPT: attempt,
             LABEL: f"{cfg.cell}/seed={cfg.seed}",
-            CONFIG: json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+            RUN_CONFIG: json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
         }
         self.study.enqueue_trial({}, user_attrs=attrs)
 
@@ -245,7 +246,8 @@ class Queue:
         callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = t.user_attrs.get(OWNER)
-            if owner is None or alive(owner):
+            # Optuna's own heartbeat covers silence; a dead process of this machine is known at once
+            if owner is None or not is_stale(owner, None, time.time()):
                 continue
             try:
                 changed = storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
@@ -308,6 +310,14 @@ class Queue:
             self._no_live.pop(key)
         return True
 
+    def waiting_units(self, states: Mapping[str, UnitState]) -> int:
+        """How many units of ``states`` wait for a worker (their running trial, if any, belongs to a live one)."""
+        trials = self.units()
+        tops = [
+            self.canonical(trials, unit, st.attempt) for unit, st in states.items() if st.status == "PENDING"
+        ]
+        return sum(t is not None and t.state == TrialState.WAITING for t in tops)
+
     def waiting(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
@@ -316,30 +326,51 @@ class Queue:
     def work(self, states: dict[str, UnitState], worker: Worker) -> None:
         """Claim and run units until every unit of ``states`` is final (others' included: a stopped worker's
         unit is taken over here)."""
-        if worker.threads is not None:
-            import torch
-
-            torch.set_num_threads(worker.threads)
+        _set_threads(worker)
         while True:
             self.reap()
             if self.refresh(states):
                 return
             if self.waiting() == 0:
-                time.sleep(POLL_S)
+                time.sleep(timeouts().poll_s)
                 continue
-            self._lost = False
-            try:
-                self.study.optimize(
-                    lambda trial: self._objective(trial, worker),
-                    n_trials=1,
-                    catch=(CellFailed,),
-                    gc_after_trial=False,
-                )
-            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-                if not self._lost:
-                    raise
-            if worker.on_change is not None:
-                worker.on_change()
+            self._claim(worker)
+
+    def work_one(self, worker: Worker) -> bool:
+        """Claim and run one waiting unit, if any is left (a Slurm array task); returns whether one ran.
+
+        Popped trials that run nothing (a duplicate copy, a blank one) do not count: the next is tried.
+        """
+        _set_threads(worker)
+        self.reap()
+        while self.waiting() > 0:
+            if self._claim(worker) in ("finished", "failed", "skipped"):
+                return True
+        return False
+
+    def put_back(self) -> None:
+        """Enqueue again the unit whose run this process interrupted (a preempted Slurm task), so that the
+        requeued task, or any worker, claims it and resumes it from its checkpoint."""
+        attrs, self.interrupted = self.interrupted, None
+        if attrs is not None:
+            self.study.enqueue_trial({}, user_attrs={k: attrs[k] for k in (UNIT, ATTEMPT, LABEL, RUN_CONFIG)})
+
+    def _claim(self, worker: Worker) -> str | None:
+        """Pop one waiting trial and run it; returns its outcome (None if the engine took it away)."""
+        self._lost, self._outcome = False, None
+        try:
+            self.study.optimize(
+                lambda trial: self._objective(trial, worker),
+                n_trials=1,
+                catch=(CellFailed,),
+                gc_after_trial=False,
+            )
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            if not self._lost:
+                raise
+        if worker.on_change is not None:
+            worker.on_change()
+        return self._outcome
 
     def _objective(self, trial: Trial, worker: Worker) -> float:
         from cxrfa.config import validate
@@ -359,11 +390,16 @@ class Queue:
         if done is not None:
             trial.set_user_attr(OUTCOME, "skipped")
             trial.set_user_attr(RUN_ID, done.run_id)
+            self._outcome = "skipped"
             return 0.0
         started = time.monotonic()
         log.info("%s: running on %s", label, me())
         try:
-            cfg = validate(RunConfig, json.loads(attrs[CONFIG]), f"queue {self.name} unit {label}")
+            if RUN_CONFIG not in attrs:  # enqueued by an older cxrfa, which named the attribute otherwise
+                raise CxrfaError(
+                    f"queue {self.name}: unit {label} comes from another cxrfa version; delete the queue"
+                )
+            cfg = validate(RunConfig, json.loads(attrs[RUN_CONFIG]), f"queue {self.name} unit {label}")
             if cfg.config_hash() != unit:  # written by another cxrfa version: it would never count as done
                 raise CxrfaError(
                     f"queue {self.name}: unit {label} comes from another cxrfa version; delete the queue"
@@ -375,6 +411,7 @@ class Queue:
             raise optuna.TrialPruned() from None
         except KeyboardInterrupt:
             trial.set_user_attr(OUTCOME, "interrupted")
+            self.interrupted = dict(attrs)
             raise
         except Exception as err:  # noqa: BLE001 - one cell never stops the others
             full = as_disk_full(err)
@@ -393,9 +430,11 @@ class Queue:
             if failed:
                 trial.set_user_attr(RUN_ID, failed[0].run_id)
             log.error("%s failed: %s", label, reason)
+            self._outcome = "failed"
             raise CellFailed(reason) from None
         trial.set_user_attr(OUTCOME, "finished")
         trial.set_user_attr(RUN_ID, result.run_id)
+        self._outcome = "finished"
         worker.ran.append(label)
         return time.monotonic() - started
 
@@ -410,6 +449,13 @@ class Queue:
                 TrackedRun(self.tracker, run.run_id).fail(str(err))
         trial.set_user_attr(OUTCOME, "interrupted")
         trial.set_user_attr(FAILURE, str(err)[:2000])
+
+
+def _set_threads(worker: Worker) -> None:
+    if worker.threads is not None:
+        import torch
+
+        torch.set_num_threads(worker.threads)
 
 
 class _Claim:
