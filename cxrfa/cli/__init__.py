@@ -50,7 +50,18 @@ def _root(
 
 
 # One module per command group, each exposing ``register(app)``; the order is the order of ``--help``.
-for _name in ("run", "evaluate", "tune", "dashboard", "data", "models", "explore"):
+for _name in (
+    "run",
+    "compare",
+    "ui",
+    "evaluate",
+    "tune",
+    "pipeline",
+    "dashboard",
+    "data",
+    "models",
+    "explore",
+):
     importlib.import_module(f"cxrfa.cli.{_name}").register(app)
 
 

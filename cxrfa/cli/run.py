@@ -1,4 +1,4 @@
-"""Commands that run and look at experiments: ``train``, ``ablate``, ``compare``, ``ui``."""
+"""Commands that run experiments: ``train`` (one cell) and ``ablate`` (a matrix)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from cxrfa.cli._common import (
     MatrixOpt,
     NoCacheOpt,
     PartitionOpt,
-    PortOpt,
     TimeOpt,
     TrackingUriOpt,
     WaitOpt,
@@ -32,13 +31,12 @@ from cxrfa.cli._common import (
     user_errors,
 )
 from cxrfa.errors import CxrfaError
-from cxrfa.tracking import UI_PORT
 
 if TYPE_CHECKING:
     from cxrfa.ablate import AblationSummary
     from cxrfa.config import AblationMatrix, ExternalSet, RunConfig
     from cxrfa.launch import SlurmOptions
-    from cxrfa.tracking import CellView, Tracker
+    from cxrfa.tracking import Tracker
 
 log = logging.getLogger("cxrfa")
 
@@ -463,136 +461,6 @@ def _submit(
         _report(out.summary, tracking_uri, tracker.experiment)
 
 
-@user_errors
-def compare(
-    experiment: Annotated[
-        str | None, typer.Option("--experiment", help="Experiment to compare (default: full).")
-    ] = None,
-    parent: Annotated[
-        str | None,
-        typer.Option(
-            "--parent", help="The ablation's parent run id (default: the experiment's newest parent)."
-        ),
-    ] = None,
-    metric: Annotated[
-        str,
-        typer.Option(
-            "--metric", help="Headline metric of the answers (test/macro_auc, test/map, test/mse, ...)."
-        ),
-    ] = "test/macro_auc",
-    baseline: Annotated[
-        str | None,
-        typer.Option(
-            "--baseline",
-            help="Also test every cell against this one (an ad-hoc family); the per-label Δ reference "
-            "(default: the matrix's first cell).",
-        ),
-    ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", help="Folder for comparison.md/.csv/.tex/.html and the figures.")
-    ] = Path("out/compare"),
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Patient resamples (shared by every run).")] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
-    no_log: Annotated[
-        bool,
-        typer.Option("--no-log", help="Write the report files only; leave the tracking store untouched."),
-    ] = False,
-    tracking_uri: TrackingUriOpt = None,
-) -> None:
-    """Test the ablation's declared contrasts (the matrix's `contrasts:`), Holm within each family; report answers first.
-
-    Compares the runs of one parent run (--parent, or the experiment's newest) on one data hash; intervals and tests
-    combine the seed spread with the patient variance all seeds share. --baseline adds an ad-hoc family (every
-    cell against it). Reads the store and never creates an experiment; logs the report on the parent unless --no-log.
-
-    Example:  cxrfa compare --experiment full --baseline visual-clip
-    """
-    from cxrfa.compare import compare as build
-    from cxrfa.compare import console_table, write_report
-    from cxrfa.tracking import Tracker
-
-    if parent is not None and experiment is None:
-        experiment = Tracker(tracking_uri, "Default", create=False).experiment_of(parent)
-    tracker = Tracker(tracking_uri, experiment or "full", create=False)
-    comp = build(tracker, parent, metric, baseline, n_boot=n_boot, seed=seed, progress=True)
-    paths = write_report(comp, out, None if no_log else tracker)
-    console.print(console_table(comp))
-    for warning in comp.methods.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
-    console.print(
-        f"wrote {paths['html']} (and .md, .csv, .tex)"
-        + (f"; logged on parent run {comp.parent_id}" if comp.parent_id and not no_log else "")
-    )
-
-
-@user_errors
-def ui(
-    port: PortOpt = UI_PORT,
-    tracking_uri: TrackingUriOpt = None,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", min=1, help="Server worker processes (default: one per 2 cores)."),
-    ] = None,
-) -> None:
-    """Start the MLflow UI on the project's store, bound to 127.0.0.1; print its links once it answers.
-
-    For every experiment with cell runs it prints two links, to the runs grouped by cell with test/macro_auc and
-    test/map as columns, and to the chart view with one bar per cell. The server's access log goes to a file
-    (printed); press Enter to print the links again. Ctrl-C or SIGTERM stops the server and every process it
-    started; so does the end of this command by any means, SIGKILL included (Linux).
-    """
-    from cxrfa.tracking import ui_command
-    from cxrfa.uiserver import check_port, log_path, serve
-
-    port = check_port(port)
-    cmd, env = ui_command(tracking_uri, port, workers)
-    raise typer.Exit(serve(cmd, env, port, lambda url: _show_links(url, log_path(port))))
-
-
-def _show_links(url: str, log: Path) -> None:
-    """Print the UI's links, then again each time Enter is pressed (the server keeps running meanwhile)."""
-    import sys
-    import threading
-
-    from cxrfa.tracking import cell_views
-
-    try:
-        views = cell_views(url, url)  # through the server: it writes the saved view
-    except Exception as err:  # noqa: BLE001 - the links are a convenience; the UI itself is up
-        console.print(f"[yellow]could not list the experiments for links ({str(err)[:200]})[/]")
-        views = []
-
-    def show() -> None:
-        console.print(
-            f"MLflow UI: {url}   (server log: {log}; Ctrl-C to stop)", highlight=False, soft_wrap=True
-        )
-        for view in views:
-            _show_view(view)
-        if sys.stdin.isatty():
-            console.print("[dim]Enter prints these links again.[/]")
-
-    show()
-
-    def again() -> None:
-        for _ in sys.stdin:
-            show()
-
-    if sys.stdin.isatty():
-        threading.Thread(target=again, daemon=True).start()
-
-
-def _show_view(view: CellView) -> None:
-    console.print(f"  [bold]{view.experiment}[/]", highlight=False)
-    console.print(
-        f"    cells side by side (grouped by cxrfa.cell): {view.table}", highlight=False, soft_wrap=True
-    )
-    console.print(
-        f"    one bar per cell (test/macro_auc, test/map): {view.charts}", highlight=False, soft_wrap=True
-    )
-
-
 def register(app: typer.Typer) -> None:
     app.command()(train)
     app.command()(ablate)
-    app.command()(compare)
-    app.command()(ui)
