@@ -86,6 +86,11 @@ def check_slurm() -> None:
         raise CxrfaError(
             "--launcher slurm: no Slurm client (sbatch, sinfo) on this machine; run on the cluster's login node"
         )
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():  # sinfo would wait a minute for it to appear
+        raise CxrfaError(
+            f"--launcher slurm: SLURM_CONF={conf} does not exist; point it at the cluster's slurm.conf"
+        )
     try:
         out = subprocess.run(
             ["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True, timeout=20, check=False

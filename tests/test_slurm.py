@@ -183,6 +183,11 @@ def slurm() -> Iterator[dict[str, str]]:
         _wait(lambda: _idle(env), "the node", root / "slurmctld.log")
         yield {"SLURM_CONF": env["SLURM_CONF"], "CXRFA_SLURM_ROOT": str(root)}
     finally:
+        # end every job first: slurmstepd runs outside the daemons' sessions and outlives a killed slurmd
+        subprocess.run(["scancel", "--partition=debug"], env=env, capture_output=True, check=False)
+        deadline = time.monotonic() + 20
+        while _squeue(env) and time.monotonic() < deadline:
+            time.sleep(0.2)
         for proc in reversed(procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, 15)
@@ -198,6 +203,12 @@ def slurm() -> Iterator[dict[str, str]]:
 def _listens(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _squeue(env: dict[str, str]) -> str:
+    """``squeue``'s job lines ('' once the queue is empty or the controller is gone)."""
+    out = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True, timeout=30, check=False)
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def _idle(env: dict[str, str]) -> bool:
