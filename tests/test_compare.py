@@ -519,3 +519,13 @@ def test_a_two_seed_difference_interval_stays_inside_the_range_a_difference_can_
     assert res.low < -1 and res.high > 1  # the raw interval
     assert _clip(res, _delta_bounds((0.0, 1.0))) == (-1.0, 1.0)
     assert _clip(res, _delta_bounds(None)) == (res.low, res.high)  # an unbounded metric keeps its interval
+
+
+def test_one_cell_without_contrasts_still_writes_the_whole_report(lab: Path, tmp_path: Path) -> None:
+    """A store with one cell (a first run, a smoke test) has nothing to contrast: the report says so, no crash."""
+    tracker = Tracker(str(lab / "store"), "full")
+    _ablation(tracker, lab / "manifest.csv", cells=("visual-clip",), seeds=(0,))
+    comp = compare(tracker, n_boot=20, seed=0)
+    assert comp.headline_contrasts().empty
+    paths = write_report(comp, tmp_path / "out", None)
+    assert "visual-clip" in paths["html"].read_text(encoding="utf-8")

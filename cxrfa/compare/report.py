@@ -387,7 +387,8 @@ def to_html(comp: Comparison, figs: dict[str, Any]) -> str:
     warnings = "".join(
         f'<div class="warn"><b>Warning.</b> {html.escape(w)}</div>' for w in comp.methods.warnings
     )
-    families = comp.headline_contrasts()["family"]
+    head = comp.headline_contrasts()
+    families = head["family"] if len(head) else []  # one cell, or no declared contrast: no answers
     answer_items = "".join(
         f"<li><b>{html.escape(str(f))}</b> {html.escape(a)}</li>"
         for f, a in zip(families, answers(comp, short=True), strict=True)
