@@ -375,9 +375,10 @@ _CSS = (
     "padding:4px 8px;text-align:right;white-space:normal;overflow-wrap:anywhere}"
     "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3;overflow-wrap:normal}"
     ".result td:nth-child(2),.result th:nth-child(2){text-align:left}"  # the contrast's name is text
-    # the answers and their table share the first screen, a dozen contrasts included
-    "h2.lead{margin:.7em 0 .3em}ul.answers{margin:0;padding-left:1.2em}ul.answers li{font-size:.95em;margin:.1em 0}"
-    ".result{font-size:14px}.result td{padding:3px 8px}.detail{font-size:12px}"
+    # the answers and their table share the first screen (1,400 x 900), the full demo's 19 contrasts included
+    "h2.lead{margin:.5em 0 .2em}ul.answers{margin:0;padding-left:1.2em}"
+    "ul.answers li{font-size:.85em;margin:0;line-height:1.25}"
+    ".result{font-size:13px}.result td{padding:1px 8px}.detail{font-size:12px}"
     ".note{font-size:.85em;color:#444;max-width:1250px}img{max-width:100%}li{margin:.2em 0;font-size:.9em}"
 )
 
