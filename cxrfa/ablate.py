@@ -497,7 +497,14 @@ def slurm_task(
     work = Queue(storage, queue, tracker)
     prepare(runs, progress=False)  # the first task builds the shared stand-ins, the others find them
     worker = Worker(
-        functools.partial(_run, tracker=tracker, parent_id=parent_id, explore=explore, progress=False),
+        functools.partial(
+            _run,
+            tracker=tracker,
+            parent_id=parent_id,
+            explore=explore,
+            progress=False,
+            features=EncodedSplits(),  # the task's cells share each split's encoding, as a local worker's do
+        ),
         threads=cpu_threads(1),
         progress=False,
     )
