@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from _helpers import cxrfa_cmd
+from _helpers import cxrfa_cmd, metric_steps
 from optuna.trial import TrialState
 from test_services import PG_BIN, postgres  # noqa: F401 - the throw-away PostgreSQL server fixture
 
@@ -30,7 +30,8 @@ from cxrfa.tracking import Tracker
 DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "mariadb-install-db")
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 60  # long enough that a task is still training when the test stops it, even on a loaded machine
+EPOCHS = 400  # long enough that a task is still training when the test stops it, even on an idle machine (60
+# cached-feature epochs ended before scancel reached the task)
 
 
 def _free_port() -> int:
@@ -389,7 +390,7 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
     assert "REQUEUED" in acct.stdout, acct.stdout  # submitit requeued the same task
     resumed = tracker.get(done[2]).tags.get("cxrfa.resumed_from", "")
     assert resumed.startswith("epoch "), resumed
-    steps = [step for step, _ in tracker.metric_history(done[2], "val/macro_auc")]
+    steps = [step for step, _ in metric_steps(tracker.uri, done[2], "val/macro_auc")]
     assert (
         min(steps) > 0 and max(steps) == EPOCHS - 1
     )  # its epochs continued where the preempted task stopped
