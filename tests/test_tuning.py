@@ -218,3 +218,21 @@ def test_malformed_overlay_is_one_line_and_exit_2(lab: Path, text: str, needle: 
     result = runner.invoke(app, ["ablate", "--matrix", "smoke", "--tuned", "--dry-run"])
     assert result.exit_code == 2, result.output
     assert needle in result.output and "visual-clip.yaml" in result.output
+
+
+def test_the_study_plots_leave_the_process_matplotlib_style_alone(tmp_path: Path) -> None:
+    """optuna's matplotlib plots switch the global style to ggplot; a later run's figures must not inherit it."""
+    import matplotlib
+    import optuna
+
+    from cxrfa.tracking import Tracker
+    from cxrfa.tuning.report import log_plots
+
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    before = dict(matplotlib.rcParams)
+    tracker = Tracker(str(tmp_path / "store"), "plots")
+    parent = tracker.parent("study", {})
+    log_plots(study, parent)
+    parent.finish()
+    assert {k: v for k, v in matplotlib.rcParams.items() if before.get(k) != v} == {}

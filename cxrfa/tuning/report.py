@@ -162,7 +162,9 @@ def log_plots(study: optuna.Study, parent: TrackedRun) -> None:
         plots["parallel_coordinate"] = oplt.plot_parallel_coordinate
     for name, plot in plots.items():
         try:
-            with warnings.catch_warnings():
+            # optuna's plots call plt.style.use("ggplot"), which would restyle every later figure of this
+            # process (a pipeline's ablation runs, a test's panels): keep that inside the plot
+            with warnings.catch_warnings(), matplotlib.rc_context():
                 warnings.simplefilter("ignore")
                 axes = plot(study)
         except Exception as err:  # noqa: BLE001 - e.g. importances when every trial has the same params
