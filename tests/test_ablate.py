@@ -216,3 +216,26 @@ def test_each_worker_gets_its_device_and_a_share_of_the_cores() -> None:
     cores = os.cpu_count() or 1
     assert threads_per_worker(2, None) == max(1, cores // 2) and threads_per_worker(2, 3) == 3
     assert threads_per_worker(cores * 4, None) == 1
+
+
+def test_the_queue_opens_while_another_process_holds_the_sqlite_write_lock(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite fails a read-to-write upgrade at once ("database is locked") while another process writes, busy
+    timeout or not: opening the queue tries again instead of stopping the command with exit 2."""
+    import optuna
+    import sqlalchemy.exc
+
+    from cxrfa.tuning import queue
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def busy_once(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:  # what the driver raised when a requeued task held the lock
+            raise sqlalchemy.exc.OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(queue.optuna.storages, "RDBStorage", busy_once)
+    storage, _ = queue.open_queue(None, Tracker(str(workdir / "store"), "smoke"))
+    assert len(calls) == 2 and storage.get_all_studies() == []
