@@ -645,14 +645,23 @@ def creation_lock(uri: str, what: str = "store") -> Iterator[None]:
 _RACE = re.compile(r"already exists|duplicate|unique|deadlock|could not serialize", re.IGNORECASE)
 
 
+def _transient(scheme: str, message: str) -> bool:
+    """An error another process caused and will clear: a schema creation race on a server database, or SQLite's
+    write lock held elsewhere (a read transaction that must turn into a write fails at once with "database is
+    locked", busy timeout or not: seen when a requeued Slurm task and a re-run opened the queue together)."""
+    if scheme == "sqlite":
+        return "database is locked" in message
+    return scheme in _DB_SCHEMES and bool(_RACE.search(message))
+
+
 def _retry_first_use(fn: Any, uri: str, attempts: int = 4) -> Any:
-    """Call ``fn``; on a server database, retry when another process was creating the same schema at once."""
+    """Call ``fn``; retry while another process holds what it needs (:func:`_transient`)."""
     scheme = urlparse(uri).scheme.split("+")[0]
     for attempt in range(attempts):
         try:
             return fn()
-        except Exception as err:  # noqa: BLE001 - re-raised unless it is a creation race
-            if scheme not in _DB_SCHEMES or attempt == attempts - 1 or not _RACE.search(str(err)):
+        except Exception as err:  # noqa: BLE001 - re-raised unless another process caused it
+            if attempt == attempts - 1 or not _transient(scheme, str(err)):
                 raise
             time.sleep(0.5 + random.random() * 1.5 * (attempt + 1))
     raise AssertionError("unreachable")

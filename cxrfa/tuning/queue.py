@@ -94,6 +94,8 @@ def open_queue(url: str | None, tracker: Tracker) -> tuple[optuna.storages.RDBSt
     Raises:
         CxrfaError: not a database URL (a journal file has no heartbeats), or the database cannot be opened.
     """
+    from cxrfa.tracking import _retry_first_use
+
     url = url or default_queue_url(tracker)
     scheme = urlparse(url).scheme.split("+")[0]
     if scheme not in ("sqlite", "postgresql", "mysql", "mssql"):
@@ -116,33 +118,12 @@ def open_queue(url: str | None, tracker: Tracker) -> tuple[optuna.storages.RDBSt
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
         check_reachable(url)
         try:
-            storage = _open_rdb(url, kwargs, sqlite=scheme == "sqlite")
+            with creation_lock(url):
+                storage = _retry_first_use(lambda: optuna.storages.RDBStorage(url, **kwargs), url)
         except Exception as err:  # noqa: BLE001 - driver missing, server down, bad credentials
             first = (redact_text(str(err), url).strip().splitlines() or [type(err).__name__])[0]
             raise CxrfaError(f"--storage {redact(url)}: cannot open the database ({first[:200]})") from None
     return storage, redact(url)
-
-
-def _open_rdb(
-    url: str, kwargs: dict[str, Any], sqlite: bool, attempts: int = 6
-) -> optuna.storages.RDBStorage:
-    """Open the storage; on SQLite, try again while another process holds the file's write lock.
-
-    SQLite's busy timeout does not cover a read transaction that must turn into a write while another process
-    writes: that fails at once with "database is locked" (seen when a requeued Slurm task and a re-run of the
-    same command opened the queue together).
-    """
-    from cxrfa.tracking import _retry_first_use
-
-    for attempt in range(attempts):
-        try:
-            with creation_lock(url):
-                return _retry_first_use(lambda: optuna.storages.RDBStorage(url, **kwargs), url)
-        except Exception as err:  # noqa: BLE001 - re-raised unless SQLite's lock was busy
-            if not sqlite or attempt == attempts - 1 or "database is locked" not in str(err):
-                raise
-            time.sleep(0.25 * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 @dataclass
