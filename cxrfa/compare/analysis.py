@@ -519,7 +519,7 @@ def _per_label(
         if len(pairs) == 1 and one_image_each:
             p = _delong_p(test, *pairs[0])
         out["delta"][cell] = np.array([t.value for t in tests])
-        clipped = np.array([_clip(t, (-1.0, 1.0)) for t in tests]).reshape(c, 2)  # a Δ AUROC's range
+        clipped = np.array([_clip(t, _delta_bounds((0.0, 1.0))) for t in tests]).reshape(c, 2)  # Δ AUROC
         out["dlow"][cell], out["dhigh"][cell] = clipped[:, 0], clipped[:, 1]
         out["p"][cell] = holm(p)
 
