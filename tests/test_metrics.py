@@ -312,11 +312,11 @@ def test_every_paired_metric_on_the_test_set_equals_compute_metrics() -> None:
 def test_a_resample_of_every_paired_metric_equals_scoring_the_resampled_rows() -> None:
     from cxrfa.metrics import (
         SUBGROUP_ATTRIBUTES,
-        _row_counts,
-        _stratified_row_counts,
         cluster_codes,
         list_metrics,
+        row_counts,
         score_weighted,
+        stratified_row_counts,
         subgroup_codes,
     )
 
@@ -334,10 +334,10 @@ def test_a_resample_of_every_paired_metric_equals_scoring_the_resampled_rows() -
         subgroups=sub,
     )
     codes = cluster_codes(patients, len(y))
-    counts = next(_row_counts(codes, 3, 4))  # (3, N): the same draws
+    counts = next(row_counts(codes, 3, 4))  # (3, N): the same draws
     # the subgroup gaps' own draws, inside each subgroup of each attribute
     within = {
-        attr: next(_stratified_row_counts(codes, index, 3, (4, 3, SUBGROUP_ATTRIBUTES.index(attr))))
+        attr: next(stratified_row_counts(codes, index, 3, (4, 3, SUBGROUP_ATTRIBUTES.index(attr))))
         for attr, (_, index) in subgroup_codes(sub).items()
     }
 
@@ -367,12 +367,12 @@ def test_a_resample_of_every_paired_metric_equals_scoring_the_resampled_rows() -
 
 
 def test_subgroup_resamples_draw_patients_inside_each_subgroup_so_each_keeps_its_size() -> None:
-    from cxrfa.metrics import _row_counts, _stratified_row_counts, cluster_codes, subgroup_codes
+    from cxrfa.metrics import cluster_codes, row_counts, stratified_row_counts, subgroup_codes
 
     _, _, sub, _, _, patients = _registry_case()
     codes = cluster_codes(patients, len(patients))
     names, index = subgroup_codes(sub)["view"]
-    counts = np.concatenate(list(_stratified_row_counts(codes, index, 120, (0, 3, 2))))  # (120, N)
+    counts = np.concatenate(list(stratified_row_counts(codes, index, 120, (0, 3, 2))))  # (120, N)
     assert counts.shape == (120, len(patients))
     for g in range(len(names)):
         rows = index == g
@@ -383,7 +383,7 @@ def test_subgroup_resamples_draw_patients_inside_each_subgroup_so_each_keeps_its
             assert (counts[:, r] == counts[:, r[:1]]).all()
         assert drawn.std() > 0  # and they are resampled
     # a plain patient resample lets a subgroup's number of patients wander with the draw of the whole test set
-    plain = next(_row_counts(codes, 50, 0))  # (50, N)
+    plain = next(row_counts(codes, 50, 0))  # (50, N)
     assert np.ptp(np.stack([plain[:, r[0]] for r in clusters.values()], axis=1).sum(axis=1)) > 0
 
 

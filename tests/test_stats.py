@@ -27,7 +27,7 @@ from cxrfa.stats import (
     shared_patient_var,
 )
 
-CHUNK = 50  # resamples drawn per generator call (cxrfa.metrics._BOOT_CHUNK)
+CHUNK = 50  # resamples drawn per generator call (cxrfa.metrics.bootstrap._BOOT_CHUNK)
 
 
 def _case(seed: int = 0, n: int = 200, c: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
