@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from cxrfa.config import ExternalSet, RunConfig
 from cxrfa.data.features import FeatureDataset
 from cxrfa.data.manifest import Manifest
+from cxrfa.metrics import GAP_STATS, save_gap_stats
 from cxrfa.record import log_evaluation
 from cxrfa.tracking import TrackedRun
 from cxrfa.train import FitResult, make_loader, predict, trained_state
@@ -52,8 +53,12 @@ def evaluate_model(
     extra = {"val/best_" + cfg.train.monitor.removeprefix("val/"): result.best_value}
     extra["best_epoch"] = result.best_epoch
     figures: dict[str, Any] = {}  # plots/<name>.png of the exploration, logged with the run's other files
+    gap_stats = None  # what embed/modality_gap is computed from, for compare's patient resamples
     if cfg.model.text is not None and explore:
-        explored, figures = _explore(model, data["test"], manifest.labels, device, explore)
+        patients = manifest.split("test").frame["patient_id"].to_numpy()
+        explored, figures, gap_stats = _explore(
+            model, data["test"], manifest.labels, patients, device, explore
+        )
         extra.update(explored)
     for spec in cfg.data.external:  # external validation: the same model and thresholds on other manifests
         extra.update(_evaluate_external(cfg, spec, model, manifest, p_val, run, device))
@@ -73,6 +78,8 @@ def evaluate_model(
             },
             folder / "checkpoint" / "model.pt",
         )
+        if gap_stats is not None:
+            save_gap_stats(gap_stats, folder / GAP_STATS)
 
     return log_evaluation(cfg, manifest, p_val, p_test, run, extra, trained_files)
 
@@ -130,15 +137,22 @@ def _evaluate_external(
 
 
 def _explore(
-    model: Any, test_set: Dataset, labels: list[str], device: torch.device, parts: Sequence[str]
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Modality gap and label-similarity metrics and their figures (name -> figure) on a sample of the test
-    set."""
+    model: Any,
+    test_set: Dataset,
+    labels: list[str],
+    patients: np.ndarray,
+    device: torch.device,
+    parts: Sequence[str],
+) -> tuple[dict[str, float], dict[str, Any], dict[str, np.ndarray] | None]:
+    """Modality gap and label-similarity metrics, their figures (name -> figure) and the gap's per-patient sums
+    on a sample of the test set (``patients``: the test split's patient ids in row order)."""
     from cxrfa.explore import explore_model
 
     tokens, embedding, y_true = explore_sample(model, test_set, device)
-    result = explore_model(model.heads, tokens, embedding, y_true, labels, parts=tuple(parts))
-    return result.scalars, dict(result.figures)
+    result = explore_model(
+        model.heads, tokens, embedding, y_true, labels, parts=tuple(parts), patients=patients[: len(y_true)]
+    )
+    return result.scalars, dict(result.figures), result.gap_stats
 
 
 def explore_sample(

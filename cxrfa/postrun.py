@@ -17,6 +17,7 @@ from cxrfa.config import RunConfig, validate
 from cxrfa.data.load import load_data
 from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
+from cxrfa.metrics import GAP_STATS, save_gap_stats
 from cxrfa.safeload import load_state
 from cxrfa.standins import prepare_backbone
 from cxrfa.tracking import TrackedRun, Tracker
@@ -90,10 +91,20 @@ def explore_run(
     paths: dict[str, Path] = {}
     basic = [p for p in parts if p != "umap"]
     if basic:
+        patients = manifest.split("test").frame["patient_id"].to_numpy()[: len(y_true)]
         result = explore_model(
-            model.heads, tokens, embedding, y_true, manifest.labels, parts=tuple(basic), seed=seed
+            model.heads,
+            tokens,
+            embedding,
+            y_true,
+            manifest.labels,
+            parts=tuple(basic),
+            seed=seed,
+            patients=patients,
         )
         run.log_metrics(result.scalars)
+        if result.gap_stats is not None:  # with the gap it replaces, so compare resamples the logged number
+            run.log_artifact(save_gap_stats(result.gap_stats, out / GAP_STATS))
         paths["json"] = write_json(result.scalars, out / "explore.json")
         for name, figure in result.figures.items():
             paths[name] = save_figure(figure, out / f"{name}.png")

@@ -26,7 +26,7 @@ from cxrfa.compare.report import (
 from cxrfa.config import BackboneConfig, DataConfig, ModelConfig, RunConfig, load_matrix
 from cxrfa.data.manifest import make_manifest, read_manifest, write_manifest
 from cxrfa.errors import CxrfaError
-from cxrfa.metrics import list_metrics
+from cxrfa.metrics import GAP_STATS, gap_statistics, list_metrics, save_gap_stats, weighted_gap
 from cxrfa.stats import holm, label_boot, paired_seed_test, seed_patient_t
 from cxrfa.tracking import TAG_CELLS, TAG_CONTRASTS, TAG_PREFIX, TrackedRun, Tracker
 
@@ -84,6 +84,7 @@ def _log_run(
     lr: float = 0.001,
     data_hash: str | None = None,
     shuffle: bool = False,
+    gap_shift: float | None = None,
 ) -> str:
     m = read_manifest(manifest)
     test = m.split("test").frame
@@ -109,14 +110,22 @@ def _log_run(
     aucs = [
         roc_auc_score(y[np.isfinite(y[:, j]), j], probs[np.isfinite(y[:, j]), j]) for j in range(len(LABELS))
     ]
+    gap = 0.01 * (seed + 1)  # a logged number only, as runs logged it before they logged its per-patient sums
+    if gap_shift is not None:  # what a dual-branch run logs: the gap and the sums it is computed from
+        stats = gap_statistics(
+            *_gap_features(len(y), gap_shift, cell, seed), y, test["patient_id"].to_numpy()
+        )
+        gap = float(weighted_gap(stats, np.ones((1, stats["patients"].size)))[0])
     run.log_metrics(
         {
             "test/macro_auc": float(np.mean(aucs)),
-            "embed/modality_gap": 0.01 * (seed + 1),
+            "embed/modality_gap": gap,
             **{f"test/auc/{lab}": a for lab, a in zip(LABELS, aucs, strict=True)},
         }
     )
     with run.scratch() as tmp:
+        if gap_shift is not None:
+            run.log_artifact(save_gap_stats(stats, tmp / GAP_STATS))
         pred = pd.DataFrame(probs, columns=LABELS)
         pred.insert(0, "path", test["path"].to_numpy())
         if shuffle:
@@ -134,6 +143,23 @@ def _log_run(
         run.log_artifact(tmp / "evaluation" / "per_label.csv", "evaluation")
     run.finish()
     return run.run_id
+
+
+def _gap_features(
+    n: int, shift: float, cell: str, seed: int, images: np.random.Generator | None = None, d: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C, d) image-side features and (C, d) prototypes: each prototype moved by ``shift`` along one direction,
+    an effect of each image (the same in every run unless ``images`` draws new ones, so shared by a cell's seeds)
+    and a little noise per run."""
+    fixed = np.random.default_rng(7)
+    protos = fixed.normal(size=(len(LABELS), d))
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    direction = fixed.normal(size=d)
+    image = 0.25 * (images or fixed).normal(
+        size=(n, len(LABELS), d)
+    )  # (n, C, d): its patient's part of the gap
+    noise = 0.05 * np.random.default_rng([sum(map(ord, cell)), seed]).normal(size=image.shape)
+    return protos[None] + shift * direction / np.linalg.norm(direction) + image + noise, protos
 
 
 CONTRASTS = {
@@ -225,9 +251,9 @@ def test_compare_tests_the_declared_contrasts_against_an_independent_computation
     known = np.isfinite(y)
     assert comp.cells.loc[CONSTANT, "mse"] == pytest.approx(np.mean((const[known] - y[known]) ** 2))
     assert comp.cells.loc[CONSTANT, "macro_auc"] == pytest.approx(0.5)
-    # a metric only logged per run (the modality gap): seeds-only t-interval and a plain paired t-test
+    # runs that logged the gap without its per-patient sums: seeds-only t-interval and a plain paired t-test
     gaps = comp.contrasts[(comp.contrasts["metric"] == "embed/modality_gap")]
-    assert (gaps["resample"] == "seeds only (image features not logged)").all()
+    assert (gaps["resample"] == "seeds only").all()
     assert gaps["delta"].abs().max() < 1e-12
     worst = comp.contrasts[comp.contrasts["metric"] == "fair/worst_tpr_gap"]
     assert (worst["resample"] == "seeds and patients inside each subgroup").all()
@@ -529,3 +555,48 @@ def test_one_cell_without_contrasts_still_writes_the_whole_report(lab: Path, tmp
     assert comp.headline_contrasts().empty
     paths = write_report(comp, tmp_path / "out", None)
     assert "visual-clip" in paths["html"].read_text(encoding="utf-8")
+
+
+GAP_SHIFT = {"visual-clip": 0.3, "dual-clip": 0.3, "align-clip": 0.6}  # align-clip's gap planted wider
+
+
+def test_the_modality_gap_is_resampled_over_patients_and_paired_like_the_predictions(lab: Path) -> None:
+    tracker = Tracker(str(lab / "store"), "full")
+    manifest = lab / "manifest.csv"
+    parent = tracker.parent("gap [demo]", {f"{TAG_PREFIX}matrix": "full", f"{TAG_PREFIX}data": str(manifest)})
+    parent.set_tags(
+        {TAG_CONTRASTS: json.dumps({"gap": ["align-clip - dual-clip", "dual-clip - visual-clip"]})}
+    )
+    logged = {}
+    for cell, shift in GAP_SHIFT.items():
+        for seed in range(3):
+            run_id = _log_run(tracker, parent.run_id, cell, seed, manifest, gap_shift=shift)
+            logged[cell, seed] = tracker.get(run_id).metrics["embed/modality_gap"]
+    parent.finish()
+    comp = compare(tracker, n_boot=200, seed=1)
+    rows = comp.contrasts[comp.contrasts["metric"] == "embed/modality_gap"].set_index(["cell", "other"])
+    assert (rows["resample"] == "seeds and patients (of the explored test images)").all()
+    planted, null = rows.loc["align-clip", "dual-clip"], rows.loc["dual-clip", "visual-clip"]
+    assert planted["p_holm"] < 0.01 and planted["low"] > 0  # the planted difference is found
+    assert null["p_holm"] > 0.05 and null["low"] < 0 < null["high"]  # equal gaps are not told apart
+    cell = comp.cells.loc["align-clip"]
+    points = [logged["align-clip", s] for s in range(3)]
+    assert cell["embed/modality_gap"] == pytest.approx(np.mean(points), abs=1e-15)  # the logged numbers
+    # the interval covers the gap expected of such a test set (fresh images, these labels) ...
+    test = read_manifest(manifest).split("test").frame
+    y = test[LABELS].to_numpy(float)
+    rng = np.random.default_rng(5)
+    expected = []
+    for i in range(200):
+        feats, protos = _gap_features(len(y), GAP_SHIFT["align-clip"], "align-clip", 10 + i, images=rng)
+        stats = gap_statistics(feats, protos, y, np.arange(len(y)))
+        expected.append(weighted_gap(stats, np.ones((1, stats["patients"].size)))[0])
+    assert cell["embed/modality_gap low"] < np.mean(expected) < cell["embed/modality_gap high"]
+    # ... which the seeds alone miss: the images' own part of the gap is the same in every seed
+    seeds_only = seed_patient_t(points, 0.0, null=None)
+    assert not seeds_only.low < np.mean(expected) < seeds_only.high
+    assert cell["embed/modality_gap high"] - cell["embed/modality_gap low"] > 2 * (
+        seeds_only.high - seeds_only.low
+    )
+    text = to_markdown(comp)  # no † (seed interval only) on the gap any more
+    assert "embed/modality_gap ↓" in text and "embed/modality_gap ↓ †" not in text

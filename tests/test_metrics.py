@@ -400,7 +400,7 @@ def test_the_registry_declares_each_metric_once_with_its_direction() -> None:
     from cxrfa.metrics import get_metric, list_metrics
 
     assert get_metric("test/mse").arrow == "↓" and get_metric("macro_auc").arrow == "↑"
-    assert not get_metric("embed/modality_gap").paired
+    assert get_metric("embed/modality_gap").paired and not get_metric("embed/mean_offdiag_sim/final").paired
     names = [m.name for m in list_metrics()]
     assert len(names) == len(set(names))
     with pytest.raises(KeyError, match="known: macro_auc"):

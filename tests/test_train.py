@@ -9,12 +9,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _helpers import cxrfa_cmd, metric_steps
 from typer.testing import CliRunner
 
 from cxrfa.cli import app
+from cxrfa.metrics import GAP_STATS, load_gap_stats, weighted_gap
 from cxrfa.tracking import Tracker
 
 pytestmark = pytest.mark.slow
@@ -64,7 +66,11 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
         "evaluation",
         "plots",
         "checkpoint",
+        GAP_STATS,
     } <= files
+    # the gap's per-patient sums give the logged gap to the last digit (what compare resamples)
+    stats = load_gap_stats(Tracker(None, "smoke").download(run.run_id, GAP_STATS, workdir / "gap"))
+    assert weighted_gap(stats, np.ones((1, stats["patients"].size)))[0] == run.metrics["embed/modality_gap"]
     plots = set(Tracker(None, "smoke").list_artifacts(run.run_id, "plots"))
     assert {"plots/gap_shift.png", "plots/label_similarity.png", "plots/training_curves.png"} <= plots
     ckpt = Tracker(None, "smoke").download(run.run_id, "checkpoint/model.pt", workdir / "dl")

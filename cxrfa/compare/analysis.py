@@ -5,9 +5,9 @@ subgroup gap against its null level.
 Every interval and test is :func:`cxrfa.stats.seed_patient_t` / :func:`cxrfa.stats.paired_seed_test`: a t-interval
 over seeds (or seed pairs) whose variance adds the patient variance all seeds share, from one set of patient
 resamples used for every run (so differences are paired). The metrics are the :class:`cxrfa.metrics.MetricSpec`
-registry: a metric recomputable from the logged predictions is resampled over patients (the subgroup gaps inside
-each subgroup); one only logged per run (the embedding metrics) gets the seed part alone, and says why
-(:attr:`cxrfa.metrics.MetricSpec.resample`).
+registry: a metric recomputable from the logged predictions, or from a per-run file of per-patient sums (the
+modality gap), is resampled over patients (the subgroup gaps inside each subgroup); one only logged per run (the
+label-prototype similarity) gets the seed part alone, and says why (:attr:`cxrfa.metrics.MetricSpec.resample`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ import pandas as pd
 from cxrfa.compare.runs import Selection, TestSet, gather, select_runs
 from cxrfa.config import FRACTION_SEP, flatten, fraction_name, parse_contrast, read_yaml, split_fraction
 from cxrfa.errors import CxrfaError
-from cxrfa.metrics import MetricSpec, get_metric, list_metrics, score_weighted, worst_gap_null
+from cxrfa.metrics import (
+    MetricSpec,
+    cluster_codes,
+    get_metric,
+    list_metrics,
+    row_counts,
+    score_weighted,
+    worst_gap_null,
+)
 from cxrfa.stats import SeedTest, delong_test, holm, paired_seed_test, seed_patient_t, shared_patient_var
 from cxrfa.tracking import (
     TAG_BACKBONE_SOURCE,
@@ -188,6 +196,7 @@ def compare(
         if test.patients is None:
             methods.warnings.append(f"Bootstrap over {test.unit}.")
         values, per_label = _score_all(test, sel, n_boot, seed, progress)
+        _score_artifacts(test, n_boot, seed, values, methods)
         constant = _constant(test, n_boot, seed)
         fairness = _fairness(test, sel, seed, values, methods.n_patients)
     else:
@@ -301,6 +310,46 @@ def _score_all(
     return {k: v[0] for k, v in done.items()}, {k: v[1] for k, v in done.items()}
 
 
+def _score_artifacts(test: TestSet, n_boot: int, seed: int, values: Scores, methods: Methods) -> None:
+    """Metrics computed from a per-run file (the modality gap's per-patient sums), into ``values``: the logged
+    value, then one replicate per patient resample, drawn exactly as :func:`_score_all`'s (``row_counts`` of the
+    same patient codes and seed), so they pair with every other metric's. A run without a usable file is left
+    out, and its metric counts by seeds only."""
+    specs = {m.name: m for m in list_metrics() if m.patient_score is not None and test.artifacts.get(m.name)}
+    if not specs:
+        return
+    if test.patients is None:
+        methods.notes.append(
+            f"no patient ids: {', '.join(specs)} by seeds only (their files are per patient)"
+        )
+        return
+    codes = cluster_codes(test.patients, len(test.paths))
+    first = np.unique(codes, return_index=True)[1]  # (G,) one row of each patient, in code order
+    index = {pid: g for g, pid in enumerate(np.unique(test.patients.astype(str)))}  # cluster_codes' order
+    usable: dict[tuple[str, str], np.ndarray] = {}  # (metric, run) -> its file's patients as codes
+    for name, spec in specs.items():
+        for run_id, arrays in test.artifacts[name].items():
+            pos = np.array([index.get(str(p), -1) for p in arrays["patients"]], dtype=np.int64)
+            if (pos < 0).any():
+                methods.notes.append(
+                    f"run {run_id}: {spec.artifact} has patients outside the test set; {name} by its seed only"
+                )
+                continue
+            usable[name, run_id] = pos
+    parts = {
+        (name, run_id): [specs[name].patient_score(test.artifacts[name][run_id], np.ones((1, pos.size)))]
+        for (name, run_id), pos in usable.items()
+    }
+    for counts in row_counts(codes, n_boot, seed):  # (b, N) the draws every run's predictions were scored on
+        per_patient = counts[:, first]  # (b, G) a patient's rows all carry its draw count
+        for (name, run_id), pos in usable.items():
+            parts[name, run_id].append(
+                specs[name].patient_score(test.artifacts[name][run_id], per_patient[:, pos])
+            )
+    for (name, run_id), chunks in parts.items():
+        values[run_id][name] = np.concatenate(chunks)
+
+
 def _constant(test: TestSet, n_boot: int, seed: int) -> dict[str, np.ndarray] | None:
     """The constant predictor's metrics (every image gets the train prevalence), on the same resamples."""
     if test.prevalence is None:
@@ -391,8 +440,9 @@ def _cell_table(
 def _values(
     spec: MetricSpec, run_ids: list[str], values: Scores, logged: dict[str, dict[str, float]]
 ) -> tuple[list[float], np.ndarray | None]:
-    """Per-seed values of one metric and (K, B) patient replicates (None for a metric only logged per run)."""
-    if spec.paired and values:
+    """Per-seed values of one metric and (K, B) patient replicates (None for a metric only logged per run, or
+    one some of the runs could not recompute: then their logged values, by seeds)."""
+    if spec.paired and values and all(spec.name in values[r] for r in run_ids):
         arrays = np.stack([values[r][spec.name] for r in run_ids])  # (K, 1 + B)
         return arrays[:, 0].tolist(), arrays[:, 1:]
     key = spec.name if spec.name.startswith("embed/") else f"test/{spec.name}"

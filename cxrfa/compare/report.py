@@ -218,12 +218,11 @@ def methods_lines(comp: Comparison) -> list[str]:
         "Subgroup TPR gaps and the worst gap: each attribute's resamples draw patients inside each of its "
         "subgroups (as many as the subgroup has), so a subgroup keeps its size and its interval holds its own "
         "patients' variation.",
-        "† Seed interval only, for two reasons. embed/modality_gap is measured on the image-side features of the "
-        "first test images, the same images for every seed, and runs log only the number: its interval holds the "
-        "seed spread (each seed's own sampling noise included) but not the patient variation those images share, "
-        "so it is narrower than a patient-resampled one. embed/mean_offdiag_sim/final is a function of the label "
-        "embeddings alone (no test image enters it): it has no patient variation, and the seed interval is its "
-        "whole interval.",
+        "embed/modality_gap: measured on the image-side features of the first test images; each run logs their "
+        "per-patient sums (modality_gap_stats.npz), from which every patient resample's gap is recomputed, so it "
+        "is resampled and paired like the metrics of the predictions.",
+        "† Seed interval only: embed/mean_offdiag_sim/final is a function of the label embeddings alone (no test "
+        "image enters it), so it has no patient variation and the seed interval is its whole interval.",
         f"Seeds: {seeds}.",
         f"Tuning: {m.tuning}.",
         f"Data: {m.data} (data hash {m.data_hash}); backbones: {', '.join(m.backbone_sources) or '?'}.",

@@ -163,6 +163,8 @@ class TestSet:
         thresholds: run id -> (C,) decision thresholds chosen on that run's val predictions (absent: 0.5).
         subgroups: (N,) rows of ``sex``/``age``/``view`` in ``paths`` order, or None without the manifest.
         prevalence: (C,) train-split prevalence per label (the constant predictor), or None without it.
+        artifacts: metric name -> run id -> the arrays of the metric's per-run file (``MetricSpec.artifact``),
+            for the runs that logged one.
         notes: what could not be read, for the methods block.
     """
 
@@ -176,6 +178,7 @@ class TestSet:
     thresholds: dict[str, np.ndarray] = field(default_factory=dict)
     subgroups: pd.DataFrame | None = None
     prevalence: np.ndarray | None = None
+    artifacts: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -195,9 +198,13 @@ def gather(tracker: Tracker, sel: Selection, progress: bool = False) -> TestSet:
     """
     from tqdm.auto import tqdm
 
+    from cxrfa.metrics import list_metrics
+
     runs = sel.runs
     probs: dict[str, np.ndarray] = {}
     val_probs: dict[str, pd.DataFrame] = {}
+    artifacts: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    notes = []
     with tempfile.TemporaryDirectory(prefix="cxrfa-compare-") as folder:
         tmp = Path(folder)
         truth = _read(tracker, runs[0], "test_labels.csv", tmp)
@@ -214,12 +221,21 @@ def gather(tracker: Tracker, sel: Selection, progress: bool = False) -> TestSet:
                     f"{runs[0].run_id} although both have data hash {sel.data_hash}; re-run that cell"
                 )
             probs[run.run_id] = pred.loc[paths, labels].to_numpy(dtype=np.float64)
-            if "val_predictions.csv" in tracker.list_artifacts(run.run_id):
+            listed = tracker.list_artifacts(run.run_id)
+            if "val_predictions.csv" in listed:
                 val_probs[run.run_id] = _read(tracker, run, "val_predictions.csv", tmp).set_index("path")
+            for spec in list_metrics():
+                if spec.artifact is not None and spec.artifact in listed:
+                    path = tracker.download(run.run_id, spec.artifact, tmp / run.run_id)
+                    try:
+                        with np.load(path, allow_pickle=False) as data:
+                            artifacts.setdefault(spec.name, {})[run.run_id] = {k: data[k] for k in data.files}
+                    except (OSError, ValueError) as err:  # damaged: that run's value counts by its seed only
+                        notes.append(f"run {run.run_id}: {spec.artifact} unreadable ({str(err)[:80]})")
         per_label = _read(tracker, runs[0], "evaluation/per_label.csv", tmp).set_index("label")
         label_info = per_label.reindex(labels)[["group", "n_pos"]].fillna({"group": ""})
         manifest, unit = _manifest(tracker, runs[0], sel.data_hash, tmp)
-    test = TestSet(paths, labels, y, None, unit, probs, label_info)
+    test = TestSet(paths, labels, y, None, unit, probs, label_info, artifacts=artifacts, notes=notes)
     if manifest is None:
         test.notes.append("no manifest: thresholds 0.5, no subgroups and no constant-prevalence baseline")
         return test

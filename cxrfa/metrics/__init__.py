@@ -24,7 +24,8 @@ Definitions (CheXclusion-style where it applies):
 One module per concept: :mod:`~cxrfa.metrics.ranking` (AUROC/AP under row weights),
 :mod:`~cxrfa.metrics.bootstrap` (patient resamples), :mod:`~cxrfa.metrics.thresholds` (decisions, F1, calibration),
 :mod:`~cxrfa.metrics.fairness` (subgroups), :mod:`~cxrfa.metrics.compute` (the entry point),
-:mod:`~cxrfa.metrics.weighted` (compared metrics under resample weights) and :mod:`~cxrfa.metrics.registry` (one
+:mod:`~cxrfa.metrics.weighted` (compared metrics under resample weights), :mod:`~cxrfa.metrics.gap` (the
+modality gap under patient weights) and :mod:`~cxrfa.metrics.registry` (one
 declaration per compared metric). Import from the package: the names below are its public surface.
 """
 
@@ -37,6 +38,7 @@ from cxrfa.metrics.bootstrap import (
 )
 from cxrfa.metrics.compute import LABEL_GROUPS, MetricsResult, compute_metrics
 from cxrfa.metrics.fairness import SUBGROUP_ATTRIBUTES, Subgroups, subgroup_codes
+from cxrfa.metrics.gap import GAP_STATS, gap_statistics, load_gap_stats, save_gap_stats, weighted_gap
 from cxrfa.metrics.ranking import auc_ap, macro_over_labels, masked_auc, per_label_auc_ap
 from cxrfa.metrics.registry import MetricSpec, get_metric, list_metrics, register_metric
 from cxrfa.metrics.thresholds import (
@@ -49,6 +51,7 @@ from cxrfa.metrics.weighted import Weighted, score_weighted, tpr_gaps, worst_gap
 
 __all__ = [
     "ECE_BINS",
+    "GAP_STATS",
     "LABEL_GROUPS",
     "SUBGROUP_ATTRIBUTES",
     "MetricSpec",
@@ -62,17 +65,21 @@ __all__ = [
     "cluster_codes",
     "compute_metrics",
     "expected_calibration_error",
+    "gap_statistics",
     "get_metric",
     "list_metrics",
+    "load_gap_stats",
     "macro_over_labels",
     "masked_auc",
     "per_label_auc_ap",
     "percentile_ci",
     "register_metric",
     "row_counts",
+    "save_gap_stats",
     "score_weighted",
     "stratified_row_counts",
     "subgroup_codes",
     "tpr_gaps",
+    "weighted_gap",
     "worst_gap_null",
 ]

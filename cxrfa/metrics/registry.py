@@ -3,12 +3,13 @@ shows them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from cxrfa.metrics.compute import LABEL_GROUPS
+from cxrfa.metrics.gap import GAP_STATS, weighted_gap
 from cxrfa.metrics.weighted import Weighted, _group_macro, _macro, _w_ece, _w_f1, _w_mse, _w_worst_gap
 
 
@@ -22,9 +23,15 @@ class MetricSpec:
         bounds: the range it lives in (None: unbounded).
         higher_is_better: the direction (↑ / ↓ in the report; which side a probability of improvement counts).
         headline: shown in the report's main per-cell table.
-        score: (b,) values from one model's weighted predictions, or None for a metric only logged per run
-            (then it has no patient resampling and no paired test: seeds only).
+        score: (b,) values from one model's weighted predictions, or None for a metric not computed from them.
         resample: what its interval resamples, in words.
+        artifact: for a metric computed from something else a run logs: that file (an ``.npz`` of arrays with a
+            ``patients`` (P,) array of patient ids), which compare reads.
+        patient_score: (b,) values from the ``artifact``'s arrays under (b, P) patient weights (P in its
+            ``patients`` order; ones = the logged value).
+
+        A metric with neither ``score`` nor ``patient_score`` is only logged per run: no patient resampling and
+        no paired test, seeds only.
     """
 
     name: str
@@ -34,11 +41,14 @@ class MetricSpec:
     headline: bool
     score: Callable[[Weighted], np.ndarray] | None
     resample: str = "seeds and patients"
+    artifact: str | None = None
+    patient_score: Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray] | None = None
 
     @property
     def paired(self) -> bool:
-        """Recomputable from the logged predictions: patient-resampled interval and paired test."""
-        return self.score is not None
+        """Recomputable under patient weights (from the predictions or its artifact): patient-resampled interval
+        and paired test."""
+        return self.score is not None or self.patient_score is not None
 
     @property
     def arrow(self) -> str:
@@ -55,7 +65,8 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
 
 
 def list_metrics(paired: bool | None = None) -> list[MetricSpec]:
-    """The compared metrics in declaration order (``paired``: only those with / without predictions)."""
+    """The compared metrics in declaration order (``paired``: only those with / without patient
+    replicates)."""
     return [m for m in _METRICS.values() if paired is None or m.paired == paired]
 
 
@@ -94,10 +105,8 @@ register_metric(
         "seeds and patients inside each subgroup",
     )
 )
-# The two embedding metrics are logged per run only, so compare cannot resample their patients. The gap is
-# measured on image-side features of the first test images (the same images for every seed), which runs do not
-# log: its seed interval misses the patient variation those images share. The label-prototype similarity is a
-# function of the label embeddings alone (no test image enters it): the seed interval is its whole interval.
+# The gap is measured on image-side features of the first test images (the same images for every seed): each
+# run logs per-patient sums of them (metrics.gap), so its replicates draw the same patients as every other metric.
 register_metric(
     MetricSpec(
         "embed/modality_gap",
@@ -106,9 +115,13 @@ register_metric(
         False,
         False,
         None,
-        "seeds only (image features not logged)",
+        "seeds and patients (of the explored test images)",
+        artifact=GAP_STATS,
+        patient_score=weighted_gap,
     )
 )
+# The label-prototype similarity is a function of the label embeddings alone (no test image enters it), so it is
+# logged per run only: the seed interval is its whole interval.
 register_metric(
     MetricSpec(
         "embed/mean_offdiag_sim/final",
