@@ -85,6 +85,7 @@ def _log_run(
     data_hash: str | None = None,
     shuffle: bool = False,
     gap_shift: float | None = None,
+    gap_patients: str = "",
 ) -> str:
     m = read_manifest(manifest)
     test = m.split("test").frame
@@ -112,9 +113,8 @@ def _log_run(
     ]
     gap = 0.01 * (seed + 1)  # a logged number only, as runs logged it before they logged its per-patient sums
     if gap_shift is not None:  # what a dual-branch run logs: the gap and the sums it is computed from
-        stats = gap_statistics(
-            *_gap_features(len(y), gap_shift, cell, seed), y, test["patient_id"].to_numpy()
-        )
+        ids = gap_patients + test["patient_id"].astype(str)  # a prefix: sums of patients of another test set
+        stats = gap_statistics(*_gap_features(len(y), gap_shift, cell, seed), y, ids.to_numpy())
         gap = float(weighted_gap(stats, np.ones((1, stats["patients"].size)))[0])
     run.log_metrics(
         {
@@ -600,3 +600,20 @@ def test_the_modality_gap_is_resampled_over_patients_and_paired_like_the_predict
     )
     text = to_markdown(comp)  # no † (seed interval only) on the gap any more
     assert "embed/modality_gap ↓" in text and "embed/modality_gap ↓ †" not in text
+
+
+def test_a_run_whose_gap_sums_do_not_match_the_test_set_counts_by_its_seeds_and_says_so(lab: Path) -> None:
+    tracker = Tracker(str(lab / "store"), "full")
+    manifest = lab / "manifest.csv"
+    parent = tracker.parent("gap [demo]", {f"{TAG_PREFIX}matrix": "full", f"{TAG_PREFIX}data": str(manifest)})
+    parent.set_tags({TAG_CONTRASTS: json.dumps({"gap": ["align-clip - dual-clip"]})})
+    for cell in ("dual-clip", "align-clip"):
+        for seed in range(2):
+            foreign = "other-" if (cell, seed) == ("align-clip", 1) else ""
+            _log_run(tracker, parent.run_id, cell, seed, manifest, gap_shift=0.3, gap_patients=foreign)
+    parent.finish()
+    comp = compare(tracker, n_boot=50, seed=1)
+    row = comp.contrasts[comp.contrasts["metric"] == "embed/modality_gap"].iloc[0]
+    assert row["resample"] == "seeds only"
+    notes = [n for n in comp.methods.notes if "modality_gap_stats.npz lacks patients" in n]
+    assert len(notes) == 1 and "by its seed only" in notes[0]  # the one run whose sums are of other patients

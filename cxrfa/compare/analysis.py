@@ -327,19 +327,24 @@ def _score_artifacts(test: TestSet, n_boot: int, seed: int, values: Scores, meth
     first = np.unique(codes, return_index=True)[1]  # (G,) one row of each patient, in code order
     index = {pid: g for g, pid in enumerate(np.unique(test.patients.astype(str)))}  # cluster_codes' order
     usable: dict[tuple[str, str], np.ndarray] = {}  # (metric, run) -> its file's patients as codes
+    parts: dict[tuple[str, str], list[np.ndarray]] = {}  # (metric, run) -> its value, then replicate chunks
     for name, spec in specs.items():
         for run_id, arrays in test.artifacts[name].items():
-            pos = np.array([index.get(str(p), -1) for p in arrays["patients"]], dtype=np.int64)
+            pos = np.array([index.get(str(p), -1) for p in arrays.get("patients", [""])], dtype=np.int64)
             if (pos < 0).any():
                 methods.notes.append(
-                    f"run {run_id}: {spec.artifact} has patients outside the test set; {name} by its seed only"
+                    f"run {run_id}: {spec.artifact} lacks patients or has some outside the test set; "
+                    f"{name} by its seed only"
+                )
+                continue
+            try:
+                parts[name, run_id] = [spec.patient_score(arrays, np.ones((1, pos.size)))]
+            except (KeyError, IndexError, ValueError) as err:  # a damaged file, not a bug of this run's model
+                methods.notes.append(
+                    f"run {run_id}: {spec.artifact} unusable ({err!r:.80}); {name} by its seed only"
                 )
                 continue
             usable[name, run_id] = pos
-    parts = {
-        (name, run_id): [specs[name].patient_score(test.artifacts[name][run_id], np.ones((1, pos.size)))]
-        for (name, run_id), pos in usable.items()
-    }
     for counts in row_counts(codes, n_boot, seed):  # (b, N) the draws every run's predictions were scored on
         per_patient = counts[:, first]  # (b, G) a patient's rows all carry its draw count
         for (name, run_id), pos in usable.items():
