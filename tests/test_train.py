@@ -94,6 +94,13 @@ def test_train_logs_a_complete_run(workdir: Path) -> None:
         run.metrics["embed/mean_offdiag_sim/final"], abs=1e-5
     )
     assert (workdir / "sim" / "label_similarity.png").is_file()
+    # exploring the gap again logs it back with the sums it comes from, so compare still resamples what is logged
+    explored = runner.invoke(app, ["explore", "gap", "--run", run.run_id, "--out", str(workdir / "gap2")])
+    assert explored.exit_code == 0, explored.output
+    again = Tracker(None, "smoke").get(run.run_id).metrics["embed/modality_gap"]
+    assert again == pytest.approx(run.metrics["embed/modality_gap"], rel=1e-6)
+    stats = load_gap_stats(Tracker(None, "smoke").download(run.run_id, GAP_STATS, workdir / "gap3"))
+    assert weighted_gap(stats, np.ones((1, stats["patients"].size)))[0] == again
 
 
 def test_nan_loss_marks_run_failed(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
