@@ -19,7 +19,7 @@ Definitions (CheXclusion-style where it applies):
   and keeps every image of each drawn patient (images of one patient are not independent); without patient
   ids each image is its own cluster. Within a resample, a label with one class present is skipped and the
   macro is the mean over the remaining labels;
-* fairness: per subgroup of sex, age bin and view, macro AUROC, mean TPR and a TPR gap (``_fairness``).
+* fairness: per subgroup of sex, age bin and view, macro AUROC, mean TPR and a TPR gap (``fairness._fairness``).
 
 One module per concept: :mod:`~cxrfa.metrics.ranking` (AUROC/AP under row weights),
 :mod:`~cxrfa.metrics.bootstrap` (patient resamples), :mod:`~cxrfa.metrics.thresholds` (decisions, F1, calibration),

@@ -118,8 +118,9 @@ def _nan_reduce(reduce: Callable[..., np.ndarray], stacked: np.ndarray) -> np.nd
 
 
 def tpr_gaps(s: Weighted, subgroups: Subgroups | None = None) -> dict[str, np.ndarray]:
-    """(b,) TPR gap of each subgroup (``sex/F``, ``age/60-80`` ...) as :func:`_fairness` defines it, weighted
-    (an attribute's gaps under its within-subgroup weights ``s.strata_w[attr]`` when there are some).
+    """(b,) TPR gap of each subgroup (``sex/F``, ``age/60-80`` ...) as :func:`cxrfa.metrics.fairness._fairness`
+    defines it, weighted (an attribute's gaps under its within-subgroup weights ``s.strata_w[attr]`` when there
+    are some).
 
     Args:
         s: the weighted predictions.
