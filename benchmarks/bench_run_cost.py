@@ -101,8 +101,8 @@ _PARTS = (
     ("of which `score_split` (metrics + bootstrap)", "score_split", "cxrfa/evaluate.py"),
     ("`build_model`", "build_model", "cxrfa/models/model.py"),
     ("prototype drift metrics", "drift_metrics", "cxrfa/models/drift.py"),
-    ("MLflow: run start", "start", "cxrfa/tracking.py"),
-    ("MLflow: artifacts", "log_artifacts", "cxrfa/tracking.py"),
+    ("MLflow: run start", "start", "cxrfa/tracking/tracker.py"),
+    ("MLflow: artifacts", "log_artifacts", "cxrfa/tracking/tracker.py"),
     ("imports", "_find_and_load", "importlib._bootstrap>"),
 )
 
