@@ -103,9 +103,20 @@ def check_slurm() -> None:
         raise CxrfaError(f"--launcher slurm: no Slurm controller reachable{where}: {first[:200]}")
 
 
-def executor(opts: SlurmOptions, name: str) -> Any:
-    """A submitit Slurm executor for ``opts`` (jobs named ``name``)."""
-    ex = submitit.SlurmExecutor(folder=str(opts.logs.resolve() / "%j"), max_num_timeout=3)
+class _ScriptOnly(submitit.SlurmExecutor):
+    """An executor that only writes its sbatch script: submitit's needs ``srun`` on the PATH to be built at all,
+    and a dry run is for seeing the script before there is a cluster to hand (a laptop, CI)."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+
+def executor(opts: SlurmOptions, name: str, *, script_only: bool = False) -> Any:
+    """A submitit Slurm executor for ``opts`` (jobs named ``name``); ``script_only`` for :func:`sbatch_script`
+    on a machine without Slurm."""
+    kind = _ScriptOnly if script_only else submitit.SlurmExecutor
+    ex = kind(folder=str(opts.logs.resolve() / "%j"), max_num_timeout=3)
     params: dict[str, Any] = {
         "job_name": name,
         "time": opts.time_min,

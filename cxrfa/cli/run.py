@@ -420,7 +420,9 @@ def _print_sbatch(slurm: SlurmOptions, name: str, tasks: int) -> None:
     from cxrfa.launch import executor, sbatch_script
 
     console.print(f"[bold]sbatch script[/] of {tasks} task(s) (nothing submitted):", highlight=False)
-    print(sbatch_script(executor(slurm, f"cxrfa-{name}"), tasks))  # plain, so it can be saved and read
+    print(
+        sbatch_script(executor(slurm, f"cxrfa-{name}", script_only=True), tasks)
+    )  # plain, so it can be saved and read
 
 
 def _submit(
