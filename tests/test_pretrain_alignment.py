@@ -119,12 +119,13 @@ def test_smoke_standin_is_aligned_and_its_results_sit_beside_it(smoke_standin: B
     record = json.loads(sidecar_path(weights).read_text())
     assert record["arch"] == "cxrfa-tiny-clip" and len(record["losses"]) == record["metrics"]["epochs"]
     m = read_sidecar(smoke_standin)
-    # 168 train pairs: enough to learn from the image (loss 0.13-0.22 below chance, test R@1 0.35-0.44 against
-    # chance 0.27 in two cold runs), not enough for zero-shot on 24 val / 48 test images (0.47-0.56), so zero-shot
-    # is only checked to be recorded; its level on the demo data is in benchmarks/README.md
+    # 168 train pairs: enough to learn from the image (loss 0.20 below chance; test R@5 0.51 against chance 0.29,
+    # 17 finding sets), not enough for R@1 (every rare set nearest its own images: at chance) nor for zero-shot on
+    # 24 val / 48 test images (0.47-0.61), so zero-shot is only checked to be recorded; its level on the demo
+    # data is in benchmarks/README.md
     assert m["final_loss"] < m["chance_loss"] - 0.08
     assert m["floor_loss"] < m["final_loss"]
-    assert m["r1_test"] > m["chance_r1_test"] + 0.03
+    assert m["r5_test"] > m["chance_r5_test"] + 0.1
     assert 0.0 < m["zeroshot_auc_val"] < 1.0 and 0.0 < m["zeroshot_auc_test"] < 1.0
     assert set(record["zeroshot_per_label_test"]) == set(load_data(SMOKE, progress=False).labels)
     logged = standin_metrics(smoke_standin, smoke_standin)
