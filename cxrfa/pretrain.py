@@ -44,13 +44,11 @@ FINDING_WEIGHT = 1.0  # weight of the per-finding statement contrast (:func:`fin
 class PretrainResult:
     """What a pretraining run produced: its loss against chance, and how aligned the weights came out.
 
-    Retrieval: image -> text over a split's pairs, a hit = a text whose image has the same findings (label
-    vector); ``chance_*`` = the same recall for a random ranking (exact). A model whose reports group by their
-    findings while its images carry nothing scores below that chance, not at it: its k picks fall on one group
-    where a random ranking spreads them over several. So recall@k above chance needs images that find their own
-    group, close to exact-finding-set retrieval at the demo's duplicates. Zero-shot: CheXzero-style macro AUROC
-    over the labels with both classes among known rows (:mod:`cxrfa.zeroshot`); 0.5 is chance. ``val`` numbers
-    are for choosing (recipes, warnings), ``test`` numbers for reporting.
+    Retrieval: image -> text recall@k over a gallery of one entry per distinct finding set (label vector) of the
+    split, balanced over the sets (:func:`retrieval_recall`); ``chance_*`` = ``k / G`` for ``G`` sets, exactly
+    what a ranking that ignores the image scores. Zero-shot: CheXzero-style macro AUROC over the labels with both
+    classes among known rows (:mod:`cxrfa.zeroshot`); 0.5 is chance. ``val`` numbers are for choosing (recipes,
+    warnings), ``test`` numbers for reporting.
     """
 
     out: Path  # the checkpoint written
@@ -116,27 +114,46 @@ def _image_stack(part: Manifest, preprocess: Callable[[Any], Tensor]) -> Tensor:
 
 
 def chance_recall(keys: Sequence[Hashable], k: int) -> float:
-    """Expected recall@k of a random ranking, when a hit is any report whose key equals the true one's."""
-    n = len(keys)
-    counts: dict[Hashable, int] = {}
-    for key in keys:
-        counts[key] = counts.get(key, 0) + 1
-    k = min(k, n)
-    # P(at least one of the m matching reports in a random top-k) = 1 - C(n-m, k) / C(n, k)
-    return float(np.mean([1 - math.comb(n - counts[key], k) / math.comb(n, k) for key in keys]))
+    """Recall@k (:func:`retrieval_recall`) of any ranking that ignores the image: ``min(k, G) / G``, exactly,
+    for ``G`` distinct keys."""
+    distinct = len(set(keys))
+    return min(k, distinct) / distinct
 
 
 def retrieval_recall(image_emb: Tensor, text_emb: Tensor, keys: Sequence[Hashable], k: int) -> float:
-    """Fraction of images (N, De) whose top-k retrieved reports (N, De) include one with the true key.
+    """Image -> text recall@k over a gallery with one entry per distinct key (finding set), balanced over keys.
 
-    With ``keys`` = the report texts this is exact-report recall; :func:`pretrain` uses the label vectors,
-    so a report describing the same findings in other words counts as a hit.
+    The split's texts are pooled by key: a key's gallery entry is the normalised mean of its texts' unit
+    embeddings (the way zero-shot averages a label's prompt templates). An image hits when its own key's entry is
+    among its ``k`` nearest; recall is the mean hit rate of each key's images, averaged over keys.
+
+    Why this gallery: texts with the same findings are all true matches of an image (most demo reports are the
+    same "normal" text, and reports of one finding set differ only in phrasing), so with every text in the gallery
+    an image has many positives and the chance of a random ranking depends on how the model orders texts among
+    themselves (a model that groups reports by findings spends its k picks on one set, a random ranking spreads
+    them over several and scores higher). One entry per finding set leaves each image exactly one positive; one
+    per distinct report text would keep several (phrasings of the same findings). Why balanced over keys: an
+    image-blind model that always ranks the commonest set ("normal") first would score that set's share at R@1
+    under a plain mean over images; averaged over keys, any one ranking used for every image scores exactly
+    :func:`chance_recall`, and a random ranking does in expectation.
+
+    Args:
+        image_emb: (N, De) image embeddings.
+        text_emb: (N, De) the paired texts' embeddings.
+        keys: (N,) each pair's finding key (:func:`finding_keys`); with the report texts themselves as keys this
+            is exact-report recall over the distinct reports.
+        k: how many gallery entries count.
     """
-    sims = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T  # (N, N)
-    top = sims.topk(min(k, len(keys)), dim=1).indices.numpy(force=True)  # (N, k)
     codes: dict[Hashable, int] = {}
-    key_ids = np.array([codes.setdefault(key, len(codes)) for key in keys])  # (N,) one integer per key
-    return float((key_ids[top] == key_ids[:, None]).any(1).mean())
+    key_ids = torch.as_tensor([codes.setdefault(key, len(codes)) for key in keys])  # (N,)
+    n_keys = len(codes)
+    txt = F.normalize(text_emb.detach().float().cpu(), dim=-1)
+    gallery = torch.zeros(n_keys, txt.shape[1]).index_add_(0, key_ids, txt)  # (G, De) per-key sums
+    sims = F.normalize(image_emb.detach().float().cpu(), dim=-1) @ F.normalize(gallery, dim=-1).T  # (N, G)
+    top = sims.topk(min(k, n_keys), dim=1).indices  # (N, k)
+    hit = (top == key_ids[:, None]).any(1).double()  # (N,)
+    per_key = torch.zeros(n_keys, dtype=torch.float64).index_add_(0, key_ids, hit) / key_ids.bincount()
+    return float(per_key.mean())
 
 
 def finding_keys(part: Manifest) -> list[tuple[float, ...]]:

@@ -40,11 +40,12 @@ def manifest_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_loss_falls_and_retrieval_beats_chance(manifest_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny.pt"
-    # 123 pairs: 10 epochs are needed (6 gave R@1 0.32 against chance 0.34; 10 gave 0.45)
+    # 123 pairs, 10 epochs: R@5 0.378 against chance 0.25 (20 finding sets in val); R@1 needs every rare set
+    # nearest to its own images and stays at chance at this size
     result = pretrain(manifest_path, "cxrfa-tiny-clip", out, epochs=10, batch_size=16, lr=1e-3)
     assert len(result.losses) == 10 and result.n_val > 80
     assert result.losses[-1] < result.losses[0] - 0.2
-    assert result.recall_at_1 > result.chance_at_1 + 0.05
+    assert result.recall_at_5 > result.chance_at_5 + 0.08
     assert 0 < result.chance_at_1 < result.chance_at_5 < 1
     # the checkpoint loads through the ordinary clip path and retrieves the same way
     enc = build_encoder(BackboneConfig(name="clip", arch="cxrfa-tiny-clip", pretrained=str(out)))
@@ -58,12 +59,26 @@ def test_loss_falls_and_retrieval_beats_chance(manifest_path: Path, tmp_path: Pa
     assert recall == pytest.approx(result.recall_at_5, abs=1e-6)
 
 
-def test_chance_recall_counts_duplicates() -> None:
-    assert chance_recall(["a", "b", "c", "d"], 1) == pytest.approx(0.25)
-    assert chance_recall(["a", "a", "b", "c"], 1) == pytest.approx((0.5 + 0.5 + 0.25 + 0.25) / 4)
-    assert chance_recall(["a", "b"], 5) == 1.0
-    emb = torch.eye(3)
-    assert retrieval_recall(emb, emb, ["x", "y", "z"], 1) == 1.0
+def test_recall_has_one_gallery_entry_per_finding_set() -> None:
+    """A hand-worked case: four pairs, three finding sets; the gallery entry of set "a" is the mean of its two
+    texts, and recall is averaged over the three sets, not the four images."""
+    keys = ["a", "a", "b", "c"]
+    assert chance_recall(keys, 1) == pytest.approx(1 / 3)
+    assert chance_recall(keys, 2) == pytest.approx(2 / 3)
+    assert chance_recall(keys, 5) == 1.0
+    txt = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])
+    # gallery (unit): a = (1, 1, 0) / sqrt 2, b = (0, 0, 1), c = (-1, 0, 0)
+    img = torch.tensor(
+        [
+            [1.0, 0.0, 0.0],  # set a: nearest a (0.71), then b (0), c (-1) -> hit at 1
+            [0.0, 0.0, 1.0],  # set a: nearest b, then a -> hit at 2 only
+            [0.0, 0.0, 1.0],  # set b: hit at 1
+            [1.0, 0.2, 0.0],  # set c: a, b, c -> hit at 3 only
+        ]
+    )
+    assert retrieval_recall(img, txt, keys, 1) == pytest.approx((0.5 + 1 + 0) / 3)
+    assert retrieval_recall(img, txt, keys, 2) == pytest.approx((1 + 1 + 0) / 3)
+    assert retrieval_recall(img, txt, keys, 3) == 1.0
 
 
 def _demo_like_keys(rng: np.random.Generator, n: int = 200) -> list[int]:
@@ -76,25 +91,35 @@ def _demo_like_keys(rng: np.random.Generator, n: int = 200) -> list[int]:
 
 
 def test_retrieval_positive_controls() -> None:
-    """The recall definition against known answers: an oracle embedding (image and report both encode the
-    findings) retrieves a matching report at every k; a random one sits at :func:`chance_recall` on average;
-    texts that group by findings while the images carry nothing fall below chance (the random ranking spreads
-    its k picks over several groups, a ranking by clustered texts spends them on one)."""
+    """The recall definition against known answers, on demo-shaped keys (40 finding sets, 55% normal): an
+    oracle embedding (image and report both encode the findings) scores 1 at every k; random embeddings, blind
+    images with reports grouped by findings, and one ranking shared by every image all score the chance
+    ``k / 40``; images that find their own set among noisy, clustered reports are not penalised for the
+    clustering."""
     rng = np.random.default_rng(0)
     keys = _demo_like_keys(rng)
     groups = torch.nn.functional.one_hot(torch.tensor(keys)).float()  # (N, G): the findings, exactly
-    noise = 1e-3
+    n, g = groups.shape
+    assert g == 40
     for k in (1, 5):
-        oracle = retrieval_recall(
-            groups + noise * torch.randn(groups.shape), groups + noise * torch.randn(groups.shape), keys, k
-        )
-        assert oracle == 1.0
-    for k in (1, 5):
-        draws = [retrieval_recall(torch.randn(200, 16), torch.randn(200, 16), keys, k) for _ in range(300)]
-        se = np.std(draws) / np.sqrt(len(draws))
-        assert abs(np.mean(draws) - chance_recall(keys, k)) < 4 * se
-    blind = [retrieval_recall(torch.randn(200, groups.shape[1]), groups, keys, 5) for _ in range(50)]
-    assert np.mean(blind) < chance_recall(keys, 5) - 0.1
+        chance = chance_recall(keys, k)
+        assert chance == pytest.approx(k / 40)
+        noisy = [groups + 1e-3 * torch.randn(n, g) for _ in range(2)]
+        assert retrieval_recall(*noisy, keys, k) == 1.0
+        for image, text in (
+            (lambda: torch.randn(n, 16), lambda: torch.randn(n, 16)),  # random
+            (lambda: torch.randn(n, g), lambda: groups),  # blind images, reports clustered by findings
+        ):
+            draws = [retrieval_recall(image(), text(), keys, k) for _ in range(300)]
+            se = np.std(draws) / np.sqrt(len(draws))
+            assert abs(np.mean(draws) - chance) < 4 * se
+        # the same image for all: a fixed ranking, e.g. "normal" always first, scores chance exactly
+        same = groups[keys.index(0)].expand(n, g) + 1e-3 * torch.arange(g)  # normal first, then a fixed order
+        assert retrieval_recall(same, groups, keys, k) == pytest.approx(chance)
+    # reports in tight per-set clusters with noise of their own; images near their set: well above chance
+    text = groups + 0.1 * torch.randn(n, g)
+    image = groups + 0.1 * torch.randn(n, g)
+    assert retrieval_recall(image, text, keys, 5) > 0.9
 
 
 def test_ensure_standin_pretrains_once(manifest_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

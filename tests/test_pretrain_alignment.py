@@ -17,6 +17,7 @@ from cxrfa.data.load import load_data
 from cxrfa.data.reports import varied_label_sentence
 from cxrfa.pretrain import finding_loss, loss_floor, multi_positive_clip_loss, positive_mask
 from cxrfa.standins import (
+    STANDIN_RECIPE,
     read_sidecar,
     sidecar_path,
     standin_metrics,
@@ -113,16 +114,18 @@ def test_zero_shot_scores_match_sklearn() -> None:
 def test_smoke_standin_is_aligned_and_its_results_sit_beside_it(smoke_standin: BackboneConfig) -> None:
     weights = Path(str(smoke_standin.pretrained))
     assert weights == standin_path("cxrfa-tiny-clip", load_data(SMOKE, progress=False))
-    assert weights.name.endswith("-r3.pt")  # the recipe is in the cache key: older weights are not reused
+    # the recipe is in the cache key: older weights are not reused
+    assert weights.name.endswith(f"-r{STANDIN_RECIPE}.pt")
     record = json.loads(sidecar_path(weights).read_text())
     assert record["arch"] == "cxrfa-tiny-clip" and len(record["losses"]) == record["metrics"]["epochs"]
     m = read_sidecar(smoke_standin)
-    # 168 train pairs: enough to learn from the image (loss 0.13-0.22 below chance, test R@1 0.35-0.44 against
-    # chance 0.27 in two cold runs), not enough for zero-shot on 24 val / 48 test images (0.47-0.56), so zero-shot
-    # is only checked to be recorded; its level on the demo data is in benchmarks/README.md
+    # 168 train pairs: enough to learn from the image (loss 0.20 below chance; test R@5 0.51 against chance 0.29,
+    # 17 finding sets), not enough for R@1 (every rare set nearest its own images: at chance) nor for zero-shot on
+    # 24 val / 48 test images (0.47-0.61), so zero-shot is only checked to be recorded; its level on the demo
+    # data is in benchmarks/README.md
     assert m["final_loss"] < m["chance_loss"] - 0.08
     assert m["floor_loss"] < m["final_loss"]
-    assert m["r1_test"] > m["chance_r1_test"] + 0.03
+    assert m["r5_test"] > m["chance_r5_test"] + 0.1
     assert 0.0 < m["zeroshot_auc_val"] < 1.0 and 0.0 < m["zeroshot_auc_test"] < 1.0
     assert set(record["zeroshot_per_label_test"]) == set(load_data(SMOKE, progress=False).labels)
     logged = standin_metrics(smoke_standin, smoke_standin)
@@ -165,3 +168,21 @@ def test_a_run_logs_its_standin_results(smoke_standin: BackboneConfig, tmp_path:
     assert logged["standin/visual/zeroshot_auc_test"] == pytest.approx(expected["zeroshot_auc_test"])
     assert logged["standin/visual/chance_r5_test"] == pytest.approx(expected["chance_r5_test"])
     assert not any(k.startswith("standin/text/") for k in logged)  # a visual-only cell
+
+
+def test_biomedclip_standin_towers_are_built_for_their_size() -> None:
+    """The timm ViT at the stand-ins' 64 px (16 patches + the class token, no resampled 160-px position grid)
+    with Xavier-scale weights, and the BERT at init std 1/sqrt(64) with MLP ratio 4, not std 0.02 of width 768."""
+    from cxrfa.models.weights import create_open_clip
+
+    torch.manual_seed(0)
+    model = create_open_clip("cxrfa-tiny-biomedclip", None).model
+    trunk = model.visual.trunk
+    assert tuple(trunk.patch_embed.img_size) == (64, 64) and trunk.pos_embed.shape == (1, 17, 64)
+    qkv = trunk.blocks[0].attn.qkv.weight.detach()  # (192, 64): Xavier std sqrt(2 / 256)
+    assert float(qkv.std()) == pytest.approx((2 / (64 + 192)) ** 0.5, rel=0.1)
+    bert = model.text.transformer
+    assert bert.config.intermediate_size == 256
+    assert float(bert.encoder.layer[0].attention.self.query.weight.detach().std()) == pytest.approx(
+        0.125, rel=0.1
+    )

@@ -30,11 +30,17 @@ _registered = False
 
 
 def register_model_configs() -> None:
-    """Make the packaged demo architectures (``cxrfa-tiny-*``) known to open_clip (idempotent)."""
+    """Make the packaged demo architectures (``cxrfa-tiny-*``) known to open_clip, and the biomedclip stand-in's
+    image tower (:func:`cxrfa.models.standin_vit.cxrfa_tiny_vit`) to timm (idempotent)."""
     global _registered
     if not _registered:
         import open_clip
+        from timm.models import is_model, register_model
 
+        from cxrfa.models.standin_vit import cxrfa_tiny_vit
+
+        if not is_model("cxrfa_tiny_vit"):  # timm also lists it in this module's __all__
+            register_model(cxrfa_tiny_vit)
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
 
