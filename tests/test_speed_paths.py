@@ -7,6 +7,8 @@ import importlib.util
 import math
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -183,3 +185,65 @@ def test_encoded_splits_encode_each_split_once_unless_the_cache_is_off() -> None
     assert cached.calls == [["0.png", "1.png"]] and tokens.shape == (2, 2, 3) and len(memo) == 1
     assert off.calls == [["4.png", "5.png"]] * 3
     assert np.isfinite(tokens.numpy()).all()
+
+
+def test_the_queue_hands_out_the_cells_that_need_no_stand_in_first() -> None:
+    """The trainable custom-CNN cells without text (and the pixel floor) go first, then the one that reads the
+    CLIP stand-in's text, then the frozen-encoder cells: workers start on the first while ablate pretrains."""
+    from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
+    from cxrfa.tuning.queue import UnitState, _queue_order
+
+    runs = expand(load_matrix("full"), DEMO_BACKBONES)
+    order = [st.cfg.cell for st in sorted((UnitState(cfg, 0) for cfg in runs), key=_queue_order)]
+    free = {"visual-custom", "dual-learned-custom", "pixels"}
+    assert set(order[: 3 * len(free)]) == free
+    assert order[3 * len(free) : 3 * len(free) + 3] == ["dual-custom"] * 3
+    frozen = order[3 * len(free) + 3 :]
+    assert len(frozen) == len(runs) - 12 and "visual-custom" not in frozen
+    assert order.index("pixels") == 6  # 6 epochs, after the 10 of the two custom-CNN cells: longest first
+
+
+def test_the_parent_builds_the_shared_parts_in_a_thread_after_starting_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several workers, ablate's own process pretrains and encodes while they run (the bar and the
+    dead-worker checks going on meanwhile), and waits for it before it returns."""
+    import threading
+    import types
+
+    from cxrfa import ablate
+    from cxrfa.tuning import queue as q
+
+    events: list[str] = []
+    built = threading.Event()
+
+    class Proc:
+        def poll(self) -> None:
+            return None
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    def spawn(args, env, log_path):  # noqa: ANN001, ANN202
+        events.append("spawn")
+        return Proc()
+
+    def build() -> None:
+        events.append(f"build in {threading.current_thread().name}")
+        built.wait(30)  # still building while the queue is polled
+        events.append("built")
+
+    class Queue:
+        def reap(self) -> None: ...
+
+        def refresh(self, states: object) -> bool:
+            events.append("poll")
+            built.set()
+            return True
+
+    monkeypatch.setattr(q, "spawn", spawn)
+    bar = types.SimpleNamespace(update=lambda: None)
+    ablate._supervise(Queue(), {}, None, ablate.Workers(count=2, logs=tmp_path), bar, build)  # type: ignore[arg-type]
+    assert events[:2] == ["spawn", "spawn"]
+    assert "build in cxrfa-prepare" in events and events.index("poll") < events.index("built")
+    assert events[-1] == "built"  # joined before returning
