@@ -103,7 +103,7 @@ def plan(runs: Sequence[RunConfig], tracker: Tracker) -> list[PlannedRun]:
 
 
 def prepare(
-    runs: Sequence[RunConfig], progress: bool, threads: int | None = None, encode: bool = True
+    runs: Sequence[RunConfig], progress: bool, threads: int | None = None, encode: bool = False
 ) -> None:
     """Build what every cell shares (demo data, stand-in backbones, each frozen encoder's features in the
     cache) once, before or while workers need it.
@@ -112,7 +112,8 @@ def prepare(
     and the others find it cached; each stand-in and each encoder's cache has its own lock besides, so a worker
     that reaches a cell first builds what it needs itself, and this process then finds it built. ``threads``:
     torch CPU threads for the pretraining and encoding, those of the workers' runs, so that what is built does
-    not depend on which process built it. ``encode=False`` leaves the feature cache to the cells.
+    not depend on which process built it. ``encode``: fill the feature cache too (else the cells do, each
+    worker reading what it encoded straight from memory); worth it only while other processes run cells.
     """
     from filelock import FileLock
 
@@ -231,9 +232,14 @@ def ablate(
                 tracker, queue.study._storage
             ):  # room to record a full disk (cxrfa.io)
                 stack.enter_context(reserve_space(folder))
-            if workers.count > 1:
+            # a re-run with every run finished earlier starts no worker and builds nothing
+            if workers.count > 1 and any(st.status == "PENDING" for st in states.values()):
                 # the bar is the one progress line; pretraining and encoding log their steps
-                meanwhile = functools.partial(prepare, runs, False, workers.threads) if alongside else None
+                meanwhile = (
+                    functools.partial(prepare, runs, False, workers.threads, encode=True)
+                    if alongside
+                    else None
+                )
                 _supervise(queue, states, worker, workers, bar, meanwhile)
             else:
                 queue.work(states, worker)
@@ -586,8 +592,7 @@ def slurm_task(
     tracker = Tracker(os.environ.get("MLFLOW_TRACKING_URI"), experiment)
     storage, _ = open_queue(os.environ.get("CXRFA_STORAGE"), tracker)
     work = Queue(storage, queue, tracker)
-    # the first task builds the shared stand-ins, the others find them; each encodes what its cell reads
-    prepare(runs, progress=False, threads=cpu_threads(1), encode=False)
+    prepare(runs, progress=False, threads=cpu_threads(1))  # the first task builds the shared stand-ins
     worker = Worker(
         functools.partial(
             _run,
