@@ -152,7 +152,8 @@ def _shared(runs: Sequence[RunConfig], progress: bool, encode: bool) -> list[Bac
             if key in done:
                 continue
             done.add(key)
-            manifest = manifest or load_data(cfg.data, progress)
+            if manifest is None:
+                manifest = load_data(cfg.data, progress)
             ready = ensure_standin(backbone, manifest)
             if cached:
                 _encode_splits(cfg, ready, manifest, progress)
