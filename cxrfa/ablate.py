@@ -372,8 +372,8 @@ def _supervise(
     bar: _Bar,
     meanwhile: Callable[[], None] | None = None,
 ) -> None:
-    """Start ``workers.count`` worker processes, run ``meanwhile`` here while they work, and wait until every
-    unit is final. If every worker process ended while units are left (each crashed), this process finishes
+    """Start ``workers.count`` worker processes, then run ``meanwhile`` here while they work, and wait until
+    every unit is final. If every worker process ended while units are left (each crashed), this process finishes
     them itself."""
     from cxrfa.claims import timeouts
     from cxrfa.tuning.queue import device_env, spawn, threads_per_worker
@@ -385,10 +385,12 @@ def _supervise(
         args = [*workers.args, "--worker", "--threads", str(threads)]
         procs.append(spawn(args, env, workers.logs / f"worker-{i}.log"))
     log.info("started %d workers (%d CPU threads each); their logs: %s", len(procs), threads, workers.logs)
-    # in a thread, so that the bar and the dead-worker checks go on meanwhile; a daemon, so that a stop signal
-    # is not held up by a pretraining (its files are written atomically, the stand-in's lock dies with us)
-    builder = _Background(meanwhile) if meanwhile is not None else None
     try:
+        if meanwhile is not None:
+            # in this thread, not beside the polling below: a stop signal then interrupts it like any other
+            # step (a daemon thread still inside torch when the interpreter exits aborts the process); the bar
+            # and the dead-worker checks resume when it is done, and the workers' logs show their progress
+            meanwhile()
         while True:
             queue.reap()
             if queue.refresh(states):
@@ -396,13 +398,9 @@ def _supervise(
             bar.update()
             if all(p.poll() is not None for p in procs):
                 log.warning("every worker process ended with cells left; running them here")
-                if builder is not None:
-                    builder.join()
                 queue.work(states, worker)
                 break
             time.sleep(timeouts().poll_s)
-        if builder is not None:
-            builder.join()
         for p in procs:
             p.wait()
     except BaseException as err:
@@ -422,29 +420,6 @@ def _supervise(
                 p.kill()
                 p.wait()
         raise
-
-
-class _Background:
-    """``fn`` in a daemon thread. A failure is logged, not raised: each cell then builds what it needs itself,
-    and fails with its own reason if that fails again."""
-
-    def __init__(self, fn: Callable[[], None]) -> None:
-        import threading
-
-        self.thread = threading.Thread(target=self._run, args=(fn,), name="cxrfa-prepare", daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def _run(fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except Exception as err:  # noqa: BLE001 - the cells that need it report it themselves
-            log.warning(
-                "building the shared stand-ins and feature cache failed (%s); each cell builds its own", err
-            )
-
-    def join(self) -> None:
-        self.thread.join()
 
 
 class _Bar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -203,19 +204,17 @@ def test_the_queue_hands_out_the_cells_that_need_no_stand_in_first() -> None:
     assert order.index("pixels") == 6  # 6 epochs, after the 10 of the two custom-CNN cells: longest first
 
 
-def test_the_parent_builds_the_shared_parts_in_a_thread_after_starting_its_workers(
+def test_the_parent_builds_the_shared_parts_after_starting_its_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With several workers, ablate's own process pretrains and encodes while they run (the bar and the
-    dead-worker checks going on meanwhile), and waits for it before it returns."""
-    import threading
+    """With several workers, ablate's own process pretrains and encodes once they are started (they run the
+    cells that need none of it meanwhile), then watches the queue; a failure there stops them."""
     import types
 
     from cxrfa import ablate
     from cxrfa.tuning import queue as q
 
     events: list[str] = []
-    built = threading.Event()
 
     class Proc:
         def poll(self) -> None:
@@ -224,26 +223,30 @@ def test_the_parent_builds_the_shared_parts_in_a_thread_after_starting_its_worke
         def wait(self, timeout: float | None = None) -> int:
             return 0
 
+        def send_signal(self, signum: int) -> None:
+            events.append(f"signal {signum}")
+
     def spawn(args, env, log_path):  # noqa: ANN001, ANN202
         events.append("spawn")
         return Proc()
-
-    def build() -> None:
-        events.append(f"build in {threading.current_thread().name}")
-        built.wait(30)  # still building while the queue is polled
-        events.append("built")
 
     class Queue:
         def reap(self) -> None: ...
 
         def refresh(self, states: object) -> bool:
             events.append("poll")
-            built.set()
             return True
 
     monkeypatch.setattr(q, "spawn", spawn)
     bar = types.SimpleNamespace(update=lambda: None)
-    ablate._supervise(Queue(), {}, None, ablate.Workers(count=2, logs=tmp_path), bar, build)  # type: ignore[arg-type]
-    assert events[:2] == ["spawn", "spawn"]
-    assert "build in cxrfa-prepare" in events and events.index("poll") < events.index("built")
-    assert events[-1] == "built"  # joined before returning
+    pool = ablate.Workers(count=2, logs=tmp_path)
+    ablate._supervise(Queue(), {}, None, pool, bar, lambda: events.append("build"))  # type: ignore[arg-type]
+    assert events == ["spawn", "spawn", "build", "poll"]
+
+    def fails() -> None:
+        raise ablate.CxrfaError("stand-in weights unreadable")
+
+    events.clear()
+    with pytest.raises(ablate.CxrfaError):
+        ablate._supervise(Queue(), {}, None, pool, bar, fails)  # type: ignore[arg-type]
+    assert events[:2] == ["spawn", "spawn"] and events[2:] == [f"signal {int(signal.SIGINT)}"] * 2
