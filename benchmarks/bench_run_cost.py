@@ -113,7 +113,8 @@ def profile(matrix: str, cell: str, seed: int, store: str, top: int) -> None:
     import pstats
 
     from cxrfa.cell import run_cell
-    from cxrfa.config import expand, load_backbones, load_matrix
+    from cxrfa.config import expand, load_matrix
+    from cxrfa.models.registry import load_backbones
     from cxrfa.tracking import Tracker
 
     m = load_matrix(matrix)

@@ -17,13 +17,13 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrfa.cell import CellResult, run_cell
-from cxrfa.config import AblationMatrix, RunConfig
+from cxrfa.config import AblationMatrix, BackboneConfig, RunConfig
 from cxrfa.data.features import EncodedSplits
 from cxrfa.errors import CxrfaError
 from cxrfa.io import reserve_space
@@ -102,37 +102,77 @@ def plan(runs: Sequence[RunConfig], tracker: Tracker) -> list[PlannedRun]:
     return out
 
 
-def prepare(runs: Sequence[RunConfig], progress: bool) -> None:
-    """Build what every cell shares (demo data, stand-in backbones) once, before any worker needs it.
+def prepare(
+    runs: Sequence[RunConfig], progress: bool, threads: int | None = None, encode: bool = False
+) -> None:
+    """Build what every cell shares (demo data, stand-in backbones, each frozen encoder's features in the
+    cache) once, before or while workers need it.
 
     Workers started together on one machine take turns through a lock in the cxrfa home, so the first builds
-    and the others find it cached.
+    and the others find it cached; each stand-in and each encoder's cache has its own lock besides, so a worker
+    that reaches a cell first builds what it needs itself, and this process then finds it built. ``threads``:
+    torch CPU threads for the pretraining and encoding, those of the workers' runs, so that what is built does
+    not depend on which process built it. ``encode``: fill the feature cache too (else the cells do, each
+    worker reading what it encoded straight from memory); worth it only while other processes run cells.
     """
     from filelock import FileLock
 
-    from cxrfa.data.load import load_data
     from cxrfa.io import cxrfa_home
-    from cxrfa.standins import prepare_backbone, warn_unaligned
+    from cxrfa.standins import warn_unaligned
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     home = cxrfa_home()
     home.mkdir(parents=True, exist_ok=True)
     with FileLock(str(home / ".prepare.lock"), timeout=3600):
-        done: set[str] = set()
-        resolved = []
-        for cfg in runs:
-            key = cfg.data.model_dump_json() + (
-                cfg.model.visual.model_dump_json() if cfg.model.visual else ""
-            )
-            key += cfg.model.text.model_dump_json() if cfg.model.text else ""
+        resolved = _shared(runs, progress, encode)
+    warn_unaligned(resolved)  # a stand-in near chance makes every text cell meaningless: say so up front
+
+
+def _shared(runs: Sequence[RunConfig], progress: bool, encode: bool) -> list[BackboneConfig]:
+    """Each distinct (data, backbone) of ``runs`` built: data loaded, stand-in pretrained, a frozen visual
+    encoder's splits encoded into the feature cache (in that order per backbone, so the cells of the first
+    backbone find everything they need while the next one pretrains)."""
+    from cxrfa.data.load import load_data
+    from cxrfa.standins import ensure_standin
+
+    done: set[str] = set()
+    out: list[BackboneConfig] = []
+    for cfg in runs:
+        manifest = None
+        for backbone, cached in (
+            (cfg.model.visual, encode and cfg.model.visual.frozen and cfg.train.feature_cache),
+            (cfg.model.text, False),
+        ):
+            if backbone is None:
+                continue
+            key = cfg.data.model_dump_json() + backbone.model_dump_json() + str(cached)
             if key in done:
                 continue
             done.add(key)
-            manifest = load_data(cfg.data, progress)
-            resolved += [
-                prepare_backbone(cfg.model.visual, manifest),
-                prepare_backbone(cfg.model.text, manifest),
-            ]
-    warn_unaligned(resolved)  # a stand-in near chance makes every text cell meaningless: say so up front
+            if manifest is None:
+                manifest = load_data(cfg.data, progress)
+            ready = ensure_standin(backbone, manifest)
+            if cached:
+                _encode_splits(cfg, ready, manifest, progress)
+            out.append(ready)
+    return out
+
+
+def _encode_splits(cfg: RunConfig, visual: BackboneConfig, manifest: Any, progress: bool) -> None:
+    """Every split of ``manifest`` through the frozen ``visual`` encoder into the feature cache, split by split
+    in the batches a cell would encode them (:func:`cxrfa.cell.run_datasets`)."""
+    from cxrfa.models.cache import FeatureCache
+    from cxrfa.models.registry import build_encoder
+    from cxrfa.train import resolve_device
+
+    encoder = build_encoder(visual, resolve_device(cfg.train.device))
+    for split in ("train", "val", "test"):
+        part = manifest.split(split)
+        if len(part) > 0:  # an empty split fails in the cell, with its own message
+            FeatureCache().encode_dataset(encoder, part, progress=progress)
 
 
 def ablate(
@@ -145,10 +185,14 @@ def ablate(
     explore: Sequence[str] = ("gap", "similarity"),
     progress: bool = True,
     workers: Workers = Workers(),
+    build: bool = True,
 ) -> AblationSummary:
     """Run (or skip, when finished) every config under one parent run; never raises for a failing cell.
 
-    Returns when every unit of ``runs`` is final, whichever worker ran it.
+    Returns when every unit of ``runs`` is final, whichever worker ran it. With several worker processes, this
+    one builds the shared data, stand-ins and feature cache (:func:`prepare`) while they start on the cells
+    that need none of it (the queue hands those out first); ``build=False`` (a worker of a larger ablation)
+    leaves that to its caller and builds only what its own cells find missing.
 
     Raises:
         CxrfaError: the queue storage cannot be used.
@@ -158,8 +202,17 @@ def ablate(
     from cxrfa.tuning.queue import Worker
 
     started = time.monotonic()
+    alongside = build and workers.count > 1
     queue, parent, states = open_ablation(
-        matrix, runs, tracker, backbones=backbones, data=data, storage=workers.storage, progress=progress
+        matrix,
+        runs,
+        tracker,
+        backbones=backbones,
+        data=data,
+        storage=workers.storage,
+        progress=progress,
+        build=build and not alongside,
+        threads=workers.threads,
     )
     bar = _Bar(states, matrix.name, progress)
     worker = Worker(
@@ -180,8 +233,15 @@ def ablate(
                 tracker, queue.study._storage
             ):  # room to record a full disk (cxrfa.io)
                 stack.enter_context(reserve_space(folder))
-            if workers.count > 1:
-                _supervise(queue, states, worker, workers, bar)
+            # a re-run with every run finished earlier starts no worker and builds nothing
+            if workers.count > 1 and any(st.status == "PENDING" for st in states.values()):
+                # the bar is the one progress line; pretraining and encoding log their steps
+                meanwhile = (
+                    functools.partial(prepare, runs, False, workers.threads, encode=True)
+                    if alongside
+                    else None
+                )
+                _supervise(queue, states, worker, workers, bar, meanwhile)
             else:
                 queue.work(states, worker)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP (cxrfa.signals.Terminated)
@@ -205,10 +265,12 @@ def open_ablation(
     storage: str | None,
     progress: bool = True,
     build: bool = True,
+    threads: int | None = None,
 ) -> tuple[Queue, TrackedRun, dict[str, UnitState]]:
     """The ablation's queue (its units enqueued), its parent run and where each unit stands.
 
-    ``build=False`` leaves building the shared data and stand-ins to the workers (a cluster's login node).
+    ``build=False`` leaves building the shared data and stand-ins to the workers (a cluster's login node) or
+    to the caller, after it started them; ``threads``: what :func:`prepare` builds with.
 
     Raises:
         CxrfaError: the queue storage cannot be used.
@@ -217,7 +279,7 @@ def open_ablation(
 
     queue_storage, shown = open_queue(storage, tracker)  # a bad --storage fails before minutes of preparing
     if build:
-        prepare(runs, progress)
+        prepare(runs, progress, threads)
     if not tracker.is_local and storage is None:
         log.info(
             "the work queue is %s, on this machine only; workers on other machines need --storage", shown
@@ -303,10 +365,16 @@ def _run(
 
 
 def _supervise(
-    queue: Queue, states: dict[str, UnitState], worker: Worker, workers: Workers, bar: _Bar
+    queue: Queue,
+    states: dict[str, UnitState],
+    worker: Worker,
+    workers: Workers,
+    bar: _Bar,
+    meanwhile: Callable[[], None] | None = None,
 ) -> None:
-    """Start ``workers.count`` worker processes and wait until every unit is final. If every worker process
-    ended while units are left (each crashed), this process finishes them itself."""
+    """Start ``workers.count`` worker processes, then run ``meanwhile`` here while they work, and wait until
+    every unit is final. If every worker process ended while units are left (each crashed), this process finishes
+    them itself."""
     from cxrfa.claims import timeouts
     from cxrfa.tuning.queue import device_env, spawn, threads_per_worker
 
@@ -318,6 +386,11 @@ def _supervise(
         procs.append(spawn(args, env, workers.logs / f"worker-{i}.log"))
     log.info("started %d workers (%d CPU threads each); their logs: %s", len(procs), threads, workers.logs)
     try:
+        if meanwhile is not None:
+            # in this thread, not beside the polling below: a stop signal then interrupts it like any other
+            # step (a daemon thread still inside torch when the interpreter exits aborts the process); the bar
+            # and the dead-worker checks resume when it is done, and the workers' logs show their progress
+            meanwhile()
         while True:
             queue.reap()
             if queue.refresh(states):
@@ -495,7 +568,7 @@ def slurm_task(
     tracker = Tracker(os.environ.get("MLFLOW_TRACKING_URI"), experiment)
     storage, _ = open_queue(os.environ.get("CXRFA_STORAGE"), tracker)
     work = Queue(storage, queue, tracker)
-    prepare(runs, progress=False)  # the first task builds the shared stand-ins, the others find them
+    prepare(runs, progress=False, threads=cpu_threads(1))  # the first task builds the shared stand-ins
     worker = Worker(
         functools.partial(
             _run,

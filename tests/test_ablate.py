@@ -46,9 +46,14 @@ def test_smoke_ablation_then_rerun_skips_everything_and_compare_is_right(workdir
         "visual-clip/seed=1",
     }
 
+    logs = sorted((workdir / "mlruns" / "workers").glob("*.log"))  # the default layout started two workers
+    sizes = [p.stat().st_size for p in logs]
     again = runner.invoke(app, ["ablate", "--matrix", "smoke", "--seeds", "0,1"])
     assert again.exit_code == 0, again.output
     assert again.output.count("SKIPPED") == 4
+    assert (
+        len(logs) == 2 and [p.stat().st_size for p in logs] == sizes
+    )  # nothing left to run: no worker started
     assert len(_finished(None)) == 4 and len(Tracker(None, "smoke").search("tags.`cxrfa.parent` != ''")) == 1
 
     dry = runner.invoke(app, ["ablate", "--matrix", "smoke", "--seeds", "0,1", "--dry-run"])

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import signal
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,3 +186,67 @@ def test_encoded_splits_encode_each_split_once_unless_the_cache_is_off() -> None
     assert cached.calls == [["0.png", "1.png"]] and tokens.shape == (2, 2, 3) and len(memo) == 1
     assert off.calls == [["4.png", "5.png"]] * 3
     assert np.isfinite(tokens.numpy()).all()
+
+
+def test_the_queue_hands_out_the_cells_that_need_no_stand_in_first() -> None:
+    """The trainable custom-CNN cells without text (and the pixel floor) go first, then the one that reads the
+    CLIP stand-in's text, then the frozen-encoder cells: workers start on the first while ablate pretrains."""
+    from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
+    from cxrfa.tuning.queue import UnitState, _queue_order
+
+    runs = expand(load_matrix("full"), DEMO_BACKBONES)
+    order = [st.cfg.cell for st in sorted((UnitState(cfg, 0) for cfg in runs), key=_queue_order)]
+    free = {"visual-custom", "dual-learned-custom", "pixels"}
+    assert set(order[: 3 * len(free)]) == free
+    assert order[3 * len(free) : 3 * len(free) + 3] == ["dual-custom"] * 3
+    frozen = order[3 * len(free) + 3 :]
+    assert len(frozen) == len(runs) - 12 and "visual-custom" not in frozen
+    assert order.index("pixels") == 6  # 6 epochs, after the 10 of the two custom-CNN cells: longest first
+
+
+def test_the_parent_builds_the_shared_parts_after_starting_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several workers, ablate's own process pretrains and encodes once they are started (they run the
+    cells that need none of it meanwhile), then watches the queue; a failure there stops them."""
+    import types
+
+    from cxrfa import ablate
+    from cxrfa.tuning import queue as q
+
+    events: list[str] = []
+
+    class Proc:
+        def poll(self) -> None:
+            return None
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+        def send_signal(self, signum: int) -> None:
+            events.append(f"signal {signum}")
+
+    def spawn(args, env, log_path):  # noqa: ANN001, ANN202
+        events.append("spawn")
+        return Proc()
+
+    class Queue:
+        def reap(self) -> None: ...
+
+        def refresh(self, states: object) -> bool:
+            events.append("poll")
+            return True
+
+    monkeypatch.setattr(q, "spawn", spawn)
+    bar = types.SimpleNamespace(update=lambda: None)
+    pool = ablate.Workers(count=2, logs=tmp_path)
+    ablate._supervise(Queue(), {}, None, pool, bar, lambda: events.append("build"))  # type: ignore[arg-type]
+    assert events == ["spawn", "spawn", "build", "poll"]
+
+    def fails() -> None:
+        raise ablate.CxrfaError("stand-in weights unreadable")
+
+    events.clear()
+    with pytest.raises(ablate.CxrfaError):
+        ablate._supervise(Queue(), {}, None, pool, bar, fails)  # type: ignore[arg-type]
+    assert events[:2] == ["spawn", "spawn"] and events[2:] == [f"signal {int(signal.SIGINT)}"] * 2

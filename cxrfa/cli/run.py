@@ -383,6 +383,7 @@ def ablate(
         explore=[e for e in explore.split(",") if e],
         progress=not worker,
         workers=pool,
+        build=not worker,  # the process that started this worker builds the shared parts meanwhile
     )
     if worker:
         console.print(

@@ -281,11 +281,21 @@ def demo_manifest(cfg: DataConfig) -> Path:
     Returns:
         Path of the demo manifest.
     """
+    from filelock import FileLock
+
     name = f"synth-n{cfg.demo_n}-s{cfg.demo_size}-seed{cfg.demo_seed}"
     final = cxrfa_home() / "demo" / name
     if (final / COMPLETE).is_file():
         return final / "manifest.csv"
     final.parent.mkdir(parents=True, exist_ok=True)
+    # ablate's workers start while their parent synthesises: they wait for its data instead of making their own
+    with FileLock(str(final.parent / f".{name}.lock")):
+        if (final / COMPLETE).is_file():
+            return final / "manifest.csv"
+        return _synthesize_into(final, name, cfg)
+
+
+def _synthesize_into(final: Path, name: str, cfg: DataConfig) -> Path:
     if final.exists():  # left by an older, interrupted layout: no marker, so not trustworthy
         shutil.rmtree(final, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))

@@ -16,6 +16,7 @@ in the header) is rebuilt, never trusted: one warning per cache, with the count.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import Tensor
 
 from cxrfa.io import atomic_path, cxrfa_home, file_sha256
@@ -159,10 +161,6 @@ class FeatureCache:
         Returns:
             tokens (M, N, Dv) fp16 and embeddings (M, De) fp16, on the CPU.
         """
-        from tqdm.auto import tqdm
-
-        from cxrfa.data.dataset import load_image
-
         m = len(manifest)
         paths = _image_paths(manifest)
         keys = [self.key(encoder, file_sha256(p)) for p in paths] if self.enabled else []
@@ -187,6 +185,48 @@ class FeatureCache:
                     problems[0],
                 )
         todo = [i for i in range(m) if tokens[i] is None]
+        with contextlib.ExitStack() as stack:
+            if todo and self.enabled:
+                # one process encodes an encoder's images at a time: another one waiting here (two workers
+                # starting cells of the same encoder) then reads what the first wrote instead of encoding it too
+                folder = self.root / encoder.identity
+                folder.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(FileLock(str(folder / ".encode.lock")))
+                for i in todo:
+                    hit = _load(self.path(encoder, keys[i]), spec, encoder.identity, [])
+                    if hit is not None:
+                        tokens[i], embeds[i] = hit["tokens"], hit["embedding"]
+                todo = [i for i in todo if tokens[i] is None]
+            self._encode(encoder, paths, keys, todo, tokens, embeds, batch_size, progress)
+        fresh, cached = set(todo), [i for i in range(m) if i not in set(todo)]
+        if fresh and cached and tokens[todo[0]].shape != tokens[cached[0]].shape:  # type: ignore[union-attr]
+            # the cached files agreed on a token count the encoder does not produce: none of them is usable
+            log.warning(
+                "feature cache %s: token counts differ from the encoder's; rebuilding it",
+                self.root / encoder.identity,
+            )
+            for i in cached:
+                self.path(encoder, keys[i]).unlink(missing_ok=True)
+            return self.encode_dataset(encoder, manifest, batch_size, progress)
+        return torch.stack(tokens), torch.stack(embeds)  # type: ignore[arg-type]
+
+    def _encode(
+        self,
+        encoder: Encoder,
+        paths: list[Path],
+        keys: list[str],
+        todo: list[int],
+        tokens: list[Tensor | None],
+        embeds: list[Tensor | None],
+        batch_size: int,
+        progress: bool,
+    ) -> None:
+        """Encode the ``todo`` rows in batches into ``tokens`` / ``embeds`` (and the cache, when enabled)."""
+        from tqdm.auto import tqdm
+
+        from cxrfa.data.dataset import load_image
+
+        m = len(paths)
         if todo:
             log.info(
                 "encoding %d of %d images with %s (%d cached)", len(todo), m, encoder.source, m - len(todo)
@@ -209,17 +249,6 @@ class FeatureCache:
                 bar.update(len(rows))
         bar.close()
         encoder.train(was_training)
-        fresh, cached = set(todo), [i for i in range(m) if i not in set(todo)]
-        if fresh and cached and tokens[todo[0]].shape != tokens[cached[0]].shape:  # type: ignore[union-attr]
-            # the cached files agreed on a token count the encoder does not produce: none of them is usable
-            log.warning(
-                "feature cache %s: token counts differ from the encoder's; rebuilding it",
-                self.root / encoder.identity,
-            )
-            for i in cached:
-                self.path(encoder, keys[i]).unlink(missing_ok=True)
-            return self.encode_dataset(encoder, manifest, batch_size, progress)
-        return torch.stack(tokens), torch.stack(embeds)  # type: ignore[arg-type]
 
 
 def _odd_token_counts(tokens: list[Tensor | None], paths: list[Path]) -> list[str]:

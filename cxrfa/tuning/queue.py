@@ -197,7 +197,8 @@ class Queue:
         """Put every unit of ``runs`` not yet finished in the queue (once, whoever else enqueues it).
 
         Units go in longest first (trainable encoders, then more epochs), so the last units to start are short
-        and the workers finish close together.
+        and the workers finish close together; among the trainable encoders, those that need no stand-in come
+        first, so the workers start on them while ``ablate`` pretrains the stand-ins.
         """
         states: dict[str, UnitState] = {}
         new: list[UnitState] = []
@@ -220,7 +221,7 @@ class Queue:
                 # enqueueing at the same moment see the same history, so they agree on the number
                 states[unit] = UnitState(cfg, 1 + max((int(t.user_attrs[ATTEMPT]) for t in mine), default=-1))
                 new.append(states[unit])
-            for st in sorted(new, key=lambda st: (st.cfg.model.visual.frozen, -st.cfg.train.epochs)):
+            for st in sorted(new, key=_queue_order):
                 self.add(st.cfg, st.attempt)
         return states
 
@@ -449,6 +450,14 @@ class Queue:
                 TrackedRun(self.tracker, run.run_id).fail(str(err))
         trial.set_user_attr(OUTCOME, "interrupted")
         trial.set_user_attr(FAILURE, str(err)[:2000])
+
+
+def _queue_order(st: UnitState) -> tuple[bool, bool, int]:
+    """Sort key of a unit in the queue: trainable encoders first, those needing no stand-in before those that
+    do, then more epochs first."""
+    model = st.cfg.model
+    standin = any(b is not None and b.pretrained == "demo" for b in (model.visual, model.text))
+    return model.visual.frozen, model.visual.frozen or standin, -st.cfg.train.epochs
 
 
 def _set_threads(worker: Worker) -> None:
