@@ -19,12 +19,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 # One home for the session: the smoke demo data and stand-in backbones are built once and shared by every test.
+# Set here, before `-n` starts its workers, so they inherit it and share it too: a stand-in is pretrained under a
+# file lock (the second worker waits and loads it) and demo data is renamed into place whole.
 os.environ.setdefault("CXRFA_HOME", tempfile.mkdtemp(prefix="cxrfa-test-home-"))
 
 REPO = Path(__file__).resolve().parents[1]
 
 if TYPE_CHECKING:
     from cxrfa.config import BackboneConfig
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Test files with slow or services tests first, each file's tests kept together and in their order.
+
+    Under ``-n 2`` each worker takes whole files in this order: a long file handed out last would run on one
+    worker while the other sits idle (the end-to-end files take minutes, most others seconds)."""
+    long_files = {
+        item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("services")
+    }
+    items.sort(key=lambda item: item.path not in long_files)  # stable: the order within each group is kept
 
 
 @pytest.fixture(autouse=True)

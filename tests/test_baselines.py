@@ -71,6 +71,7 @@ def test_pixel_macro_auroc_equals_sklearn(manifest: Manifest) -> None:
     assert 0.5 < scalars["test/macro_auc"] < 1.0  # the synthetic findings are visible in 32x32 pixels
 
 
+@pytest.mark.slow
 def test_baseline_runs_log_the_metrics_of_a_trained_run() -> None:
     from cxrfa.cell import run_cell
 

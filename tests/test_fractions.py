@@ -160,6 +160,7 @@ def smoke_at_three_fractions(tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return lab, Tracker(store, "smoke")
 
 
+@pytest.mark.slow
 def test_smoke_ablation_at_three_fractions_and_its_efficiency_curve(
     smoke_at_three_fractions: tuple[Path, Tracker],
 ) -> None:

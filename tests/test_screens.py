@@ -29,6 +29,8 @@ sync_api = pytest.importorskip(
 if shots.chromium() is None:
     pytest.skip("no system Chromium (apt-get install chromium)", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # an ablation, its report, an MLflow UI server and a browser
+
 CELLS = list(SKILL)  # visual-clip, dual-clip, align-clip
 TRIAL = "align-clip/trial=0"
 # as many contrasts as the full demo declares (12, in 5 families): its answers and their table share one screen

@@ -268,6 +268,7 @@ def test_dry_run_prints_the_array_it_would_submit(tmp_path: Path) -> None:
     assert "#SBATCH --time=240" in out.stdout and "submitit" in out.stdout
 
 
+@pytest.mark.services
 def test_the_cluster_runs_a_job(slurm: dict[str, str], tmp_path: Path) -> None:
     env = {**os.environ, **slurm}
     out = subprocess.run(
@@ -286,6 +287,7 @@ def test_the_cluster_runs_a_job(slurm: dict[str, str], tmp_path: Path) -> None:
     assert "COMPLETED" in acct.stdout
 
 
+@pytest.mark.services
 def test_ablate_on_slurm_runs_each_unit_once_and_a_rerun_submits_nothing(
     slurm: dict[str, str], tmp_path: Path
 ) -> None:
@@ -354,6 +356,7 @@ def _gone(env: dict[str, str], job: str, timeout: float = 120) -> None:
     raise AssertionError(f"job {job} still queued after {timeout} s")
 
 
+@pytest.mark.services
 def test_a_cancelled_task_is_run_by_the_next_submission_once(slurm: dict[str, str], tmp_path: Path) -> None:
     env, store, opts, job = _submit_slow(slurm, tmp_path)
     _wait_for_checkpoint(store)
@@ -369,6 +372,7 @@ def test_a_cancelled_task_is_run_by_the_next_submission_once(slurm: dict[str, st
     assert sorted(status for _, status, _ in runs) == ["FINISHED", "KILLED"]
 
 
+@pytest.mark.services
 def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
     slurm: dict[str, str], tmp_path: Path
 ) -> None:
@@ -396,6 +400,7 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
     )  # its epochs continued where the preempted task stopped
 
 
+@pytest.mark.services
 @pytest.mark.skipif(not (PG_BIN / "postgres").exists(), reason=f"no PostgreSQL binaries in {PG_BIN}")
 def test_tune_on_slurm_against_postgres_holds_exactly_the_trials_asked_for(
     slurm: dict[str, str],

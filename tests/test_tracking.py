@@ -78,6 +78,7 @@ def test_experiments_open_as_training_experiments(tmp_path: Path) -> None:
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_of_a_new_store(tmp_path: Path) -> None:
     """Processes creating the same new store at once (MLflow and queue migrations) all succeed."""
     code = (
@@ -113,6 +114,7 @@ def start_ui(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.
     return proc, port
 
 
+@pytest.mark.slow
 def test_ui_serves_the_store_without_putting_it_on_a_command_line(tmp_path: Path) -> None:
     from cxrfa.uiserver import port_free
 
