@@ -19,6 +19,7 @@ from cxrfa.explore.gap import (
 )
 from cxrfa.explore.model import ExploreResult, explore_model
 from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
+from cxrfa.explore.umap_page import umap_html, umap_plotly
 from cxrfa.explore.umap_view import (
     UmapLayout,
     image_attributes,
@@ -27,10 +28,8 @@ from cxrfa.explore.umap_view import (
     name_positions,
     umap_embed,
     umap_figure,
-    umap_html,
     umap_layout,
     umap_place,
-    umap_plotly,
 )
 from cxrfa.explore.zeroshot import encode_split, prompt_embeddings, zero_shot, zero_shot_probs
 

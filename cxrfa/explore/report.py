@@ -19,7 +19,8 @@ from cxrfa.errors import CxrfaError
 from cxrfa.explore._common import ArrayLike, step, to_numpy
 from cxrfa.explore.gap import default_deltas, gap_shift_experiment, measured_gap, no_image_gap, plot_gap_shift
 from cxrfa.explore.similarity import mean_offdiag, similarity_matrix, similarity_panels
-from cxrfa.explore.umap_view import umap_figure, umap_html, umap_layout
+from cxrfa.explore.umap_page import umap_html
+from cxrfa.explore.umap_view import umap_figure, umap_layout
 from cxrfa.io import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:

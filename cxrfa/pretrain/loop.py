@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from cxrfa.data.dataset import load_image
@@ -32,6 +31,8 @@ from cxrfa.data.manifest import Manifest, read_manifest
 from cxrfa.errors import CxrfaError
 from cxrfa.io import atomic_path
 from cxrfa.models.weights import create_open_clip
+from cxrfa.pretrain.objectives import finding_loss, loss_floor, multi_positive_clip_loss, positive_mask
+from cxrfa.pretrain.retrieval import chance_recall, finding_keys, retrieval_recall
 
 log = logging.getLogger(__name__)
 
@@ -111,110 +112,6 @@ def _pairs(manifest: Manifest, split: str) -> Manifest:
 def _image_stack(part: Manifest, preprocess: Callable[[Any], Tensor]) -> Tensor:
     """(M, 3, H, W) every image of ``part``, read and preprocessed once (the pretraining images are small)."""
     return torch.stack([preprocess(load_image(path)) for path in part.image_paths()])
-
-
-def chance_recall(keys: Sequence[Hashable], k: int) -> float:
-    """Recall@k (:func:`retrieval_recall`) of any ranking that ignores the image: ``min(k, G) / G``, exactly,
-    for ``G`` distinct keys."""
-    distinct = len(set(keys))
-    return min(k, distinct) / distinct
-
-
-def retrieval_recall(image_emb: Tensor, text_emb: Tensor, keys: Sequence[Hashable], k: int) -> float:
-    """Image -> text recall@k over a gallery with one entry per distinct key (finding set), balanced over keys.
-
-    The split's texts are pooled by key: a key's gallery entry is the normalised mean of its texts' unit
-    embeddings (the way zero-shot averages a label's prompt templates). An image hits when its own key's entry is
-    among its ``k`` nearest; recall is the mean hit rate of each key's images, averaged over keys.
-
-    Why this gallery: texts with the same findings are all true matches of an image (most demo reports are the
-    same "normal" text, and reports of one finding set differ only in phrasing), so with every text in the gallery
-    an image has many positives and the chance of a random ranking depends on how the model orders texts among
-    themselves (a model that groups reports by findings spends its k picks on one set, a random ranking spreads
-    them over several and scores higher). One entry per finding set leaves each image exactly one positive; one
-    per distinct report text would keep several (phrasings of the same findings). Why balanced over keys: an
-    image-blind model that always ranks the commonest set ("normal") first would score that set's share at R@1
-    under a plain mean over images; averaged over keys, any one ranking used for every image scores exactly
-    :func:`chance_recall`, and a random ranking does in expectation.
-
-    Args:
-        image_emb: (N, De) image embeddings.
-        text_emb: (N, De) the paired texts' embeddings.
-        keys: (N,) each pair's finding key (:func:`finding_keys`); with the report texts themselves as keys this
-            is exact-report recall over the distinct reports.
-        k: how many gallery entries count.
-    """
-    codes: dict[Hashable, int] = {}
-    key_ids = torch.as_tensor([codes.setdefault(key, len(codes)) for key in keys])  # (N,)
-    n_keys = len(codes)
-    txt = F.normalize(text_emb.detach().float().cpu(), dim=-1)
-    gallery = torch.zeros(n_keys, txt.shape[1]).index_add_(0, key_ids, txt)  # (G, De) per-key sums
-    sims = F.normalize(image_emb.detach().float().cpu(), dim=-1) @ F.normalize(gallery, dim=-1).T  # (N, G)
-    top = sims.topk(min(k, n_keys), dim=1).indices  # (N, k)
-    hit = (top == key_ids[:, None]).any(1).double()  # (N,)
-    per_key = torch.zeros(n_keys, dtype=torch.float64).index_add_(0, key_ids, hit) / key_ids.bincount()
-    return float(per_key.mean())
-
-
-def finding_keys(part: Manifest) -> list[tuple[float, ...]]:
-    """One key per row: its label vector (unknown as -1)."""
-    return [tuple(row) for row in np.nan_to_num(part.label_matrix(), nan=-1.0).tolist()]
-
-
-def positive_mask(keys: np.ndarray) -> Tensor:
-    """(b, b) True where two rows have the same key (row i of a (b, K) array; NaN equals NaN)."""
-    _, group = np.unique(np.nan_to_num(keys, nan=-1.0), axis=0, return_inverse=True)
-    group = torch.as_tensor(group.reshape(-1))
-    return group[:, None] == group[None, :]
-
-
-def multi_positive_clip_loss(logits: Tensor, positive: Tensor) -> Tensor:
-    """Symmetric CLIP loss with soft targets: each image's target is uniform over every text marked positive
-    for it (its own and those with the same findings), and each text's over its positive images.
-
-    Plain CLIP treats the identical "normal" reports of a batch as negatives of one another, so it punishes the
-    true matches; here they share the target mass (SupCon/UniCL-style normalised targets).
-
-    Args:
-        logits: (b, b) image-text logits, row = image, column = text.
-        positive: (b, b) boolean, symmetric, True on the diagonal.
-
-    Returns:
-        The mean of the image->text and text->image cross-entropies. Logits that ignore the image score exactly
-        ``log b``; perfectly aligned ones the targets' entropy (:func:`loss_floor`).
-    """
-    target = positive.to(logits.dtype) / positive.sum(1, keepdim=True)  # (b, b), rows sum to 1
-    i2t = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
-    t2i = (
-        -(target.T * F.log_softmax(logits.T, dim=1)).sum(1).mean()
-    )  # the mask is symmetric: target.T rows sum to 1
-    return 0.5 * (i2t + t2i)
-
-
-def loss_floor(positive: Tensor) -> float:
-    """The lowest :func:`multi_positive_clip_loss` a (b, b) mask allows: the mean log of each row's positives."""
-    return float(positive.sum(1).double().log().mean())
-
-
-def finding_loss(margin: Tensor, targets: Tensor) -> Tensor:
-    """Per image and label, a two-text contrast: the statement of the finding against its negation, the true
-    one positive; class-balanced per label, so the rare findings are not drowned by their absences.
-
-    For each label with a known positive and a known negative in the batch: the mean of its positives'
-    cross-entropy and its negatives' cross-entropy; then the mean over those labels. A margin that ignores the
-    image (constant per label) scores exactly ``log 2`` at best, the chance value.
-
-    Args:
-        margin: (b, C) logit of the stated minus the negated finding's text, per image.
-        targets: (b, C) 1/0/NaN (unknown: left out).
-    """
-    pos, neg = targets == 1, targets == 0  # (b, C) each
-    both = pos.any(0) & neg.any(0)  # (C,)
-    if not both.any():
-        return margin.sum() * 0.0
-    ce_pos = (F.softplus(-margin) * pos).sum(0) / pos.sum(0).clamp(min=1)  # (C,)
-    ce_neg = (F.softplus(margin) * neg).sum(0) / neg.sum(0).clamp(min=1)  # (C,)
-    return (0.5 * (ce_pos + ce_neg))[both].mean()
 
 
 class _StatementTokens:
