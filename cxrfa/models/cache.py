@@ -198,7 +198,8 @@ class FeatureCache:
                         tokens[i], embeds[i] = hit["tokens"], hit["embedding"]
                 todo = [i for i in todo if tokens[i] is None]
             self._encode(encoder, paths, keys, todo, tokens, embeds, batch_size, progress)
-        fresh, cached = set(todo), [i for i in range(m) if i not in set(todo)]
+        fresh = set(todo)
+        cached = [i for i in range(m) if i not in fresh]
         if fresh and cached and tokens[todo[0]].shape != tokens[cached[0]].shape:  # type: ignore[union-attr]
             # the cached files agreed on a token count the encoder does not produce: none of them is usable
             log.warning(
