@@ -17,7 +17,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,18 +102,13 @@ def plan(runs: Sequence[RunConfig], tracker: Tracker) -> list[PlannedRun]:
     return out
 
 
-def prepare(
-    runs: Sequence[RunConfig], progress: bool, threads: int | None = None, encode: bool = False
-) -> None:
-    """Build what every cell shares (demo data, stand-in backbones, each frozen encoder's features in the
-    cache) once, before or while workers need it.
+def prepare(runs: Sequence[RunConfig], progress: bool, threads: int | None = None) -> None:
+    """Build what every cell shares (demo data, stand-in backbones) once, before the cells need it.
 
-    Workers started together on one machine take turns through a lock in the cxrfa home, so the first builds
-    and the others find it cached; each stand-in and each encoder's cache has its own lock besides, so a worker
-    that reaches a cell first builds what it needs itself, and this process then finds it built. ``threads``:
-    torch CPU threads for the pretraining and encoding, those of the workers' runs, so that what is built does
-    not depend on which process built it. ``encode``: fill the feature cache too (else the cells do, each
-    worker reading what it encoded straight from memory); worth it only while other processes run cells.
+    Processes started together on one machine take turns through a lock in the cxrfa home, so the first builds
+    and the others find it cached; each stand-in has its own lock besides, so a worker that reaches a cell
+    first builds what it needs itself, and this process then finds it built. ``threads``: torch CPU threads for
+    the pretraining, those of the runs, so that what is built does not depend on which process built it.
     """
     from filelock import FileLock
 
@@ -127,14 +122,12 @@ def prepare(
     home = cxrfa_home()
     home.mkdir(parents=True, exist_ok=True)
     with FileLock(str(home / ".prepare.lock"), timeout=3600):
-        resolved = _shared(runs, progress, encode)
+        resolved = _shared(runs, progress)
     warn_unaligned(resolved)  # a stand-in near chance makes every text cell meaningless: say so up front
 
 
-def _shared(runs: Sequence[RunConfig], progress: bool, encode: bool) -> list[BackboneConfig]:
-    """Each distinct (data, backbone) of ``runs`` built: data loaded, stand-in pretrained, a frozen visual
-    encoder's splits encoded into the feature cache (in that order per backbone, so the cells of the first
-    backbone find everything they need while the next one pretrains)."""
+def _shared(runs: Sequence[RunConfig], progress: bool) -> list[BackboneConfig]:
+    """Each distinct (data, backbone) of ``runs`` built: data loaded, stand-in pretrained."""
     from cxrfa.data.load import load_data
     from cxrfa.standins import ensure_standin
 
@@ -142,37 +135,37 @@ def _shared(runs: Sequence[RunConfig], progress: bool, encode: bool) -> list[Bac
     out: list[BackboneConfig] = []
     for cfg in runs:
         manifest = None
-        for backbone, cached in (
-            (cfg.model.visual, encode and cfg.model.visual.frozen and cfg.train.feature_cache),
-            (cfg.model.text, False),
-        ):
+        for backbone in (cfg.model.visual, cfg.model.text):
             if backbone is None:
                 continue
-            key = cfg.data.model_dump_json() + backbone.model_dump_json() + str(cached)
+            key = cfg.data.model_dump_json() + backbone.model_dump_json()
             if key in done:
                 continue
             done.add(key)
             if manifest is None:
                 manifest = load_data(cfg.data, progress)
-            ready = ensure_standin(backbone, manifest)
-            if cached:
-                _encode_splits(cfg, ready, manifest, progress)
-            out.append(ready)
+            out.append(ensure_standin(backbone, manifest))
     return out
 
 
-def _encode_splits(cfg: RunConfig, visual: BackboneConfig, manifest: Any, progress: bool) -> None:
-    """Every split of ``manifest`` through the frozen ``visual`` encoder into the feature cache, split by split
-    in the batches a cell would encode them (:func:`cxrfa.cell.run_datasets`)."""
-    from cxrfa.models.cache import FeatureCache
-    from cxrfa.models.registry import build_encoder
-    from cxrfa.train import resolve_device
+def _warn_unaligned_built(runs: Sequence[RunConfig]) -> None:
+    """:func:`prepare`'s warning for the stand-ins the workers built (this process builds nothing here)."""
+    from cxrfa.data.load import load_data
+    from cxrfa.standins import standin_path, warn_unaligned
 
-    encoder = build_encoder(visual, resolve_device(cfg.train.device))
-    for split in ("train", "val", "test"):
-        part = manifest.split(split)
-        if len(part) > 0:  # an empty split fails in the cell, with its own message
-            FeatureCache().encode_dataset(encoder, part, progress=progress)
+    built: list[BackboneConfig] = []
+    manifests: dict[str, Any] = {}
+    for cfg in runs:
+        for backbone in (cfg.model.visual, cfg.model.text):
+            if backbone is None or backbone.pretrained != "demo":
+                continue
+            key = cfg.data.model_dump_json()
+            if key not in manifests:
+                manifests[key] = load_data(cfg.data, progress=False)
+            path = standin_path(backbone.arch, manifests[key])
+            if path.is_file():
+                built.append(backbone.model_copy(update={"pretrained": str(path)}))
+    warn_unaligned(built)
 
 
 def ablate(
@@ -189,10 +182,12 @@ def ablate(
 ) -> AblationSummary:
     """Run (or skip, when finished) every config under one parent run; never raises for a failing cell.
 
-    Returns when every unit of ``runs`` is final, whichever worker ran it. With several worker processes, this
-    one builds the shared data, stand-ins and feature cache (:func:`prepare`) while they start on the cells
-    that need none of it (the queue hands those out first); ``build=False`` (a worker of a larger ablation)
-    leaves that to its caller and builds only what its own cells find missing.
+    Returns when every unit of ``runs`` is final, whichever worker ran it. One worker (``workers.count`` 1)
+    builds the shared data, stand-ins and feature cache first (:func:`prepare`). Several worker processes build
+    what their cells need themselves, each part once under its own lock: the queue hands out one unit per
+    stand-in first, so they pretrain different stand-ins side by side, and this process only watches (a build
+    beside them would put more busy processes than cores on the machine, which measured slower). ``build=False``
+    (a worker of a larger ablation) leaves building to whoever needs it first, as well.
 
     Raises:
         CxrfaError: the queue storage cannot be used.
@@ -202,7 +197,6 @@ def ablate(
     from cxrfa.tuning.queue import Worker
 
     started = time.monotonic()
-    alongside = build and workers.count > 1
     queue, parent, states = open_ablation(
         matrix,
         runs,
@@ -211,7 +205,7 @@ def ablate(
         data=data,
         storage=workers.storage,
         progress=progress,
-        build=build and not alongside,
+        build=build and workers.count == 1,
         threads=workers.threads,
     )
     bar = _Bar(states, matrix.name, progress)
@@ -235,13 +229,9 @@ def ablate(
                 stack.enter_context(reserve_space(folder))
             # a re-run with every run finished earlier starts no worker and builds nothing
             if workers.count > 1 and any(st.status == "PENDING" for st in states.values()):
-                # the bar is the one progress line; pretraining and encoding log their steps
-                meanwhile = (
-                    functools.partial(prepare, runs, False, workers.threads, encode=True)
-                    if alongside
-                    else None
-                )
-                _supervise(queue, states, worker, workers, bar, meanwhile)
+                _supervise(queue, states, worker, workers, bar)
+                if build:
+                    _warn_unaligned_built(runs)
             else:
                 queue.work(states, worker)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP (cxrfa.signals.Terminated)
@@ -370,11 +360,9 @@ def _supervise(
     worker: Worker,
     workers: Workers,
     bar: _Bar,
-    meanwhile: Callable[[], None] | None = None,
 ) -> None:
-    """Start ``workers.count`` worker processes, then run ``meanwhile`` here while they work, and wait until
-    every unit is final. If every worker process ended while units are left (each crashed), this process finishes
-    them itself."""
+    """Start ``workers.count`` worker processes and wait until every unit is final. If every worker process
+    ended while units are left (each crashed), this process finishes them itself."""
     from cxrfa.claims import timeouts
     from cxrfa.tuning.queue import device_env, spawn, threads_per_worker
 
@@ -386,11 +374,6 @@ def _supervise(
         procs.append(spawn(args, env, workers.logs / f"worker-{i}.log"))
     log.info("started %d workers (%d CPU threads each); their logs: %s", len(procs), threads, workers.logs)
     try:
-        if meanwhile is not None:
-            # in this thread, not beside the polling below: a stop signal then interrupts it like any other
-            # step (a daemon thread still inside torch when the interpreter exits aborts the process); the bar
-            # and the dead-worker checks resume when it is done, and the workers' logs show their progress
-            meanwhile()
         while True:
             queue.reap()
             if queue.refresh(states):

@@ -188,27 +188,37 @@ def test_encoded_splits_encode_each_split_once_unless_the_cache_is_off() -> None
     assert np.isfinite(tokens.numpy()).all()
 
 
-def test_the_queue_hands_out_the_cells_that_need_no_stand_in_first() -> None:
-    """The trainable custom-CNN cells without text (and the pixel floor) go first, then the one that reads the
-    CLIP stand-in's text, then the frozen-encoder cells: workers start on the first while ablate pretrains."""
+def test_the_queue_hands_out_one_unit_per_stand_in_first_then_the_longest() -> None:
+    """Workers starting together each pretrain a different stand-in (the first unit needing the CLIP stand-in,
+    then the first needing the BiomedCLIP one), then take the trainable custom-CNN cells (10 epochs), then the
+    6-epoch cells: the last units to start are short."""
     from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
-    from cxrfa.tuning.queue import UnitState, _queue_order
+    from cxrfa.tuning.queue import UnitState, queue_order
 
     runs = expand(load_matrix("full"), DEMO_BACKBONES)
-    order = [st.cfg.cell for st in sorted((UnitState(cfg, 0) for cfg in runs), key=_queue_order)]
-    free = {"visual-custom", "dual-learned-custom", "pixels"}
-    assert set(order[: 3 * len(free)]) == free
-    assert order[3 * len(free) : 3 * len(free) + 3] == ["dual-custom"] * 3
-    frozen = order[3 * len(free) + 3 :]
-    assert len(frozen) == len(runs) - 12 and "visual-custom" not in frozen
-    assert order.index("pixels") == 6  # 6 epochs, after the 10 of the two custom-CNN cells: longest first
+    order = [st.cfg for st in queue_order([UnitState(cfg, 0) for cfg in runs])]
+    assert sorted(c.config_hash() for c in order) == sorted(c.config_hash() for c in runs)  # each unit once
+
+    def standins(cfg):  # noqa: ANN001, ANN202
+        return {
+            b.arch for b in (cfg.model.visual, cfg.model.text) if b is not None and b.pretrained == "demo"
+        }
+
+    assert standins(order[0]) == {"cxrfa-tiny-clip"} and standins(order[1]) == {"cxrfa-tiny-biomedclip"}
+    assert order[0].cell == "dual-custom"  # the longest unit that needs the CLIP stand-in
+    rest = [(c.kind != "trained", c.model.visual.frozen, -c.train.epochs) for c in order[2:]]
+    assert rest == sorted(rest)  # trainable encoders, then frozen ones, then baselines; more epochs first
+    assert [c.cell for c in order[2:10]] == ["visual-custom"] * 3 + ["dual-custom"] * 2 + [
+        "dual-learned-custom"
+    ] * 3
+    assert {c.cell for c in order[-9:]} == {"zeroshot-clip", "probe-clip", "pixels"}  # no heads to fit: last
 
 
-def test_the_parent_builds_the_shared_parts_after_starting_its_workers(
+def test_with_several_workers_the_parent_builds_nothing_and_watches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With several workers, ablate's own process pretrains and encodes once they are started (they run the
-    cells that need none of it meanwhile), then watches the queue; a failure there stops them."""
+    """With several workers, ablate's own process starts them and polls the queue (the workers build what
+    their cells need); a stop signal goes on to each worker."""
     import types
 
     from cxrfa import ablate
@@ -231,22 +241,25 @@ def test_the_parent_builds_the_shared_parts_after_starting_its_workers(
         return Proc()
 
     class Queue:
+        def __init__(self, stop: bool = False) -> None:
+            self.stop = stop
+
         def reap(self) -> None: ...
 
         def refresh(self, states: object) -> bool:
             events.append("poll")
+            if self.stop:
+                raise KeyboardInterrupt
             return True
 
     monkeypatch.setattr(q, "spawn", spawn)
+    monkeypatch.setattr(ablate, "prepare", lambda *a, **k: events.append("build"))
     bar = types.SimpleNamespace(update=lambda: None)
     pool = ablate.Workers(count=2, logs=tmp_path)
-    ablate._supervise(Queue(), {}, None, pool, bar, lambda: events.append("build"))  # type: ignore[arg-type]
-    assert events == ["spawn", "spawn", "build", "poll"]
-
-    def fails() -> None:
-        raise ablate.CxrfaError("stand-in weights unreadable")
+    ablate._supervise(Queue(), {}, None, pool, bar)  # type: ignore[arg-type]
+    assert events == ["spawn", "spawn", "poll"]
 
     events.clear()
-    with pytest.raises(ablate.CxrfaError):
-        ablate._supervise(Queue(), {}, None, pool, bar, fails)  # type: ignore[arg-type]
-    assert events[:2] == ["spawn", "spawn"] and events[2:] == [f"signal {int(signal.SIGINT)}"] * 2
+    with pytest.raises(KeyboardInterrupt):
+        ablate._supervise(Queue(stop=True), {}, None, pool, bar)  # type: ignore[arg-type]
+    assert events == ["spawn", "spawn", "poll"] + [f"signal {int(signal.SIGINT)}"] * 2

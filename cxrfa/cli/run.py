@@ -383,7 +383,7 @@ def ablate(
         explore=[e for e in explore.split(",") if e],
         progress=not worker,
         workers=pool,
-        build=not worker,  # the process that started this worker builds the shared parts meanwhile
+        build=not worker,  # a worker builds only what its own cells find missing
     )
     if worker:
         console.print(

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxrfa.explore.umap_view import (
-    _GREY,
-    _STAR,
+    GREY,
+    STAR,
     UmapLayout,
-    _extent,
-    _group_order,
+    data_extent,
+    group_order,
     label_slots,
     name_positions,
 )
@@ -47,7 +47,7 @@ def _colourings(layout: UmapLayout) -> list[_Colouring]:
     out = [
         _Colouring(
             "finding",
-            [(display_name(g), groups == g, colours[g]) for g in _group_order(layout)],
+            [(display_name(g), groups == g, colours[g]) for g in group_order(layout)],
             star_colours=[colours[lab] for lab in layout.labels],
         )
     ]
@@ -59,7 +59,7 @@ def _colourings(layout: UmapLayout) -> list[_Colouring]:
 
             kinds = [a for a in AGE_BINS if a in kinds]
         cats = [(k, vals == k, _ATTRIBUTE_PALETTE[i % len(_ATTRIBUTE_PALETTE)]) for i, k in enumerate(kinds)]
-        out.append(_Colouring(name, [("unknown", vals == "unknown", _GREY), *cats]))
+        out.append(_Colouring(name, [("unknown", vals == "unknown", GREY), *cats]))
     if layout.y_true is not None:
         for j, lab in enumerate(layout.labels):
             col = layout.y_true[:, j]
@@ -129,7 +129,7 @@ def umap_plotly(layout: UmapLayout, title: str = "UMAP of image and label-text e
             )
             visible.append(k)
         sizes = [34 if lab == col.highlight else 22 for lab in layout.labels]
-        fills = col.star_colours or [_PRESENT if lab == col.highlight else _STAR for lab in layout.labels]
+        fills = col.star_colours or [_PRESENT if lab == col.highlight else STAR for lab in layout.labels]
         star = go.Scatter3d if three_d else go.Scatter  # SVG: drawn above WebGL image points
         fig.add_trace(
             star(
@@ -167,7 +167,7 @@ def umap_plotly(layout: UmapLayout, title: str = "UMAP of image and label-text e
         "font": {"size": 12, "color": "#111"},
     }
     if three_d:  # scene annotations take offsets in pixels only
-        slots = label_slots(layout.text_xy, names, _extent(layout))
+        slots = label_slots(layout.text_xy, names, data_extent(layout))
         names_at = [
             {
                 "x": p[0],
@@ -182,7 +182,7 @@ def umap_plotly(layout: UmapLayout, title: str = "UMAP of image and label-text e
             for n, p, (side, line) in zip(names, layout.text_xy.tolist(), slots, strict=True)
         ]
     else:
-        text_xy, left = name_positions(layout.text_xy, names, _extent(layout))
+        text_xy, left = name_positions(layout.text_xy, names, data_extent(layout))
         names_at = [
             {
                 "x": p[0],

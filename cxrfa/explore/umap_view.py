@@ -31,8 +31,8 @@ _PALETTE = tuple(
     "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #bcbd22 #17becf #aec7e8 #ffbb78 #98df8a #ff9896 "
     "#c5b0d5 #c49c94 #f7b6d2 #dbdb8d #9edae5 #393b79 #637939 #8c6d31 #843c39 #7b4173 #3182bd #e6550d #31a354".split()
 )
-_GREY, _DARK = "#b0b0b0", "#404040"
-_STAR = "#ffd400"
+GREY, _DARK = "#b0b0b0", "#404040"
+STAR = "#ffd400"
 
 
 def _reducer(n: int, dims: int, seed: int, n_neighbors: int | None) -> Any:
@@ -153,7 +153,7 @@ class UmapLayout:
     def colours(self) -> dict[str, str]:
         """Group -> hex colour, label order (stable across figures); "No finding" grey, "Multiple" dark."""
         out = {lab: _PALETTE[i % len(_PALETTE)] for i, lab in enumerate(self.labels)}
-        out[NO_FINDING], out[MULTIPLE] = _GREY, _DARK
+        out[NO_FINDING], out[MULTIPLE] = GREY, _DARK
         return out
 
 
@@ -281,12 +281,13 @@ def name_positions(
     return text, left
 
 
-def _extent(layout: UmapLayout) -> np.ndarray:
+def data_extent(layout: UmapLayout) -> np.ndarray:
     """(dims,) data extent of images and label texts together: the scale the names are drawn against."""
     return np.ptp(np.concatenate([layout.image_xy, layout.text_xy]), axis=0)
 
 
-def _group_order(layout: UmapLayout) -> list[str]:
+def group_order(layout: UmapLayout) -> list[str]:
+    """The groups images are coloured by, in legend order: no finding, several findings, then each label."""
     return [NO_FINDING, MULTIPLE, *layout.labels]
 
 
@@ -298,7 +299,7 @@ def umap_figure(layout: UmapLayout, title: str = "UMAP of image and label-text e
     fig = Figure(figsize=(9.5, 7.0), layout="constrained")
     ax = fig.add_subplot(projection="3d" if three_d else None)
     groups = np.asarray(layout.groups)
-    for group in _group_order(layout):
+    for group in group_order(layout):
         mask = groups == group
         if mask.any():
             ax.scatter(
@@ -323,7 +324,7 @@ def umap_figure(layout: UmapLayout, title: str = "UMAP of image and label-text e
         for name, pos in zip(names, layout.text_xy, strict=True):
             ax.text(*pos, "  " + name, fontsize=8, fontweight="bold")
     else:
-        text_xy, left = name_positions(layout.text_xy, names, _extent(layout))
+        text_xy, left = name_positions(layout.text_xy, names, data_extent(layout))
         for name, pos, at, is_left in zip(names, layout.text_xy, text_xy, left, strict=True):
             ax.annotate(
                 name,

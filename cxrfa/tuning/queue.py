@@ -196,9 +196,8 @@ class Queue:
     def enqueue(self, runs: Sequence[RunConfig]) -> dict[str, UnitState]:
         """Put every unit of ``runs`` not yet finished in the queue (once, whoever else enqueues it).
 
-        Units go in longest first (trainable encoders, then more epochs), so the last units to start are short
-        and the workers finish close together; among the trainable encoders, those that need no stand-in come
-        first, so the workers start on them while ``ablate`` pretrains the stand-ins.
+        Units go in in :func:`queue_order`: one unit per stand-in first, so that workers pretrain different
+        stand-ins side by side, then longest first.
         """
         states: dict[str, UnitState] = {}
         new: list[UnitState] = []
@@ -221,7 +220,7 @@ class Queue:
                 # enqueueing at the same moment see the same history, so they agree on the number
                 states[unit] = UnitState(cfg, 1 + max((int(t.user_attrs[ATTEMPT]) for t in mine), default=-1))
                 new.append(states[unit])
-            for st in sorted(new, key=_queue_order):
+            for st in queue_order(new):
                 self.add(st.cfg, st.attempt)
         return states
 
@@ -452,12 +451,34 @@ class Queue:
         trial.set_user_attr(FAILURE, str(err)[:2000])
 
 
-def _queue_order(st: UnitState) -> tuple[bool, bool, int]:
-    """Sort key of a unit in the queue: trainable encoders first, those needing no stand-in before those that
-    do, then more epochs first."""
-    model = st.cfg.model
-    standin = any(b is not None and b.pretrained == "demo" for b in (model.visual, model.text))
-    return model.visual.frozen, model.visual.frozen or standin, -st.cfg.train.epochs
+def queue_order(units: Sequence[UnitState]) -> list[UnitState]:
+    """The order workers claim ``units`` in.
+
+    Longest first (trainable encoders, then frozen ones, then the baselines that fit no heads; more epochs
+    first within each), so the last units to start are short and the workers finish close together. Before them, for each stand-in backbone the units need (``pretrained: demo``, built
+    once by whichever worker needs it first, under a lock), the first unit that needs it: workers starting
+    together then pretrain different stand-ins side by side, one per core, instead of one waiting on the other's
+    lock or every worker waiting on a build in the parent.
+    """
+    longest = sorted(
+        units,
+        key=lambda st: (st.cfg.kind != "trained", st.cfg.model.visual.frozen, -st.cfg.train.epochs),
+    )
+    builders: list[UnitState] = []
+    covered: set[str] = set()
+    for st in longest:
+        needs = _standins(st.cfg) - covered
+        if needs:
+            builders.append(st)
+            covered |= needs
+    first = {id(st) for st in builders}
+    return builders + [st for st in longest if id(st) not in first]
+
+
+def _standins(cfg: RunConfig) -> set[str]:
+    """The stand-in backbones (by architecture) a unit's config needs pretrained."""
+    model = cfg.model
+    return {b.arch for b in (model.visual, model.text) if b is not None and b.pretrained == "demo"}
 
 
 def _set_threads(worker: Worker) -> None:
