@@ -29,14 +29,15 @@ STANDIN_ARCHS = ("cxrfa-tiny-clip", "cxrfa-tiny-biomedclip")
 # with the per-finding statement contrast at weight 2 (zero-shot held, a third less compute), and the BERT stand-in
 # without dropout (with it, cxrfa-tiny-biomedclip sat at chance loss for its first 4-5 epochs). Recipe 4, the same
 # settings: cxrfa-tiny-biomedclip's towers built for their size (its timm ViT at 64 px with width-scaled init, its
-# BERT with init std 1/sqrt(64) and MLP ratio 4), which took its test zero-shot from 0.71 to 0.77.
+# BERT with init std 1/sqrt(64) and MLP ratio 4), which took its test zero-shot from 0.71 to 0.77. Recipe 5, the same
+# settings with AdamW's fused kernel (14 % less CPU; the same update up to float rounding).
 STANDIN_EPOCHS = 9
 STANDIN_BATCH = 32
 STANDIN_LR = 1e-3
 STANDIN_FINDING_WEIGHT = 2.0
 # Part of the weights' file name: bump it whenever the recipe changes, so weights cached by an older recipe
 # (e.g. the unaligned ones of plain CLIP loss, below chance retrieval) are never reused.
-STANDIN_RECIPE = 4
+STANDIN_RECIPE = 5
 # A stand-in whose val zero-shot macro AUROC is below this (chance: 0.5) is reported as unaligned.
 ALIGNED_AUC = 0.6
 

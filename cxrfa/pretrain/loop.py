@@ -33,6 +33,7 @@ from cxrfa.io import atomic_path
 from cxrfa.models.weights import create_open_clip
 from cxrfa.pretrain.objectives import finding_loss, loss_floor, multi_positive_clip_loss, positive_mask
 from cxrfa.pretrain.retrieval import chance_recall, finding_keys, retrieval_recall
+from cxrfa.train import fused_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,10 @@ def _pretrain(
     keys = train.label_matrix()  # (M, C): pairs with equal rows are positives
     statements = _StatementTokens(list(train.labels), tokenizer)
     opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        lr=lr,
+        weight_decay=weight_decay,
+        fused=fused_optimizer(dev),
     )
     steps_per_epoch = math.ceil((len(train) - 1) / batch_size)
     total_steps, warmup = steps_per_epoch * epochs, max(1, steps_per_epoch // 2)
