@@ -4,12 +4,14 @@
     python benchmarks/bench_run_cost.py imports
     python benchmarks/bench_run_cost.py same-metrics STORE_A STORE_B --experiment smoke
     python benchmarks/bench_run_cost.py profile --matrix full --cell dual-clip --seed 1 --store /tmp/store [--warm]
+    python benchmarks/bench_run_cost.py parts --matrix full --cell dual-clip --seed 1 --store /tmp/store
 
 ``figures``: make and save the five evaluation figures of a run (random probabilities on the manifest's test
 split). ``imports``: a fresh interpreter imports the modules a run uses. ``same-metrics``: every ``test/``
 metric of each finished cell run in two tracking stores, compared to the last digit (exit 1 on a difference).
 ``profile``: one cell's ``run_cell`` in this process under cProfile timed in CPU seconds, as a table of the
 run's parts (run it in a warm ``CXRFA_HOME``: data, stand-ins and feature cache built by an earlier run).
+``parts``: the same parts of a worker's later runs in CPU seconds without a profiler.
 Results are recorded in benchmarks/README.md, "Per-run cost".
 """
 
@@ -157,6 +159,54 @@ def profile(matrix: str, cell: str, seed: int, store: str, top: int, warm: bool 
     stats.sort_stats("cumulative").print_stats(top)
 
 
+def parts(matrix: str, cell: str, seed: int, store: str, repeats: int) -> None:
+    """CPU seconds of a warm run's parts without a profiler: ``fit``, ``evaluate_model`` (evaluation, figures,
+    files, their logging) and every MLflow call of the run; the cell runs once untimed first (imports, the
+    store's first use), then ``repeats`` times timed, as an ``ablate`` worker's later runs."""
+    import functools
+
+    import cxrfa.cell
+    import cxrfa.cell_evaluation
+    from cxrfa.cell import run_cell
+    from cxrfa.config import expand, load_matrix
+    from cxrfa.models.registry import load_backbones
+    from cxrfa.tracking import TrackedRun, Tracker
+
+    spent: dict[str, float] = {}
+
+    def timed(name: str, fn):  # type: ignore[no-untyped-def]
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - start
+
+        return wrapper
+
+    m = load_matrix(matrix)
+    cfg = next(c for c in expand(m, load_backbones("demo"), seeds=[seed], cells=[cell]))
+    tracker = Tracker(store, m.name)
+    run_cell(cfg, tracker, progress=False)
+    cxrfa.cell.fit = timed("fit", cxrfa.cell.fit)  # type: ignore[attr-defined]
+    cxrfa.cell_evaluation.evaluate_model = timed("evaluate_model", cxrfa.cell_evaluation.evaluate_model)
+    for name in ("log_params", "log_metrics", "set_tags", "log_artifacts", "finish"):
+        setattr(TrackedRun, name, timed("MLflow", getattr(TrackedRun, name)))
+    for name in ("start", "abandon_unfinished"):
+        setattr(Tracker, name, timed("MLflow", getattr(Tracker, name)))
+    whole = 0.0
+    for _ in range(repeats):
+        start = time.process_time()
+        run_cell(cfg, tracker, progress=False)
+        whole += time.process_time() - start
+    print(f"{cfg.cell}/seed={cfg.seed}, {repeats} warm run(s), mean CPU seconds:")
+    print(f"| whole `run_cell` | {whole / repeats:.2f} |")
+    for name in ("fit", "evaluate_model", "MLflow"):
+        print(f"| {name} | {spent.get(name, 0.0) / repeats:.2f} |")
+    print(f"| outside `fit` | {(whole - spent.get('fit', 0.0)) / repeats:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -167,20 +217,24 @@ def main() -> None:
     cmp.add_argument("store_a")
     cmp.add_argument("store_b")
     cmp.add_argument("--experiment", default="smoke")
-    prof = sub.add_parser("profile")
-    prof.add_argument("--matrix", default="full")
-    prof.add_argument("--cell", default="dual-clip")
-    prof.add_argument("--seed", type=int, default=1)
-    prof.add_argument("--store", required=True)
+    prof, part = sub.add_parser("profile"), sub.add_parser("parts")
+    for one in (prof, part):  # both run one cell of a matrix
+        one.add_argument("--matrix", default="full")
+        one.add_argument("--cell", default="dual-clip")
+        one.add_argument("--seed", type=int, default=1)
+        one.add_argument("--store", required=True)
     prof.add_argument("--top", type=int, default=30)
     prof.add_argument(
         "--warm", action="store_true", help="run the cell once unprofiled first (a worker's later run)"
     )
+    part.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.what == "figures":
         figures(args.manifest)
     elif args.what == "imports":
         imports()
+    elif args.what == "parts":
+        parts(args.matrix, args.cell, args.seed, args.store, args.repeats)
     elif args.what == "profile":
         profile(args.matrix, args.cell, args.seed, args.store, args.top, args.warm)
     elif not same_metrics(args.store_a, args.store_b, args.experiment):

@@ -1,8 +1,11 @@
 """Pure plotting functions: arrays/metrics in, a :class:`matplotlib.figure.Figure` out; the caller saves it.
 
 No pyplot and no global state: each function builds its own ``Figure``, which ``savefig`` renders with the Agg
-backend whatever backend pyplot may be using, so plots work headless and never leak open figures. Per-label plots are small multiples, one
-panel per label, so 14–26 labels stay legible.
+backend whatever backend pyplot may be using, so plots work headless and never leak open figures. Per-label plots
+are small multiples, one panel per label, so 14–26 labels stay legible; the panels are boxes of one canvas
+(:class:`_Sheet`), not an Axes each, and the other figures of a run sit on fixed margins (:func:`fixed_margins`):
+a run draws eight figures, and per-panel axes and layout engines were most of its time after training. A run
+saves every figure through :func:`save_png`.
 """
 
 from __future__ import annotations
