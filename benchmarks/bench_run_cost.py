@@ -3,13 +3,15 @@
     python benchmarks/bench_run_cost.py figures --manifest ~/.cache/cxrfa/demo/synth-n2000-s96-seed0/manifest.csv
     python benchmarks/bench_run_cost.py imports
     python benchmarks/bench_run_cost.py same-metrics STORE_A STORE_B --experiment smoke
-    python benchmarks/bench_run_cost.py profile --matrix full --cell dual-clip --seed 1 --store /tmp/store
+    python benchmarks/bench_run_cost.py profile --matrix full --cell dual-clip --seed 1 --store /tmp/store [--warm]
+    python benchmarks/bench_run_cost.py parts --matrix full --cell dual-clip --seed 1 --store /tmp/store
 
 ``figures``: make and save the five evaluation figures of a run (random probabilities on the manifest's test
 split). ``imports``: a fresh interpreter imports the modules a run uses. ``same-metrics``: every ``test/``
 metric of each finished cell run in two tracking stores, compared to the last digit (exit 1 on a difference).
 ``profile``: one cell's ``run_cell`` in this process under cProfile timed in CPU seconds, as a table of the
 run's parts (run it in a warm ``CXRFA_HOME``: data, stand-ins and feature cache built by an earlier run).
+``parts``: the same parts of a worker's later runs in CPU seconds without a profiler.
 Results are recorded in benchmarks/README.md, "Per-run cost".
 """
 
@@ -36,7 +38,7 @@ def figures(manifest_path: Path) -> None:
 
     from cxrfa.data.manifest import read_manifest
     from cxrfa.evaluate import score_split
-    from cxrfa.plots import DPI, calibration_plot, confusion_grid, pr_curves, roc_curves, subgroup_chart
+    from cxrfa.plots import calibration_plot, confusion_grid, pr_curves, roc_curves, save_png, subgroup_chart
 
     manifest = read_manifest(manifest_path)
     rng = np.random.default_rng(0)
@@ -55,7 +57,7 @@ def figures(manifest_path: Path) -> None:
     total = 0.0
     for name, make in makers.items():
         start = time.process_time()
-        make().savefig(io.BytesIO(), format="png", dpi=DPI)
+        save_png(make(), io.BytesIO())
         spent = time.process_time() - start
         total += spent
         print(f"| {name} | {spent:.2f} s CPU |")
@@ -94,7 +96,17 @@ _PARTS = (
     ("whole `run_cell`", "run_cell", "cxrfa/cell.py"),
     ("`fit`", "fit", "cxrfa/train.py"),
     ("`evaluate_model`", "evaluate_model", "cxrfa/cell_evaluation.py"),
+    (
+        "of which `log_evaluation` (score, log metrics, write and log files)",
+        "log_evaluation",
+        "cxrfa/record.py",
+    ),
     ("of which `write_evaluation` (5 figures + files)", "write_evaluation", "cxrfa/evaluate.py"),
+    (
+        "of which the run's own files (training curves, exploration figures, checkpoint)",
+        "trained_files",
+        "cxrfa/cell_evaluation.py",
+    ),
     ("of which matplotlib `savefig` (all figures)", "savefig", "matplotlib/figure.py"),
     ("of which `predict` (all calls, `fit`'s included)", "predict", "cxrfa/train.py"),
     ("of which exploration (gap, similarity)", "_explore", "cxrfa/cell_evaluation.py"),
@@ -102,13 +114,22 @@ _PARTS = (
     ("`build_model`", "build_model", "cxrfa/models/model.py"),
     ("prototype drift metrics", "drift_metrics", "cxrfa/models/drift.py"),
     ("MLflow: run start", "start", "cxrfa/tracking/tracker.py"),
+    ("MLflow: params", "log_params", "cxrfa/tracking/tracker.py"),
+    ("MLflow: metrics (all calls)", "log_metrics", "cxrfa/tracking/tracker.py"),
+    ("MLflow: tags (all calls)", "set_tags", "cxrfa/tracking/tracker.py"),
+    ("MLflow: stale-run lookup", "abandon_unfinished", "cxrfa/tracking/tracker.py"),
+    ("MLflow: run end", "finish", "cxrfa/tracking/tracker.py"),
     ("MLflow: artifacts", "log_artifacts", "cxrfa/tracking/tracker.py"),
     ("imports", "_find_and_load", "importlib._bootstrap>"),
 )
 
 
-def profile(matrix: str, cell: str, seed: int, store: str, top: int) -> None:
-    """cProfile of one cell's ``run_cell`` in CPU seconds: the run's parts, then the top entries."""
+def profile(matrix: str, cell: str, seed: int, store: str, top: int, warm: bool = False) -> None:
+    """cProfile of one cell's ``run_cell`` in CPU seconds: the run's parts, then the top entries.
+
+    ``warm``: run the cell once unprofiled first, so the profiled run pays no import and no first use of the
+    store, as every run after the first of an ``ablate`` worker process.
+    """
     import cProfile
     import pstats
 
@@ -120,6 +141,8 @@ def profile(matrix: str, cell: str, seed: int, store: str, top: int) -> None:
     m = load_matrix(matrix)
     cfg = next(c for c in expand(m, load_backbones("demo"), seeds=[seed], cells=[cell]))
     tracker = Tracker(store, m.name)
+    if warm:
+        run_cell(cfg, tracker, progress=False)
     prof = cProfile.Profile(time.process_time)  # CPU seconds: time waiting for a shared core is not counted
     result = prof.runcall(run_cell, cfg, tracker, progress=False)
     stats = pstats.Stats(prof)
@@ -136,6 +159,54 @@ def profile(matrix: str, cell: str, seed: int, store: str, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+def parts(matrix: str, cell: str, seed: int, store: str, repeats: int) -> None:
+    """CPU seconds of a warm run's parts without a profiler: ``fit``, ``evaluate_model`` (evaluation, figures,
+    files, their logging) and every MLflow call of the run; the cell runs once untimed first (imports, the
+    store's first use), then ``repeats`` times timed, as an ``ablate`` worker's later runs."""
+    import functools
+
+    import cxrfa.cell
+    import cxrfa.cell_evaluation
+    from cxrfa.cell import run_cell
+    from cxrfa.config import expand, load_matrix
+    from cxrfa.models.registry import load_backbones
+    from cxrfa.tracking import TrackedRun, Tracker
+
+    spent: dict[str, float] = {}
+
+    def timed(name: str, fn):  # type: ignore[no-untyped-def]
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - start
+
+        return wrapper
+
+    m = load_matrix(matrix)
+    cfg = next(c for c in expand(m, load_backbones("demo"), seeds=[seed], cells=[cell]))
+    tracker = Tracker(store, m.name)
+    run_cell(cfg, tracker, progress=False)
+    cxrfa.cell.fit = timed("fit", cxrfa.cell.fit)  # type: ignore[attr-defined]
+    cxrfa.cell_evaluation.evaluate_model = timed("evaluate_model", cxrfa.cell_evaluation.evaluate_model)
+    for name in ("log_params", "log_metrics", "set_tags", "log_artifacts", "finish"):
+        setattr(TrackedRun, name, timed("MLflow", getattr(TrackedRun, name)))
+    for name in ("start", "abandon_unfinished"):
+        setattr(Tracker, name, timed("MLflow", getattr(Tracker, name)))
+    whole = 0.0
+    for _ in range(repeats):
+        start = time.process_time()
+        run_cell(cfg, tracker, progress=False)
+        whole += time.process_time() - start
+    print(f"{cfg.cell}/seed={cfg.seed}, {repeats} warm run(s), mean CPU seconds:")
+    print(f"| whole `run_cell` | {whole / repeats:.2f} |")
+    for name in ("fit", "evaluate_model", "MLflow"):
+        print(f"| {name} | {spent.get(name, 0.0) / repeats:.2f} |")
+    print(f"| outside `fit` | {(whole - spent.get('fit', 0.0)) / repeats:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -146,19 +217,26 @@ def main() -> None:
     cmp.add_argument("store_a")
     cmp.add_argument("store_b")
     cmp.add_argument("--experiment", default="smoke")
-    prof = sub.add_parser("profile")
-    prof.add_argument("--matrix", default="full")
-    prof.add_argument("--cell", default="dual-clip")
-    prof.add_argument("--seed", type=int, default=1)
-    prof.add_argument("--store", required=True)
+    prof, part = sub.add_parser("profile"), sub.add_parser("parts")
+    for one in (prof, part):  # both run one cell of a matrix
+        one.add_argument("--matrix", default="full")
+        one.add_argument("--cell", default="dual-clip")
+        one.add_argument("--seed", type=int, default=1)
+        one.add_argument("--store", required=True)
     prof.add_argument("--top", type=int, default=30)
+    prof.add_argument(
+        "--warm", action="store_true", help="run the cell once unprofiled first (a worker's later run)"
+    )
+    part.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.what == "figures":
         figures(args.manifest)
     elif args.what == "imports":
         imports()
+    elif args.what == "parts":
+        parts(args.matrix, args.cell, args.seed, args.store, args.repeats)
     elif args.what == "profile":
-        profile(args.matrix, args.cell, args.seed, args.store, args.top)
+        profile(args.matrix, args.cell, args.seed, args.store, args.top, args.warm)
     elif not same_metrics(args.store_a, args.store_b, args.experiment):
         raise SystemExit(1)
 

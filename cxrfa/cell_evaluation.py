@@ -38,7 +38,7 @@ def evaluate_model(
     device: torch.device,
 ) -> dict[str, float]:
     """Val picks thresholds, test reports; every number and file is logged on the run."""
-    from cxrfa.plots import DPI, training_curves
+    from cxrfa.plots import save_png, training_curves
 
     def predicted(split: str) -> np.ndarray:
         loader = make_loader(
@@ -67,7 +67,7 @@ def evaluate_model(
         """The plots and the checkpoint, into the folder that is logged: the checkpoint is written once."""
         (folder / "plots").mkdir()
         for name, figure in {"training_curves": training_curves(result.history), **figures}.items():
-            figure.savefig(folder / "plots" / f"{name}.png", format="png", dpi=DPI)
+            save_png(figure, folder / "plots" / f"{name}.png")
         (folder / "checkpoint").mkdir()
         torch.save(
             {
@@ -160,8 +160,11 @@ def explore_sample(
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Encoder tokens (M, N, Dv), embeddings (M, De) and labels (M, C) of the first EXPLORE_SAMPLE test images."""
     n = min(len(test_set), EXPLORE_SAMPLE)  # type: ignore[arg-type]
-    items = [test_set[i] for i in range(n)]
     model.eval()
+    if isinstance(test_set, FeatureDataset):  # cached features: the first n rows sliced, not n items stacked
+        tokens = test_set.tokens[:n].float().to(device)
+        return tokens, test_set.embedding[:n].float().to(device), test_set.labels[:n].numpy()
+    items = [test_set[i] for i in range(n)]
     with torch.no_grad():
         if "tokens" in items[0]:
             tokens = torch.stack([it["tokens"] for it in items]).float().to(device)

@@ -319,7 +319,7 @@ def write_evaluation(result: MetricsResult, out: Path) -> dict[str, Path]:
     }
     for name, make in figures.items():
         with atomic_path(out / name) as tmp:
-            make().savefig(tmp, format="png", dpi=plots.DPI)
+            plots.save_png(make(), tmp)
         written[name] = out / name
     log.info("wrote evaluation to %s", out)
     return written

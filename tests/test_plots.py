@@ -37,18 +37,50 @@ def _fourteen_panels(grey: np.ndarray) -> None:
     assert panels_drawn(grey, 3, 5, title_px=round(0.75 * 60)) == [True] * 14 + [False]
 
 
+def _texts(fig: Figure, role: str) -> dict[int, str]:
+    """Panel index -> the text of its one ``role`` artist (title, xlabel, ylabel) in a small-multiples figure."""
+    return {j: found[0].get_text() for j, found in plots.panel_artists(fig, role).items()}
+
+
+def _segments(fig: Figure, gid: str) -> list:
+    """The segments of the figure's collection ``gid`` (frames, references, ticks)."""
+    (found,) = [a for a in fig.axes[0].get_children() if a.get_gid() == gid]
+    return found.get_segments()
+
+
 def test_roc_and_pr_curves(case, tmp_path: Path) -> None:
     y, p, labels = case
     for fn, name in ((plots.roc_curves, "roc"), (plots.pr_curves, "pr")):
         fig = fn(y, p, labels)
-        assert isinstance(fig, Figure) and len(fig.axes) == 14
-        assert all(len(ax.lines) == 2 for ax in fig.axes[:13])  # curve + chance/prevalence line
-        assert len(fig.axes[13].lines) == 0 and "one class" in fig.axes[13].texts[0].get_text()
-        assert labels[0] in fig.axes[0].get_title()
+        assert isinstance(fig, Figure)
+        titles = _texts(fig, "title")
+        assert sorted(titles) == list(range(14)) and labels[0] in titles[0]
+        curves = plots.panel_artists(
+            fig, "curve"
+        )  # one curve per two-class label, none for the one-class one
+        assert sorted(curves) == list(range(13)) and all(len(c) == 1 for c in curves.values())
+        assert len(_segments(fig, "references")) == 13  # chance diagonal / prevalence line per curve
+        assert len(_segments(fig, "frames")) == 14
+        assert "one class" in plots.panel_artists(fig, "text")[13][0].get_text()
         # unit axes everywhere: names on the first column and the lowest drawn panel of each column only
-        assert [bool(ax.get_ylabel()) for ax in fig.axes[:13]] == [j % 5 == 0 for j in range(13)]
-        assert [j for j, ax in enumerate(fig.axes[:13]) if ax.get_xlabel()] == [8, 9, 10, 11, 12]
+        assert sorted(_texts(fig, "ylabel")) == [0, 5, 10]
+        assert sorted(_texts(fig, "xlabel")) == [8, 9, 10, 11, 12]
         _fourteen_panels(_saved(fig, tmp_path, name))
+
+
+def test_roc_curve_is_drawn_where_its_points_are() -> None:
+    """Each panel's curve is the label's ROC points placed in its box: the first panel's drawn x and y map back to
+    (fpr, tpr) by one scale and offset per axis."""
+    rng = np.random.default_rng(3)
+    y = (rng.random((60, 3)) < 0.4).astype(float)
+    p = rng.random((60, 3))
+    fig = plots.roc_curves(y, p, ["a", "b", "c"])
+    curve = plots.panel_artists(fig, "curve")[1][0]
+    fpr, tpr = plots.roc_points(y[:, 1], p[:, 1])
+    for drawn, points in ((curve.get_xdata(), fpr), (curve.get_ydata(), tpr)):
+        scale, offset = np.polyfit(points, drawn, 1)
+        assert scale > 0
+        np.testing.assert_allclose(scale * points + offset, drawn, atol=1e-9)
 
 
 def test_confusion_grid_states_its_thresholds(case, tmp_path: Path) -> None:
@@ -57,17 +89,19 @@ def test_confusion_grid_states_its_thresholds(case, tmp_path: Path) -> None:
     res = compute_metrics(y, p, labels, thresholds=thresholds, n_boot=0)
     cuts = res.per_label["threshold"].tolist()
     fig = plots.confusion_grid(res.confusion, labels, cuts, res.thresholds_from_val)
-    assert len(fig.axes) == 14 and len(fig.axes[0].images) == 1
+    (cells,) = [a for a in fig.axes[0].get_children() if a.get_gid() == "cells"]
+    assert len(cells.get_paths()) == 4 * 14  # a 2 x 2 matrix per label
     tn, fp, fn, tp = res.confusion[labels[0]].ravel()
-    assert [t.get_text() for t in fig.axes[0].texts] == [str(tn), str(fp), str(fn), str(tp)]
-    assert fig.axes[3].get_title() == f"{labels[3]}\nthreshold {thresholds[3]:.3g}"
+    counts = [t.get_text() for t in plots.panel_artists(fig, "text")[0]]
+    assert counts == [str(tn), str(fp), str(fn), str(tp)]
+    assert _texts(fig, "title")[3] == f"{labels[3]}\nthreshold {thresholds[3]:.3g}"
     assert "chosen on val" in fig.get_suptitle()
-    assert [j for j, ax in enumerate(fig.axes) if ax.get_xlabel() == "predicted"] == [9, 10, 11, 12, 13]
-    assert [j for j, ax in enumerate(fig.axes) if ax.get_ylabel() == "true"] == [0, 5, 10]
+    assert [j for j, t in sorted(_texts(fig, "xlabel").items()) if t == "predicted"] == [9, 10, 11, 12, 13]
+    assert [j for j, t in sorted(_texts(fig, "ylabel").items()) if t == "true"] == [0, 5, 10]
     _fourteen_panels(_saved(fig, tmp_path, "confusion"))
     default = plots.confusion_grid(res.confusion, labels)  # no val predictions: 0.5, and said so
     assert "threshold 0.5" in default.get_suptitle() and "chosen on val" not in default.get_suptitle()
-    assert default.axes[0].get_title().endswith("threshold 0.5")
+    assert _texts(default, "title")[0].endswith("threshold 0.5")
 
 
 def test_calibration_plot(case, tmp_path: Path) -> None:

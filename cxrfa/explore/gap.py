@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from cxrfa.explore._common import ArrayLike, l2_normalise, to_numpy
 from cxrfa.metrics import masked_auc
+from cxrfa.plots import fixed_margins
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,9 @@ def plot_gap_shift(df: pd.DataFrame, title: str = "Modality gap shift") -> Figur
     origin = data[np.isclose(data["delta"], 0.0)]
     g0 = float(origin["gap"].iloc[0]) if len(origin) else 0.0
     x = data["delta"] / g0 if g0 > 0 else data["delta"]
-    fig = Figure(figsize=(6.0, 5.6), layout="constrained")
+    fig = Figure(figsize=(6.0, 5.6))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    fixed_margins(fig, left=0.8, right=0.2, bottom=0.55, top=0.35, hspace=0.15)
     top.plot(x, data["macro_auc"], "-o", color="tab:blue", markersize=4)
     bottom.plot(x, data["gap"], "-o", color="tab:grey", markersize=4)
     if len(origin):
@@ -191,5 +193,5 @@ def plot_gap_shift(df: pd.DataFrame, title: str = "Modality gap shift") -> Figur
         if g0 > 0
         else "shift δ (the original gap is 0)"
     )
-    top.set_title(title)
+    top.set_title(title, y=1.0)  # a fixed place: see plots.fixed_margins
     return fig

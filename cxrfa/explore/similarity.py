@@ -6,7 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.transforms import offset_copy
 
 from cxrfa.explore._common import ArrayLike, l2_normalise, to_numpy
 from cxrfa.labels import display_name
@@ -27,6 +29,20 @@ def mean_offdiag(sim: np.ndarray) -> float:
     if sim.ndim != 2 or sim.shape[1] != c or c < 2:
         raise ValueError(f"need a square matrix with at least 2 rows, got {sim.shape}")
     return float((sim.sum() - np.trace(sim)) / (c * (c - 1)))
+
+
+def _name_cells(fig: Figure, ax: Axes, names: Sequence[str], rows: bool) -> None:
+    """Label a heatmap's columns (below, rotated) and, when ``rows``, its rows (left) with plain texts: tick objects
+    (two marker lines and a text each, copied per tick) were two thirds of this figure's drawing time."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    below = offset_copy(ax.transData, fig, y=-3, units="points")
+    beside = offset_copy(ax.transData, fig, x=-3, units="points")
+    c = len(names)
+    for k, name in enumerate(names):
+        ax.text(k, c - 0.5, name, rotation=90, ha="center", va="top", fontsize=7, transform=below)
+        if rows:
+            ax.text(-0.5, k, name, ha="right", va="center", fontsize=7, transform=beside)
 
 
 def similarity_panels(
@@ -71,9 +87,8 @@ def similarity_panels(
         left = margin_l + i * (side + bar)
         ax = fig.add_axes((left / width, margin_b / height, side / width, side / height))
         image = ax.imshow(np.ma.masked_where(np.eye(c, dtype=bool), sim), vmin=lo, vmax=hi, cmap=cmap)
-        ax.set_title(f"{stage}\nmean off-diag = {mean_offdiag(sim):.3f}", fontsize=9)
-        ax.set_xticks(range(c), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(c), names if i == 0 else [""] * c, fontsize=7)
+        ax.set_title(f"{stage}\nmean off-diag = {mean_offdiag(sim):.3f}", fontsize=9, y=1.0)
+        _name_cells(fig, ax, names, rows=i == 0)
         cax = fig.add_axes(((left + side + 0.12) / width, margin_b / height, 0.14 / width, side / height))
         fig.colorbar(image, cax=cax).set_label(f"cosine, off-diagonal range {lo:.3f}–{hi:.3f}", fontsize=7)
         cax.tick_params(labelsize=7)
