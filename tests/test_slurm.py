@@ -336,7 +336,7 @@ def _matrix(tmp_path: Path, epochs: int) -> Path:
 def _task_pid(store: Path, timeout: float = 300) -> int:
     """The pid of the Python process that runs the one array task writing under ``store`` (submitit's
     ``python -m submitit.core._submit <store>/slurm/%j``; not ``srun``, whose arguments name it too)."""
-    deadline = time.monotonic() + timeout
+    folder, deadline = str(store.resolve()), time.monotonic() + timeout  # submitit's folder is resolved
     while time.monotonic() < deadline:
         for proc in Path("/proc").iterdir():
             try:
@@ -344,7 +344,7 @@ def _task_pid(store: Path, timeout: float = 300) -> int:
             except OSError:  # not a process, or it ended while read
                 continue
             python = Path(argv[0]).name.startswith("python")
-            if python and "submitit.core._submit" in argv and argv[-2].startswith(str(store)):
+            if python and "submitit.core._submit" in argv and argv[-2].startswith(folder):
                 return int(proc.name)
         time.sleep(0.05)
     raise AssertionError(f"no task process for {store} after {timeout} s")
