@@ -30,14 +30,16 @@ if TYPE_CHECKING:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Test files with slow or services tests first, each file's tests kept together and in their order.
+    """Test files with services tests first, then those with slow tests, then the rest; each file's tests kept
+    together and in their order.
 
     Under ``-n 2`` each worker takes whole files in this order: a long file handed out last would run on one
-    worker while the other sits idle (the end-to-end files take minutes, most others seconds)."""
-    long_files = {
-        item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("services")
-    }
-    items.sort(key=lambda item: item.path not in long_files)  # stable: the order within each group is kept
+    worker while the other sits idle (the end-to-end files take minutes, most others seconds). The services
+    files go first because their time is the longest in wall clock for their CPU (a Slurm cluster's tasks,
+    servers started and waited for), so none of them can be the one left running at the end."""
+    services = {item.path for item in items if item.get_closest_marker("services")}
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (item.path not in services, item.path not in slow))  # stable within a group
 
 
 @pytest.fixture(autouse=True)

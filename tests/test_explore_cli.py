@@ -82,23 +82,3 @@ def test_user_errors_are_one_line_exit_2(setup: tuple[Path, Path], tmp_path: Pat
         errors = [line for line in res.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and needle in errors[0] and "Traceback" not in res.output, res.output
     assert not list(tmp_path.iterdir())  # nothing written on failure
-
-
-def test_umap_writes_an_offline_page_with_site_view_sex_colourings(
-    setup: tuple[Path, Path], tmp_path: Path
-) -> None:
-    from cxrfa.data.manifest import read_manifest
-
-    manifest, backbones = setup
-    common = ["--backbone", "clip", "--backbones", str(backbones), "--data", str(manifest), "--device", "cpu"]
-    res = _run("umap", *common, "--out", str(tmp_path), "--max-images", "6", "--no-feature-cache")
-    assert res.exit_code == 0, res.output
-    assert (
-        "UMAP: fitting 6 points" in res.output
-    )  # long steps say what they do (spinner), then how long they took
-    page = (tmp_path / "umap.html").read_text()
-    n_test = len(read_manifest(manifest).split("test"))
-    assert f"6 images (a random 6 of {n_test}, seed 0)" in page
-    for colouring in ("finding", "site", "view", "sex", "age", "label: effusion"):
-        assert f'"label":"{colouring}"' in page, colouring
-    assert (tmp_path / "umap.png").read_bytes()[:4] == b"\x89PNG"

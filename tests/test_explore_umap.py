@@ -1,14 +1,17 @@
-"""The UMAP tests (few: numba JIT costs ~15 s per process): a seeded layout whose label stars keep their own
-places across a modality gap, the interactive page's colourings, and the per-disease feature view."""
+"""The UMAP tests (few, and all in this file: numba's JIT costs ~15 s in each process that first fits a UMAP,
+so they share one pytest worker): a seeded layout whose label stars keep their own places across a modality
+gap, the interactive page's colourings, the per-disease feature view, and ``cxrfa explore umap``."""
 
 from __future__ import annotations
 
 import inspect
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from test_explore_cli import _run, setup  # noqa: F401 - its small synthetic set and backbones
 
 from cxrfa.explore import (
     image_attributes,
@@ -175,3 +178,24 @@ def test_explore_model_umap_part_places_features_and_label_stars() -> None:
     assert sum(len(c.get_offsets()) for c in ax.collections) == 12 + 3  # features + label stars
     with pytest.raises(CxrfaError, match="unknown exploration part"):
         explore_model(heads, torch.randn(2, 5, 10), torch.randn(2, 12), y[:2], labels, parts=("tsne",))
+
+
+def test_umap_writes_an_offline_page_with_site_view_sex_colourings(
+    setup: tuple[Path, Path],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    from cxrfa.data.manifest import read_manifest
+
+    manifest, backbones = setup
+    common = ["--backbone", "clip", "--backbones", str(backbones), "--data", str(manifest), "--device", "cpu"]
+    res = _run("umap", *common, "--out", str(tmp_path), "--max-images", "6", "--no-feature-cache")
+    assert res.exit_code == 0, res.output
+    assert (
+        "UMAP: fitting 6 points" in res.output
+    )  # long steps say what they do (spinner), then how long they took
+    page = (tmp_path / "umap.html").read_text()
+    n_test = len(read_manifest(manifest).split("test"))
+    assert f"6 images (a random 6 of {n_test}, seed 0)" in page
+    for colouring in ("finding", "site", "view", "sex", "age", "label: effusion"):
+        assert f'"label":"{colouring}"' in page, colouring
+    assert (tmp_path / "umap.png").read_bytes()[:4] == b"\x89PNG"

@@ -8,9 +8,11 @@ through ``SLURM_CONF``. Skipped where the Slurm daemons are not installed or thi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -21,17 +23,22 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from _helpers import cxrfa_cmd, metric_steps
+from _helpers import cli_args, metric_steps
+from click.testing import Result
 from optuna.trial import TrialState
 from test_services import PG_BIN, postgres  # noqa: F401 - the throw-away PostgreSQL server fixture
+from typer.testing import CliRunner
 
+from cxrfa.cli import app
 from cxrfa.tracking import Tracker
 
 DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "mariadb-install-db")
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 400  # long enough that a task is still training when the test stops it, even on an idle machine (60
-# cached-feature epochs ended before scancel reached the task)
+# Enough epochs that the task is still training when the test freezes it (SIGSTOP, right after its first epoch
+# checkpoint) and that the resumed run has epochs left; the signal then reaches a task that is certainly
+# mid-run. Unfrozen, even 60 epochs ended before scancel reached the task; 400 took a minute per test.
+EPOCHS = 40
 
 
 def _free_port() -> int:
@@ -201,6 +208,21 @@ def slurm() -> Iterator[dict[str, str]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def cluster(slurm: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The test cluster for one test, its variables set in this process too, where the commands that submit
+    run (they submit and follow the tasks, which run in processes of their own: a fresh process would import
+    torch for nothing); what those commands set for sbatch's environment is taken back afterwards. Yields the
+    environment for Slurm's own clients."""
+    before = dict(os.environ)
+    os.environ.update(slurm)
+    try:
+        yield dict(os.environ)
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+
+
 def _listens(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -217,14 +239,6 @@ def _idle(env: dict[str, str]) -> bool:
     return out.returncode == 0 and out.stdout.strip() == "idle"
 
 
-def _cxrfa(
-    env: dict[str, str], *args: object, timeout: float = 600, **options: object
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cxrfa_cmd(*args, **options), env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
 def _runs(store: Path, experiment: str) -> list[tuple[str, str, str]]:
     """(config hash, status, run id) of every child run of the experiment."""
     tracker = Tracker(str(store), experiment, create=False)
@@ -237,20 +251,23 @@ def _finished_once(runs: list[tuple[str, str, str]], units: int) -> None:
     assert len(finished) == units and len(set(finished)) == units, runs
 
 
-def test_no_slurm_reachable_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    env = {**os.environ, "SLURM_CONF": str(tmp_path / "no-such" / "slurm.conf")}
-    out = _cxrfa(
-        env, "ablate", matrix="smoke", launcher="slurm", tracking_uri=tmp_path / "store", timeout=120
-    )
-    assert out.returncode == 2, out.stderr
+def _invoke(*args: object, **options: object) -> Result:
+    """``cxrfa …`` in this process (a fresh process would only import torch again: these commands submit at
+    most, and every task runs in a process of its own)."""
+    return CliRunner().invoke(app, cli_args(*args, **options))
+
+
+def test_no_slurm_reachable_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-such" / "slurm.conf"))
+    out = _invoke("ablate", matrix="smoke", launcher="slurm", tracking_uri=tmp_path / "store")
+    assert out.exit_code == 2, out.output
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--launcher slurm" in lines[0], out.stderr
     assert not (tmp_path / "store").exists()  # nothing opened, nothing submitted
 
 
 def test_dry_run_prints_the_array_it_would_submit(tmp_path: Path) -> None:
-    out = _cxrfa(
-        dict(os.environ),
+    out = _invoke(
         "ablate",
         "--dry-run",
         matrix="smoke",
@@ -260,9 +277,8 @@ def test_dry_run_prints_the_array_it_would_submit(tmp_path: Path) -> None:
         time="4:00:00",
         array_parallelism=1,
         tracking_uri=tmp_path / "store",
-        timeout=120,
     )
-    assert out.returncode == 0, out.stderr
+    assert out.exit_code == 0, out.output
     for line in ("#SBATCH --array=0-1%1", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-task=1"):
         assert line in out.stdout, out.stdout
     assert "#SBATCH --time=240" in out.stdout and "submitit" in out.stdout
@@ -289,18 +305,17 @@ def test_the_cluster_runs_a_job(slurm: dict[str, str], tmp_path: Path) -> None:
 
 @pytest.mark.services
 def test_ablate_on_slurm_runs_each_unit_once_and_a_rerun_submits_nothing(
-    slurm: dict[str, str], tmp_path: Path
+    cluster: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**os.environ, **slurm}
     store = tmp_path / "store"
     args = ("ablate", "--wait")
     opts = {"matrix": "smoke", "launcher": "slurm", "tracking_uri": store, "explore": "", "time": "10"}
-    first = _cxrfa(env, *args, **opts)
-    assert first.returncode == 0, first.stderr[-3000:]
+    first = _invoke(*args, **opts)
+    assert first.exit_code == 0, first.output[-3000:]
     assert "submitted Slurm job array" in first.stderr
     _finished_once(_runs(store, "smoke"), 2)
-    again = _cxrfa(env, *args, **opts)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = _invoke(*args, **opts)
+    assert again.exit_code == 0, again.output[-3000:]
     assert "nothing to submit" in again.stderr
     assert len(_runs(store, "smoke")) == 2  # no run was repeated
 
@@ -318,19 +333,94 @@ def _matrix(tmp_path: Path, epochs: int) -> Path:
     return path
 
 
-def _wait_for_checkpoint(store: Path, timeout: float = 300) -> None:
-    """Until the task's run has written its first epoch checkpoint (with the store's side files)."""
+def _task_pid(store: Path, timeout: float = 300) -> int:
+    """The pid of the Python process that runs the one array task writing under ``store`` (submitit's
+    ``python -m submitit.core._submit <store>/slurm/%j``; not ``srun``, whose arguments name it too)."""
+    folder, deadline = str(store.resolve()), time.monotonic() + timeout  # submitit's folder is resolved
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:  # not a process, or it ended while read
+                continue
+            python = Path(argv[0]).name.startswith("python")
+            if python and "submitit.core._submit" in argv and argv[-2].startswith(folder):
+                return int(proc.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no task process for {store} after {timeout} s")
+
+
+def _freeze_after_first_checkpoint(store: Path, timeout: float = 300) -> int:
+    """SIGSTOP the task once its run has written an epoch checkpoint (with the store's side files), at a moment
+    it holds no file lock (not inside a write to the SQLite store); returns its pid. Frozen, it is certainly
+    mid-run when Slurm's signal reaches it, however long scancel takes."""
+    pid = _task_pid(store, timeout)
     deadline = time.monotonic() + timeout
     while not any(store.glob("**/checkpoints/*.pt")):
         assert time.monotonic() < deadline, f"no epoch checkpoint under {store} after {timeout} s"
+        time.sleep(0.01)
+    _stop(pid, deadline)
+    # Slurm's signal is taken where the task stands: inside a store transaction the interrupted write keeps
+    # SQLite's lock and the run's own "stopped" tag then fails (database is locked), so step it out of any
+    while _holds_a_lock(pid):
+        assert time.monotonic() < deadline, f"task {pid} still holds a file lock after {timeout} s"
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)
+        _stop(pid, deadline)
+    return pid
+
+
+def _stop(pid: int, deadline: float) -> None:
+    os.kill(pid, signal.SIGSTOP)
+    while (state := _state(pid)) not in ("T", "", "Z"):  # stopping is not instant
+        assert time.monotonic() < deadline, f"task {pid} still {state!r} after SIGSTOP"
+        time.sleep(0.001)
+    assert state == "T", f"the task had ended its {EPOCHS} epochs before it could be stopped: raise EPOCHS"
+
+
+def _holds_a_lock(pid: int) -> bool:
+    """Whether ``pid`` holds a POSIX file lock (SQLite's, during a transaction), as /proc/locks lists them."""
+    return any(line.split()[4:5] == [str(pid)] for line in Path("/proc/locks").read_text().splitlines())
+
+
+def _state(pid: int) -> str:
+    """The state letter of ``pid`` (R, S, T stopped, Z ended, ...); '' once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return ""
+
+
+def _held_until_gone(pid: int, timeout: float = 60) -> None:
+    """Keep the task stopped until it is gone: a cancel sends SIGCONT and SIGTERM first and SIGKILL only
+    KillWait later (seconds in which a running task trained ~30 more epochs), so it must not run on between."""
+    deadline = time.monotonic() + timeout
+    while (state := _state(pid)) not in ("", "Z"):
+        assert time.monotonic() < deadline, f"task {pid} still {state!r} {timeout} s after scancel"
+        if state != "T":
+            with contextlib.suppress(ProcessLookupError):  # it may end between the two looks
+                os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.002)
+
+
+def _pending(pid: int, signum: int, timeout: float = 60) -> None:
+    """Until ``signum`` waits, undelivered, on the (stopped) process ``pid``."""
+    bit = 1 << (signum - 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = dict(
+            line.split(":\t", 1)
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ":\t" in line
+        )
+        if (int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)) & bit:
+            return
+        assert time.monotonic() < deadline, f"signal {signum} never reached task {pid}"
         time.sleep(0.05)
 
 
-def _submit_slow(
-    slurm: dict[str, str], tmp_path: Path
-) -> tuple[dict[str, str], Path, dict[str, object], str]:
-    """Submit a one-unit ablation of EPOCHS epochs without waiting: (environment, store, options, array id)."""
-    env = {**os.environ, **slurm}
+def _submit_slow(tmp_path: Path) -> tuple[Path, dict[str, object], str]:
+    """Submit a one-unit ablation of EPOCHS epochs without waiting: (store, options, array id)."""
     store = tmp_path / "store"
     opts = {
         "matrix": _matrix(tmp_path, EPOCHS),
@@ -339,11 +429,11 @@ def _submit_slow(
         "explore": "",
         "time": "10",
     }
-    out = _cxrfa(env, "ablate", **opts)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _invoke("ablate", **opts)
+    assert out.exit_code == 0, out.output[-3000:]
     match = re.search(r"submitted Slurm job array (\d+)", out.stderr)
-    assert match, out.stderr[-3000:]
-    return env, store, opts, match.group(1)
+    assert match, out.output[-3000:]
+    return store, opts, match.group(1)
 
 
 def _gone(env: dict[str, str], job: str, timeout: float = 120) -> None:
@@ -357,15 +447,17 @@ def _gone(env: dict[str, str], job: str, timeout: float = 120) -> None:
 
 
 @pytest.mark.services
-def test_a_cancelled_task_is_run_by_the_next_submission_once(slurm: dict[str, str], tmp_path: Path) -> None:
-    env, store, opts, job = _submit_slow(slurm, tmp_path)
-    _wait_for_checkpoint(store)
+def test_a_cancelled_task_is_run_by_the_next_submission_once(cluster: dict[str, str], tmp_path: Path) -> None:
+    env = cluster
+    store, opts, job = _submit_slow(tmp_path)
+    pid = _freeze_after_first_checkpoint(store)
     # killed without warning (a plain scancel ends the same way, KillWait later: submitit ignores SIGTERM)
     subprocess.run(["scancel", "--signal=KILL", job], env=env, check=True)
+    _held_until_gone(pid)
     _gone(env, job)
-    again = _cxrfa(env, "ablate", "--wait", **opts)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "submitted Slurm job array" in again.stderr, again.stderr[-4000:]
+    again = _invoke("ablate", "--wait", **opts)
+    assert again.exit_code == 0, again.output[-3000:]
+    assert "submitted Slurm job array" in again.stderr, again.output[-4000:]
     runs = _runs(store, "slow")
     _finished_once(runs, 1)
     # the cancelled task's run, closed by the task that took over
@@ -374,14 +466,18 @@ def test_a_cancelled_task_is_run_by_the_next_submission_once(slurm: dict[str, st
 
 @pytest.mark.services
 def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
-    slurm: dict[str, str], tmp_path: Path
+    cluster: dict[str, str], tmp_path: Path
 ) -> None:
-    env, store, opts, job = _submit_slow(slurm, tmp_path)
-    _wait_for_checkpoint(store)
-    # what Slurm sends before preempting or at the time limit (submitit's own test hook does the same)
+    env = cluster
+    store, opts, job = _submit_slow(tmp_path)
+    pid = _freeze_after_first_checkpoint(store)
+    # what Slurm sends before preempting or at the time limit (submitit's own test hook does the same); the
+    # task takes it when it runs again, in the middle of its epochs
     subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
-    again = _cxrfa(env, "ablate", "--wait", **opts)  # follows the requeued task
-    assert again.returncode == 0, again.stderr[-3000:]
+    _pending(pid, signal.SIGUSR2)
+    os.kill(pid, signal.SIGCONT)
+    again = _invoke("ablate", "--wait", **opts)  # follows the requeued task
+    assert again.exit_code == 0, again.output[-3000:]
     runs = _runs(store, "slow")
     _finished_once(runs, 1)
     (done,) = [r for r in runs if r[1] == "FINISHED"]
@@ -403,17 +499,18 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
 @pytest.mark.services
 @pytest.mark.skipif(not (PG_BIN / "postgres").exists(), reason=f"no PostgreSQL binaries in {PG_BIN}")
 def test_tune_on_slurm_against_postgres_holds_exactly_the_trials_asked_for(
-    slurm: dict[str, str],
+    cluster: dict[str, str],
     postgres: str,  # noqa: F811 - the fixture imported above
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (tmp_path / "ablations").mkdir()
     shutil.copy(REPO / "ablations" / "smoke.yaml", tmp_path / "ablations" / "smoke.yaml")
-    env = {**os.environ, **slurm, "CXRFA_STORAGE": f"{postgres}/optuna"}
+    monkeypatch.chdir(tmp_path)
+    os.environ["CXRFA_STORAGE"] = f"{postgres}/optuna"  # taken back with the cluster's variables
     search = {"trials": 8, "sampler": "random", "study": "slurm-study", "launcher": "slurm", "workers": 2}
-    cmd = cxrfa_cmd("tune", "--wait", matrix="smoke", cell="visual-clip", **search, tracking_uri="store")
-    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _invoke("tune", "--wait", matrix="smoke", cell="visual-clip", **search, tracking_uri="store")
+    assert out.exit_code == 0, out.output[-3000:]
     assert "submitted Slurm job array" in out.stderr
     study = optuna.load_study(
         study_name="slurm-study", storage=optuna.storages.RDBStorage(f"{postgres}/optuna")
@@ -429,14 +526,12 @@ def test_tune_on_slurm_against_postgres_holds_exactly_the_trials_asked_for(
 
 
 def test_tune_on_slurm_refuses_sqlite(tmp_path: Path) -> None:
-    out = _cxrfa(
-        dict(os.environ),
+    out = _invoke(
         "tune",
         matrix="smoke",
         cell="visual-clip",
         trials=2,
         launcher="slurm",
         storage=f"sqlite:///{tmp_path / 's.db'}",
-        timeout=120,
     )
-    assert out.returncode == 2 and "SQLite breaks on a shared filesystem" in out.stderr, out.stderr
+    assert out.exit_code == 2 and "SQLite breaks on a shared filesystem" in out.stderr, out.output
