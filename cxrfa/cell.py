@@ -110,21 +110,32 @@ def run_datasets(
             tokens, embedding = features.get(source, encoder, manifest, split, progress)
             out[split] = FeatureDataset(tokens, embedding, part.label_matrix(), domain_codes(manifest, part))
         else:
-            from torchvision.transforms import Compose
-
-            from cxrfa.data.dataset import CXRDataset, fits_in_memory, train_augment
-
-            transform = encoder.preprocess
-            if split == "train" and cfg.data.augment:
-                augment = train_augment(encoder.image_size)
-                transform = Compose([augment, encoder.preprocess])
-            out[split] = CXRDataset(
-                part, transform, domains=domain_codes(manifest, part), keep_decoded=fits_in_memory(part)
-            )
+            out[split] = _image_dataset(cfg, encoder, manifest, part, augment=split == "train")
     reports = report_embeddings(cfg, model, manifest)
     if reports is not None:
         out["train"] = WithReports(out["train"], reports)
     return out
+
+
+def _image_dataset(
+    cfg: RunConfig, encoder: Any, manifest: Manifest, part: Manifest, augment: bool
+) -> Dataset:
+    """One split's images for a trainable encoder: held in memory and transformed a batch at a time when the
+    encoder offers a batched preprocessing (``batch_preprocess``) and the split fits; else read per image."""
+    from cxrfa.data.augment import BatchAugment
+    from cxrfa.data.dataset import CXRDataset, PixelCXRDataset, fits_in_memory, train_augment
+
+    augment = augment and cfg.data.augment
+    domains, in_memory = domain_codes(manifest, part), fits_in_memory(part)
+    batched = getattr(encoder, "batch_preprocess", None)
+    if batched is not None and in_memory:
+        return PixelCXRDataset(part, batched, BatchAugment() if augment else None, domains=domains)
+    transform = encoder.preprocess
+    if augment:
+        from torchvision.transforms import Compose
+
+        transform = Compose([train_augment(encoder.image_size), encoder.preprocess])
+    return CXRDataset(part, transform, domains=domains, keep_decoded=in_memory)
 
 
 # ---------------------------------------------------------------------------------------------------------

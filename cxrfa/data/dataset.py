@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cxrfa.data.augment import BatchAugment, GrayPreprocess
 from cxrfa.data.image_limits import bomb_problem, oversized
 from cxrfa.data.manifest import Manifest
 from cxrfa.errors import CxrfaError
@@ -111,13 +112,57 @@ class CXRDataset(torch.utils.data.Dataset):
             image = load_image(self.manifest.image_path(i))
         elif (image := self._decoded.get(i)) is None:
             image = self._decoded[i] = load_image(self.manifest.image_path(i))
+        return self._item(i, self.transform(image))
+
+    def _item(self, i: int, image: torch.Tensor) -> dict[str, Any]:
+        """Row ``i``'s item with its transformed ``image``."""
         return {
-            "image": self.transform(image),
+            "image": image,
             "labels": self.labels[i],
             "index": int(i),
             "report": self.reports[i],
             "domain": int(self.domains[i]),
         }
+
+
+class PixelCXRDataset(CXRDataset):
+    """A split held in memory as one uint8 tensor (N, 1, S, S), transformed a batch at a time with torch ops.
+
+    For trainable grayscale encoders (the custom CNN): each image is decoded and resized once, here, and every
+    batch is augmented (train) and standardised as a whole (:mod:`cxrfa.data.augment`). A
+    :class:`~torch.utils.data.DataLoader` calls :meth:`__getitems__` with a batch's indices; the items are those
+    of :class:`CXRDataset`. Without ``augment`` an image equals the encoder's per-image ``preprocess`` bit for bit.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        preprocess: GrayPreprocess,
+        augment: BatchAugment | None = None,
+        domains: np.ndarray | None = None,
+    ) -> None:
+        """Args:
+        manifest: the rows to serve; every image is read now (see :func:`fits_in_memory`).
+        preprocess: the encoder's preprocessing, split into the per-image and the batched part.
+        augment: the train-time augmentation, drawn from torch's global generator; None for eval splits.
+        domains: as :class:`CXRDataset`'s.
+        """
+        super().__init__(manifest, preprocess.pixels, domains=domains)
+        self.preprocess, self.augment = preprocess, augment
+        size = preprocess.size
+        self.images = torch.empty((len(manifest), 1, size, size), dtype=torch.uint8)  # (N, 1, S, S)
+        for i in range(len(manifest)):
+            self.images[i] = preprocess.pixels(load_image(manifest.image_path(i)))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        x = self.images[indices].float().div_(255)  # (B, 1, S, S) in [0, 1], as ToTensor
+        if self.augment is not None:
+            x = self.augment(x)
+        images = self.preprocess.finish(x)  # (B, 3, S, S)
+        return [self._item(i, images[k]) for k, i in enumerate(indices)]
 
 
 class PerImageStandardize(torch.nn.Module):
