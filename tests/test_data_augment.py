@@ -137,3 +137,31 @@ def test_resume_is_bit_exact_with_batched_augmentation(demo: Manifest, tmp_path:
     resumed = trained_state(run(tmp_path / "ckpt.pt"))
     assert resumed.keys() == whole.keys()
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_report_embeddings_ride_along_a_batched_dataset() -> None:
+    """A dataset wrapped with its report embeddings is still fetched a batch at a time (its augmentation is
+    batched), and each item gets its own row's report embedding."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from cxrfa.data.features import WithReports
+
+    class Batched(Dataset):
+        def __init__(self) -> None:
+            self.calls: list[list[int]] = []
+
+        def __len__(self) -> int:
+            return 6
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            raise AssertionError("fetched one item at a time")
+
+        def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+            self.calls.append(list(indices))
+            return [{"x": torch.tensor(float(i))} for i in indices]
+
+    inner, reports = Batched(), torch.arange(12.0).reshape(6, 2)
+    batches = list(DataLoader(WithReports(inner, reports), batch_size=4, shuffle=False))
+    assert inner.calls == [[0, 1, 2, 3], [4, 5]]
+    assert torch.equal(batches[1]["x"], torch.tensor([4.0, 5.0]))
+    assert torch.equal(batches[1]["report_emb"], reports[4:6])

@@ -47,6 +47,13 @@ class WithReports(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {**self.dataset[i], "report_emb": self.reports[i]}
 
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch's items, fetched as one batch when the wrapped dataset can (the custom CNN's images are
+        augmented a batch at a time)."""
+        fetch = getattr(self.dataset, "__getitems__", None)
+        items = fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
+        return [{**item, "report_emb": self.reports[i]} for item, i in zip(items, indices, strict=True)]
+
 
 def domain_codes(manifest: Manifest, split: Manifest) -> np.ndarray:
     """Integer domain code per row of ``split``, stable across splits of the same manifest."""
