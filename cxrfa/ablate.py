@@ -372,7 +372,13 @@ def _supervise(
         env = {**workers.env, **device_env(workers.devices, i), "OMP_NUM_THREADS": str(threads)}
         args = [*workers.args, "--worker", "--threads", str(threads)]
         procs.append(spawn(args, env, workers.logs / f"worker-{i}.log"))
-    log.info("started %d workers (%d CPU threads each); their logs: %s", len(procs), threads, workers.logs)
+    log.info(
+        "started %d workers (%d CPU threads each), which build what their cells need first (data, stand-ins); "
+        "their logs: %s",
+        len(procs),
+        threads,
+        workers.logs,
+    )
     try:
         while True:
             queue.reap()
