@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import cxrfa_cmd, metric_steps
+from _helpers import cli_args, cxrfa_cmd, metric_steps
 from typer.testing import CliRunner
 
 from cxrfa.cli import app
@@ -126,14 +127,22 @@ def _final_metrics(store: Path) -> dict[str, float]:
     return {k: v for k, v in run.metrics.items() if k.startswith("test/")}
 
 
-def test_sigkill_mid_training_then_resume_matches_uninterrupted(workdir: Path) -> None:
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     matrix = workdir / "longer.yaml"  # the smoke matrix with room to be killed mid-training
     matrix.write_text((Path("ablations") / "smoke.yaml").read_text().replace("epochs: 2", "epochs: 4"))
-    cmd = cxrfa_cmd("train", matrix=matrix, cell="align-clip") + ["--tracking-uri"]
-    subprocess.run([*cmd, str(workdir / "a")], check=True, capture_output=True)
+    args = cli_args("train", matrix=matrix, cell="align-clip") + ["--tracking-uri"]
+    # The uninterrupted run and the resume are ordinary starts, run here; only the killed run needs its own
+    # process. All three train on one thread (this process's, as every test's), so they compute alike.
+    uninterrupted = runner.invoke(app, [*args, str(workdir / "a")])
+    assert uninterrupted.exit_code == 0, uninterrupted.output[-2000:]
     expected = _final_metrics(workdir / "a")
 
-    proc = subprocess.Popen([*cmd, str(workdir / "b")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cxrfa_cmd(*args, workdir / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpts = workdir / "b" / "checkpoints"
     deadline = time.monotonic() + 300
     while not (ckpts.is_dir() and any(ckpts.glob("*.pt"))):  # the first epoch's checkpoint is written
@@ -147,9 +156,15 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(workdir: Path) -
         "attributes.status = 'RUNNING'"
     )  # left behind by the kill
 
-    resumed = subprocess.run([*cmd, str(workdir / "b")], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stderr
+    train_log = logging.getLogger("cxrfa.train")
+    train_log.addHandler(caplog.handler)  # the CLI's logging setup keeps cxrfa's records from the root logger
+    try:
+        with caplog.at_level(logging.INFO, logger="cxrfa.train"):
+            resumed = runner.invoke(app, [*args, str(workdir / "b")])
+    finally:
+        train_log.removeHandler(caplog.handler)
+    assert resumed.exit_code == 0, resumed.output[-2000:]
+    assert "resuming from" in caplog.text
     runs = Tracker(str(workdir / "b"), "smoke").search("")
     assert sorted(r.status for r in runs) == ["FINISHED", "KILLED"]
     got = _final_metrics(workdir / "b")
