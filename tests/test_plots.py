@@ -150,21 +150,6 @@ def test_subgroup_chart(case, tmp_path: Path) -> None:
     assert "no subgroup" in empty.axes[0].texts[0].get_text()
 
 
-def test_metric_bars_and_heatmaps(case, tmp_path: Path) -> None:
-    _, _, labels = case
-    fig = plots.metric_bars(["visual-clip", "align-clip"], [0.71, 0.75], [0.02, float("nan")], "macro AUROC")
-    assert len(fig.axes[0].patches) == 2 and fig.axes[0].get_title() == "macro AUROC"
-    _saved(fig, tmp_path, "bars")
-    asym = plots.metric_bars(
-        ["a", "b", "c"], [0.7, 0.6, 0.8], np.array([[0.01, 0.02, 0.0], [0.03, 0.0, 0.05]]), "t"
-    )
-    assert len(asym.axes[0].patches) == 3
-    matrix = pd.DataFrame(np.random.default_rng(2).random((3, 14)), index=["a", "b", "c"], columns=labels)
-    fig = plots.label_heatmap(matrix, "per-label AUROC")
-    assert len(fig.axes) == 2 and len(fig.axes[0].texts) == 42  # heatmap + colorbar; every cell annotated
-    _saved(fig, tmp_path, "heatmap")
-
-
 def _no_overlap(fig: Figure, texts: list) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 

@@ -1,16 +1,14 @@
-"""Pure plotting functions: arrays/metrics in, a :class:`matplotlib.figure.Figure` out; the caller saves it.
+"""Pure plotting functions: arrays/metrics in, a :class:`matplotlib.figure.Figure` out; the caller saves it
+(:func:`save_png`).
 
 No pyplot and no global state: each function builds its own ``Figure``, which ``savefig`` renders with the Agg
 backend whatever backend pyplot may be using, so plots work headless and never leak open figures. Per-label plots
-are small multiples, one panel per label, so 14–26 labels stay legible; the panels are boxes of one canvas
-(:class:`_Sheet`), not an Axes each, and the other figures of a run sit on fixed margins (:func:`fixed_margins`):
-a run draws eight figures, and per-panel axes and layout engines were most of its time after training. A run
-saves every figure through :func:`save_png`.
+are small multiples, one panel per label, so 14–26 labels stay legible, drawn on the one-canvas sheets of
+:mod:`cxrfa.plots.canvas`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,183 +16,35 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from cxrfa.metrics import ECE_BINS, auc_ap, expected_calibration_error
+from cxrfa.plots.canvas import (
+    DPI,
+    UNIT_TICK_LABELS,
+    UNIT_TICKS,
+    Sheet,
+    fixed_margins,
+    panel_artists,
+    save_png,
+)
 
-DPI = 90  # every figure a run writes is saved at this resolution (text rendering is most of a savefig)
-# zlib level 1 instead of Pillow's 6: 10-20 ms less per figure for files ~7% larger (a 14-panel ROC grid: 96 kB)
-_PNG = {"compress_level": 1}
-_NCOLS = 5
-_PANEL = 2.6  # inches per small-multiple panel
-_UNIT_TICKS = (0.0, 0.5, 1.0)
-_UNIT_TICK_LABELS = ("0", "0.5", "1")
-_TICK_LEN = 3.5 / 72  # inches: matplotlib's default tick length (3.5 pt)
-_TICK_PAD = 6 / 72  # inches: the gap to a title or tick label
-
-
-def save_png(fig: Figure, path: Any) -> None:
-    """Save a figure as a run saves every figure: PNG at :data:`DPI`, fast compression.
-
-    Args:
-        fig: the figure.
-        path: a file path or a binary file object.
-    """
-    fig.savefig(path, format="png", dpi=DPI, pil_kwargs=_PNG)
-
-
-class _Sheet:
-    """Small multiples drawn on one Axes that covers the figure, in inches from its lower left corner.
-
-    A grid of real Axes costs most of a run's figure time: each panel builds and lays out its own axes, spines,
-    tick objects and texts (the three 14-panel grids of a run: 0.5 s CPU each). Here every panel is a box of the
-    one canvas; frames, curves and tick marks of all panels are a few collections, and text is drawn only where
-    it says something (panel titles, the outer panels' tick labels and axis names). The geometry is the one a
-    ``subplots_adjust`` grid had: fixed margins, panels in rows of ``ncols``, unused slots left blank.
-
-    Panel artists carry a ``gid`` naming their panel and role (``title/3``, ``xlabel/8``, ``curve/0``), so they can
-    be found without positions.
-    """
-
-    def __init__(self, n: int, title: str, ncols: int = _NCOLS) -> None:
-        self.ncols = max(1, min(ncols, n))
-        nrows = max(1, math.ceil(n / self.ncols))
-        width, height = _PANEL * self.ncols, _PANEL * nrows + 0.4
-        left, right, bottom, top = 0.6, 0.98 * width, 0.5, height - 0.75  # inches
-        w = (right - left) / (self.ncols + 0.45 * (self.ncols - 1))  # gaps: 0.45 of a panel's width
-        h = (top - bottom) / (nrows + 0.7 * (nrows - 1))  # and 0.7 of its height
-        self.boxes = [
-            (left + (j % self.ncols) * 1.45 * w, top - h - (j // self.ncols) * 1.7 * h, w, h)
-            for j in range(n)
-        ]
-        self.fig = Figure(figsize=(width, height))
-        self.ax = self.fig.add_axes((0.0, 0.0, 1.0, 1.0))
-        self.ax.set_axis_off()
-        self.ax.set_xlim(0, width)
-        self.ax.set_ylim(0, height)
-        self.fig.suptitle(title, fontsize=13)
-        self._frames: list[np.ndarray] = []
-        self._ticks: list[np.ndarray] = []
-
-    def square(self, j: int) -> None:
-        """Make panel ``j`` a square of the panel's smaller side, centred (an image's equal aspect)."""
-        x0, y0, w, h = self.boxes[j]
-        side = min(w, h)
-        self.boxes[j] = (x0 + (w - side) / 2, y0 + (h - side) / 2, side, side)
-
-    def at(self, j: int, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Panel ``j``'s unit coordinates (0..1 across its box) as canvas inches."""
-        x0, y0, w, h = self.boxes[j]
-        return x0 + np.asarray(x, dtype=np.float64) * w, y0 + np.asarray(y, dtype=np.float64) * h
-
-    def frame(self, j: int) -> None:
-        """The panel's box outline (an axes frame)."""
-        x, y = self.at(j, [0, 1, 1, 0, 0], [0, 0, 1, 1, 0])
-        self._frames.append(np.c_[x, y])
-
-    def title(self, j: int, text: str) -> None:
-        """A panel title, 6 pt above its box (matplotlib's title pad)."""
-        x0, y0, w, h = self.boxes[j]
-        self.ax.text(
-            x0 + w / 2, y0 + h + _TICK_PAD, text, ha="center", va="bottom", fontsize=9, gid=f"title/{j}"
-        )
-
-    def text(self, j: int, x: float, y: float, text: str, **kwargs: Any) -> None:
-        """Text at panel ``j``'s unit coordinates, centred."""
-        px, py = self.at(j, x, y)
-        self.ax.text(float(px), float(py), text, ha="center", va="center", gid=f"text/{j}", **kwargs)
-
-    def ticks(
-        self,
-        j: int,
-        xs: Sequence[float],
-        ys: Sequence[float],
-        xlabels: Sequence[str] | None,
-        ylabels: Sequence[str] | None,
-        names: tuple[str | None, str | None] = (None, None),
-    ) -> None:
-        """Outward tick marks at unit positions ``xs`` (bottom) and ``ys`` (left); their labels and the axis names
-        only where given (the outer panels)."""
-        x0, y0, _, _ = self.boxes[j]
-        bx, _ = self.at(j, xs, np.zeros(len(xs)))
-        _, ly = self.at(j, np.zeros(len(ys)), ys)
-        self._ticks += [np.array([[x, y0], [x, y0 - _TICK_LEN]]) for x in bx]
-        self._ticks += [np.array([[x0, y], [x0 - _TICK_LEN, y]]) for y in ly]
-        below, beside = y0 - _TICK_LEN - _TICK_PAD / 2, x0 - _TICK_LEN - _TICK_PAD / 2
-        for x, label in zip(bx, xlabels or [], strict=False):
-            self.ax.text(x, below, label, ha="center", va="top", fontsize=7)
-        for y, label in zip(ly, ylabels or [], strict=False):
-            self.ax.text(beside, y, label, ha="right", va="center", fontsize=7)
-        _, _, w, h = self.boxes[j]
-        if names[0]:
-            self.ax.text(
-                x0 + w / 2, below - 0.15, names[0], ha="center", va="top", fontsize=8, gid=f"xlabel/{j}"
-            )
-        if names[1]:
-            at = (
-                beside - 0.04 - 0.055 * max((len(s) for s in ylabels or []), default=1)
-            )  # beyond the tick labels
-            self.ax.text(
-                at, y0 + h / 2, names[1], ha="right", va="center", rotation=90, fontsize=8, gid=f"ylabel/{j}"
-            )
-
-    def lines(self, segments: list[np.ndarray], gid: str, **kwargs: Any) -> None:
-        """Polylines (each (K, 2) in canvas inches) as one artist."""
-        if segments:
-            self.ax.add_collection(LineCollection(segments, gid=gid, **kwargs), autolim=False)
-
-    def finish(self) -> Figure:
-        self.lines(self._frames, "frames", colors="black", linewidths=0.8)
-        self.lines(self._ticks, "ticks", colors="black", linewidths=0.8)
-        return self.fig
-
-
-def panel_artists(fig: Figure, role: str) -> dict[int, list[Any]]:
-    """Panel index -> the artists of a small-multiples figure (:class:`_Sheet`) whose ``gid`` is ``<role>/<index>``,
-    in drawing order; roles: ``title``, ``text``, ``curve``, ``xlabel``, ``ylabel``."""
-    found: dict[int, list[Any]] = {}
-    for artist in fig.axes[0].get_children():
-        gid = artist.get_gid() or ""
-        if gid.startswith(role + "/"):
-            found.setdefault(int(gid.rsplit("/", 1)[1]), []).append(artist)
-    return found
-
-
-def fixed_margins(
-    fig: Figure,
-    left: float,
-    right: float,
-    bottom: float,
-    top: float,
-    wspace: float = 0.0,
-    hspace: float = 0.0,
-) -> Figure:
-    """Place a figure's subplot grid by margins in inches instead of a layout engine: constrained layout measures
-    every text of the figure before drawing it (0.1-0.3 s CPU per small figure, half its drawing time). Titles of
-    such figures are set with an explicit ``y=1.0``, which skips matplotlib's per-draw search for a place above
-    the tick labels (none of these axes has tick labels on top).
-
-    Args:
-        fig: a figure whose subplots are not yet placed.
-        left, right, bottom, top: margins in inches (room for tick labels, axis names, titles).
-        wspace, hspace: gaps between panels in inches.
-    """
-    width, height = fig.get_size_inches()
-    grid = fig.axes[0].get_gridspec() if fig.axes else None
-    ncols, nrows = (grid.ncols, grid.nrows) if grid is not None else (1, 1)
-    panel_w = (width - left - right - wspace * (ncols - 1)) / ncols
-    panel_h = (height - bottom - top - hspace * (nrows - 1)) / nrows
-    fig.subplots_adjust(
-        left=left / width,
-        right=1 - right / width,
-        bottom=bottom / height,
-        top=1 - top / height,
-        wspace=wspace / panel_w,
-        hspace=hspace / panel_h,
-    )
-    return fig
+__all__ = [
+    "DPI",
+    "calibration_plot",
+    "confusion_grid",
+    "fixed_margins",
+    "panel_artists",
+    "pr_curves",
+    "pr_points",
+    "roc_curves",
+    "roc_points",
+    "save_png",
+    "subgroup_chart",
+    "training_curves",
+]
 
 
 def _counts_at_cuts(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +111,7 @@ def _label_panels(
     Every panel has the same unit axes, so only the outer ones are labelled, as with shared axes: tick labels and
     axis names on the lowest drawn panel of each column and on the first column.
     """
-    sheet = _Sheet(len(labels), title)
+    sheet = Sheet(len(labels), title)
     known = [_known(y_true, y_prob, j) for j in range(len(labels))]
     drawn = [y.size > 0 and y.min() < y.max() for y, _ in known]
     references = []
@@ -280,10 +130,10 @@ def _label_panels(
         bottom, left = _outer(j, sheet.ncols, drawn)
         sheet.ticks(
             j,
-            _UNIT_TICKS,
-            np.asarray(_UNIT_TICKS) / 1.01,
-            _UNIT_TICK_LABELS if bottom else None,
-            _UNIT_TICK_LABELS if left else None,
+            UNIT_TICKS,
+            np.asarray(UNIT_TICKS) / 1.01,
+            UNIT_TICK_LABELS if bottom else None,
+            UNIT_TICK_LABELS if left else None,
             (axis_names[0] if bottom else None, axis_names[1] if left else None),
         )
     sheet.lines(references, "references", colors="grey", linewidths=0.8, linestyles="--")
@@ -350,7 +200,7 @@ def confusion_grid(
         if thresholds_from_val
         else "threshold 0.5 (no val predictions)"
     )
-    sheet = _Sheet(len(labels), f"Confusion matrices: predicted positive when p ≥ threshold; {how}")
+    sheet = Sheet(len(labels), f"Confusion matrices: predicted positive when p ≥ threshold; {how}")
     cmap = matplotlib.colormaps["Blues"]
     cells, colours = [], []
     for j, (label, cut) in enumerate(zip(labels, cuts, strict=True)):
@@ -501,63 +351,4 @@ def subgroup_chart(scalars: dict[str, float]) -> Figure:
     right.set_xlabel("TPR gap (group − reference)")
     worst = scalars.get("fair/worst_tpr_gap", np.nan)
     right.set_title(f"TPR gap (worst |gap| {worst:.3f})" if np.isfinite(worst) else "TPR gap", y=1.0)
-    return fig
-
-
-def metric_bars(
-    names: Sequence[str], means: Sequence[float], errs: Sequence[float] | np.ndarray | None, title: str
-) -> Figure:
-    """Horizontal bars with error bars (e.g. macro AUROC per ablation cell with its 95% CI).
-
-    Args:
-        names: one name per bar.
-        means: bar lengths.
-        errs: symmetric (N,) half-widths, or asymmetric (2, N) ``[below, above]`` distances; NaN → no bar.
-        title: figure title.
-    """
-    means_arr = np.asarray(means, dtype=np.float64)  # (N,)
-    errs_arr = (
-        np.nan_to_num(np.asarray(errs, dtype=np.float64)) if errs is not None else None
-    )  # (N,) | (2, N)
-    above = (
-        np.zeros_like(means_arr) if errs_arr is None else (errs_arr[1] if errs_arr.ndim == 2 else errs_arr)
-    )
-    fig = Figure(figsize=(8, 0.45 * len(names) + 1.5), layout="constrained")
-    ax = fig.subplots()
-    positions = np.arange(len(names))
-    ax.barh(positions, np.nan_to_num(means_arr), xerr=errs_arr, color="tab:blue", alpha=0.8, capsize=3)
-    for pos, value, err in zip(positions, means_arr, above, strict=True):
-        ax.text((value if np.isfinite(value) else 0) + err, pos, f"  {value:.3f}", va="center", fontsize=8)
-    ax.set_yticks(positions, list(names), fontsize=9)
-    ax.invert_yaxis()
-    ax.set_xlabel("value")
-    ax.set_title(title)
-    return fig
-
-
-def label_heatmap(matrix: pd.DataFrame, title: str) -> Figure:
-    """Heatmap of a rows × labels table (e.g. per-label AUROC per ablation cell), values annotated."""
-    values = matrix.to_numpy(dtype=np.float64)  # (R, C)
-    n_rows, n_cols = values.shape
-    fig = Figure(figsize=(max(6, 0.55 * n_cols + 3), max(3, 0.45 * n_rows + 2.2)), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, shrink=0.8)
-    if values.size <= 600:
-        finite = values[np.isfinite(values)]
-        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-        for (r, c), value in np.ndenumerate(values):
-            if np.isfinite(value):
-                ax.text(
-                    c,
-                    r,
-                    f"{value:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="black" if value > mid else "white",
-                )
-    ax.set_xticks(range(n_cols), [str(c) for c in matrix.columns], rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n_rows), [str(r) for r in matrix.index], fontsize=8)
-    ax.set_title(title)
     return fig
