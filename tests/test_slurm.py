@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from _helpers import cli_args, metric_steps
+from _helpers import cli_args, cxrfa_cmd, metric_steps
 from click.testing import Result
 from optuna.trial import TrialState
 from test_services import PG_BIN, postgres  # noqa: F401 - the throw-away PostgreSQL server fixture
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 # checkpoint) and that the resumed run has epochs left; the signal then reaches a task that is certainly
 # mid-run. Unfrozen, even 60 epochs ended before scancel reached the task; 400 took a minute per test.
 EPOCHS = 40
+PREEMPT_EPOCHS = 400  # the preempted task is not frozen: long enough to still train when USR2 reaches it
 
 
 def _free_port() -> int:
@@ -403,27 +404,11 @@ def _held_until_gone(pid: int, timeout: float = 60) -> None:
         time.sleep(0.002)
 
 
-def _pending(pid: int, signum: int, timeout: float = 60) -> None:
-    """Until ``signum`` waits, undelivered, on the (stopped) process ``pid``."""
-    bit = 1 << (signum - 1)
-    deadline = time.monotonic() + timeout
-    while True:
-        status = dict(
-            line.split(":\t", 1)
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-            if ":\t" in line
-        )
-        if (int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)) & bit:
-            return
-        assert time.monotonic() < deadline, f"signal {signum} never reached task {pid}"
-        time.sleep(0.05)
-
-
-def _submit_slow(tmp_path: Path) -> tuple[Path, dict[str, object], str]:
-    """Submit a one-unit ablation of EPOCHS epochs without waiting: (store, options, array id)."""
+def _submit_slow(tmp_path: Path, epochs: int = EPOCHS) -> tuple[Path, dict[str, object], str]:
+    """Submit a one-unit ablation of ``epochs`` epochs without waiting: (store, options, array id)."""
     store = tmp_path / "store"
     opts = {
-        "matrix": _matrix(tmp_path, EPOCHS),
+        "matrix": _matrix(tmp_path, epochs),
         "launcher": "slurm",
         "tracking_uri": store,
         "explore": "",
@@ -468,16 +453,26 @@ def test_a_cancelled_task_is_run_by_the_next_submission_once(cluster: dict[str, 
 def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
     cluster: dict[str, str], tmp_path: Path
 ) -> None:
+    # Not frozen like the cancelled task: a task stopped and continued has its queue heartbeat thread and its
+    # preemption handler write to the one SQLite queue at the same moment, and one of them met "database is
+    # locked". So the task runs PREEMPT_EPOCHS epochs, long enough to be mid-run when the signal arrives.
     env = cluster
-    store, opts, job = _submit_slow(tmp_path)
-    pid = _freeze_after_first_checkpoint(store)
-    # what Slurm sends before preempting or at the time limit (submitit's own test hook does the same); the
-    # task takes it when it runs again, in the middle of its epochs
+    store, opts, job = _submit_slow(tmp_path, PREEMPT_EPOCHS)
+    deadline = time.monotonic() + 300
+    while not any(store.glob("**/checkpoints/*.pt")):  # past its first epoch
+        assert time.monotonic() < deadline, f"no epoch checkpoint under {store} after 300 s"
+        time.sleep(0.05)
+    # what Slurm sends before preempting or at the time limit (submitit's own test hook does the same)
     subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
-    _pending(pid, signal.SIGUSR2)
-    os.kill(pid, signal.SIGCONT)
-    again = _invoke("ablate", "--wait", **opts)  # follows the requeued task
-    assert again.exit_code == 0, again.output[-3000:]
+    again = subprocess.run(  # follows the requeued task, from its own process as a user would
+        cxrfa_cmd("ablate", "--wait", **opts),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
     runs = _runs(store, "slow")
     _finished_once(runs, 1)
     (done,) = [r for r in runs if r[1] == "FINISHED"]
@@ -492,7 +487,7 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(
     assert resumed.startswith("epoch "), resumed
     steps = [step for step, _ in metric_steps(tracker.uri, done[2], "val/macro_auc")]
     assert (
-        min(steps) > 0 and max(steps) == EPOCHS - 1
+        min(steps) > 0 and max(steps) == PREEMPT_EPOCHS - 1
     )  # its epochs continued where the preempted task stopped
 
 
