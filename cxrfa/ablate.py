@@ -126,10 +126,11 @@ def prepare(runs: Sequence[RunConfig], progress: bool, threads: int | None = Non
     warn_unaligned(resolved)  # a stand-in near chance makes every text cell meaningless: say so up front
 
 
-def _shared(runs: Sequence[RunConfig], progress: bool) -> list[BackboneConfig]:
-    """Each distinct (data, backbone) of ``runs`` built: data loaded, stand-in pretrained."""
+def _shared(runs: Sequence[RunConfig], progress: bool, build: bool = True) -> list[BackboneConfig]:
+    """Each distinct (data, backbone) of ``runs`` resolved: data loaded, stand-in pretrained. ``build=False``
+    pretrains nothing: a stand-in is resolved only where its weights are already built (by the workers)."""
     from cxrfa.data.load import load_data
-    from cxrfa.standins import ensure_standin
+    from cxrfa.standins import ensure_standin, standin_path
 
     done: set[str] = set()
     out: list[BackboneConfig] = []
@@ -144,28 +145,11 @@ def _shared(runs: Sequence[RunConfig], progress: bool) -> list[BackboneConfig]:
             done.add(key)
             if manifest is None:
                 manifest = load_data(cfg.data, progress)
-            out.append(ensure_standin(backbone, manifest))
+            if build or backbone.pretrained != "demo":
+                out.append(ensure_standin(backbone, manifest))
+            elif (path := standin_path(backbone.arch, manifest)).is_file():
+                out.append(backbone.model_copy(update={"pretrained": str(path)}))
     return out
-
-
-def _warn_unaligned_built(runs: Sequence[RunConfig]) -> None:
-    """:func:`prepare`'s warning for the stand-ins the workers built (this process builds nothing here)."""
-    from cxrfa.data.load import load_data
-    from cxrfa.standins import standin_path, warn_unaligned
-
-    built: list[BackboneConfig] = []
-    manifests: dict[str, Any] = {}
-    for cfg in runs:
-        for backbone in (cfg.model.visual, cfg.model.text):
-            if backbone is None or backbone.pretrained != "demo":
-                continue
-            key = cfg.data.model_dump_json()
-            if key not in manifests:
-                manifests[key] = load_data(cfg.data, progress=False)
-            path = standin_path(backbone.arch, manifests[key])
-            if path.is_file():
-                built.append(backbone.model_copy(update={"pretrained": str(path)}))
-    warn_unaligned(built)
 
 
 def ablate(
@@ -230,8 +214,10 @@ def ablate(
             # a re-run with every run finished earlier starts no worker and builds nothing
             if workers.count > 1 and any(st.status == "PENDING" for st in states.values()):
                 _supervise(queue, states, worker, workers, bar)
-                if build:
-                    _warn_unaligned_built(runs)
+                if build:  # prepare's warning, for the stand-ins the workers built
+                    from cxrfa.standins import warn_unaligned
+
+                    warn_unaligned(_shared(runs, progress=False, build=False))
             else:
                 queue.work(states, worker)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP (cxrfa.signals.Terminated)

@@ -263,3 +263,26 @@ def test_with_several_workers_the_parent_builds_nothing_and_watches(
     with pytest.raises(KeyboardInterrupt):
         ablate._supervise(Queue(stop=True), {}, None, pool, bar)  # type: ignore[arg-type]
     assert events == ["spawn", "spawn", "poll"] + [f"signal {int(signal.SIGINT)}"] * 2
+
+
+def test_after_the_workers_the_parent_resolves_only_built_stand_ins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent's warning pass after the workers (``_shared(build=False)``) pretrains nothing: a stand-in
+    whose weights a worker built resolves to them, one never built is left out."""
+    from cxrfa import ablate, standins
+    from cxrfa.config import DEMO_BACKBONES, expand, load_matrix
+    from cxrfa.data import load
+
+    runs = expand(load_matrix("full"), DEMO_BACKBONES, seeds=[0], cells=["dual-clip", "dual-biomedclip"])
+    built = tmp_path / "clip.pt"
+    built.write_bytes(b"weights")
+    monkeypatch.setattr(load, "load_data", lambda cfg, progress: object())
+    monkeypatch.setattr(
+        standins,
+        "standin_path",
+        lambda arch, manifest: built if arch == "cxrfa-tiny-clip" else tmp_path / "no",
+    )
+    monkeypatch.setattr(standins, "pretrain", lambda *a, **k: pytest.fail("pretrained in the parent"))
+    resolved = ablate._shared(runs, progress=False, build=False)
+    assert [(b.arch, b.pretrained) for b in resolved] == [("cxrfa-tiny-clip", str(built))]
